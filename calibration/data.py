@@ -1,0 +1,156 @@
+"""Text in, fixed-length token windows out.
+
+Sources: a text file, a directory of `.txt` files (sorted, joined by blank lines), or JSONL with a `text`
+field. `auto` picks WikiText-2 from the workplace's shared data folder when it is there and otherwise the
+Python documentation topics every CPython ships (`pydoc_data.topics`), and says which it used.
+
+The windows follow the protocol every published SparseGPT/Wanda number uses: tokenize the whole corpus
+once, then take `count` windows at `random.randint` offsets after `random.seed(seed)` (calibration), or
+the first N non-overlapping windows (evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparsetrt.errors import SparsetrtError
+
+WIKITEXT_DIRNAME = "wikitext-2"
+
+
+@dataclass(frozen=True)
+class CorpusText:
+    text: str
+    description: str  # what the user sees: which corpus and split were used
+
+
+def read_corpus(path: str | os.PathLike) -> CorpusText:
+    """Read a text file, a directory of .txt files or a JSONL file with a `text` field."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise SparsetrtError(f"calibration text {path} does not exist; pass a .txt file, a directory of .txt files or a .jsonl file")
+    if path.is_dir():
+        files = sorted(path.rglob("*.txt"))
+        if not files:
+            raise SparsetrtError(f"directory {path} holds no .txt files; add text files or pass a file")
+        text = "\n\n".join(_read_text(f) for f in files)
+        description = f"{len(files)} .txt files under {path}"
+    elif path.suffix in (".jsonl", ".ndjson"):
+        text = _read_jsonl(path)
+        description = f"JSONL {path}"
+    else:
+        text = _read_text(path)
+        description = f"text file {path}"
+    if not text.strip():
+        raise SparsetrtError(f"calibration text {path} is empty; pass a file with text in it")
+    return CorpusText(text, description)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SparsetrtError(f"{path} is not UTF-8 text; convert it or pass another file") from None
+
+
+def _read_jsonl(path: Path) -> str:
+    texts = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise SparsetrtError(f"{path}:{lineno} is not valid JSON; each line must be an object with a 'text' field") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise SparsetrtError(f"{path}:{lineno} has no string 'text' field; each line must be an object with a 'text' field")
+        texts.append(record["text"])
+    return "\n\n".join(texts)
+
+
+def find_shared_wikitext() -> Path | None:
+    """The workplace's WikiText-2 folder: $SPARSETRT_DATA/wikitext-2, else ../shared/data/wikitext-2 beside the repo."""
+    candidates = []
+    if os.environ.get("SPARSETRT_DATA"):
+        candidates.append(Path(os.environ["SPARSETRT_DATA"]) / WIKITEXT_DIRNAME)
+    repo_root = Path(__file__).resolve().parent.parent
+    for base in (Path.cwd(), repo_root):
+        candidates.append(base.parent / "shared" / "data" / WIKITEXT_DIRNAME)
+    for candidate in candidates:
+        if (candidate / "valid.txt").is_file() and (candidate / "test.txt").is_file():
+            return candidate
+    return None
+
+
+def default_corpus(split: str) -> CorpusText:
+    """`split` is 'valid' (calibration) or 'test' (evaluation)."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
+    folder = find_shared_wikitext()
+    if folder is not None:
+        path = folder / f"{split}.txt"
+        return CorpusText(_read_text(path), f"WikiText-2 {split} ({path})")
+    # Outside the workplace: text every CPython ships. Calibrate on one half, evaluate on the other, so the
+    # two never overlap.
+    from pydoc_data.topics import topics
+
+    keys = sorted(topics)
+    half = keys[: len(keys) // 2] if split == "valid" else keys[len(keys) // 2:]
+    text = "\n\n".join(topics[k] for k in half)
+    which = "first" if split == "valid" else "second"
+    return CorpusText(text, f"Python docs topics, {which} half (pydoc_data.topics; WikiText-2 not found)")
+
+
+def load_corpus(spec: str, split: str) -> CorpusText:
+    """`auto` -> default corpus for the split; anything else is a path."""
+    return default_corpus(split) if spec == "auto" else read_corpus(spec)
+
+
+def tokenize_corpus(tokenizer, corpus: CorpusText):
+    """The whole corpus as one 1-D LongTensor of token ids."""
+    import torch
+
+    # One call over the whole text, as the published protocol does; verbose=False silences the warning that
+    # the result is longer than the model's context (we cut it into windows next).
+    ids = tokenizer(corpus.text, return_tensors=None, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def random_windows(ids, count: int, seq_len: int, seed: int):
+    """`count` windows of `seq_len` tokens at seeded random offsets: LongTensor [count, seq_len]."""
+    import torch
+
+    _check_window_args(ids, count, seq_len)
+    rng = random.Random(seed)
+    starts = [rng.randint(0, len(ids) - seq_len - 1) for _ in range(count)]
+    return torch.stack([ids[s: s + seq_len] for s in starts])
+
+
+def sequential_windows(ids, seq_len: int, max_windows: int | None = None):
+    """The first non-overlapping windows of `seq_len` tokens: LongTensor [n, seq_len]."""
+    _check_window_args(ids, 1, seq_len)
+    n = len(ids) // seq_len
+    if max_windows is not None:
+        n = min(n, max_windows)
+    return ids[: n * seq_len].view(n, seq_len)
+
+
+def _check_window_args(ids, count: int, seq_len: int) -> None:
+    if count < 1 or seq_len < 2:
+        raise SparsetrtError(f"need at least 1 window of at least 2 tokens (got {count} x {seq_len})")
+    if len(ids) < seq_len + 1:
+        raise SparsetrtError(
+            f"the text has {len(ids)} tokens, fewer than one window of {seq_len} (+1); "
+            "pass more text or a smaller --calib-seq-len"
+        )
+
+
+def calibration_windows(tokenizer, corpus_spec: str, samples: int, seq_len: int, seed: int, split: str = "valid"):
+    """(windows [samples, seq_len], corpus, number of corpus tokens) for pruning or quantization."""
+    corpus = load_corpus(corpus_spec, split)
+    ids = tokenize_corpus(tokenizer, corpus)
+    return random_windows(ids, samples, seq_len, seed), corpus, len(ids)

@@ -1,0 +1,348 @@
+"""Sequential, layer-by-layer pruning of a decoder-only LM.
+
+1. Run the calibration windows up to the first decoder layer and keep its inputs (and the keyword
+   arguments the model passes to every layer: rotary embeddings, masks, positions).
+2. For each decoder layer, for each group of Linears that read the same input (q/k/v, then o, then
+   gate/up, then down in a Llama block), collect that group's input statistics, prune the group, and move
+   on: later groups see the outputs of the groups already pruned.
+3. Run the pruned layer to produce the inputs of the next one.
+Only one group's statistics are alive at a time, and each statistics pass stops as soon as the group's
+inputs have been seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Callable
+
+import torch
+
+from sparsetrt.calibration.stats import StopForward, collect_input_stats
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.prune.magnitude import magnitude_prune
+from sparsetrt.prune.masks import Pattern, zero_fraction
+from sparsetrt.prune.result import PruneResult
+from sparsetrt.prune.sparsegpt import row_reconstruction_errors, sparsegpt_prune
+from sparsetrt.prune.wanda import wanda_prune
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+@dataclass
+class ModuleReport:
+    name: str
+    shape: list[int]
+    pattern: str
+    zero_fraction: float
+    error: float
+    relative_error: float
+    error_kind: str
+    damping: float | None
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "name"}
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The list of decoder blocks (model.model.layers for Llama, Mistral, Qwen2 and most others)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if isinstance(layers, torch.nn.ModuleList):
+        return layers
+    n = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise SparsetrtError(f"cannot find the decoder layers of {type(model).__name__}; sparsetrt supports Llama-family layouts")
+
+
+def target_linears(model: torch.nn.Module, targets=("*",), exclude=()) -> dict[str, torch.nn.Linear]:
+    """Linears inside the decoder blocks whose full names match `targets` and none of `exclude`.
+
+    Embeddings and lm_head live outside the blocks and are never candidates.
+    """
+    layers = decoder_layers(model)
+    prefix = next(name for name, mod in model.named_modules() if mod is layers)
+    found = {}
+    for name, module in layers.named_modules():
+        full = f"{prefix}.{name}"
+        if isinstance(module, torch.nn.Linear) and _matches(full, targets) and not _matches(full, exclude):
+            found[full] = module
+    return found
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name.split(".", 1)[-1], p) for p in patterns)
+
+
+def check_prunable(modules: dict[str, torch.nn.Linear], pattern: Pattern) -> None:
+    if not modules:
+        raise SparsetrtError("no Linear inside the decoder blocks matches the targets; check --targets/--exclude")
+    if pattern.is_nm:
+        for name, module in modules.items():
+            if module.in_features % pattern.m:
+                raise SparsetrtError(
+                    f"{name} has in_features={module.in_features}, not divisible by M={pattern.m}; "
+                    f"exclude it (--exclude '{name}') or choose another pattern"
+                )
+
+
+def prune_model(
+    model: torch.nn.Module,
+    calib_windows: torch.Tensor | None,
+    method: str,
+    pattern: Pattern,
+    targets=("*",),
+    exclude=(),
+    batch_size: int = 8,
+    sparsegpt_options: dict | None = None,
+    progress: bool = True,
+) -> list[ModuleReport]:
+    """Prune `model` in place; return one report per pruned module."""
+    if method not in METHODS:
+        raise SparsetrtError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
+    modules = target_linears(model, targets, exclude)
+    check_prunable(modules, pattern)
+    if method == "magnitude":  # needs no data: prune every target directly
+        return [_prune_module(name, mod, method, pattern, None) for name, mod in modules.items()]
+    if calib_windows is None or len(calib_windows) == 0:
+        raise SparsetrtError(f"method '{method}' needs calibration windows")
+
+    layers = decoder_layers(model)
+    with torch.no_grad():
+        cached = _capture_first_layer_inputs(model, layers, calib_windows, batch_size)
+        reports = []
+        bar = _progress(len(layers), f"{method} {pattern}", progress)
+        name_of = {id(m): n for n, m in modules.items()}
+        first_groups = None  # (layer index, groups) of the first block, reused for identical blocks
+        for index, layer in enumerate(layers):
+            in_layer = {name_of[id(m)]: m for m in layer.modules() if id(m) in name_of}
+            if not in_layer:
+                cached = _propagate(layer, cached)
+                bar.update(1)
+                continue
+            groups = _same_groups(first_groups, in_layer, index) or _linear_groups(layer, cached[0], in_layer)
+            first_groups = first_groups or (index, groups)
+            forwards = [partial(layer, hidden, **kwargs) for hidden, kwargs in cached]
+            targets_of = {c: {name_of[id(m)] for m in child.modules() if id(m) in name_of}
+                          for c, child in layer.named_children()}
+            pruned: set[str] = set()
+            memo: dict[str, list] = {}
+            for k, group in enumerate(groups):
+                last = k == len(groups) - 1
+                # Linears of a group read one input: one set of statistics serves them all. The last
+                # group's pass runs the whole block and keeps its inputs for the exact shortcut below.
+                rep_name, rep = next(iter(group.items()))
+                finished = {c for c, t in targets_of.items() if t and t <= pruned}
+                with _memoized_children(layer, finished, memo, len(forwards)):
+                    stats, outputs = collect_input_stats({rep_name: rep}, forwards, want_hessian=(method == "sparsegpt"),
+                                                         stop_early=not last, keep_inputs=last)
+                pruned |= set(group)
+                old = {n: m.weight.data.clone() for n, m in group.items()} if last else None
+                reports += _prune_group(group, method, pattern, stats[rep_name], sparsegpt_options or {})
+                bar.set_postfix_str(f"layer {index}: {', '.join(n.rsplit('.', 1)[-1] for n in group)}")
+            cached = _propagate_last_group(layer, cached, outputs, stats[rep_name].inputs, group, old)
+            del stats, outputs
+            bar.update(1)
+        bar.close()
+    return reports
+
+
+@contextlib.contextmanager
+def _memoized_children(layer, finished: set[str], memo: dict[str, list], passes: int):
+    """Replay the outputs of the block's children whose weights are all final (e.g. self_attn once q, k,
+    v and o are pruned): their inputs come from the unchanged block input, so their outputs are too.
+
+    A finished child is recorded on the first pass that reaches it and replayed on later passes, which
+    saves recomputing attention while the MLP is being pruned.
+    """
+    children = dict(layer.named_children())
+    handles, replaced = [], []
+    for name in finished:
+        child = children[name]
+        if len(memo.get(name, ())) == passes:
+            outputs = iter(memo[name])
+            child.forward = lambda *args, _outputs=outputs, **kwargs: next(_outputs)
+            replaced.append(child)
+        else:
+            memo[name] = []
+            handles.append(child.register_forward_hook(lambda _m, _a, out, _store=memo[name]: _store.append(out)))
+    try:
+        yield
+    finally:
+        for child in replaced:
+            del child.forward  # back to the class's forward
+        for handle in handles:
+            handle.remove()
+
+
+def _propagate(layer, cached):
+    return [(_layer_output(layer(hidden, **kwargs)), kwargs) for hidden, kwargs in cached]
+
+
+def _propagate_last_group(layer, cached, outputs, inputs, group, old_weights):
+    """Next layer's inputs after pruning the last group, without another pass through the block.
+
+    When the last group is one Linear whose output is added straight into the residual stream (down_proj
+    in Llama-family blocks), out_new = out_old + X ΔWᵀ exactly. That is checked on one sample against a
+    real forward pass; any other block structure falls back to a full pass.
+    """
+    if len(group) != 1 or any(o is None for o in outputs):
+        return _propagate(layer, cached)
+    (name, module), = group.items()
+    delta = module.weight.data.float() - old_weights[name].float()
+    predicted = []
+    for (hidden, kwargs), out, x in zip(cached, outputs, inputs):
+        out = _layer_output(out)
+        if out.shape[-1] != module.out_features:
+            return _propagate(layer, cached)
+        predicted.append((out + (x @ delta.T).view(out.shape), kwargs))
+    hidden, kwargs = cached[0]
+    exact = _layer_output(layer(hidden[:1], **_slice_batch(kwargs, hidden.shape[0])))
+    scale = exact.abs().max().clamp_min(1.0)
+    if (exact - predicted[0][0][:1]).abs().max() > 1e-4 * scale:
+        return _propagate(layer, cached)
+    return predicted
+
+
+def _prune_group(group: dict, method: str, pattern: Pattern, stats, options: dict) -> list[ModuleReport]:
+    if method != "sparsegpt":
+        return [_prune_module(name, module, method, pattern, stats) for name, module in group.items()]
+    # SparseGPT rows are independent given the Hessian: prune the group's weights stacked, in one call
+    # (one Cholesky factorisation and one pass over the columns instead of one per module).
+    start = time.perf_counter()
+    H = stats.hessian
+    stacked = torch.cat([m.weight.data.float() for m in group.values()])
+    result = sparsegpt_prune(stacked, H, pattern, **options)
+    seconds = (time.perf_counter() - start) / len(group)
+    row_error = row_reconstruction_errors(result.weight - stacked, H)
+    row_baseline = row_reconstruction_errors(stacked, H)
+    reports, row = [], 0
+    for name, module in group.items():
+        rows = slice(row, row + module.out_features)
+        row += module.out_features
+        module.weight.data.copy_(result.weight[rows].to(module.weight.dtype))
+        part = PruneResult(result.weight[rows], result.mask[rows], float(row_error[rows].sum()), result.error_kind,
+                           result.damping)
+        reports.append(_report(name, module, pattern, part, float(row_baseline[rows].sum()), seconds))
+    return reports
+
+
+def _prune_module(name, module, method, pattern, stats) -> ModuleReport:
+    start = time.perf_counter()
+    weight = module.weight.data
+    if method == "magnitude":
+        result = magnitude_prune(weight, pattern)
+        baseline = float(weight.float().pow(2).sum())
+    else:
+        rms = stats.input_rms
+        result = wanda_prune(weight, rms, pattern)
+        baseline = float((weight.float() * rms).pow(2).sum())
+    module.weight.data.copy_(result.weight)
+    return _report(name, module, pattern, result, baseline, time.perf_counter() - start)
+
+
+def _report(name, module, pattern, result: PruneResult, baseline: float, seconds: float) -> ModuleReport:
+    return ModuleReport(
+        name=name,
+        shape=list(module.weight.shape),
+        pattern=str(pattern),
+        zero_fraction=round(zero_fraction(module.weight.data), 6),
+        error=result.error,
+        relative_error=result.error / baseline if baseline > 0 else 0.0,
+        error_kind=result.error_kind,
+        damping=result.damping,
+        seconds=round(seconds, 4),
+    )
+
+
+def _capture_first_layer_inputs(model, layers, windows: torch.Tensor, batch_size: int):
+    """[(hidden_states, layer_kwargs)] per batch of windows, as the model hands them to layers[0]."""
+    cached = []
+
+    def grab(_module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        cached.append((hidden, kwargs))
+        raise StopForward
+
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for start in range(0, len(windows), batch_size):
+            try:
+                model(input_ids=windows[start: start + batch_size], use_cache=False)
+            except StopForward:
+                pass
+    finally:
+        handle.remove()
+    return cached
+
+
+def _linear_groups(layer, first_batch, modules: dict[str, torch.nn.Linear]) -> list[dict[str, torch.nn.Linear]]:
+    """Group the layer's target Linears by the input tensor they read, in call order."""
+    calls: list[tuple[str, int]] = []
+    by_id = {id(m): n for n, m in modules.items()}
+
+    def record(module, args):
+        calls.append((by_id[id(module)], id(args[0])))
+
+    handles = [m.register_forward_pre_hook(record) for m in modules.values()]
+    try:
+        hidden, kwargs = first_batch
+        layer(hidden[:1], **_slice_batch(kwargs, hidden.shape[0]))
+    finally:
+        for h in handles:
+            h.remove()
+    groups: list[dict[str, torch.nn.Linear]] = []
+    last_input = None
+    for name, input_id in calls:
+        if name in {n for g in groups for n in g}:
+            continue  # a module called twice keeps its first position
+        if input_id != last_input or not groups:
+            groups.append({})
+        groups[-1][name] = modules[name]
+        last_input = input_id
+    missed = [n for n in modules if all(n not in g for g in groups)]
+    if missed:  # never called in forward: prune them last, data-free statistics are meaningless
+        raise SparsetrtError(f"modules {missed[:3]} are not used in the forward pass; exclude them")
+    return groups
+
+
+def _same_groups(first, modules: dict[str, torch.nn.Linear], index: int):
+    """Reuse layer k's grouping for layer `index` when the module names line up (identical blocks)."""
+    if first is None:
+        return None
+    first_index, groups = first
+    old, new = f".{first_index}.", f".{index}."
+    mapped = [{name.replace(old, new, 1): None for name in g} for g in groups]
+    if sorted(n for g in mapped for n in g) != sorted(modules):
+        return None
+    return [{n: modules[n] for n in g} for g in mapped]
+
+
+def _slice_batch(kwargs: dict, batch: int) -> dict:
+    """First sample of every batched tensor in the layer kwargs (masks); shared ones stay as they are."""
+    out = {}
+    for k, v in kwargs.items():
+        if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == batch and batch > 1:
+            out[k] = v[:1]
+        elif isinstance(v, tuple) and all(isinstance(t, torch.Tensor) for t in v):
+            out[k] = tuple(t[:1] if t.ndim > 0 and t.shape[0] == batch and batch > 1 else t for t in v)
+        else:
+            out[k] = v
+    return out
+
+
+def _layer_output(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="layer", disable=not enabled, leave=False)

@@ -1,0 +1,188 @@
+"""The sparsity verifier: every module `sparsity.json` claims must really have its pattern.
+
+It reads the saved artifacts, never the in-memory model: the HF checkpoint's safetensors, and the ONNX
+initializers. ONNX exporters rename weights (`val_41`) and often fold a transpose into them, so ONNX
+weights are matched to modules by content (a hash of W or Wᵀ in the file's dtype), and the N:M groups are
+checked along the axis the consuming MatMul/Gemm reduces over, found by walking the graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.prune.masks import parse_pattern
+
+SPARSITY_MANIFEST = "sparsity.json"
+
+
+@dataclass
+class VerifyResult:
+    where: str
+    checked: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and self.checked > 0
+
+    def raise_if_failed(self) -> "VerifyResult":
+        if not self.ok:
+            first = "; ".join(self.failures[:3]) or "no module was checked"
+            more = f" (and {len(self.failures) - 3} more)" if len(self.failures) > 3 else ""
+            raise SparsetrtError(f"sparsity verification failed on {self.where}: {first}{more}")
+        return self
+
+    def to_json(self) -> dict:
+        return {"where": self.where, "checked": self.checked, "ok": self.ok, "failures": self.failures}
+
+
+def check_pattern(name: str, weight: np.ndarray, pattern_text: str, axis: int) -> str | None:
+    """None when `weight` has the pattern along `axis` (the input/reduction axis), else why not."""
+    pattern = parse_pattern(pattern_text)
+    w = np.moveaxis(np.asarray(weight), axis, -1)
+    if pattern.is_nm:
+        if w.shape[-1] % pattern.m:
+            return f"{name}: {w.shape[-1]} inputs are not divisible by M={pattern.m}"
+        nonzeros = (w.reshape(w.shape[0], -1, pattern.m) != 0).sum(-1)
+        bad = int((nonzeros > pattern.n).sum())
+        if bad:
+            return f"{name}: {bad} of {nonzeros.size} groups have more than {pattern.n} non-zeros in {pattern.m}"
+        return None
+    needed = int(w.shape[-1] * pattern.ratio) / w.shape[-1]
+    zeros = float((w == 0).mean())
+    if zeros + 1e-9 < needed:
+        return f"{name}: zero fraction {zeros:.4f} is below the claimed {pattern.ratio:g}"
+    return None
+
+
+def load_manifest(directory: Path) -> dict:
+    from sparsetrt.artifacts import read_json
+
+    path = Path(directory) / SPARSITY_MANIFEST
+    if not path.is_file():
+        raise SparsetrtError(f"{directory} has no {SPARSITY_MANIFEST}; pass a directory written by `sparsetrt prune`")
+    manifest = read_json(path)
+    if not isinstance(manifest.get("modules"), dict) or not manifest["modules"]:
+        raise SparsetrtError(f"{path} lists no modules; it is not a sparsetrt pruning manifest")
+    return manifest
+
+
+def checkpoint_weights(checkpoint: Path, names) -> dict[str, np.ndarray]:
+    """Read `<module>.weight` tensors from a checkpoint's safetensors files (sharded or not)."""
+    from safetensors import safe_open
+
+    wanted = {f"{n}.weight": n for n in names}
+    found = {}
+    files = sorted(Path(checkpoint).glob("*.safetensors"))
+    if not files:
+        raise SparsetrtError(f"{checkpoint} has no .safetensors files to verify")
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if key in wanted:
+                    found[wanted[key]] = f.get_tensor(key).float().numpy()
+    return found
+
+
+def verify_checkpoint(checkpoint: Path, manifest: dict | None = None) -> VerifyResult:
+    manifest = manifest or load_manifest(checkpoint)
+    modules = manifest["modules"]
+    weights = checkpoint_weights(checkpoint, modules)
+    result = VerifyResult(where=f"checkpoint {checkpoint}")
+    for name, info in modules.items():
+        if name not in weights:
+            result.failures.append(f"{name}: weight missing from the checkpoint")
+            continue
+        result.checked += 1
+        if problem := check_pattern(name, weights[name], info["pattern"], axis=1):  # HF Linear: (out, in)
+            result.failures.append(problem)
+    return result
+
+
+def verify_onnx(onnx_path: Path, manifest: dict, checkpoint: Path) -> VerifyResult:
+    """Check the claimed pattern on the ONNX initializers that carry each pruned module's weight."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=True)
+    graph = model.graph
+    modules = manifest["modules"]
+    reference = checkpoint_weights(checkpoint, modules)
+    result = VerifyResult(where=f"ONNX {onnx_path}")
+
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer if len(init.dims) == 2}
+    dtypes = {a.dtype for a in initializers.values()}
+    by_hash: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+    for name, w in reference.items():
+        for dtype in dtypes:
+            by_hash[_digest(w.astype(dtype))].append((name, False))
+            by_hash[_digest(w.T.astype(dtype))].append((name, True))
+    consumers = _consumers(graph)
+
+    located: dict[str, tuple[str, bool]] = {}
+    for init_name, array in initializers.items():
+        for module, transposed in by_hash.get(_digest(array), []):
+            located.setdefault(module, (init_name, transposed))
+    for module, info in modules.items():
+        if module not in located:
+            result.failures.append(f"{module}: no ONNX initializer holds this weight (renamed, fused or altered by the exporter?)")
+            continue
+        init_name, transposed = located[module]
+        array = initializers[init_name]
+        input_axis = 0 if transposed else 1  # where the Linear's in_features lie in this initializer
+        axes = _reduction_axes(init_name, consumers)
+        result.checked += 1
+        if axes != {input_axis}:
+            result.failures.append(
+                f"{module} ({init_name}): consumed with reduction axis {sorted(axes) or 'unknown'}, "
+                f"expected {input_axis}; sparse tensor cores need the pattern along the reduction axis"
+            )
+            continue
+        if problem := check_pattern(f"{module} ({init_name})", array, info["pattern"], axis=input_axis):
+            result.failures.append(problem)
+    return result
+
+
+def _digest(array: np.ndarray) -> str:
+    a = np.ascontiguousarray(array)
+    return hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest() + str(a.shape) + a.dtype.str
+
+
+def _consumers(graph) -> dict[str, list]:
+    out = defaultdict(list)
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            out[name].append((node, index))
+    return out
+
+
+def _reduction_axes(tensor: str, consumers, flipped: bool = False, depth: int = 0) -> set[int]:
+    """The axes of a 2-D initializer that its matmul consumers reduce over (through Transpose/Cast)."""
+    axes: set[int] = set()
+    if depth > 8:
+        return {-1}
+    for node, index in consumers.get(tensor, []):
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type in ("Cast", "Identity", "DequantizeLinear", "QuantizeLinear") and index == 0:
+            axes |= _reduction_axes(node.output[0], consumers, flipped, depth + 1)
+            continue
+        if node.op_type == "Transpose":
+            perm = list(attrs["perm"].ints) if "perm" in attrs else [1, 0]
+            axes |= _reduction_axes(node.output[0], consumers, flipped ^ (perm == [1, 0]), depth + 1)
+            continue
+        if node.op_type == "MatMul":
+            axis = 0 if index == 1 else 1
+        elif node.op_type == "Gemm" and index in (0, 1):
+            trans = attrs[("transA", "transB")[index]].i if ("transA", "transB")[index] in attrs else 0
+            axis = (1 if index == 0 else 0) ^ trans
+        else:
+            axes.add(-1)  # consumed by something that is not a matmul: cannot vouch for the layout
+            continue
+        axes.add(axis ^ 1 if flipped else axis)
+    return axes

@@ -1,0 +1,59 @@
+"""One small runner per backend, Polygraphy-style: construct, then `logits(input_ids, attention_mask)`.
+
+Heavy libraries are imported when a runner is built, not when this module is imported. The TensorRT runner
+lives behind the build/ seam (sparsetrt.build) and follows the same interface.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class TorchRunner:
+    """The PyTorch reference (CPU, eager, fp32 unless told otherwise)."""
+
+    backend = "pytorch"
+
+    def __init__(self, model):
+        self.model = model.eval()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path, dtype: str = "float32") -> "TorchRunner":
+        from sparsetrt.models import load_model
+
+        return cls(load_model(Path(checkpoint), dtype=dtype)[0])
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        import torch
+
+        ids = torch.as_tensor(input_ids, dtype=torch.long)
+        mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return out.float().numpy()
+
+
+class OnnxRuntimeRunner:
+    """ONNX Runtime on the CPU (or the first of `providers` that is installed)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, onnx_path: Path, providers=("CPUExecutionProvider",), threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        available = set(ort.get_available_providers())
+        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=chosen)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        feeds = {"input_ids": np.asarray(input_ids, dtype=np.int64)}
+        if "attention_mask" in self.input_names:
+            mask = np.ones_like(feeds["input_ids"]) if attention_mask is None else attention_mask
+            feeds["attention_mask"] = np.asarray(mask, dtype=np.int64)
+        return self.session.run(["logits"], feeds)[0].astype(np.float32, copy=False)

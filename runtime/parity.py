@@ -1,0 +1,158 @@
+"""`sparsetrt parity`: the PyTorch model vs each exported ONNX file (ONNX Runtime), on the same windows.
+
+Tolerances are per precision and can be overridden key by key ("fp16.max_abs_error=0.5"). The fp32
+defaults are the acceptance bar of the product (top-1 >= 99.9 %, max |Δlogit| <= 1e-3). The fp16 defaults
+were set from measurements on SmolLM2-135M (see README): fp16 rounding of 30 layers moves logits by
+tenths, but must not move the distribution.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sparsetrt.artifacts import check_output_dir, reusable_manifest, ensure_writable_parent, fingerprint, read_json, staged_dir, write_json
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.runtime.metrics import ParityAccumulator
+from sparsetrt.runtime.report import html_report, junit_xml, write_text_atomic
+
+PARITY_MANIFEST = "parity.json"
+
+DEFAULT_TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
+    "fp32": {
+        "top1_agreement": (">=", 0.999),
+        "max_abs_error": ("<=", 1e-3),
+        "kl_divergence": ("<=", 1e-6),
+        "perplexity_rel_diff": ("<=", 1e-4),
+    },
+    "fp16": {
+        "top1_agreement": (">=", 0.98),
+        "top5_agreement": (">=", 0.95),
+        "kl_divergence": ("<=", 2e-3),
+        "perplexity_rel_diff": ("<=", 0.01),
+    },
+}
+
+
+def parse_tolerance_overrides(items) -> dict[str, dict[str, float]]:
+    """["fp16.max_abs_error=0.5", ...] -> {"fp16": {"max_abs_error": 0.5}}."""
+    out: dict[str, dict[str, float]] = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        precision, dot, metric = key.strip().partition(".")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not dot or number is None:
+            raise SparsetrtError(f"bad tolerance '{item}'; write PRECISION.METRIC=VALUE, e.g. fp16.max_abs_error=0.5")
+        out.setdefault(precision, {})[metric] = number
+    return out
+
+
+def tolerances_for(precision: str, overrides: dict[str, dict[str, float]]) -> dict[str, tuple[str, float]]:
+    from sparsetrt.runtime.metrics import ParityAccumulator
+
+    known = set(ParityAccumulator().result_keys())
+    rules = dict(DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp16"]))
+    for metric, value in overrides.get(precision, {}).items():
+        if metric not in known:
+            raise SparsetrtError(f"unknown parity metric '{metric}'; use one of {', '.join(sorted(known))}")
+        op = rules.get(metric, (">=" if metric in _HIGHER_IS_BETTER else "<=", 0))[0]
+        rules[metric] = (op, value)
+    return rules
+
+
+_HIGHER_IS_BETTER = {"top1_agreement", "top5_agreement", "cosine_similarity", "min_cosine_similarity"}
+
+
+def evaluate_checks(metrics: dict, rules: dict[str, tuple[str, float]]) -> list[dict]:
+    checks = []
+    for metric, (op, threshold) in rules.items():
+        value = metrics[metric]
+        passed = value >= threshold if op == ">=" else value <= threshold
+        checks.append({"metric": metric, "op": op, "threshold": threshold, "value": value, "passed": bool(passed)})
+    return checks
+
+
+def compare_runners(reference, candidate, windows: np.ndarray) -> dict:
+    """Metrics of `candidate` against `reference` over `windows` [n, seq_len], one window at a time."""
+    acc = ParityAccumulator()
+    start = time.perf_counter()
+    for window in windows:
+        ids = np.asarray(window, dtype=np.int64)[None]
+        mask = np.ones_like(ids)
+        acc.update(reference.logits(ids, mask), candidate.logits(ids, mask), ids)
+    metrics = acc.result()
+    metrics["seconds"] = time.perf_counter() - start
+    return metrics
+
+
+def run_parity(
+    checkpoint: str | Path,
+    onnx_dir: str | Path,
+    out: str | Path,
+    corpus: str = "auto",
+    windows: int = 4,
+    seq_len: int = 512,
+    tolerances=(),
+    overwrite: bool = False,
+    reuse: bool = False,
+) -> dict:
+    """Compare the checkpoint (PyTorch fp32) with every ONNX file listed in onnx_dir/export.json."""
+    from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
+    from sparsetrt.export.stage import EXPORT_MANIFEST
+    from sparsetrt.runtime.backends import OnnxRuntimeRunner, TorchRunner
+
+    overrides = parse_tolerance_overrides(tolerances)
+    onnx_dir = Path(onnx_dir)
+    export = read_json(onnx_dir / EXPORT_MANIFEST)
+    settings = {"export": export["fingerprint"], "corpus": corpus, "windows": windows, "seq_len": seq_len,
+                "tolerances": overrides}
+    run_fingerprint = fingerprint(settings)
+    out = Path(out)
+    ensure_writable_parent(out)
+    if reuse and (done := reusable_manifest(out, PARITY_MANIFEST, "parity", run_fingerprint)):
+        return done  # an identical run already finished here
+    check_output_dir(out, PARITY_MANIFEST, "parity", run_fingerprint, overwrite)
+
+    reference = TorchRunner.from_checkpoint(Path(checkpoint))
+    text = load_corpus(corpus, "test")
+    eval_windows = sequential_windows(tokenize_corpus(reference_tokenizer(checkpoint), text), seq_len, windows).numpy()
+
+    candidates = []
+    for precision, info in export["files"].items():
+        runner = OnnxRuntimeRunner(onnx_dir / info["onnx"])
+        metrics = compare_runners(reference, runner, eval_windows)
+        checks = evaluate_checks(metrics, tolerances_for(precision, overrides))
+        candidates.append({"name": f"onnxruntime-{precision}", "backend": "onnxruntime", "precision": precision,
+                           "file": str(onnx_dir / info["onnx"]), "metrics": metrics, "checks": checks,
+                           "passed": all(c["passed"] for c in checks)})
+    verification = {str(onnx_dir / i["onnx"]): i["sparsity_verification"]
+                    for i in export["files"].values() if i.get("sparsity_verification")}
+    report = {
+        "format": "sparsetrt.parity/1",
+        "stage": "parity",
+        "fingerprint": run_fingerprint,
+        "settings": settings,
+        "reference": {"backend": "pytorch", "dtype": "float32", "checkpoint": str(checkpoint)},
+        "eval": {"corpus": text.description, "windows": int(len(eval_windows)), "seq_len": seq_len},
+        "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}, CPU only",
+        "candidates": candidates,
+        "sparsity_verification": verification,
+        "passed": all(c["passed"] for c in candidates) and all(v["ok"] for v in verification.values()),
+    }
+    with staged_dir(out) as tmp:
+        write_json(tmp / PARITY_MANIFEST, report)
+        write_text_atomic(tmp / "parity.html", html_report(report))
+        write_text_atomic(tmp / "parity.junit.xml", junit_xml(report))
+    return report
+
+
+def reference_tokenizer(checkpoint: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(checkpoint), local_files_only=True)

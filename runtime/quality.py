@@ -1,0 +1,113 @@
+"""`make bench-quality`: WikiText-2 perplexity of the dense model and of each pruning method.
+
+Protocol (kept exactly so figures compare across tools): calibration = 32 random 512-token windows of
+WikiText-2 valid (seed 0); evaluation = the first 40 non-overlapping 512-token windows of WikiText-2 test;
+every Linear in the decoder blocks pruned. Pruning time is the time of the sequential pruning itself
+(calibration forward passes, statistics, mask selection and updates), model loading excluded.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from sparsetrt.artifacts import write_json
+from sparsetrt.runtime.report import write_text_atomic
+
+# Figures the project owner measured with neighbouring tools under the same protocol on this machine class
+# (issue #2). They are quoted, not re-measured by this benchmark.
+REFERENCE_FIGURES = [
+    {"tool": "llm-compressor SparseGPTModifier (sequential, 2:4)", "perplexity": 77.4, "prune_s": 94},
+    {"tool": "NVIDIA Model Optimizer mts.sparsify(mode='sparsegpt'), 2:4", "perplexity": 103.4, "prune_s": 80},
+]
+
+
+def perplexity(model, windows: torch.Tensor, progress: bool = False) -> float:
+    """exp(mean next-token NLL) over `windows` [n, seq_len], one window per forward pass."""
+    from tqdm.auto import tqdm
+
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for window in tqdm(windows, desc="perplexity", unit="window", disable=not progress, leave=False):
+            ids = window.unsqueeze(0)
+            logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+            nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+            count += ids.shape[1] - 1
+    return math.exp(nll / count)
+
+
+def quality_benchmark(model: str, out: str | Path, methods=("dense", "magnitude", "wanda", "sparsegpt"),
+                      pattern: str = "2:4", calib_samples: int = 32, seq_len: int = 512, eval_windows: int = 40,
+                      seed: int = 0, progress: bool = True) -> dict:
+    from sparsetrt.calibration.data import default_corpus, random_windows, sequential_windows, tokenize_corpus
+    from sparsetrt.models import load_model, resolve_checkpoint
+    from sparsetrt.prune.masks import parse_pattern
+    from sparsetrt.prune.sequential import METHODS, prune_model
+
+    for method in methods:
+        if method != "dense" and method not in METHODS:
+            from sparsetrt.errors import SparsetrtError
+
+            raise SparsetrtError(f"unknown method '{method}'; use dense or one of {', '.join(METHODS)}")
+    checkpoint = resolve_checkpoint(model)
+    _, tokenizer = load_model(checkpoint)
+    calib_text, eval_text = default_corpus("valid"), default_corpus("test")
+    calib = random_windows(tokenize_corpus(tokenizer, calib_text), calib_samples, seq_len, seed)
+    evaluation = sequential_windows(tokenize_corpus(tokenizer, eval_text), seq_len, eval_windows)
+    parsed = parse_pattern(pattern)
+
+    results = []
+    for method in methods:
+        lm, _ = load_model(checkpoint)
+        prune_s = None
+        if method != "dense":
+            start = time.perf_counter()
+            prune_model(lm, calib, method, parsed, progress=progress)
+            prune_s = time.perf_counter() - start
+        ppl = perplexity(lm, evaluation, progress)
+        results.append({"method": method, "pattern": None if method == "dense" else str(parsed),
+                        "perplexity": ppl, "prune_s": prune_s})
+        print(f"{method:>10}: ppl {ppl:.2f}" + (f", pruned in {prune_s:.1f} s" if prune_s else ""), flush=True)
+        del lm
+
+    dense = next((r["perplexity"] for r in results if r["method"] == "dense"), None)
+    report = {
+        "format": "sparsetrt.quality/1",
+        "model": str(checkpoint),
+        "protocol": {"calibration": f"{calib_samples} random windows of {seq_len} tokens from {calib_text.description}, "
+                                    f"seed {seed}",
+                     "evaluation": f"first {len(evaluation)} non-overlapping {seq_len}-token windows of {eval_text.description}",
+                     "targets": "every Linear in the decoder blocks"},
+        "machine": {"processor": platform.processor() or platform.machine(), "platform": platform.platform(),
+                    "cpu_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "results": results,
+        "reference_figures": REFERENCE_FIGURES,
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "quality.json", report)
+    write_text_atomic(out / "quality.md", _markdown(report, dense))
+    return report
+
+
+def _markdown(report: dict, dense: float | None) -> str:
+    lines = ["# Quality: WikiText-2 perplexity after pruning", "",
+             f"- Model: `{report['model']}`",
+             f"- Calibration: {report['protocol']['calibration']}",
+             f"- Evaluation: {report['protocol']['evaluation']}",
+             f"- Machine: {report['machine']['processor']}, {report['machine']['cpu_threads']} threads, "
+             f"{report['machine']['platform']}, torch {report['machine']['torch']}", "",
+             "| method | pattern | perplexity | × dense | pruning time (s) |", "|---|---|---:|---:|---:|"]
+    for r in report["results"]:
+        ratio = f"{r['perplexity'] / dense:.2f}" if dense else ""
+        t = f"{r['prune_s']:.1f}" if r["prune_s"] is not None else "—"
+        lines.append(f"| {r['method']} | {r['pattern'] or 'dense'} | {r['perplexity']:.2f} | {ratio} | {t} |")
+    lines += ["", "Reference figures for other tools, same protocol and machine class, quoted from issue #2 "
+              "(not re-measured by this benchmark):", "", "| tool | perplexity | pruning time (s) |", "|---|---:|---:|"]
+    lines += [f"| {r['tool']} | {r['perplexity']} | {r['prune_s']} |" for r in report["reference_figures"]]
+    lines += ["", "Written by `make bench-quality` (`sparsetrt quality`).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""`sparsetrt <stage>`: thin wrappers over the stage functions. Errors print as one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sparsetrt.errors import SparsetrtError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparsetrt", description="2:4-sparse LLM deployment pipeline")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show library logs and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prune", help="prune a checkpoint (N:M or unstructured) and write sparsity.json")
+    p.add_argument("--model", required=True, help="checkpoint directory, 'smollm2-135m', or a hub id (online only)")
+    p.add_argument("--method", default="sparsegpt", help="magnitude | wanda | sparsegpt (default)")
+    p.add_argument("--pattern", default="2:4", help="N:M (N non-zeros of every M) or unstructured:RATIO")
+    p.add_argument("--calib", default="auto", help="text file, directory of .txt, JSONL (text field), or 'auto'")
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--calib-seq-len", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--targets", nargs="+", default=["*"], help="glob(s) over module names (default: every Linear in the blocks)")
+    p.add_argument("--exclude", nargs="*", default=[], help="glob(s) of modules to leave dense")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
+    p.add_argument("--block-size", type=int, default=128, help="SparseGPT lazy-update block")
+    p.add_argument("--damping", type=float, default=0.01, help="SparseGPT dampening, fraction of mean diag(H)")
+    p.add_argument("--mask-selection", default="joint", help="SparseGPT N:M mask rule: joint | independent")
+    _common(p)
+
+    p = sub.add_parser("export", help="export a (pruned) checkpoint to ONNX and verify the pattern survived")
+    p.add_argument("--model", required=True, help="checkpoint directory (usually the output of `sparsetrt prune`)")
+    p.add_argument("--precision", action="append", choices=["fp32", "fp16"], help="repeatable (default: fp32 and fp16)")
+    p.add_argument("--opset", type=int, default=21)
+    _common(p)
+
+    p = sub.add_parser("parity", help="compare PyTorch with the exported ONNX files (ONNX Runtime)")
+    p.add_argument("--model", required=True, help="the checkpoint the ONNX files were exported from")
+    p.add_argument("--onnx-dir", required=True, help="directory written by `sparsetrt export`")
+    p.add_argument("--corpus", default="auto", help="evaluation text, or 'auto' (WikiText-2 test / Python docs)")
+    p.add_argument("--windows", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--tol", action="append", default=[], metavar="PRECISION.METRIC=VALUE",
+                   help="override a tolerance, e.g. fp16.max_abs_error=0.5 (repeatable)")
+    _common(p)
+
+    p = sub.add_parser("verify", help="check the sparsity pattern a sparsity.json claims")
+    p.add_argument("path", help="pruned checkpoint directory, or an .onnx file (then pass --checkpoint)")
+    p.add_argument("--checkpoint", help="with an .onnx file: the pruned checkpoint it came from")
+
+    p = sub.add_parser("run", help="the whole pipeline from a config file (TOML or YAML)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", help="override the config's output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run's artifacts")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("quality", help="WikiText-2 perplexity of dense vs pruned models (benchmark)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt")
+    p.add_argument("--pattern", default="2:4")
+    p.add_argument("--out", default="benchmarks")
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--eval-windows", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an output directory that holds a different run")
+    if p.prog.endswith(("prune", "export")):
+        p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the checkpoint")
+    if p.prog.endswith("prune"):
+        p.add_argument("--no-progress", action="store_true")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except SparsetrtError as exc:
+        print(f"sparsetrt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsetrt: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def cmd_prune(args) -> int:
+    from sparsetrt.prune.stage import prune_checkpoint
+
+    manifest = prune_checkpoint(
+        args.model, args.out, method=args.method, pattern=args.pattern, calib=args.calib,
+        calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, seed=args.seed, targets=args.targets,
+        exclude=args.exclude, batch_size=args.batch_size, overwrite=args.overwrite,
+        sparsegpt={"block_size": args.block_size, "damping": args.damping, "mask_selection": args.mask_selection},
+        trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+    )
+    s = manifest["summary"]
+    print(f"pruned {s['modules']} modules ({manifest['method']} {manifest['pattern']}), zero fraction "
+          f"{s['zero_fraction']:.4f}, {manifest['timings']['prune_s']:.1f} s -> {args.out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from sparsetrt.export.stage import export_checkpoint
+
+    manifest = export_checkpoint(args.model, args.out, precisions=args.precision or ["fp32", "fp16"],
+                                 opset=args.opset, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    for precision, info in manifest["files"].items():
+        v = info["sparsity_verification"]
+        note = f", pattern verified on {v['checked']} weights" if v else ""
+        print(f"{precision}: {Path(args.out) / info['onnx']}{note}")
+    return 0
+
+
+def cmd_parity(args) -> int:
+    from sparsetrt.runtime.parity import run_parity
+
+    report = run_parity(args.model, args.onnx_dir, args.out, corpus=args.corpus, windows=args.windows,
+                        seq_len=args.seq_len, tolerances=args.tol, overwrite=args.overwrite)
+    for cand in report["candidates"]:
+        failed = [c["metric"] for c in cand["checks"] if not c["passed"]]
+        print(f"{cand['name']}: {'PASS' if cand['passed'] else 'FAIL (' + ', '.join(failed) + ')'}")
+    print(f"report: {Path(args.out) / 'parity.html'}")
+    return 0 if report["passed"] else 1
+
+
+def cmd_verify(args) -> int:
+    from sparsetrt.prune.verify import load_manifest, verify_checkpoint, verify_onnx
+
+    path = Path(args.path)
+    if path.suffix == ".onnx":
+        if not args.checkpoint:
+            raise SparsetrtError("verifying an .onnx file needs --checkpoint (the pruned checkpoint it was exported from)")
+        if not path.is_file():
+            raise SparsetrtError(f"{path} does not exist")
+        result = verify_onnx(path, load_manifest(Path(args.checkpoint)), Path(args.checkpoint))
+    else:
+        result = verify_checkpoint(path)
+    result.raise_if_failed()
+    print(f"OK: {result.checked} modules have their claimed pattern in {result.where}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from sparsetrt.config import load_config
+    from sparsetrt.pipeline import run_pipeline
+
+    config = load_config(args.config)
+    if args.out:
+        config.out = args.out
+    summary = run_pipeline(config, overwrite=args.overwrite, progress=not args.no_progress)
+    return 0 if summary["passed"] else 1
+
+
+def cmd_quality(args) -> int:
+    from sparsetrt.runtime.quality import quality_benchmark
+
+    result = quality_benchmark(args.model, args.out, methods=args.methods.split(","), pattern=args.pattern,
+                               calib_samples=args.calib_samples, seq_len=args.seq_len, eval_windows=args.eval_windows,
+                               seed=args.seed, progress=not args.no_progress)
+    print(json.dumps({r["method"]: round(r["perplexity"], 2) for r in result["results"]}))
+    return 0
+
+
+COMMANDS = {"prune": cmd_prune, "export": cmd_export, "parity": cmd_parity, "verify": cmd_verify,
+            "run": cmd_run, "quality": cmd_quality}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny random-weight Llama checkpoints with a real (tiny) tokenizer, built in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+
+
+def corpus_text() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics)[:40])
+
+
+def make_tokenizer(directory: Path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=256, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    tok.train_from_iterator([corpus_text()], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(directory)
+    return fast
+
+
+def make_tiny_llama(directory: Path, hidden: int = 64, intermediate: int = 128, layers: int = 2, heads: int = 4,
+                    kv_heads: int = 2, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer(directory)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # random init is ~N(0, 0.02); spread it so layers differ in interesting ways
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(5.0)
+    model.eval().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def calib_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "calib.txt"
+    path.write_text(corpus_text())
+    return path
+
+
+@pytest.fixture(scope="session")
+def pruned_tiny(tiny_checkpoint, calib_file, tmp_path_factory) -> Path:
+    from sparsetrt.prune.stage import prune_checkpoint
+
+    out = tmp_path_factory.mktemp("pruned") / "sparsegpt"
+    prune_checkpoint(str(tiny_checkpoint), out, method="sparsegpt", pattern="2:4", calib=str(calib_file),
+                     calib_samples=8, calib_seq_len=64, progress=False)
+    return out

@@ -1,0 +1,190 @@
+"""The CLI's contract: bad input -> one clear line on stderr, exit code 2, and no partial artifact."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparsetrt.cli import main
+from conftest import make_tiny_llama
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def prune_args(model, calib, out, *extra):
+    return ["prune", "--model", model, "--calib", calib, "--calib-samples", 4, "--calib-seq-len", 32,
+            "--out", out, "--no-progress", *extra]
+
+
+def assert_one_line_error(code, err, pattern):
+    import re
+
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sparsetrt: error: ")
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def assert_nothing_written(out: Path):
+    assert not out.exists()
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert not leftovers
+
+
+def test_prune_end_to_end_and_rerun_rules(capsys, tiny_checkpoint, calib_file, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, out, "--method", "wanda"))
+    assert code == 0 and "zero fraction 0.5000" in stdout
+    manifest = json.loads((out / "sparsity.json").read_text())
+    assert manifest["method"] == "wanda" and len(manifest["modules"]) == 14
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    # The same run again is fine (replaced in place) ...
+    assert run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, out, "--method", "wanda"))[0] == 0
+    # ... a different run into the same directory is refused, unless --overwrite.
+    code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, out, "--method", "magnitude"))
+    assert_one_line_error(code, err, "already holds a different prune run.*--overwrite")
+    assert json.loads((out / "sparsity.json").read_text())["method"] == "wanda"  # untouched
+    code, _, _ = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, out, "--method", "magnitude", "--overwrite"))
+    assert code == 0 and json.loads((out / "sparsity.json").read_text())["method"] == "magnitude"
+    code, stdout, _ = run_cli(capsys, "verify", out)
+    assert code == 0 and "14 modules" in stdout
+
+
+def test_foreign_output_directory_is_refused(capsys, tiny_checkpoint, calib_file, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, out))
+    assert_one_line_error(code, err, "files that sparsetrt did not write")
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+@pytest.fixture()
+def bad_models(tmp_path, tiny_checkpoint):
+    models = {}
+    corrupt_config = tmp_path / "corrupt-config"
+    shutil.copytree(tiny_checkpoint, corrupt_config)
+    (corrupt_config / "config.json").write_text("{not json")
+    models["corrupt-config"] = corrupt_config
+    corrupt_weights = tmp_path / "corrupt-weights"
+    shutil.copytree(tiny_checkpoint, corrupt_weights)
+    data = (corrupt_weights / "model.safetensors").read_bytes()
+    (corrupt_weights / "model.safetensors").write_bytes(data[: len(data) // 3])
+    models["corrupt-weights"] = corrupt_weights
+    not_causal = tmp_path / "bert"
+    not_causal.mkdir()
+    (not_causal / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    (not_causal / "model.safetensors").write_bytes(b"")
+    models["not-causal"] = not_causal
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(tiny_checkpoint / "config.json", no_weights)
+    models["no-weights"] = no_weights
+    return models
+
+
+@pytest.mark.parametrize("which,pattern", [
+    ("corrupt-config", "config.json .* is corrupt"),
+    ("corrupt-weights", "could not load the weights"),
+    ("not-causal", "'bert' model .* not a causal language model"),
+    ("no-weights", "no weight files"),
+])
+def test_bad_checkpoints(capsys, bad_models, calib_file, tmp_path, which, pattern):
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, *prune_args(bad_models[which], calib_file, out))
+    assert_one_line_error(code, err, pattern)
+    assert_nothing_written(out)
+
+
+def test_missing_model(capsys, calib_file, tmp_path):
+    code, _, err = run_cli(capsys, *prune_args(tmp_path / "nowhere", calib_file, tmp_path / "out"))
+    assert_one_line_error(code, err, "neither a checkpoint directory nor a known name")
+
+
+def test_in_features_not_divisible(capsys, tmp_path, calib_file):
+    model = make_tiny_llama(tmp_path / "odd", hidden=66, intermediate=132, heads=6, kv_heads=3)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, *prune_args(model, calib_file, out))
+    assert_one_line_error(code, err, r"in_features=66, not divisible by M=4.*--exclude")
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--method", "obs"], "unknown method 'obs'"),
+    (["--pattern", "3:2"], "0 < N < M"),
+    (["--pattern", "dense"], "unknown pattern 'dense'"),
+    (["--mask-selection", "best"], "unknown mask selection"),
+])
+def test_unknown_method_or_pattern(capsys, tiny_checkpoint, calib_file, tmp_path, extra, pattern):
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, out, *extra))
+    assert_one_line_error(code, err, pattern)
+    assert_nothing_written(out)
+
+
+def test_calibration_text_problems(capsys, tiny_checkpoint, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, empty, out))
+    assert_one_line_error(code, err, "is empty")
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words")
+    code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, short, out))
+    assert_one_line_error(code, err, "fewer than one window of 32")
+    bad_jsonl = tmp_path / "data.jsonl"
+    bad_jsonl.write_text('{"text": "fine"}\n{"content": "no text field"}\n')
+    code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, bad_jsonl, out))
+    assert_one_line_error(code, err, "data.jsonl:2 has no string 'text' field")
+    assert_nothing_written(out)
+
+
+def test_jsonl_and_directory_calibration(capsys, tiny_checkpoint, calib_file, tmp_path):
+    text = calib_file.read_text()
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": t}) for t in text.split("\n\n")))
+    assert run_cli(capsys, *prune_args(tiny_checkpoint, jsonl, tmp_path / "a", "--method", "wanda"))[0] == 0
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text(text)
+    assert run_cli(capsys, *prune_args(tiny_checkpoint, folder, tmp_path / "b", "--method", "wanda"))[0] == 0
+    assert "1 .txt files" in json.loads((tmp_path / "b" / "sparsity.json").read_text())["calibration"]["corpus"]
+
+
+def test_unwritable_output(capsys, tiny_checkpoint, calib_file, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, blocker / "out"))
+    assert_one_line_error(code, err, "cannot write output directory")
+
+
+def test_failure_mid_stage_leaves_no_artifact(capsys, tiny_checkpoint, calib_file, tmp_path, monkeypatch):
+    import sparsetrt.prune.stage as stage
+    from sparsetrt.prune.verify import VerifyResult
+
+    monkeypatch.setattr(stage, "verify_checkpoint", lambda *a, **k: VerifyResult("x", 1, ["forced failure"]))
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, out))
+    assert_one_line_error(code, err, "forced failure")
+    assert_nothing_written(out)
+
+
+def test_verify_onnx_needs_checkpoint(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "verify", tmp_path / "model.onnx")
+    assert_one_line_error(code, err, "needs --checkpoint")
+
+
+def test_console_script_reports_errors(tmp_path):
+    exe = Path(sys.executable).with_name("sparsetrt")
+    proc = subprocess.run([str(exe), "prune", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("sparsetrt: error: model")

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from sparsetrt.config import PipelineConfig, load_config
+from sparsetrt.errors import SparsetrtError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_demo_config_parses():
+    config = load_config(REPO / "configs" / "demo.toml")
+    assert config.model.source == "smollm2-135m"
+    assert config.prune.method == "sparsegpt" and config.prune.pattern == "2:4"
+    assert config.calibration.samples == 32 and config.calibration.seq_len == 512
+    assert config.prune.sparsegpt.mask_selection == "joint"
+    assert config.export.precisions == ["fp32", "fp16"]
+
+
+def test_yaml_and_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("prune:\n  method: wanda\n  sparsegpt:\n    damping: 0.1\nparity:\n  windows: 2\n")
+    config = load_config(path)
+    assert config.prune.method == "wanda" and config.prune.sparsegpt.damping == 0.1
+    assert config.parity.windows == 2 and config.out == PipelineConfig().out
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[prune]\nmethd = 'wanda'\n", "unknown key.*methd"),
+    ("[calibration]\nsamples = 'many'\n", "samples must be an integer"),
+    ("[export]\nprecisions = 'fp16'\n", "precisions must be a list"),
+    ("[model]\ntrust_remote_code = 1\n", "true or false"),
+    ("prune = 3\n", "prune must be a table"),
+    ("[prune\n", "does not parse"),
+])
+def test_bad_configs_are_refused_with_the_key(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(SparsetrtError, match=message):
+        load_config(path)
+
+
+def test_missing_and_unknown_format(tmp_path):
+    with pytest.raises(SparsetrtError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    (tmp_path / "c.ini").write_text("[x]")
+    with pytest.raises(SparsetrtError, match=".toml, .yaml"):
+        load_config(tmp_path / "c.ini")

