@@ -53,7 +53,8 @@ def sparsegpt_prune(
         block_size = max(pattern.m, block_size // pattern.m * pattern.m)  # groups must not straddle blocks
     H = hessian.detach().float().clone()
     dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0  # an input that never fired: its weights cost nothing to prune
+    H[dead, dead] = 1.0  # an input that never fired in calibration: its weights carry no information,
+    W[:, dead] = 0.0  # so zero them (as the reference implementation does) and let the masks take them first
     U, damping_used = inverse_hessian_cholesky(H, damping, max_damping)
     kernels = group_kernels(U, pattern.n, pattern.m) if pattern.is_nm else None
 

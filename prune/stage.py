@@ -9,6 +9,7 @@ from pathlib import Path
 from sparsetrt.artifacts import check_output_dir, reusable_manifest, ensure_writable_parent, fingerprint, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.masks import parse_pattern
+from sparsetrt.prune.sparsegpt import MASK_SELECTIONS
 from sparsetrt.prune.sequential import METHODS, check_prunable, prune_model, target_linears
 from sparsetrt.prune.verify import SPARSITY_MANIFEST, verify_checkpoint
 
@@ -42,6 +43,9 @@ def prune_checkpoint(
     if method not in METHODS:
         raise SparsetrtError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
     parsed = parse_pattern(pattern)
+    selection = (sparsegpt or {}).get("mask_selection", "joint")
+    if selection not in MASK_SELECTIONS:
+        raise SparsetrtError(f"unknown mask selection '{selection}'; use one of {', '.join(MASK_SELECTIONS)}")
     if calib_samples < 1 or calib_seq_len < 2:
         raise SparsetrtError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
     settings = {

@@ -101,6 +101,10 @@ def _setup_logging(verbose: bool) -> None:
         import warnings
 
         warnings.filterwarnings("ignore")
+        # transformers draws a bar for every checkpoint load; ours (per layer) are the ones that matter.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def cmd_prune(args) -> int:
