@@ -7,7 +7,7 @@ TORCH_SPEC  ?= torch==2.13.0
 CONFIG      ?= configs/demo.toml
 STAMP       := $(VENV)/.sparsetrt-installed
 
-.PHONY: setup demo test test-fast bench-quality verify clean distclean help
+.PHONY: setup demo test test-fast bench-quality clean distclean help
 
 help:
 	@echo "make demo           prune smollm2-135m to 2:4, export ONNX, check parity (artifacts/)"

@@ -96,7 +96,7 @@ def prune_checkpoint(
         "summary": {
             "modules": len(reports),
             "pruned_parameters": pruned_params,
-            "zero_fraction": zeros / pruned_params,
+            "zero_fraction": round(zeros / pruned_params, 6),
             "mean_relative_error": sum(r.relative_error for r in reports) / len(reports),
             "dampening_raised": [r.name for r in reports if r.damping is not None and r.damping > (sparsegpt or {}).get("damping", 0.01)],
         },

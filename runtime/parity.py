@@ -2,8 +2,8 @@
 
 Tolerances are per precision and can be overridden key by key ("fp16.max_abs_error=0.5"). The fp32
 defaults are the acceptance bar of the product (top-1 >= 99.9 %, max |Δlogit| <= 1e-3). The fp16 defaults
-were set from measurements on SmolLM2-135M (see README): fp16 rounding of 30 layers moves logits by
-tenths, but must not move the distribution.
+were set from measurements on SmolLM2-135M (see README): fp16 rounding through 30 layers moves single
+logits by ~0.1, so fp16 is judged on the distribution (KL, top-k, perplexity) and max |Δlogit| is reported.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ DEFAULT_TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
         "kl_divergence": ("<=", 1e-6),
         "perplexity_rel_diff": ("<=", 1e-4),
     },
-    "fp16": {
-        "top1_agreement": (">=", 0.98),
-        "top5_agreement": (">=", 0.95),
-        "kl_divergence": ("<=", 2e-3),
-        "perplexity_rel_diff": ("<=", 0.01),
+    "fp16": {  # SmolLM2-135M 2:4 measured top-1 0.997, top-5 0.998, KL 9e-6, ppl diff 1e-5: ~10x margin
+        "top1_agreement": (">=", 0.99),
+        "top5_agreement": (">=", 0.98),
+        "kl_divergence": ("<=", 1e-4),
+        "perplexity_rel_diff": ("<=", 1e-3),
     },
 }
 

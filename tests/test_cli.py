@@ -188,3 +188,20 @@ def test_console_script_reports_errors(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("sparsetrt: error: model")
+
+
+def test_hub_id_offline_is_a_clear_error(capsys, calib_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, *prune_args("some-org/some-model", calib_file, tmp_path / "out"))
+    assert_one_line_error(code, err, "hub could not provide it.*pass a local checkpoint directory")
+
+
+def test_remote_code_needs_consent(capsys, tiny_checkpoint, calib_file, tmp_path):
+    custom = tmp_path / "custom"
+    shutil.copytree(tiny_checkpoint, custom)
+    config = json.loads((custom / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    (custom / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, *prune_args(custom, calib_file, tmp_path / "out"))
+    assert_one_line_error(code, err, "--trust-remote-code")

@@ -54,7 +54,8 @@ seq_len = 256
 
     sparsity = json.loads((out / "pruned" / "sparsity.json").read_text())
     assert len(sparsity["modules"]) == 30 * 7
-    assert all(m["zero_fraction"] == 0.5 for m in sparsity["modules"].values())
+    # Exactly half, or a hair more where a kept weight is itself zero (the dequantised GGUF has a few).
+    assert all(0.5 <= m["zero_fraction"] < 0.501 for m in sparsity["modules"].values())
     export = json.loads((out / "onnx" / "export.json").read_text())
     verification = export["files"]["fp32"]["sparsity_verification"]
     assert verification["ok"] and verification["checked"] == 210
@@ -72,6 +73,6 @@ seq_len = 256
 
     model = AutoModelForCausalLM.from_pretrained(out / "pruned")
     weight = model.model.layers[0].mlp.down_proj.weight
-    assert float((weight == 0).float().mean()) == 0.5
+    assert 0.5 <= float((weight == 0).float().mean()) < 0.501
     assert int(((weight.view(weight.shape[0], -1, 4) != 0).sum(-1) > 2).sum()) == 0
     assert torch.isfinite(weight).all()
