@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparsetrt.artifacts import (
-    check_output_dir, reusable_manifest, ensure_writable_parent, file_sha256, fingerprint, read_json, staged_dir, write_json,
-)
+from sparsetrt.artifacts import file_sha256, prepare_output, read_json, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.onnx_export import DEFAULT_OPSET, PRECISIONS, onnx_file_name, onnx_files, timed_export
 from sparsetrt.prune.verify import SPARSITY_MANIFEST, verify_onnx
@@ -36,12 +34,10 @@ def export_checkpoint(
     sparsity = read_json(checkpoint / SPARSITY_MANIFEST) if (checkpoint / SPARSITY_MANIFEST).is_file() else None
     upstream = sparsity["fingerprint"] if sparsity else str(checkpoint)
     settings = {"checkpoint": str(checkpoint), "upstream": upstream, "precisions": precisions, "opset": opset}
-    run_fingerprint = fingerprint(settings)
     out = Path(out)
-    ensure_writable_parent(out)
-    if reuse and (done := reusable_manifest(out, EXPORT_MANIFEST, "export", run_fingerprint)):
+    run_fingerprint, done = prepare_output(out, EXPORT_MANIFEST, "export", settings, overwrite, reuse)
+    if done:
         return done  # an identical run already finished here
-    check_output_dir(out, EXPORT_MANIFEST, "export", run_fingerprint, overwrite)
 
     model, _ = load_model(checkpoint, trust_remote_code=trust_remote_code)
     files = {}

@@ -17,7 +17,6 @@ import fnmatch
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Callable
 
 import torch
 

@@ -6,7 +6,7 @@ import platform
 import time
 from pathlib import Path
 
-from sparsetrt.artifacts import check_output_dir, reusable_manifest, ensure_writable_parent, fingerprint, staged_dir, write_json
+from sparsetrt.artifacts import prepare_output, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.masks import parse_pattern
 from sparsetrt.prune.sparsegpt import MASK_SELECTIONS
@@ -53,12 +53,10 @@ def prune_checkpoint(
         "calib_samples": calib_samples, "calib_seq_len": calib_seq_len, "seed": seed,
         "targets": list(targets), "exclude": list(exclude), "sparsegpt": sparsegpt or {},
     }
-    run_fingerprint = fingerprint(settings)
     out = Path(out)
-    ensure_writable_parent(out)
-    if reuse and (done := reusable_manifest(out, SPARSITY_MANIFEST, "prune", run_fingerprint)):
+    run_fingerprint, done = prepare_output(out, SPARSITY_MANIFEST, "prune", settings, overwrite, reuse)
+    if done:
         return done  # an identical run already finished here
-    check_output_dir(out, SPARSITY_MANIFEST, "prune", run_fingerprint, overwrite)
 
     timings = {}
     start = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsetrt.artifacts import check_output_dir, reusable_manifest, ensure_writable_parent, fingerprint, read_json, staged_dir, write_json
+from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.runtime.metrics import ParityAccumulator
 from sparsetrt.runtime.report import html_report, junit_xml, write_text_atomic
@@ -112,12 +112,10 @@ def run_parity(
     export = read_json(onnx_dir / EXPORT_MANIFEST)
     settings = {"export": export["fingerprint"], "corpus": corpus, "windows": windows, "seq_len": seq_len,
                 "tolerances": overrides}
-    run_fingerprint = fingerprint(settings)
     out = Path(out)
-    ensure_writable_parent(out)
-    if reuse and (done := reusable_manifest(out, PARITY_MANIFEST, "parity", run_fingerprint)):
+    run_fingerprint, done = prepare_output(out, PARITY_MANIFEST, "parity", settings, overwrite, reuse)
+    if done:
         return done  # an identical run already finished here
-    check_output_dir(out, PARITY_MANIFEST, "parity", run_fingerprint, overwrite)
 
     reference = TorchRunner.from_checkpoint(Path(checkpoint))
     text = load_corpus(corpus, "test")

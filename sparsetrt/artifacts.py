@@ -73,6 +73,19 @@ def check_output_dir(out: Path, manifest_name: str, stage: str, run_fingerprint:
     raise SparsetrtError(f"output directory {out} already holds {what}; pass --overwrite to replace it or choose another --out")
 
 
+def prepare_output(out: Path, manifest_name: str, stage: str, settings: dict, overwrite: bool,
+                   reuse: bool) -> tuple[str, dict | None]:
+    """Every stage's preamble: (fingerprint of `settings`, the manifest of an identical finished run when
+    `reuse` allows skipping the stage, else None). Refuses, before any work, an output directory that
+    cannot be written or holds another run."""
+    run_fingerprint = fingerprint(settings)
+    ensure_writable_parent(out)
+    if reuse and (done := reusable_manifest(out, manifest_name, stage, run_fingerprint)):
+        return run_fingerprint, done
+    check_output_dir(out, manifest_name, stage, run_fingerprint, overwrite)
+    return run_fingerprint, None
+
+
 def reusable_manifest(out: Path, manifest_name: str, stage: str, run_fingerprint: str) -> dict | None:
     """The manifest of a finished identical run in `out` (so the stage can be skipped), else None."""
     path = Path(out) / manifest_name
