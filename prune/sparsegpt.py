@@ -116,8 +116,7 @@ class GroupKernels:
     """Everything about one group of M columns that depends on U alone, for all candidate masks."""
 
     candidates: torch.Tensor  # (C, M) bool, True = pruned
-    K: torch.Tensor  # (C, M, M): per-column OBS errors e = K_c w for candidate c
-    KT: torch.Tensor  # (M, C·M): the K_cᵀ side by side, so w ↦ all candidates' errors is one matmul
+    KT: torch.Tensor  # (M, C·M): the K_cᵀ side by side (errors e = K_c w), so w ↦ every candidate's errors is one matmul
     L: torch.Tensor  # (M, M): strict lower part of U_gᵀ; kept columns end as w - L e
     diag: torch.Tensor  # (M,): U_jj
 
@@ -142,7 +141,7 @@ def group_kernels(U: torch.Tensor, n: int, m: int) -> list[GroupKernels]:
     A = torch.eye(m, dtype=U.dtype) + scale.unsqueeze(-1) * L.unsqueeze(1)  # (G, C, M, M), unit lower-triangular
     K = torch.linalg.solve_triangular(A, torch.diag_embed(scale), upper=False, unitriangular=True)
     KT = K.permute(0, 3, 1, 2).reshape(G, m, -1)  # KT[g, k, c·M + j] = K[g, c, j, k]
-    return [GroupKernels(candidates, K[g], KT[g].contiguous(), L[g], diag[g]) for g in range(G)]
+    return [GroupKernels(candidates, KT[g].contiguous(), L[g], diag[g]) for g in range(G)]
 
 
 def nm_group_step(Wg: torch.Tensor, kernels: GroupKernels, mode: str):

@@ -67,7 +67,8 @@ def check_output_dir(out: Path, manifest_name: str, stage: str, run_fingerprint:
             old = {}
         if old.get("stage") == stage and old.get("fingerprint") == run_fingerprint:
             return
-        what = f"a different {old.get('stage', 'unknown')} run (fingerprint {old.get('fingerprint')})"
+        kind = {"run": "pipeline"}.get(old.get("stage"), old.get("stage", "unknown"))
+        what = f"a different {kind} run (fingerprint {old.get('fingerprint')})"
     else:
         what = "files that sparsetrt did not write"
     raise SparsetrtError(f"output directory {out} already holds {what}; pass --overwrite to replace it or choose another --out")

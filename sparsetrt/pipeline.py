@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sparsetrt.artifacts import check_output_dir, ensure_writable_parent, fingerprint, write_json
+from sparsetrt.artifacts import prepare_output, write_json
 from sparsetrt.config import PipelineConfig
 
 RUN_MANIFEST = "run.json"
@@ -25,9 +25,7 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
     from sparsetrt.runtime.parity import run_parity
 
     out = Path(config.out)
-    run_fingerprint = fingerprint(config.to_dict())
-    ensure_writable_parent(out)
-    check_output_dir(out, RUN_MANIFEST, "run", run_fingerprint, overwrite)
+    run_fingerprint, _ = prepare_output(out, RUN_MANIFEST, "run", config.to_dict(), overwrite, reuse=False)
     out.mkdir(parents=True, exist_ok=True)
     stages: dict[str, dict] = {}
 

@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from sparsetrt.config import PipelineConfig
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.pipeline import run_pipeline
+
+
+def tiny_config(checkpoint, calib_file, out) -> PipelineConfig:
+    config = PipelineConfig(out=str(out))
+    config.model.source = str(checkpoint)
+    config.calibration.corpus = str(calib_file)
+    config.calibration.samples, config.calibration.seq_len = 4, 64
+    config.export.precisions = ["fp32"]
+    config.parity.corpus = str(calib_file)
+    config.parity.windows, config.parity.seq_len = 1, 64
+    return config
+
+
+def test_pipeline_runs_reuses_and_refuses(tiny_checkpoint, calib_file, tmp_path, capsys):
+    out = tmp_path / "artifacts"
+    config = tiny_config(tiny_checkpoint, calib_file, out)
+    summary = run_pipeline(config, progress=False)
+    assert summary["passed"] and "sparsetrt run — PASS" in capsys.readouterr().out
+    for path in ("pruned/sparsity.json", "onnx/model.onnx", "onnx/model.onnx.data", "parity/parity.json",
+                 "parity/parity.html", "parity/parity.junit.xml", "run.json"):
+        assert (out / path).is_file(), path
+    stamp = (out / "onnx" / "model.onnx").stat().st_mtime_ns
+
+    again = run_pipeline(config, progress=False)  # identical config: every stage is reused
+    assert again["stages"]["export"]["fingerprint"] == summary["stages"]["export"]["fingerprint"]
+    assert (out / "onnx" / "model.onnx").stat().st_mtime_ns == stamp
+
+    other = tiny_config(tiny_checkpoint, calib_file, out)
+    other.prune.method = "wanda"
+    with pytest.raises(SparsetrtError, match="already holds a different pipeline run.*--overwrite"):
+        run_pipeline(other, progress=False)
+    assert run_pipeline(other, overwrite=True, progress=False)["passed"]
+    assert json.loads((out / "pruned" / "sparsity.json").read_text())["method"] == "wanda"
