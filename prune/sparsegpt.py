@@ -31,6 +31,7 @@ from sparsetrt.prune.masks import Pattern
 from sparsetrt.prune.result import PruneResult
 
 MASK_SELECTIONS = ("joint", "independent")
+DEFAULT_DAMPING = 0.01  # fraction of mean(diag H), as published
 
 
 def sparsegpt_prune(
@@ -38,7 +39,7 @@ def sparsegpt_prune(
     hessian: torch.Tensor,
     pattern: Pattern,
     block_size: int = 128,
-    damping: float = 0.01,
+    damping: float = DEFAULT_DAMPING,
     mask_selection: str = "joint",
     max_damping: float = 10.0,
 ) -> PruneResult:

@@ -9,7 +9,7 @@ from pathlib import Path
 from sparsetrt.artifacts import prepare_output, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.masks import parse_pattern
-from sparsetrt.prune.sparsegpt import MASK_SELECTIONS
+from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, MASK_SELECTIONS
 from sparsetrt.prune.sequential import METHODS, check_prunable, prune_model, target_linears
 from sparsetrt.prune.verify import SPARSITY_MANIFEST, verify_checkpoint
 
@@ -96,7 +96,7 @@ def prune_checkpoint(
             "pruned_parameters": pruned_params,
             "zero_fraction": round(zeros / pruned_params, 6),
             "mean_relative_error": sum(r.relative_error for r in reports) / len(reports),
-            "dampening_raised": [r.name for r in reports if r.damping is not None and r.damping > (sparsegpt or {}).get("damping", 0.01)],
+            "dampening_raised": [r.name for r in reports if r.damping is not None and r.damping > (sparsegpt or {}).get("damping", DEFAULT_DAMPING)],
         },
         "timings": timings,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

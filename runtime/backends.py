@@ -16,14 +16,15 @@ class TorchRunner:
 
     backend = "pytorch"
 
-    def __init__(self, model):
+    def __init__(self, model, tokenizer=None):
         self.model = model.eval()
+        self.tokenizer = tokenizer
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, dtype: str = "float32") -> "TorchRunner":
         from sparsetrt.models import load_model
 
-        return cls(load_model(Path(checkpoint), dtype=dtype)[0])
+        return cls(*load_model(Path(checkpoint), dtype=dtype))
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
         import torch

@@ -22,6 +22,12 @@ def top_k(x: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-x, k - 1, axis=-1)[..., :k]
 
 
+# Every metric `ParityAccumulator.result()` reports, in report order.
+METRICS = ("positions", "max_abs_error", "mean_abs_error", "cosine_similarity", "min_cosine_similarity",
+           "top1_agreement", "top5_agreement", "kl_divergence", "max_kl_divergence", "perplexity_reference",
+           "perplexity_candidate", "perplexity_rel_diff")
+
+
 class ParityAccumulator:
     def __init__(self) -> None:
         self.positions = 0
@@ -68,12 +74,6 @@ class ParityAccumulator:
         self.nll_ref -= float(np.take_along_axis(lp_ref, target, -1).sum())
         self.nll_cand -= float(np.take_along_axis(lp_cand, target, -1).sum())
         self.predicted += batch * (seq - 1)
-
-    @staticmethod
-    def result_keys() -> tuple[str, ...]:
-        return ("positions", "max_abs_error", "mean_abs_error", "cosine_similarity", "min_cosine_similarity",
-                "top1_agreement", "top5_agreement", "kl_divergence", "max_kl_divergence", "perplexity_reference",
-                "perplexity_candidate", "perplexity_rel_diff")
 
     def result(self) -> dict:
         ppl_ref = math.exp(self.nll_ref / self.predicted)

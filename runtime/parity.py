@@ -16,7 +16,7 @@ import numpy as np
 
 from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.metrics import ParityAccumulator
+from sparsetrt.runtime.metrics import METRICS, ParityAccumulator
 from sparsetrt.runtime.report import html_report, junit_xml, write_text_atomic
 
 PARITY_MANIFEST = "parity.json"
@@ -54,9 +54,7 @@ def parse_tolerance_overrides(items) -> dict[str, dict[str, float]]:
 
 
 def tolerances_for(precision: str, overrides: dict[str, dict[str, float]]) -> dict[str, tuple[str, float]]:
-    from sparsetrt.runtime.metrics import ParityAccumulator
-
-    known = set(ParityAccumulator().result_keys())
+    known = set(METRICS)
     rules = dict(DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp16"]))
     for metric, value in overrides.get(precision, {}).items():
         if metric not in known:
@@ -119,7 +117,7 @@ def run_parity(
 
     reference = TorchRunner.from_checkpoint(Path(checkpoint))
     text = load_corpus(corpus, "test")
-    eval_windows = sequential_windows(tokenize_corpus(reference_tokenizer(checkpoint), text), seq_len, windows).numpy()
+    eval_windows = sequential_windows(tokenize_corpus(reference.tokenizer, text), seq_len, windows).numpy()
 
     candidates = []
     for precision, info in export["files"].items():
@@ -149,8 +147,3 @@ def run_parity(
         write_text_atomic(tmp / "parity.junit.xml", junit_xml(report))
     return report
 
-
-def reference_tokenizer(checkpoint: str | Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(Path(checkpoint), local_files_only=True)

@@ -47,7 +47,7 @@ def quality_benchmark(model: str, out: str | Path, methods=("dense", "magnitude"
                       pattern: str = "2:4", calib_samples: int = 32, seq_len: int = 512, eval_windows: int = 40,
                       seed: int = 0, progress: bool = True) -> dict:
     from sparsetrt.calibration.data import default_corpus, random_windows, sequential_windows, tokenize_corpus
-    from sparsetrt.models import load_model, resolve_checkpoint
+    from sparsetrt.models import load_tokenizer, resolve_checkpoint
     from sparsetrt.prune.masks import parse_pattern
     from sparsetrt.prune.sequential import METHODS
 
@@ -57,7 +57,7 @@ def quality_benchmark(model: str, out: str | Path, methods=("dense", "magnitude"
 
             raise SparsetrtError(f"unknown method '{method}'; use dense or one of {', '.join(METHODS)}")
     checkpoint = resolve_checkpoint(model)
-    _, tokenizer = load_model(checkpoint)
+    tokenizer = load_tokenizer(checkpoint)
     calib_text, eval_text = default_corpus("valid"), default_corpus("test")
     calib = random_windows(tokenize_corpus(tokenizer, calib_text), calib_samples, seq_len, seed)
     evaluation = sequential_windows(tokenize_corpus(tokenizer, eval_text), seq_len, eval_windows)

@@ -8,6 +8,8 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from sparsetrt.runtime.metrics import METRICS
+
 
 def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -54,9 +56,7 @@ def html_report(report: dict) -> str:
              f"<code>{e(report['reference']['checkpoint'])}</code>.<br>Evaluation text: {e(report['eval']['corpus'])}; "
              f"{report['eval']['windows']} window(s) of {report['eval']['seq_len']} tokens.<br>"
              f"Machine: {e(report['machine'])}</p>"]
-    metrics = ["max_abs_error", "mean_abs_error", "cosine_similarity", "min_cosine_similarity", "top1_agreement",
-               "top5_agreement", "kl_divergence", "max_kl_divergence", "perplexity_reference",
-               "perplexity_candidate", "perplexity_rel_diff", "seconds"]
+    metrics = [m for m in METRICS if m != "positions"] + ["seconds"]
     parts.append("<h2>Metrics</h2><table><tr><th>metric</th>")
     parts += [f"<th>{e(c['name'])}</th>" for c in report["candidates"]]
     parts.append("</tr>")

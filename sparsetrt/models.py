@@ -90,7 +90,7 @@ def validate_checkpoint(path: Path, trust_remote_code: bool = False) -> dict:
 def load_model(path: Path, dtype: str = "float32", trust_remote_code: bool = False):
     """Load (model, tokenizer) from a validated local checkpoint, in eval mode on the CPU."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     validate_checkpoint(path, trust_remote_code)
     try:
@@ -99,12 +99,18 @@ def load_model(path: Path, dtype: str = "float32", trust_remote_code: bool = Fal
         )
     except Exception as exc:  # transformers raises many types for broken files
         raise SparsetrtError(f"could not load the weights in {path}: {_first_line(exc)}; the checkpoint may be corrupt or incomplete") from None
+    model.eval()
+    return model, load_tokenizer(path, trust_remote_code)
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    """The tokenizer saved beside a checkpoint's weights."""
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
         raise SparsetrtError(f"could not load a tokenizer from {path}: {_first_line(exc)}; save the tokenizer files beside the weights") from None
-    model.eval()
-    return model, tokenizer
 
 
 def materialize_embedded(name: str) -> Path:

@@ -93,3 +93,14 @@ def test_tolerance_overrides():
         parse_tolerance_overrides(["max_abs_error"])
     with pytest.raises(SparsetrtError, match="unknown parity metric"):
         tolerances_for("fp32", {"fp32": {"speed": 1.0}})
+
+
+def test_metric_list_matches_what_the_accumulator_reports():
+    import numpy as np
+
+    from sparsetrt.runtime.metrics import METRICS, ParityAccumulator
+
+    acc = ParityAccumulator()
+    logits = np.random.default_rng(0).standard_normal((1, 4, 16)).astype(np.float32)
+    acc.update(logits, logits + 0.01, np.array([[1, 2, 3, 4]]))
+    assert tuple(acc.result()) == METRICS
