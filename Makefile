@@ -4,13 +4,17 @@ VENV        ?= .venv
 BIN         := $(VENV)/bin
 # The CPU wheel of torch 2.13.0; on a CUDA machine set TORCH_SPEC to the build you want.
 TORCH_SPEC  ?= torch==2.13.0
-CONFIG      ?= configs/demo.toml
+# PRECISION=int8 | int4 adds the quantized artifacts (configs/demo-int8.toml, configs/demo-int4.toml).
+PRECISION   ?=
+CONFIG      ?= configs/demo$(if $(PRECISION),-$(PRECISION)).toml
 STAMP       := $(VENV)/.sparsetrt-installed
 
-.PHONY: setup demo test test-fast bench-quality clean distclean help
+.PHONY: setup demo lint test test-fast bench-quality clean distclean help
 
 help:
 	@echo "make demo           prune smollm2-135m to 2:4, export ONNX, check parity (artifacts/)"
+	@echo "make demo PRECISION=int8|int4   ... then INT8/INT4 Q/DQ ONNX + TensorRT-LLM checkpoints (artifacts/int8|int4)"
+	@echo "make lint ONNX=f    check an ONNX file against what the TensorRT parser accepts"
 	@echo "make test           run the test suite (unit + one end-to-end on the embedded model)"
 	@echo "make test-fast      unit tests only (tiny random models, seconds)"
 	@echo "make bench-quality  WikiText-2 perplexity: dense vs magnitude/Wanda/SparseGPT 2:4 (benchmarks/)"
@@ -29,6 +33,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: setup
 	$(BIN)/sparsetrt run --config $(CONFIG) $(ARGS)
+
+lint: setup
+	$(BIN)/sparsetrt lint $(ONNX)
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)

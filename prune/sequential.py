@@ -112,11 +112,23 @@ def prune_model(
     if calib_windows is None or len(calib_windows) == 0:
         raise SparsetrtError(f"method '{method}' needs calibration windows")
 
+    return sequential_update(model, calib_windows, modules,
+                             lambda group, stats: _prune_group(group, method, pattern, stats, sparsegpt_options or {}),
+                             want_hessian=(method == "sparsegpt"), batch_size=batch_size, progress=progress,
+                             desc=f"{method} {pattern}")
+
+
+def sequential_update(model: torch.nn.Module, calib_windows: torch.Tensor, modules: dict[str, torch.nn.Linear],
+                      update_group, want_hessian: bool, batch_size: int = 8, progress: bool = True,
+                      desc: str = "sequential") -> list:
+    """Walk the decoder blocks in order; in each, hand every group of Linears that share one input to
+    `update_group(group, stats)` (which rewrites their weights and returns a list of reports) with
+    statistics of inputs that already reflect every earlier update. Used by pruning and by GPTQ."""
     layers = decoder_layers(model)
     with torch.no_grad():
         cached = _capture_first_layer_inputs(model, layers, calib_windows, batch_size)
         reports = []
-        bar = _progress(len(layers), f"{method} {pattern}", progress)
+        bar = _progress(len(layers), desc, progress)
         name_of = {id(m): n for n, m in modules.items()}
         first_groups = None  # (layer index, groups) of the first block, reused for identical blocks
         for index, layer in enumerate(layers):
@@ -130,20 +142,20 @@ def prune_model(
             forwards = [partial(layer, hidden, **kwargs) for hidden, kwargs in cached]
             targets_of = {c: {name_of[id(m)] for m in child.modules() if id(m) in name_of}
                           for c, child in layer.named_children()}
-            pruned: set[str] = set()
+            updated: set[str] = set()
             memo: dict[str, list] = {}
             for k, group in enumerate(groups):
                 last = k == len(groups) - 1
                 # Linears of a group read one input: one set of statistics serves them all. The last
                 # group's pass runs the whole block and keeps its inputs for the exact shortcut below.
                 rep_name, rep = next(iter(group.items()))
-                finished = {c for c, t in targets_of.items() if t and t <= pruned}
+                finished = {c for c, t in targets_of.items() if t and t <= updated}
                 with _memoized_children(layer, finished, memo, len(forwards)):
-                    stats, outputs = collect_input_stats({rep_name: rep}, forwards, want_hessian=(method == "sparsegpt"),
+                    stats, outputs = collect_input_stats({rep_name: rep}, forwards, want_hessian=want_hessian,
                                                          stop_early=not last, keep_inputs=last)
-                pruned |= set(group)
+                updated |= set(group)
                 old = {n: m.weight.data.clone() for n, m in group.items()} if last else None
-                reports += _prune_group(group, method, pattern, stats[rep_name], sparsegpt_options or {})
+                reports += update_group(group, stats[rep_name])
                 bar.set_postfix_str(f"layer {index}: {', '.join(n.rsplit('.', 1)[-1] for n in group)}")
             cached = _propagate_last_group(layer, cached, outputs, stats[rep_name].inputs, group, old)
             del stats, outputs

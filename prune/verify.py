@@ -121,13 +121,13 @@ def verify_onnx(onnx_path: Path, manifest: dict, checkpoint: Path) -> VerifyResu
     by_hash: dict[str, list[tuple[str, bool]]] = defaultdict(list)
     for name, w in reference.items():
         for dtype in dtypes:
-            by_hash[_digest(w.astype(dtype))].append((name, False))
-            by_hash[_digest(w.T.astype(dtype))].append((name, True))
-    consumers = _consumers(graph)
+            by_hash[digest(w.astype(dtype))].append((name, False))
+            by_hash[digest(w.T.astype(dtype))].append((name, True))
+    consumers = consumers_of(graph)
 
     located: dict[str, tuple[str, bool]] = {}
     for init_name, array in initializers.items():
-        for module, transposed in by_hash.get(_digest(array), []):
+        for module, transposed in by_hash.get(digest(array), []):
             located.setdefault(module, (init_name, transposed))
     for module, info in modules.items():
         if module not in located:
@@ -136,7 +136,7 @@ def verify_onnx(onnx_path: Path, manifest: dict, checkpoint: Path) -> VerifyResu
         init_name, transposed = located[module]
         array = initializers[init_name]
         input_axis = 0 if transposed else 1  # where the Linear's in_features lie in this initializer
-        axes = _reduction_axes(init_name, consumers)
+        axes = reduction_axes(init_name, consumers)
         result.checked += 1
         if axes != {input_axis}:
             result.failures.append(
@@ -149,12 +149,12 @@ def verify_onnx(onnx_path: Path, manifest: dict, checkpoint: Path) -> VerifyResu
     return result
 
 
-def _digest(array: np.ndarray) -> str:
+def digest(array: np.ndarray) -> str:
     a = np.ascontiguousarray(array)
     return hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest() + str(a.shape) + a.dtype.str
 
 
-def _consumers(graph) -> dict[str, list]:
+def consumers_of(graph) -> dict[str, list]:
     out = defaultdict(list)
     for node in graph.node:
         for index, name in enumerate(node.input):
@@ -162,7 +162,7 @@ def _consumers(graph) -> dict[str, list]:
     return out
 
 
-def _reduction_axes(tensor: str, consumers, flipped: bool = False, depth: int = 0) -> set[int]:
+def reduction_axes(tensor: str, consumers, flipped: bool = False, depth: int = 0) -> set[int]:
     """The axes of a 2-D initializer that its matmul consumers reduce over (through Transpose/Cast)."""
     axes: set[int] = set()
     if depth > 8:
@@ -170,11 +170,11 @@ def _reduction_axes(tensor: str, consumers, flipped: bool = False, depth: int = 
     for node, index in consumers.get(tensor, []):
         attrs = {a.name: a for a in node.attribute}
         if node.op_type in ("Cast", "Identity", "DequantizeLinear", "QuantizeLinear") and index == 0:
-            axes |= _reduction_axes(node.output[0], consumers, flipped, depth + 1)
+            axes |= reduction_axes(node.output[0], consumers, flipped, depth + 1)
             continue
         if node.op_type == "Transpose":
             perm = list(attrs["perm"].ints) if "perm" in attrs else [1, 0]
-            axes |= _reduction_axes(node.output[0], consumers, flipped ^ (perm == [1, 0]), depth + 1)
+            axes |= reduction_axes(node.output[0], consumers, flipped ^ (perm == [1, 0]), depth + 1)
             continue
         if node.op_type == "MatMul":
             axis = 0 if index == 1 else 1

@@ -78,15 +78,21 @@ def evaluate_checks(metrics: dict, rules: dict[str, tuple[str, float]]) -> list[
 
 def compare_runners(reference, candidate, windows: np.ndarray) -> dict:
     """Metrics of `candidate` against `reference` over `windows` [n, seq_len], one window at a time."""
-    acc = ParityAccumulator()
+    return compare_against({"reference": reference}, candidate, windows)["reference"]
+
+
+def compare_against(references: dict, candidate, windows: np.ndarray) -> dict[str, dict]:
+    """Metrics of `candidate` against each of `references` (name -> runner), running the candidate once."""
+    accs = {name: ParityAccumulator() for name in references}
     start = time.perf_counter()
     for window in windows:
         ids = np.asarray(window, dtype=np.int64)[None]
         mask = np.ones_like(ids)
-        acc.update(reference.logits(ids, mask), candidate.logits(ids, mask), ids)
-    metrics = acc.result()
-    metrics["seconds"] = time.perf_counter() - start
-    return metrics
+        cand = candidate.logits(ids, mask)
+        for name, ref in references.items():
+            accs[name].update(ref.logits(ids, mask), cand, ids)
+    seconds = time.perf_counter() - start
+    return {name: {**acc.result(), "seconds": seconds} for name, acc in accs.items()}
 
 
 def run_parity(
@@ -123,10 +129,8 @@ def run_parity(
     for precision, info in export["files"].items():
         runner = OnnxRuntimeRunner(onnx_dir / info["onnx"])
         metrics = compare_runners(reference, runner, eval_windows)
-        checks = evaluate_checks(metrics, tolerances_for(precision, overrides))
-        candidates.append({"name": f"onnxruntime-{precision}", "backend": "onnxruntime", "precision": precision,
-                           "file": str(onnx_dir / info["onnx"]), "metrics": metrics, "checks": checks,
-                           "passed": all(c["passed"] for c in checks)})
+        candidates.append(candidate(f"onnxruntime-{precision}", precision, onnx_dir / info["onnx"], metrics,
+                                    tolerances_for(precision, overrides)))
     verification = {str(onnx_dir / i["onnx"]): i["sparsity_verification"]
                     for i in export["files"].values() if i.get("sparsity_verification")}
     report = {
@@ -142,8 +146,21 @@ def run_parity(
         "passed": all(c["passed"] for c in candidates) and all(v["ok"] for v in verification.values()),
     }
     with staged_dir(out) as tmp:
-        write_json(tmp / PARITY_MANIFEST, report)
-        write_text_atomic(tmp / "parity.html", html_report(report))
-        write_text_atomic(tmp / "parity.junit.xml", junit_xml(report))
+        write_parity_files(tmp, report)
     return report
+
+
+def candidate(name: str, precision: str, file, metrics: dict, rules: dict, compared_with: str = "pytorch fp32") -> dict:
+    """One row of a parity report: `metrics` judged by `rules` (empty rules = reported, not gated)."""
+    checks = evaluate_checks(metrics, rules)
+    return {"name": name, "backend": "onnxruntime", "precision": precision, "file": str(file),
+            "compared_with": compared_with, "metrics": metrics, "checks": checks,
+            "passed": all(c["passed"] for c in checks)}
+
+
+def write_parity_files(directory: Path, report: dict, stem: str = "parity") -> None:
+    """parity.json (machine-readable), parity.html (people), parity.junit.xml (CI) into `directory`."""
+    write_json(directory / f"{stem}.json", report)
+    write_text_atomic(directory / f"{stem}.html", html_report(report))
+    write_text_atomic(directory / f"{stem}.junit.xml", junit_xml(report))
 

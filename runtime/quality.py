@@ -52,10 +52,12 @@ def quality_benchmark(model: str, out: str | Path, methods=("dense", "magnitude"
     from sparsetrt.prune.sequential import METHODS
 
     for method in methods:
-        if method != "dense" and method not in METHODS:
+        base, _, precision = method.partition("+")
+        if (base != "dense" and base not in METHODS) or precision not in ("", "int8", "int4"):
             from sparsetrt.errors import SparsetrtError
 
-            raise SparsetrtError(f"unknown method '{method}'; use dense or one of {', '.join(METHODS)}")
+            raise SparsetrtError(f"unknown method '{method}'; use dense or one of {', '.join(METHODS)}, "
+                                 "optionally followed by +int8 or +int4")
     checkpoint = resolve_checkpoint(model)
     tokenizer = load_tokenizer(checkpoint)
     calib_text, eval_text = default_corpus("valid"), default_corpus("test")
@@ -68,11 +70,12 @@ def quality_benchmark(model: str, out: str | Path, methods=("dense", "magnitude"
         # Each method runs in a fresh process: measured here, a pruning run that followed others in the
         # same process took up to 2x longer (allocator state), which would make the timings unfair.
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            ppl, prune_s = pool.submit(_evaluate_method, str(checkpoint), method, pattern, calib, evaluation,
-                                       progress).result()
-        results.append({"method": method, "pattern": None if method == "dense" else str(parsed),
-                        "perplexity": ppl, "prune_s": prune_s})
-        print(f"{method:>10}: ppl {ppl:.2f}" + (f", pruned in {prune_s:.1f} s" if prune_s else ""), flush=True)
+            ppl, prune_s, quantize_s = pool.submit(_evaluate_method, str(checkpoint), method, pattern, calib,
+                                                   evaluation, progress).result()
+        results.append({"method": method, "pattern": None if method.startswith("dense") else str(parsed),
+                        "perplexity": ppl, "prune_s": prune_s, "quantize_s": quantize_s})
+        print(f"{method:>16}: ppl {ppl:.2f}" + (f", pruned in {prune_s:.1f} s" if prune_s else "")
+              + (f", quantized in {quantize_s:.1f} s" if quantize_s else ""), flush=True)
 
     dense = next((r["perplexity"] for r in results if r["method"] == "dense"), None)
     report = {
@@ -95,18 +98,36 @@ def quality_benchmark(model: str, out: str | Path, methods=("dense", "magnitude"
 
 
 def _evaluate_method(checkpoint: str, method: str, pattern: str, calib, evaluation, progress: bool):
-    """(perplexity, pruning seconds or None) of one method, in the calling process."""
+    """(perplexity, pruning seconds or None, quantization seconds or None) of one method, in this process.
+
+    "METHOD+int8" / "+int4" quantizes the pruned model as `sparsetrt quantize` does (GPTQ with the mask
+    held, Model Optimizer calibration on the same calibration windows) and measures the fake-quant PyTorch
+    model; the parity stage proves the ONNX file computes the same (export fidelity).
+    """
     from sparsetrt.models import load_model
     from sparsetrt.prune.masks import parse_pattern
-    from sparsetrt.prune.sequential import prune_model
+    from sparsetrt.prune.sequential import prune_model, target_linears
 
+    base, _, precision = method.partition("+")
     lm, _ = load_model(Path(checkpoint))
-    prune_s = None
-    if method != "dense":
+    prune_s = quantize_s = None
+    if base != "dense":
         start = time.perf_counter()
-        prune_model(lm, calib, method, parse_pattern(pattern), progress=progress)
+        prune_model(lm, calib, base, parse_pattern(pattern), progress=progress)
         prune_s = time.perf_counter() - start
-    return perplexity(lm, evaluation, progress), prune_s
+    if precision:
+        from sparsetrt.export.quant_stage import model_block_size
+        from sparsetrt.export.quantize import QuantSettings, quantize_model
+
+        start = time.perf_counter()
+        modules = target_linears(lm)
+        settings = QuantSettings(precision=precision)
+        if precision == "int4":
+            settings.block_size = model_block_size(modules, settings.block_size, settings.block_fallback)
+        masks = {name: m.weight.detach() != 0 for name, m in modules.items()} if base != "dense" else {}
+        lm = quantize_model(lm, settings, calib, masks, progress=progress)[0]
+        quantize_s = time.perf_counter() - start
+    return perplexity(lm, evaluation, progress), prune_s, quantize_s
 
 
 def _markdown(report: dict, dense: float | None) -> str:
@@ -116,11 +137,13 @@ def _markdown(report: dict, dense: float | None) -> str:
              f"- Evaluation: {report['protocol']['evaluation']}",
              f"- Machine: {report['machine']['processor']}, {report['machine']['cpu_threads']} threads, "
              f"{report['machine']['platform']}, torch {report['machine']['torch']}", "",
-             "| method | pattern | perplexity | × dense | pruning time (s) |", "|---|---|---:|---:|---:|"]
+             "| method | pattern | perplexity | × dense | pruning time (s) | quantization time (s) |",
+             "|---|---|---:|---:|---:|---:|"]
     for r in report["results"]:
         ratio = f"{r['perplexity'] / dense:.2f}" if dense else ""
         t = f"{r['prune_s']:.1f}" if r["prune_s"] is not None else "—"
-        lines.append(f"| {r['method']} | {r['pattern'] or 'dense'} | {r['perplexity']:.2f} | {ratio} | {t} |")
+        qt = f"{r['quantize_s']:.1f}" if r.get("quantize_s") is not None else "—"
+        lines.append(f"| {r['method']} | {r['pattern'] or 'dense'} | {r['perplexity']:.2f} | {ratio} | {t} | {qt} |")
     lines += ["", "Reference figures for other tools, same protocol and machine class, quoted from issue #2 "
               "(not re-measured by this benchmark):", "", "| tool | perplexity | pruning time (s) |", "|---|---:|---:|"]
     lines += [f"| {r['tool']} | {r['perplexity']} | {r['prune_s']} |" for r in report["reference_figures"]]

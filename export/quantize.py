@@ -1,0 +1,274 @@
+"""INT8 (W8A8) and INT4 (W4A16) calibration with NVIDIA Model Optimizer, read back as plain tensors.
+
+Model Optimizer (`modelopt.torch.quantization`) does the calibration math on the CPU: per-channel and
+per-block weight amax, per-tensor activation amax (max, or a histogram with percentile / entropy),
+SmoothQuant and AWQ-lite scale search. The model it returns is the fake-quant PyTorch reference used for
+export-fidelity parity and the input of its TensorRT-LLM exporter. From it we read, per Linear, the
+(possibly smoothed) weight, its amax, the activation amax and the pre-quant scale, and turn them into the
+integers that go into ONNX (qmath), re-checking that pruned zeros stay zero.
+
+Only the Linears inside the decoder blocks are quantized (the same set pruning targets); embeddings,
+norms and lm_head stay in the graph's float type, as in Model Optimizer's own default configs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.export import qmath
+
+QUANT_PRECISIONS = ("int8", "int4")
+CALIBRATORS = ("max", "percentile", "entropy")
+
+
+@dataclass
+class QuantSettings:
+    precision: str = "int8"             # int8 = W8A8 (SmoothQuant optional); int4 = W4A16 blockwise (AWQ optional)
+    calibrator: str = "max"             # INT8 activations: max | percentile | entropy
+    percentile: float = 99.99
+    smoothquant_alpha: float = 0.0      # INT8: 0 = off, else SmoothQuant migration strength in (0, 1]
+    block_size: int = 128               # INT4: inputs per scale block (TensorRT supports 64 and 128)
+    block_fallback: bool = True         # INT4: a layer 128 does not divide gets 64 (recorded), else an error
+    awq: bool = False                   # INT4: AWQ-lite per-input-channel scale search
+    gptq: bool = True                   # GPTQ weight rounding with the 2:4 mask held (export/gptq.py)
+    activations: str = "fp16"           # which exported graph carries the Q/DQ: fp16 (TensorRT's usual) | fp32
+
+    def validate(self) -> "QuantSettings":
+        if self.precision not in QUANT_PRECISIONS:
+            raise SparsetrtError(f"unknown quantization precision '{self.precision}'; use int8 or int4")
+        if self.calibrator not in CALIBRATORS:
+            raise SparsetrtError(f"unknown calibrator '{self.calibrator}'; use one of {', '.join(CALIBRATORS)}")
+        if not 0 < self.percentile <= 100:
+            raise SparsetrtError(f"percentile must be in (0, 100], got {self.percentile}")
+        if not 0 <= self.smoothquant_alpha <= 1:
+            raise SparsetrtError(f"SmoothQuant alpha must be in [0, 1] (0 = off), got {self.smoothquant_alpha}")
+        if self.gptq and (self.awq or self.smoothquant_alpha):
+            raise SparsetrtError("GPTQ rounds the weights it is given; AWQ / SmoothQuant rescale them afterwards "
+                                 "and would undo it: use --no-gptq with --awq or --smoothquant-alpha")
+        if self.activations not in ("fp16", "fp32"):
+            raise SparsetrtError(f"activations must be fp16 or fp32, got '{self.activations}'")
+        if self.precision == "int4" and self.block_size not in qmath.TENSORRT_INT4_BLOCK_SIZES:
+            raise SparsetrtError(f"INT4 block size {self.block_size} is not one TensorRT supports "
+                                 f"({', '.join(map(str, qmath.TENSORRT_INT4_BLOCK_SIZES))})")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LinearQuant:
+    """One quantized Linear, in the layout of the HF weight ([out, in])."""
+
+    name: str
+    q: torch.Tensor                      # int8 tensor holding int8 or int4 values, [out, in]
+    scale: torch.Tensor                  # [out] (INT8 per channel) or [out, in // block] (INT4 per block)
+    block: int | None                    # None for per-channel
+    input_scale: float | None            # INT8 per-tensor activation scale (amax / 127); None for W4A16
+    pre_scale: torch.Tensor | None       # [in] multiplier applied to the input first (SmoothQuant / AWQ)
+    mask_fixes: int = 0                  # integers that had to be forced back to 0 (0 unless the math changed)
+    extra: dict = field(default_factory=dict)
+
+
+def quantizer_config(settings: QuantSettings, modules: dict[str, torch.nn.Linear]) -> dict:
+    """A Model Optimizer config that quantizes exactly `modules` (names as in model.named_modules())."""
+    entries: list[dict] = [{"quantizer_name": "*", "enable": False}]
+    for name, module in modules.items():
+        if settings.precision == "int8":
+            entries.append({"quantizer_name": f"{name}.weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}})
+            entries.append({"quantizer_name": f"{name}.input_quantizer", "cfg": {"num_bits": 8, "axis": None}})
+        else:
+            block = qmath.int4_block_size(module.in_features, settings.block_size, settings.block_fallback)
+            entries.append({"quantizer_name": f"{name}.weight_quantizer",
+                            "cfg": {"num_bits": 4, "block_sizes": {-1: block, "type": "static"}}})
+    if settings.precision == "int8":
+        algorithm = None if settings.smoothquant_alpha else "max"  # SmoothQuant: see smooth() and calibrate()
+    else:
+        algorithm = {"method": "awq_lite", "alpha_step": 0.1} if settings.awq else "max"
+    return {"quant_cfg": entries, "algorithm": algorithm}
+
+
+def import_modelopt():
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError as exc:
+        raise SparsetrtError("quantization needs NVIDIA Model Optimizer: pip install nvidia-modelopt "
+                             f"(it runs on the CPU); import failed: {exc}") from None
+    return mtq
+
+
+def calibrate(model: torch.nn.Module, modules: dict[str, torch.nn.Linear], settings: QuantSettings,
+              windows: torch.Tensor, batch_size: int = 4, progress: bool = True, verbose: bool = False):
+    """Quantize `model` in place with Model Optimizer (fake quant) on calibration `windows` [n, seq]."""
+    from tqdm.auto import tqdm
+
+    mtq = import_modelopt()
+    settings.validate()
+
+    def forward_loop(m):
+        batches = windows.split(batch_size)
+        with torch.no_grad():
+            for batch in tqdm(batches, desc=f"calibrating {settings.precision}", unit="batch",
+                              disable=not progress, leave=False):
+                m(input_ids=batch, use_cache=False)
+
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:  # Model Optimizer prints a line per step ("Inserted 56 quantizers", ...)
+        if settings.precision == "int8" and settings.smoothquant_alpha:
+            inverse = smooth(model, modules, settings.smoothquant_alpha, forward_loop)
+            model = mtq.quantize(model, quantizer_config(settings, modules), None)  # quantizers, uncalibrated
+            named = dict(model.named_modules())
+            for name, inv in inverse.items():
+                named[name].input_quantizer.pre_quant_scale = inv.to(named[name].weight.dtype)
+            model = mtq.calibrate(model, "max", forward_loop)
+        else:
+            model = mtq.quantize(model, quantizer_config(settings, modules), forward_loop)
+        if settings.precision == "int8" and settings.calibrator != "max":
+            _histogram_activation_amax(model, modules, settings, forward_loop)
+    return model
+
+
+def smooth(model, modules: dict[str, torch.nn.Linear], alpha: float, forward_loop) -> dict[str, torch.Tensor]:
+    """SmoothQuant (Xiao et al.): per input channel s = max|X|^alpha / max|W|^(1-alpha); W <- W * s, and the
+    returned 1/s is multiplied into the activation in front of its quantizer (a Mul in the ONNX graph).
+
+    Hand-written because Model Optimizer's smoothquant (0.47) fails with an IndexError when a weight column
+    is entirely zero — which SparseGPT produces for inputs that never fire in calibration. Such channels
+    (and channels that never fire) keep s = 1; zeros stay zeros because s > 0 only rescales columns.
+    """
+    act = {name: None for name in modules}
+
+    def hook(name):
+        def record(_module, args):
+            x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+            act[name] = x if act[name] is None else torch.maximum(act[name], x)
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
+    try:
+        forward_loop(model)
+    finally:
+        for h in handles:
+            h.remove()
+    inverse = {}
+    with torch.no_grad():
+        for name, module in modules.items():
+            a = act[name]
+            w = module.weight.detach().abs().amax(0).float()
+            s = a.clamp_min(1e-8).pow(alpha) / w.clamp_min(1e-8).pow(1 - alpha)
+            s = torch.where((a > 0) & (w > 0), s, torch.ones_like(s)).clamp(1e-4, 1e4)
+            module.weight.mul_(s.to(module.weight.dtype)[None, :])
+            inverse[name] = 1.0 / s
+    return inverse
+
+
+def _histogram_activation_amax(model, modules, settings: QuantSettings, forward_loop) -> None:
+    """Re-derive activation amax from a histogram (percentile or entropy) after SmoothQuant / max.
+
+    Model Optimizer's `max` and `smoothquant` algorithms finish with a max calibrator and its calibrate()
+    cannot finish a histogram one (compute_amax needs a method), so we give the input quantizers a
+    HistogramCalibrator and run one more pass with the quantizers' public calib switches.
+    """
+    from modelopt.torch.quantization.calib import HistogramCalibrator
+
+    quantizers = [modules[name].input_quantizer for name in modules]
+    for q in quantizers:
+        q._calibrator = HistogramCalibrator(num_bits=8, axis=None, unsigned=False)  # no public setter
+        q.disable_quant()
+        q.enable_calib()
+    forward_loop(model)
+    for q in quantizers:
+        if settings.calibrator == "percentile":
+            q.load_calib_amax("percentile", percentile=settings.percentile)
+        else:
+            q.load_calib_amax("entropy")
+        q.disable_calib()
+        q.enable_quant()
+
+
+def extract(modules: dict[str, torch.nn.Module], settings: QuantSettings,
+            masks: dict[str, torch.Tensor] | None = None) -> dict[str, LinearQuant]:
+    """Integers and scales of every calibrated Linear; pruned zeros forced and counted (see qmath)."""
+    out = {}
+    for name, module in modules.items():
+        weight = module.weight.detach().float()
+        wq = module.weight_quantizer
+        folded = getattr(wq, "pre_quant_scale", None)  # AWQ / SmoothQuant may keep 1/s beside the weight
+        if folded is not None:
+            weight = weight * folded.detach().float().reshape(1, -1)
+        amax = wq.amax
+        if amax is None:
+            raise SparsetrtError(f"{name}: Model Optimizer left no weight amax (was the module ever called?)")
+        pre = getattr(module.input_quantizer, "pre_quant_scale", None)
+        pre = None if pre is None else pre.detach().float().reshape(-1).clone()
+        if settings.precision == "int8":
+            q, scale = qmath.quantize_per_channel(weight, amax)
+            block = None
+            act = module.input_quantizer.amax
+            if act is None:
+                raise SparsetrtError(f"{name}: no activation range was calibrated (empty calibration data?)")
+            input_scale = float(qmath.scale_from_amax(act.reshape(()), qmath.INT8_MAX))
+        else:
+            block = qmath.int4_block_size(weight.shape[1], settings.block_size, settings.block_fallback)
+            if amax.numel() != weight.numel() // block:
+                raise SparsetrtError(f"{name}: {amax.numel()} block amax values for a {tuple(weight.shape)} weight "
+                                     f"in blocks of {block}")
+            q, scale = qmath.quantize_blockwise(weight, amax, block)
+            input_scale = None
+        q, fixes = qmath.keep_mask_zeros(q, None if masks is None else masks.get(name))
+        out[name] = LinearQuant(name, q, scale, block, input_scale, pre, fixes)
+    return out
+
+
+def quantize_model(model, settings: QuantSettings, windows: torch.Tensor, masks: dict[str, torch.Tensor],
+                   batch_size: int = 4, progress: bool = True):
+    """GPTQ (optional) + Model Optimizer calibration of every decoder Linear of `model`.
+
+    Returns (fake-quant model, {name: LinearQuant}, {name: GPTQ error}, timings). `masks` (name -> bool keep
+    mask) are the zeros that must survive; modules without one are treated as dense.
+    """
+    import time
+
+    from sparsetrt.export.gptq import gptq_model
+    from sparsetrt.prune.sequential import target_linears
+
+    settings.validate()
+    modules = target_linears(model)
+    qmax = qmath.INT8_MAX if settings.precision == "int8" else qmath.INT4_MAX
+    timings, gptq = {}, {}
+    if settings.gptq:
+        start = time.perf_counter()
+        block = settings.block_size if settings.precision == "int4" else None
+        results = gptq_model(model, windows, modules, masks, qmax, block, batch_size=batch_size, progress=progress)
+        gptq = {name: error for name, (_, _, error) in results.items()}
+        timings["gptq_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    model = calibrate(model, modules, settings, windows, batch_size=batch_size, progress=progress)
+    timings["calibrate_s"] = time.perf_counter() - start
+    modules = target_linears(model)  # Model Optimizer swapped the Linears for its quantized subclass
+    if settings.gptq:
+        set_weight_amax(modules, {name: scale for name, (_, scale, _) in results.items()}, qmax)
+    quants = extract(modules, settings, masks)
+    fake_quant_state(modules, quants)
+    return model, quants, gptq, timings
+
+
+def set_weight_amax(modules: dict[str, torch.nn.Module], scales: dict[str, torch.Tensor], qmax: int) -> None:
+    """Give Model Optimizer's weight quantizers the scales GPTQ chose, so its fake-quant forward and our
+    integers agree exactly (its max calibration would re-derive them from the rounded weights)."""
+    for name, scale in scales.items():
+        wq = modules[name].weight_quantizer
+        wq.amax = (scale.float() * qmax).reshape(wq.amax.shape).to(wq.amax.dtype)
+
+
+def fake_quant_state(modules: dict[str, torch.nn.Module], quants: dict[str, LinearQuant]) -> None:
+    """Make the fake-quant model use exactly the integers written to the files (after the mask check)."""
+    with torch.no_grad():
+        for name, lq in quants.items():
+            if lq.mask_fixes:
+                modules[name].weight.copy_(qmath.dequantize(lq.q, lq.scale, lq.block).to(modules[name].weight.dtype))

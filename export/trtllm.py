@@ -1,0 +1,183 @@
+"""TensorRT-LLM checkpoints (config.json + rank<N>.safetensors) for the quantized model, and their check.
+
+Writing is Model Optimizer's `export_tensorrt_llm_checkpoint` (the reference exporter; it runs on the CPU).
+Our part is what it does not do: refuse tensor-parallel sizes the model cannot be split into with a clear
+reason before any work, check the result against TensorRT-LLM's documented checkpoint format
+(docs/source/architecture/checkpoint.md: names, shapes, dtypes, per-rank split), prove every 2:4 weight is
+still 2:4 after the integers are unpacked, and write the `trtllm-build` command beside it.
+
+trtllm-build is TensorRT-LLM's legacy TensorRT flow, being removed upstream; `--weight_sparsity` needs a
+release that still ships it (TRTLLM_RELEASE below).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shlex
+from pathlib import Path
+
+import torch
+
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.prune.verify import check_pattern
+
+TRTLLM_RELEASE = "tensorrt_llm==0.20.0"  # a release with trtllm-build --weight_sparsity (legacy TRT flow)
+DOCUMENTED_QUANT_ALGOS = {"W8A16", "W4A16", "W4A16_AWQ", "W4A8_AWQ", "W4A16_GPTQ", "FP8", "W8A8_SQ_PER_CHANNEL"}
+MANDATORY_CONFIG = ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidden_layers",
+                    "num_attention_heads", "hidden_act")
+DECODER_TYPES = {"llama": "llama", "mistral": "llama"}
+# HF Llama module -> TensorRT-LLM layer name (q, k, v are fused into qkv; gate_proj is `fc`, up_proj `gate`).
+LAYER_NAMES = {"self_attn.q_proj": "attention.qkv", "self_attn.k_proj": "attention.qkv",
+               "self_attn.v_proj": "attention.qkv", "self_attn.o_proj": "attention.dense",
+               "mlp.gate_proj": "mlp.fc", "mlp.up_proj": "mlp.gate", "mlp.down_proj": "mlp.proj"}
+
+
+def check_tp(config, tp: int, precision: str, group_size: int | None) -> None:
+    """Refuse a tensor-parallel size the model's shapes do not split into (before any work)."""
+    if tp < 1 or tp & (tp - 1):
+        raise SparsetrtError(f"tensor-parallel size must be a power of two >= 1, got {tp}")
+    heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    problems = []
+    if heads % tp:
+        problems.append(f"{heads} attention heads do not split over {tp} ranks")
+    if kv % tp:  # replicating KV heads would duplicate per-channel scales, which the exporter refuses
+        problems.append(f"{kv} key/value heads do not split over {tp} ranks")
+    for what, size in (("intermediate size", config.intermediate_size), ("hidden size", config.hidden_size)):
+        if size % tp:
+            problems.append(f"{what} {size} does not split over {tp} ranks")
+        elif precision == "int4" and group_size and (size // tp) % group_size:
+            problems.append(f"{what} {size} / {tp} ranks = {size // tp} is not a multiple of the INT4 group size {group_size}")
+    if problems:
+        raise SparsetrtError(f"cannot write a tp={tp} TensorRT-LLM checkpoint: {'; '.join(problems)}; use --tp 1")
+
+
+def export_checkpoint(model, out: Path, tp: int, dtype: torch.dtype = torch.float16, verbose: bool = False) -> None:
+    from modelopt.torch.export import export_tensorrt_llm_checkpoint
+
+    model_type = getattr(model.config, "model_type", "")
+    if model_type not in DECODER_TYPES:
+        raise SparsetrtError(f"TensorRT-LLM checkpoint export supports {', '.join(DECODER_TYPES)} models, "
+                             f"not '{model_type}'")
+    sink = io.StringIO()
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(sink)
+    hush = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(sink)
+    with quiet, hush, torch.no_grad():
+        export_tensorrt_llm_checkpoint(model, DECODER_TYPES[model_type], dtype, export_dir=str(out),
+                                       inference_tensor_parallel=tp)
+
+
+def build_command(checkpoint_dir: str, engine_dir: str, max_batch_size: int = 8, max_input_len: int = 512,
+                  max_seq_len: int = 1024) -> str:
+    args = ["trtllm-build", "--checkpoint_dir", checkpoint_dir, "--output_dir", engine_dir, "--weight_sparsity",
+            "--gemm_plugin", "auto", "--max_batch_size", str(max_batch_size), "--max_input_len", str(max_input_len),
+            "--max_seq_len", str(max_seq_len)]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def unpack_int4_rows(packed: torch.Tensor) -> torch.Tensor:
+    """Model Optimizer's packed INT4 layout, (out/2, in) bytes, two output rows per byte (row 2k in the low
+    nibble) -> (out, in) signed values."""
+    b = packed.view(torch.uint8).to(torch.int16)
+    low, high = b & 0xF, (b >> 4) & 0xF
+    low, high = torch.where(low >= 8, low - 16, low), torch.where(high >= 8, high - 16, high)
+    return torch.stack([low, high], dim=1).reshape(-1, packed.shape[1])
+
+
+def expected_shapes(config, tp: int) -> dict[str, tuple[int, int]]:
+    """(out, in) of each fused TensorRT-LLM Linear on one rank."""
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return {"attention.qkv": ((heads + 2 * kv) // tp * head_dim, config.hidden_size),
+            "attention.dense": (config.hidden_size, heads * head_dim // tp),
+            "mlp.fc": (config.intermediate_size // tp, config.hidden_size),
+            "mlp.gate": (config.intermediate_size // tp, config.hidden_size),
+            "mlp.proj": (config.hidden_size, config.intermediate_size // tp)}
+
+
+def validate_checkpoint(directory: Path, config, tp: int, precision: str, sparse_layers: dict[str, str]) -> dict:
+    """Check `directory` against the documented layout and the sparsity claims; returns a summary.
+
+    sparse_layers: TensorRT-LLM layer prefix ("transformer.layers.0.attention.qkv") -> pattern ("2:4"),
+    for layers whose every source module was pruned.
+    """
+    from safetensors import safe_open
+
+    cfg = json.loads((directory / "config.json").read_text())
+    problems = [f"config.json lacks '{k}'" for k in MANDATORY_CONFIG if k not in cfg]
+    mapping = cfg.get("mapping", {})
+    if mapping.get("world_size") != tp or mapping.get("tp_size", 1) != tp:
+        problems.append(f"mapping {mapping} does not say world_size = tp_size = {tp}")
+    quant = cfg.get("quantization") or {}
+    algo = quant.get("quant_algo")
+    if algo not in DOCUMENTED_QUANT_ALGOS:
+        problems.append(f"quant_algo {algo!r} is not one TensorRT-LLM documents")
+    want_algo = {"int8": "W8A8_SQ_PER_CHANNEL", "int4": ("W4A16", "W4A16_AWQ")}[precision]
+    if algo not in (want_algo if isinstance(want_algo, tuple) else (want_algo,)):
+        problems.append(f"quant_algo {algo!r} does not match precision {precision}")
+    shapes = expected_shapes(config, tp)
+    checked = sparse_checked = 0
+    for rank in range(tp):
+        path = directory / f"rank{rank}.safetensors"
+        if not path.is_file():
+            problems.append(f"{path.name} is missing")
+            continue
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            for required in ("transformer.vocab_embedding.weight", "transformer.ln_f.weight", "lm_head.weight"):
+                if required not in names:
+                    problems.append(f"{path.name}: {required} missing")
+            for layer in range(config.num_hidden_layers):
+                for norm in ("input_layernorm", "post_layernorm"):
+                    if f"transformer.layers.{layer}.{norm}.weight" not in names:
+                        problems.append(f"{path.name}: transformer.layers.{layer}.{norm}.weight missing")
+                for short, (rows, cols) in shapes.items():
+                    prefix = f"transformer.layers.{layer}.{short}"
+                    key = f"{prefix}.weight"
+                    if key not in names:
+                        problems.append(f"{path.name}: {key} missing")
+                        continue
+                    w = f.get_tensor(key)
+                    checked += 1
+                    if w.dtype not in (torch.int8, torch.uint8):
+                        problems.append(f"{path.name}: {key} is {w.dtype}, expected packed integers")
+                        continue
+                    values = unpack_int4_rows(w) if precision == "int4" else w.to(torch.int16)
+                    if tuple(values.shape) != (rows, cols):
+                        problems.append(f"{path.name}: {key} holds {tuple(values.shape)} values, expected {(rows, cols)}")
+                        continue
+                    scale_key = f"{prefix}.weights_scaling_factor"
+                    if scale_key not in names:
+                        problems.append(f"{path.name}: {scale_key} missing")
+                    if prefix in sparse_layers:
+                        sparse_checked += 1
+                        if problem := check_pattern(f"{path.name}:{key}", values.numpy(), sparse_layers[prefix], axis=1):
+                            problems.append(problem)
+    if problems:
+        first = "; ".join(problems[:3])
+        raise SparsetrtError(f"TensorRT-LLM checkpoint {directory} does not match the documented format or lost "
+                             f"sparsity: {first}{' ...' if len(problems) > 3 else ''}")
+    return {"quant_algo": algo, "tp": tp, "linears_checked": checked, "sparse_linears_checked": sparse_checked}
+
+
+def sparse_layer_patterns(sparsity: dict | None, num_layers: int, prefix: str = "model.layers") -> dict[str, str]:
+    """TensorRT-LLM layer prefixes whose every HF source module carries one N:M pattern."""
+    if not sparsity:
+        return {}
+    out: dict[str, str] = {}
+    for layer in range(num_layers):
+        fused: dict[str, set] = {}
+        for hf, trt in LAYER_NAMES.items():
+            info = sparsity["modules"].get(f"{prefix}.{layer}.{hf}")
+            fused.setdefault(trt, set()).add(info["pattern"] if info else None)
+        for trt, patterns in fused.items():
+            if len(patterns) == 1 and None not in patterns and ":" in next(iter(patterns)) \
+                    and not next(iter(patterns)).startswith("unstructured"):
+                out[f"transformer.layers.{layer}.{trt}"] = next(iter(patterns))
+    return out
+
+
+def directory_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())

@@ -1,0 +1,198 @@
+"""The quantize stage on tiny random Llamas: Q/DQ ONNX, TensorRT-LLM checkpoints, zeros, lint, refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_llama
+from sparsetrt.errors import SparsetrtError
+
+pytest.importorskip("modelopt.torch.quantization")
+
+
+@pytest.fixture(scope="module")
+def tp_model(tmp_path_factory, calib_file):
+    """A tiny Llama whose shapes split over 1, 2 and 4 ranks (4 heads, 4 KV heads, 256 / 512 wide), pruned
+    2:4 and exported; plus the same model unpruned and exported."""
+    from sparsetrt.export.stage import export_checkpoint
+    from sparsetrt.prune.stage import prune_checkpoint
+
+    root = tmp_path_factory.mktemp("quant")
+    dense = make_tiny_llama(root / "dense", hidden=256, intermediate=512, heads=4, kv_heads=4)
+    prune_checkpoint(str(dense), root / "pruned", method="sparsegpt", pattern="2:4", calib=str(calib_file),
+                     calib_samples=8, calib_seq_len=64, progress=False)
+    export_checkpoint(root / "pruned", root / "onnx")
+    return root
+
+
+def quantize(root: Path, calib_file: Path, name: str, precision: str, **kw):
+    from sparsetrt.export.quant_stage import quantize_checkpoint
+
+    checkpoint = kw.pop("checkpoint", root / "pruned")
+    onnx_dir = kw.pop("onnx_dir", root / "onnx")
+    settings = {"precision": precision, **kw.pop("settings", {})}
+    return quantize_checkpoint(checkpoint, onnx_dir, root / name, settings, calib=str(calib_file), calib_samples=8,
+                               calib_seq_len=64, parity_corpus=str(calib_file), parity_windows=2,
+                               parity_seq_len=64, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def int8_run(tp_model, calib_file):
+    return quantize(tp_model, calib_file, "int8", "int8", tp_sizes=(1, 2, 4),
+                    settings={"smoothquant_alpha": 0.5, "calibrator": "percentile", "gptq": False})
+
+
+@pytest.fixture(scope="module")
+def int4_run(tp_model, calib_file):
+    return quantize(tp_model, calib_file, "int4", "int4", tp_sizes=(1, 2), settings={"activations": "fp32"})
+
+
+def test_int8_artifacts_keep_the_zeros_and_pass_the_lint(tp_model, int8_run):
+    out = tp_model / "int8"
+    assert (out / "model.int8.onnx").is_file() and (out / "quantize.json").is_file()
+    v = int8_run["onnx"]["sparsity_verification"]
+    assert v["ok"] and v["checked"] == 14  # 7 Linears x 2 layers, dequantized and checked along the reduction axis
+    assert int8_run["mask_fixes"] == 0
+    assert int8_run["onnx"]["lint"]["ok"]
+    assert int8_run["onnx"]["quantized_matmuls"] == 14
+    for tp in ("1", "2", "4"):
+        check = int8_run["trtllm"][tp]["validation"]
+        assert check["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
+        assert check["sparse_linears_checked"] == 10 * int(tp)  # qkv, dense, fc, gate, proj x 2 layers per rank
+        assert "--weight_sparsity" in int8_run["trtllm"][tp]["trtllm_build"]
+        assert (out / f"trtllm-tp{tp}" / "build.sh").is_file()
+    for name in ("parity.json", "parity.html", "parity.junit.xml"):
+        assert (out / name).is_file()
+
+
+def test_int8_onnx_is_explicit_quantization_in_standard_ops(tp_model, int8_run):
+    import onnx
+
+    model = onnx.load(str(tp_model / "int8" / "model.int8.onnx"), load_external_data=False)
+    ops = [n.op_type for n in model.graph.node]
+    assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+    assert ops.count("QuantizeLinear") == 14 and ops.count("DequantizeLinear") == 28  # activation pair + weight
+    assert ops.count("Mul") >= 14  # SmoothQuant's per-channel input scale in front of each Q
+    dq_weights = [i for i in model.graph.initializer if i.name.endswith(".weight_quantized")]
+    assert {i.data_type for i in dq_weights} == {onnx.TensorProto.INT8}
+
+
+def test_int4_is_blocked_and_exact_to_the_fake_quant_model(tp_model, int4_run, tp_model_sizes=None):
+    import onnx
+
+    model = onnx.load(str(tp_model / "int4" / "model.int4.onnx"), load_external_data=False)
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dqs) == 14 and not any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    assert all(next(a.i for a in n.attribute if a.name == "block_size") == 128 for n in dqs)
+    assert int4_run["onnx"]["sparsity_verification"]["ok"]
+    fidelity = int4_run["parity"]["candidates"]["int4-fidelity"]
+    # W4A16 over the fp32 graph computes exactly what the fake-quant model does: same integers, same math.
+    assert fidelity["top1"] == 1.0 and fidelity["passed"]
+    for tp in ("1", "2"):
+        assert int4_run["trtllm"][tp]["validation"]["quant_algo"] in ("W4A16", "W4A16_AWQ")  # its blockwise kernel path
+    sizes = int4_run["sizes"]
+    assert sizes["onnx-int4"]["bytes"] < sizes["onnx-fp16"]["bytes"] * 0.5
+    assert sizes["onnx-int4"]["compressed_2to4_bytes"] < sizes["onnx-int4"]["bytes"]
+
+
+def test_quantizing_an_unpruned_model_works(tmp_path, calib_file):
+    from sparsetrt.export.stage import export_checkpoint
+
+    dense = make_tiny_llama(tmp_path / "dense", hidden=128, intermediate=256, heads=4, kv_heads=4)
+    export_checkpoint(dense, tmp_path / "onnx", precisions=["fp32"])
+    manifest = quantize(tmp_path, calib_file, "int4", "int4", checkpoint=dense, tp_sizes=(1,),
+                        settings={"activations": "fp32", "block_size": 64})
+    assert manifest["onnx"]["sparsity_verification"]["ok"]
+    assert manifest["trtllm"]["1"]["validation"]["sparse_linears_checked"] == 0
+    assert manifest["sizes"]["onnx-int4"]["compressed_2to4_bytes"] is None
+
+
+def test_trtllm_checkpoint_that_lost_its_zeros_is_rejected(tp_model, int8_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig
+
+    from sparsetrt.artifacts import read_json
+    from sparsetrt.export import trtllm
+
+    broken = tmp_path / "trtllm"
+    shutil.copytree(tp_model / "int8" / "trtllm-tp1", broken)
+    tensors = load_file(str(broken / "rank0.safetensors"))
+    key = "transformer.layers.0.mlp.proj.weight"
+    tensors[key] = tensors[key].clone()
+    tensors[key][0, :4] = 1  # one full group of four non-zeros
+    save_file(tensors, str(broken / "rank0.safetensors"))
+    config = AutoConfig.from_pretrained(tp_model / "pruned")
+    layers = trtllm.sparse_layer_patterns(read_json(tp_model / "pruned" / "sparsity.json"), config.num_hidden_layers)
+    with pytest.raises(SparsetrtError, match="mlp.proj.weight: 1 of .* groups have more than 2 non-zeros"):
+        trtllm.validate_checkpoint(broken, config, 1, "int8", layers)
+    del tensors[key]
+    save_file(tensors, str(broken / "rank0.safetensors"))
+    with pytest.raises(SparsetrtError, match="mlp.proj.weight missing"):
+        trtllm.validate_checkpoint(broken, config, 1, "int8", layers)
+
+
+def test_trtllm_layout_matches_the_documented_split(tp_model, int8_run):
+    from safetensors import safe_open
+
+    for tp, rows in ((1, 256 * 3), (2, 256 * 3 // 2), (4, 256 * 3 // 4)):
+        directory = tp_model / "int8" / f"trtllm-tp{tp}"
+        config = json.loads((directory / "config.json").read_text())
+        assert config["mapping"]["world_size"] == tp and config["architecture"] == "LlamaForCausalLM"
+        assert sorted(p.name for p in directory.glob("rank*.safetensors")) == [f"rank{r}.safetensors" for r in range(tp)]
+        with safe_open(str(directory / "rank0.safetensors"), framework="pt") as f:
+            assert tuple(f.get_tensor("transformer.layers.0.attention.qkv.weight").shape) == (rows, 256)
+            assert tuple(f.get_tensor("transformer.layers.0.attention.dense.weight").shape) == (256, 256 // tp)
+            assert f.get_tensor("transformer.layers.0.mlp.proj.weight").dtype == torch.int8
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"tp_sizes": (3,)}, "power of two"),
+    ({"tp_sizes": (8,)}, "4 attention heads do not split over 8 ranks"),
+    ({"settings": {"block_size": 32}}, "block size 32 is not one TensorRT supports"),
+    ({"settings": {"calibrator": "mse"}}, "unknown calibrator 'mse'"),
+    ({"settings": {"smoothquant_alpha": 1.5}}, "SmoothQuant alpha must be in"),
+])
+def test_bad_settings_are_refused_before_any_output(tp_model, calib_file, kwargs, match):
+    precision = "int4" if "block_size" in kwargs.get("settings", {}) else "int8"
+    with pytest.raises(SparsetrtError, match=match):
+        quantize(tp_model, calib_file, "refused", precision, **kwargs)
+    assert not (tp_model / "refused").exists()
+
+
+def test_missing_or_mismatched_export_is_refused(tp_model, calib_file, tmp_path):
+    with pytest.raises(SparsetrtError, match="has no export.json"):
+        quantize(tp_model, calib_file, "x", "int8", onnx_dir=tmp_path)
+    with pytest.raises(SparsetrtError, match="holds no fp16 ONNX file"):
+        other = tmp_path / "fp32only"
+        shutil.copytree(tp_model / "onnx", other)
+        manifest = json.loads((other / "export.json").read_text())
+        del manifest["files"]["fp16"]
+        (other / "export.json").write_text(json.dumps(manifest))
+        quantize(tp_model, calib_file, "x", "int8", onnx_dir=other)
+
+
+def test_smollm2_shapes_refuse_tensor_parallel_with_the_reason():
+    from types import SimpleNamespace
+
+    from sparsetrt.export.trtllm import check_tp
+
+    smollm2 = SimpleNamespace(num_attention_heads=9, num_key_value_heads=3, hidden_size=576, intermediate_size=1536)
+    check_tp(smollm2, 1, "int4", 64)
+    with pytest.raises(SparsetrtError, match="9 attention heads do not split over 2 ranks"):
+        check_tp(smollm2, 2, "int8", None)
+
+
+def test_unpack_int4_rows_inverts_model_optimizer_packing():
+    from sparsetrt.export.trtllm import unpack_int4_rows
+
+    values = torch.randint(-8, 8, (6, 5), dtype=torch.int8)
+    low, high = values[0::2] & 0xF, values[1::2] & 0xF
+    packed = (low | (high << 4)).to(torch.uint8).view(torch.int8)
+    assert torch.equal(unpack_int4_rows(packed), values.to(torch.int16))
+    assert np.array_equal(unpack_int4_rows(packed).numpy(), values.numpy())
