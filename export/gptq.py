@@ -13,31 +13,55 @@ import torch
 from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, inverse_hessian_cholesky
 
 
+CLIP_GRID = torch.linspace(1.0, 0.6, 9)  # candidate fractions of max|w| for the scale
+
+
+def clipped_scale(w: torch.Tensor, qmax: int, norm: float = 2.4) -> torch.Tensor:
+    """Per-row scale minimising sum |w - q(w)|^norm over a grid of clipped ranges (GPTQ's `mse` option):
+    giving up the largest values' exact range buys finer steps for all the others."""
+    amax = w.abs().amax(1).clamp_min(1e-12)
+    best_err = torch.full_like(amax, float("inf"))
+    best = amax / qmax
+    for fraction in CLIP_GRID:
+        s = amax * fraction / qmax
+        err = ((torch.round(w / s[:, None]).clamp(-qmax, qmax) * s[:, None] - w).abs() ** norm).sum(1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, s, best)
+    return best
+
+
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor | None, qmax: int,
-                  block: int | None = None, damping: float = DEFAULT_DAMPING, lazy: int = 128):
+                  block: int | None = None, damping: float = DEFAULT_DAMPING, lazy: int = 128,
+                  act_order: bool = True):
     """weight [out, in], hessian [in, in] (XᵀX / n), keep [out, in] bool (None = dense).
 
     Returns (q int8 [out, in], scale [out] or [out, in // block], error ‖(W - Ŵ) X‖² / n summed over rows).
-    Symmetric integers in [-qmax, qmax]; per output channel when `block` is None (scale from the row's
-    kept weights), else per block of `block` inputs (scale from the block's current values when the sweep
-    reaches it, so earlier compensation is accounted for).
+    Symmetric integers in [-qmax, qmax], one scale per output channel (`block` None) or per block of
+    `block` consecutive inputs, chosen up front from the weights (static groups, so the file's block
+    layout stays contiguous). `act_order` quantizes inputs in order of decreasing Hessian diagonal (the
+    most active inputs first, while the most columns are left to absorb their error), as in GPTQ.
     """
     W = weight.detach().float().clone()
     rows, cols = W.shape
     keep = torch.ones_like(W, dtype=torch.bool) if keep is None else keep.to(torch.bool)
     W = W * keep
     original = W.clone()
-    if block is not None and (cols % block or lazy % block):
-        raise ValueError(f"block {block} must divide {cols} inputs and the lazy-update width {lazy}")
+    if block is not None and cols % block:
+        raise ValueError(f"block {block} must divide {cols} inputs")
     H = hessian.detach().float().clone()
     dead = torch.diagonal(H) == 0  # inputs that never fired: their weights carry nothing; SparseGPT zeroed them
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    U, _ = inverse_hessian_cholesky(H, damping, max_damping=10.0)  # upper Cholesky factor of H⁻¹
     if block is None:
-        scale = (W.abs().amax(1) / qmax).clamp_min(1e-12)
+        scale = clipped_scale(W, qmax)
+        column_scale = scale[:, None].expand(rows, cols)
     else:
-        scale = torch.zeros(rows, cols // block)
+        scale = torch.stack([clipped_scale(W[:, g:g + block], qmax) for g in range(0, cols, block)], 1)
+        column_scale = scale.repeat_interleave(block, dim=1)
+    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(cols)
+    W, H, keep_p, column_scale_p = W[:, perm], H[perm][:, perm], keep[:, perm], column_scale[:, perm]
+    U, _ = inverse_hessian_cholesky(H, damping, max_damping=10.0)  # upper Cholesky factor of H⁻¹
     Q = torch.zeros(rows, cols, dtype=torch.int8)
     for i1 in range(0, cols, lazy):
         i2 = min(i1 + lazy, cols)
@@ -46,19 +70,16 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
         U1 = U[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            if block is not None and col % block == 0:
-                g = col // block
-                scale[:, g] = ((W1[:, i:i + block] * keep[:, col:col + block]).abs().amax(1) / qmax).clamp_min(1e-12)
-            s = scale if block is None else scale[:, col // block]
+            s = column_scale_p[:, col]
             w = W1[:, i]
-            q = torch.round(w / s).clamp(-qmax, qmax) * keep[:, col]
+            q = torch.round(w / s).clamp(-qmax, qmax) * keep_p[:, col]
             Q[:, col] = q.to(torch.int8)
             err = (w - q * s) / U1[i, i]
             W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
             E1[:, i] = err
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
-    deq = Q.float() * (scale[:, None] if block is None else scale.repeat_interleave(block, dim=1))
-    diff = deq - original
+    Q = Q[:, torch.argsort(perm)]
+    diff = Q.float() * column_scale - original
     error = float(((diff @ hessian.float()) * diff).sum())
     return Q, scale, error
 

@@ -186,9 +186,9 @@ def _scheme(settings: QuantSettings) -> str:
     if settings.precision == "int8":
         act = settings.calibrator + (f" p{settings.percentile:g}" if settings.calibrator == "percentile" else "")
         smooth = f", SmoothQuant alpha {settings.smoothquant_alpha:g}" if settings.smoothquant_alpha else ""
-        gptq = ", GPTQ rounding (mask held)" if settings.gptq else ""
+        gptq = ", GPTQ rounding (mask held)" if settings.use_gptq else ""
         return f"W8A8: weights per-output-channel symmetric INT8{gptq}, activations per-tensor static INT8 ({act}){smooth}"
-    awq = ", AWQ-lite scales" if settings.awq else (", GPTQ rounding (mask held)" if settings.gptq else "")
+    awq = ", AWQ-lite scales" if settings.awq else (", GPTQ rounding (mask held)" if settings.use_gptq else "")
     return f"W4A16: weights INT4 symmetric in blocks of {settings.block_size} inputs{awq}, activations {settings.activations}"
 
 

@@ -31,11 +31,11 @@ class QuantSettings:
     precision: str = "int8"             # int8 = W8A8 (SmoothQuant optional); int4 = W4A16 blockwise (AWQ optional)
     calibrator: str = "max"             # INT8 activations: max | percentile | entropy
     percentile: float = 99.99
-    smoothquant_alpha: float = 0.0      # INT8: 0 = off, else SmoothQuant migration strength in (0, 1]
+    smoothquant_alpha: float = -1.0     # INT8: SmoothQuant strength in (0, 1], 0 = off, -1 = auto (0.8 for INT8)
     block_size: int = 128               # INT4: inputs per scale block (TensorRT supports 64 and 128)
     block_fallback: bool = True         # INT4: a layer 128 does not divide gets 64 (recorded), else an error
     awq: bool = False                   # INT4: AWQ-lite per-input-channel scale search
-    gptq: bool = True                   # GPTQ weight rounding with the 2:4 mask held (export/gptq.py)
+    gptq: str = "auto"                  # GPTQ rounding with the mask held: on | off | auto (on for INT4)
     activations: str = "fp16"           # which exported graph carries the Q/DQ: fp16 (TensorRT's usual) | fp32
 
     def validate(self) -> "QuantSettings":
@@ -45,17 +45,29 @@ class QuantSettings:
             raise SparsetrtError(f"unknown calibrator '{self.calibrator}'; use one of {', '.join(CALIBRATORS)}")
         if not 0 < self.percentile <= 100:
             raise SparsetrtError(f"percentile must be in (0, 100], got {self.percentile}")
-        if not 0 <= self.smoothquant_alpha <= 1:
-            raise SparsetrtError(f"SmoothQuant alpha must be in [0, 1] (0 = off), got {self.smoothquant_alpha}")
-        if self.gptq and (self.awq or self.smoothquant_alpha):
+        if not (0 <= self.smoothquant_alpha <= 1 or self.smoothquant_alpha == -1):
+            raise SparsetrtError(f"SmoothQuant alpha must be in [0, 1] (0 = off, -1 = auto), got {self.smoothquant_alpha}")
+        if self.gptq not in ("auto", "on", "off"):
+            raise SparsetrtError(f"gptq must be auto, on or off, not '{self.gptq}'")
+        # Measured on SmolLM2-135M 2:4 (README): W8A8 needs SmoothQuant (activation outliers) and gains nothing
+        # from GPTQ (W8 alone is within 0.3 %); W4A16 needs GPTQ. Auto picks that; explicit values win.
+        if self.gptq == "auto":
+            self.gptq = "on" if self.precision == "int4" and not self.awq else "off"
+        if self.smoothquant_alpha == -1:
+            self.smoothquant_alpha = 0.8 if self.precision == "int8" and self.gptq == "off" else 0.0
+        if self.use_gptq and (self.awq or self.smoothquant_alpha):
             raise SparsetrtError("GPTQ rounds the weights it is given; AWQ / SmoothQuant rescale them afterwards "
-                                 "and would undo it: use --no-gptq with --awq or --smoothquant-alpha")
+                                 "and would undo it: use --gptq off with --awq or --smoothquant-alpha")
         if self.activations not in ("fp16", "fp32"):
             raise SparsetrtError(f"activations must be fp16 or fp32, got '{self.activations}'")
         if self.precision == "int4" and self.block_size not in qmath.TENSORRT_INT4_BLOCK_SIZES:
             raise SparsetrtError(f"INT4 block size {self.block_size} is not one TensorRT supports "
                                  f"({', '.join(map(str, qmath.TENSORRT_INT4_BLOCK_SIZES))})")
         return self
+
+    @property
+    def use_gptq(self) -> bool:
+        return self.gptq == "on"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -241,7 +253,7 @@ def quantize_model(model, settings: QuantSettings, windows: torch.Tensor, masks:
     modules = target_linears(model)
     qmax = qmath.INT8_MAX if settings.precision == "int8" else qmath.INT4_MAX
     timings, gptq = {}, {}
-    if settings.gptq:
+    if settings.use_gptq:
         start = time.perf_counter()
         block = settings.block_size if settings.precision == "int4" else None
         results = gptq_model(model, windows, modules, masks, qmax, block, batch_size=batch_size, progress=progress)
@@ -251,7 +263,7 @@ def quantize_model(model, settings: QuantSettings, windows: torch.Tensor, masks:
     model = calibrate(model, modules, settings, windows, batch_size=batch_size, progress=progress)
     timings["calibrate_s"] = time.perf_counter() - start
     modules = target_linears(model)  # Model Optimizer swapped the Linears for its quantized subclass
-    if settings.gptq:
+    if settings.use_gptq:
         set_weight_amax(modules, {name: scale for name, (_, scale, _) in results.items()}, qmax)
     quants = extract(modules, settings, masks)
     fake_quant_state(modules, quants)

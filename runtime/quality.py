@@ -121,7 +121,7 @@ def _evaluate_method(checkpoint: str, method: str, pattern: str, calib, evaluati
 
         start = time.perf_counter()
         modules = target_linears(lm)
-        settings = QuantSettings(precision=precision)
+        settings = QuantSettings(precision=precision).validate()
         if precision == "int4":
             settings.block_size = model_block_size(modules, settings.block_size, settings.block_fallback)
         masks = {name: m.weight.detach() != 0 for name, m in modules.items()} if base != "dense" else {}

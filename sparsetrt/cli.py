@@ -45,12 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", required=True, choices=["int8", "int4"])
     p.add_argument("--calibrator", default="max", help="INT8 activation ranges: max | percentile | entropy")
     p.add_argument("--percentile", type=float, default=99.99)
-    p.add_argument("--smoothquant-alpha", type=float, default=0.0, help="INT8: SmoothQuant strength (0 = off)")
+    p.add_argument("--smoothquant-alpha", type=float, default=-1.0,
+                   help="INT8: SmoothQuant strength (0 = off; default: 0.8 unless --gptq on)")
     p.add_argument("--block-size", type=int, default=128, help="INT4: inputs per scale block (64 or 128)")
     p.add_argument("--no-block-fallback", action="store_true",
                    help="INT4: fail instead of using 64 when 128 does not divide the model's input sizes")
-    p.add_argument("--awq", action="store_true", help="INT4: AWQ-lite scale search (with --no-gptq)")
-    p.add_argument("--no-gptq", action="store_true", help="round weights to nearest instead of GPTQ (mask held)")
+    p.add_argument("--awq", action="store_true", help="INT4: AWQ-lite scale search (with --gptq off)")
+    p.add_argument("--gptq", default="auto", choices=["auto", "on", "off"],
+                   help="GPTQ weight rounding with the sparsity mask held (auto: on for INT4, off for INT8)")
     p.add_argument("--activations", default="fp16", choices=["fp16", "fp32"], help="graph that gets the Q/DQ nodes")
     p.add_argument("--tp", type=int, nargs="*", default=[1], help="TensorRT-LLM tensor-parallel sizes (none: skip)")
     p.add_argument("--calib", default="auto", help="calibration text, or 'auto' (WikiText-2 valid / Python docs)")
@@ -181,7 +183,7 @@ def cmd_quantize(args) -> int:
 
     settings = {"precision": args.precision, "calibrator": args.calibrator, "percentile": args.percentile,
                 "smoothquant_alpha": args.smoothquant_alpha, "block_size": args.block_size,
-                "block_fallback": not args.no_block_fallback, "awq": args.awq, "gptq": not args.no_gptq,
+                "block_fallback": not args.no_block_fallback, "awq": args.awq, "gptq": args.gptq,
                 "activations": args.activations}
     manifest = quantize_checkpoint(args.model, args.onnx_dir, args.out, settings, calib=args.calib,
                                    calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, seed=args.seed,

@@ -213,6 +213,6 @@ def test_quantize_refusals_are_one_line_and_leave_nothing(capsys, pruned_tiny, t
                            "--precision", "int8", "--out", str(out))
     assert code == 2 and "has no export.json" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "quantize", "--model", str(pruned_tiny), "--onnx-dir", str(tmp_path),
-                           "--precision", "int4", "--awq", "--out", str(out))
-    assert code == 2 and "--no-gptq with --awq" in err
+                           "--precision", "int4", "--awq", "--gptq", "on", "--out", str(out))
+    assert code == 2 and "--gptq off with --awq" in err
     assert not out.exists()

@@ -42,6 +42,17 @@ def test_gptq_keeps_the_mask_and_beats_round_to_nearest(qmax, block):
 def test_gptq_is_round_to_nearest_when_inputs_are_uncorrelated():
     w, keep, _ = problem()
     h = torch.diag(torch.rand(w.shape[1]) + 0.5)
-    q, _, _ = gptq_quantize(w, h, keep, 127, None, damping=0.0)
-    rtn_q, _ = rtn(w, keep, 127, None)
+    q, scale, _ = gptq_quantize(w, h, keep, 127, None, damping=0.0)
+    rtn_q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)  # same (clipped) scale, no updates
     assert torch.equal(q, rtn_q)
+
+
+def test_clipped_scale_never_loses_to_the_full_range():
+    from sparsetrt.export.gptq import clipped_scale
+
+    w, _, _ = problem()
+    for qmax in (7, 127):
+        s = clipped_scale(w, qmax)
+        full = w.abs().amax(1) / qmax
+        err = lambda sc: ((torch.round(w / sc[:, None]).clamp(-qmax, qmax) * sc[:, None] - w).abs() ** 2.4).sum(1)
+        assert bool((err(s) <= err(full) + 1e-6).all()) and bool((s <= full + 1e-12).all())

@@ -45,7 +45,7 @@ def quantize(root: Path, calib_file: Path, name: str, precision: str, **kw):
 @pytest.fixture(scope="module")
 def int8_run(tp_model, calib_file):
     return quantize(tp_model, calib_file, "int8", "int8", tp_sizes=(1, 2, 4),
-                    settings={"smoothquant_alpha": 0.5, "calibrator": "percentile", "gptq": False})
+                    settings={"smoothquant_alpha": 0.5, "calibrator": "percentile"})
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +196,18 @@ def test_unpack_int4_rows_inverts_model_optimizer_packing():
     packed = (low | (high << 4)).to(torch.uint8).view(torch.int8)
     assert torch.equal(unpack_int4_rows(packed), values.to(torch.int16))
     assert np.array_equal(unpack_int4_rows(packed).numpy(), values.numpy())
+
+
+def test_awq_pre_scale_lands_in_the_graph_exactly(tp_model, calib_file):
+    """AWQ's per-input-channel scale becomes a Mul in front of the MatMul; ORT then computes what the
+    fake-quant model computes (fp32 graph), and the zeros survive the rescaling."""
+    import onnx
+
+    manifest = quantize(tp_model, calib_file, "int4-awq", "int4", tp_sizes=(),
+                        settings={"awq": True, "activations": "fp32"})
+    assert manifest["settings"]["quant"]["gptq"] == "off"
+    assert all(m["pre_scale"] for m in manifest["modules"].values())
+    model = onnx.load(str(tp_model / "int4-awq" / "model.int4.onnx"), load_external_data=False)
+    assert sum(n.op_type == "Mul" and n.name.endswith("/pre_scale") for n in model.graph.node) == 14
+    assert manifest["onnx"]["sparsity_verification"]["ok"] and manifest["mask_fixes"] == 0
+    assert manifest["parity"]["candidates"]["int4-fidelity"]["top1"] >= 0.99
