@@ -146,7 +146,7 @@ def quantize_checkpoint(
                                "export_s": round(time.perf_counter() - start, 2)}
 
         start = time.perf_counter()
-        parity = _parity(lm, tokenizer, checkpoint, sparsity, tmp / onnx_name, settings.precision,
+        parity = _parity(lm, quants, tokenizer, checkpoint, sparsity, tmp / onnx_name, settings.precision,
                          parity_corpus, parity_windows, parity_seq_len)
         timings["parity_s"] = time.perf_counter() - start
 
@@ -187,7 +187,8 @@ def _scheme(settings: QuantSettings) -> str:
         act = settings.calibrator + (f" p{settings.percentile:g}" if settings.calibrator == "percentile" else "")
         smooth = f", SmoothQuant alpha {settings.smoothquant_alpha:g}" if settings.smoothquant_alpha else ""
         gptq = ", GPTQ rounding (mask held)" if settings.use_gptq else ""
-        return f"W8A8: weights per-output-channel symmetric INT8{gptq}, activations per-tensor static INT8 ({act}){smooth}"
+        return (f"W8A8: weights per-output-channel symmetric INT8{gptq}, activations per-tensor static INT8 ({act})"
+                f"{smooth}, over the {settings.activations} graph")
     awq = ", AWQ-lite scales" if settings.awq else (", GPTQ rounding (mask held)" if settings.use_gptq else "")
     return f"W4A16: weights INT4 symmetric in blocks of {settings.block_size} inputs{awq}, activations {settings.activations}"
 
@@ -198,7 +199,8 @@ def _modelopt_version() -> str:
     return f"nvidia-modelopt {version('nvidia-modelopt')}"
 
 
-def _parity(fake_quant, tokenizer, checkpoint, sparsity, onnx_path, precision, corpus, windows, seq_len) -> dict:
+def _parity(modelopt_model, quants, tokenizer, checkpoint, sparsity, onnx_path, precision, corpus, windows,
+            seq_len) -> dict:
     from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
     from sparsetrt.models import load_model
     from sparsetrt.runtime.backends import OnnxRuntimeRunner, TorchRunner
@@ -208,14 +210,19 @@ def _parity(fake_quant, tokenizer, checkpoint, sparsity, onnx_path, precision, c
     eval_windows = sequential_windows(tokenize_corpus(tokenizer, text), seq_len, windows).numpy()
     pruned = TorchRunner(load_model(checkpoint)[0])
     dense_path = Path(sparsity["source_checkpoint"]) if sparsity else Path(checkpoint)
-    references = {"fake-quant": TorchRunner(fake_quant), "fp32": pruned}
+    from sparsetrt.export.quantize import tensorrt_fake_quant
+
+    fake_quant = tensorrt_fake_quant(load_model(checkpoint)[0], quants)
+    references = {"fake-quant": TorchRunner(fake_quant), "modelopt": TorchRunner(modelopt_model), "fp32": pruned}
     if sparsity and dense_path.is_dir():
         references["dense"] = TorchRunner(load_model(dense_path)[0])
     metrics = compare_against(references, OnnxRuntimeRunner(onnx_path), eval_windows)
     pruned_name = "pruned fp32" if sparsity else "fp32"
     candidates = [
         candidate(f"{precision}-fidelity", precision, onnx_path, metrics["fake-quant"], FIDELITY_RULES,
-                  "PyTorch fake-quant (Model Optimizer), same integers"),
+                  "PyTorch fake-quant in TensorRT's Q/DQ semantics, same integers and scales"),
+        candidate(f"{precision}-vs-modelopt", precision, onnx_path, metrics["modelopt"], {},
+                  "Model Optimizer's fake-quant model (reported, not gated: see TensorRTFakeQuantLinear)"),
         candidate(f"{precision}-vs-{pruned_name.replace(' ', '-')}", precision, onnx_path, metrics["fp32"],
                   QUANTIZATION_RULES[precision], f"PyTorch {pruned_name} (quantization error alone)"),
     ]

@@ -54,6 +54,9 @@ def check_tp(config, tp: int, precision: str, group_size: int | None) -> None:
 
 
 def export_checkpoint(model, out: Path, tp: int, dtype: torch.dtype = torch.float16, verbose: bool = False) -> None:
+    from sparsetrt.export.quantize import import_modelopt
+
+    import_modelopt()  # the same import, with its version warning filtered
     from modelopt.torch.export import export_tensorrt_llm_checkpoint
 
     model_type = getattr(model.config, "model_type", "")

@@ -131,7 +131,7 @@ def _evaluate_method(checkpoint: str, method: str, pattern: str, calib, evaluati
 
 
 def _markdown(report: dict, dense: float | None) -> str:
-    lines = ["# Quality: WikiText-2 perplexity after pruning", "",
+    lines = ["# Quality: WikiText-2 perplexity after pruning (and quantization)", "",
              f"- Model: `{report['model']}`",
              f"- Calibration: {report['protocol']['calibration']}",
              f"- Evaluation: {report['protocol']['evaluation']}",
@@ -144,6 +144,12 @@ def _markdown(report: dict, dense: float | None) -> str:
         t = f"{r['prune_s']:.1f}" if r["prune_s"] is not None else "—"
         qt = f"{r['quantize_s']:.1f}" if r.get("quantize_s") is not None else "—"
         lines.append(f"| {r['method']} | {r['pattern'] or 'dense'} | {r['perplexity']:.2f} | {ratio} | {t} | {qt} |")
+    by_method = {r["method"]: r["perplexity"] for r in report["results"]}
+    quantized = [r for r in report["results"] if "+" in r["method"] and r["method"].split("+")[0] in by_method]
+    if quantized:
+        lines += ["", "Quantized vs the same pruned model in fp32 (quantization error alone; the acceptance bars "
+                  "of issue #3 are 1.05 for INT8 and 1.15 for INT4):", ""]
+        lines += [f"- {r['method']}: {r['perplexity'] / by_method[r['method'].split('+')[0]]:.3f}x" for r in quantized]
     lines += ["", "Reference figures for other tools, same protocol and machine class, quoted from issue #2 "
               "(not re-measured by this benchmark):", "", "| tool | perplexity | pruning time (s) |", "|---|---:|---:|"]
     lines += [f"| {r['tool']} | {r['perplexity']} | {r['prune_s']} |" for r in report["reference_figures"]]

@@ -46,14 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrator", default="max", help="INT8 activation ranges: max | percentile | entropy")
     p.add_argument("--percentile", type=float, default=99.99)
     p.add_argument("--smoothquant-alpha", type=float, default=-1.0,
-                   help="INT8: SmoothQuant strength (0 = off; default: 0.8 unless --gptq on)")
+                   help="INT8: SmoothQuant strength (0 = off; default: 0.85 unless --gptq on)")
     p.add_argument("--block-size", type=int, default=128, help="INT4: inputs per scale block (64 or 128)")
     p.add_argument("--no-block-fallback", action="store_true",
                    help="INT4: fail instead of using 64 when 128 does not divide the model's input sizes")
     p.add_argument("--awq", action="store_true", help="INT4: AWQ-lite scale search (with --gptq off)")
     p.add_argument("--gptq", default="auto", choices=["auto", "on", "off"],
                    help="GPTQ weight rounding with the sparsity mask held (auto: on for INT4, off for INT8)")
-    p.add_argument("--activations", default="fp16", choices=["fp16", "fp32"], help="graph that gets the Q/DQ nodes")
+    p.add_argument("--activations", default="auto", choices=["auto", "fp16", "fp32"],
+                   help="graph that gets the Q/DQ nodes (auto: fp32 for INT8, fp16 for INT4)")
     p.add_argument("--tp", type=int, nargs="*", default=[1], help="TensorRT-LLM tensor-parallel sizes (none: skip)")
     p.add_argument("--calib", default="auto", help="calibration text, or 'auto' (WikiText-2 valid / Python docs)")
     p.add_argument("--calib-samples", type=int, default=32)

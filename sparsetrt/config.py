@@ -55,11 +55,11 @@ class QuantizeSection:
     precision: str = "none"             # none | int8 (W8A8) | int4 (W4A16)
     calibrator: str = "max"             # INT8 activations: max | percentile | entropy
     percentile: float = 99.99
-    smoothquant_alpha: float = -1.0     # INT8: 0 = off, -1 = auto (0.8 unless gptq = "on")
+    smoothquant_alpha: float = -1.0     # INT8: 0 = off, -1 = auto (0.85 unless gptq = "on")
     block_size: int = 128               # INT4 (TensorRT: 64 or 128; 64 when 128 does not divide the model)
     awq: bool = False                   # INT4: AWQ-lite scale search
     gptq: str = "auto"                  # GPTQ rounding with the mask held: on | off | auto (on for INT4)
-    activations: str = "fp16"           # the exported graph that gets the Q/DQ nodes
+    activations: str = "auto"           # exported graph that gets the Q/DQ nodes: auto (fp32 INT8, fp16 INT4) | fp16 | fp32
     tp: list = field(default_factory=lambda: [1])  # TensorRT-LLM checkpoints, one per tensor-parallel size
     batch_size: int = 4
 

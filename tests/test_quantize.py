@@ -174,7 +174,7 @@ def test_missing_or_mismatched_export_is_refused(tp_model, calib_file, tmp_path)
         manifest = json.loads((other / "export.json").read_text())
         del manifest["files"]["fp16"]
         (other / "export.json").write_text(json.dumps(manifest))
-        quantize(tp_model, calib_file, "x", "int8", onnx_dir=other)
+        quantize(tp_model, calib_file, "x", "int4", onnx_dir=other)  # INT4 rewrites the fp16 graph
 
 
 def test_smollm2_shapes_refuse_tensor_parallel_with_the_reason():
