@@ -88,7 +88,17 @@ def test_memoized_attention_gives_the_same_statistics_without_recomputing(tiny):
 
 def test_shortcuts_prune_as_well_as_the_plain_path(tiny, tiny_checkpoint, monkeypatch):
     """End to end the two paths round differently, and a near-tie mask flip cascades along a row, so the
-    masks are not compared; the pruned models must be equally close to the dense one."""
+    masks are not compared; the pruned models must be equally close to the dense one. One thread: the
+    multi-threaded kernels' run-to-run ulp noise alone moved this ratio from 1.0 to 0.68 on the tiny model."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _compare_shortcut_and_plain(tiny, tiny_checkpoint, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_shortcut_and_plain(tiny, tiny_checkpoint, monkeypatch):
     model, windows = tiny
     dense, _ = load_model(tiny_checkpoint)
     sequential.prune_model(model, windows, "sparsegpt", parse_pattern("2:4"), batch_size=3, progress=False)
