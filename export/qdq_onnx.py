@@ -24,34 +24,74 @@ from sparsetrt.prune.verify import consumers_of, digest
 MIN_QDQ_OPSET = 21
 
 
-def locate_weights(graph, reference: dict[str, np.ndarray]) -> dict[str, str]:
-    """module name -> the initializer holding its weight transposed ([in, out]) and consumed by MatMul."""
+def find_initializers(graph, arrays: dict) -> dict:
+    """key -> name of the 2-D initializer whose content equals arrays[key] (in any float type the graph
+    stores weights in); keys whose array is not found are left out."""
     from onnx import helper, numpy_helper
 
-    wanted: dict[str, str] = {}
-    dtypes = set()
-    candidates = {}
-    for init in graph.initializer:
-        if len(init.dims) == 2:
-            candidates[init.name] = init
-            dtypes.add(init.data_type)
+    candidates = [init for init in graph.initializer if len(init.dims) == 2]
+    dtypes = {init.data_type for init in candidates}
     hashes = {}
-    for module, weight in reference.items():
+    for key, array in arrays.items():
         for dtype in dtypes:
-            np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
-            hashes[digest(weight.T.astype(np_dtype))] = module
-    for name, init in candidates.items():
-        module = hashes.get(digest(numpy_helper.to_array(init)))
-        if module is not None:
-            wanted.setdefault(module, name)
-    return wanted
+            hashes.setdefault(digest(np.ascontiguousarray(array).astype(helper.tensor_dtype_to_np_dtype(dtype))), key)
+    found = {}
+    for init in candidates:
+        key = hashes.get(digest(numpy_helper.to_array(init)))
+        if key is not None:
+            found.setdefault(key, init.name)
+    return found
 
 
-def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], reference: dict[str, np.ndarray]) -> dict:
-    """Write the quantized copy of `src` to `dst` (+ `dst`.data); returns a summary of what changed."""
-    import onnx
+def locate_weights(graph, reference: dict[str, np.ndarray]) -> dict[str, str]:
+    """module name -> the initializer holding its weight transposed ([in, out]) and consumed by MatMul."""
+    return find_initializers(graph, {module: weight.T for module, weight in reference.items()})
+
+
+def locate_tables(graph, reference: dict[str, np.ndarray]) -> dict[str, tuple[str, bool]]:
+    """table -> (initializer, transposed): a vocabulary table is stored as [vocab, hidden] when a Gather (or a
+    Transpose in front of the lm_head's MatMul) reads it, as [hidden, vocab] when only a MatMul does."""
+    found = find_initializers(graph, {(name, flip): (table.T if flip else table)
+                                      for name, table in reference.items() for flip in (False, True)})
+    located = {}
+    for (name, flip), init in sorted(found.items(), key=lambda item: item[0][1]):  # as stored first
+        located.setdefault(name, (init, flip))
+    return located
+
+
+def weight_dequantize(name: str, lq: LinearQuant, transposed: bool, np_float) -> tuple[list, object]:
+    """The integer + scale initializers of `lq` and the DequantizeLinear that restores them, laid out as the
+    graph stores the weight: transposed ([in, out], a MatMul's B) or as in PyTorch ([out, in], a table).
+    Per-channel scales run along the output channels, INT4 blocks along the inputs, in either layout."""
     from onnx import TensorProto, helper, numpy_helper
 
+    q = lq.q.t().contiguous() if transposed else lq.q
+    q_name, s_name = f"{name}.weight_quantized", f"{name}.weight_scale"
+    out_axis, in_axis = (1, 0) if transposed else (0, 1)
+    if lq.block is None:
+        q_init = numpy_helper.from_array(q.numpy().astype(np.int8), q_name)
+        scale, attrs = lq.scale, {"axis": out_axis}
+    else:
+        q_init = helper.make_tensor(q_name, TensorProto.INT4, list(q.shape), pack_int4(q), raw=True)
+        scale, attrs = (lq.scale.t().contiguous() if transposed else lq.scale), {"axis": in_axis, "block_size": lq.block}
+    s_init = numpy_helper.from_array(scale.numpy().astype(np_float), s_name)
+    node = helper.make_node("DequantizeLinear", [q_name, s_name], [f"{name}.weight_dequantized"],
+                            name=f"{name}/weight_dq", **attrs)
+    return [q_init, s_init], node
+
+
+def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], reference: dict[str, np.ndarray],
+                   tables: dict[str, LinearQuant] | None = None, table_reference: dict[str, np.ndarray] | None = None) -> dict:
+    """Write the quantized copy of `src` to `dst` (+ `dst`.data); returns a summary of what changed.
+
+    `quants` are W8A8/W4A16 Linears (a MatMul's weight, activation Q/DQ for INT8); `tables` are weight-only
+    vocabulary tables, dequantized once for every reader (Gather, Transpose -> MatMul). `reference` /
+    `table_reference` hold the float values the graph holds now, to find the initializers by content.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    tables = tables or {}
     model = onnx.load(str(src), load_external_data=True)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_QDQ_OPSET:
@@ -59,13 +99,14 @@ def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], referen
                              f">= {MIN_QDQ_OPSET}: re-export with --opset 21")
     graph = model.graph
     located = locate_weights(graph, {k: reference[k] for k in quants})
-    missing = sorted(set(quants) - set(located))
+    located_tables = locate_tables(graph, {k: table_reference[k] for k in tables})
+    missing = sorted(set(quants) - set(located)) + sorted(set(tables) - set(located_tables))
     if missing:
         raise SparsetrtError(f"{src}: no initializer holds the weight of {', '.join(missing[:3])}"
                              f"{' ...' if len(missing) > 3 else ''}; was it exported from this checkpoint?")
     consumers = consumers_of(graph)
-    float_type = next(i.data_type for i in graph.initializer if i.name == located[next(iter(located))])
-    np_float = helper.tensor_dtype_to_np_dtype(float_type)
+    first = located[next(iter(located))] if located else next(iter(located_tables.values()))[0]
+    np_float = helper.tensor_dtype_to_np_dtype(next(i.data_type for i in graph.initializer if i.name == first))
 
     new_inits, before = [], {}  # before[id(node)] = nodes to insert in front of it
     retired = set()
@@ -75,17 +116,9 @@ def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], referen
         if not users or any(n.op_type != "MatMul" or i != 1 for n, i in users):
             raise SparsetrtError(f"{module}: weight {init_name} is not consumed as a MatMul's second input; "
                                  "this graph layout is not supported for Q/DQ insertion")
-        q_name, s_name, dq_out = f"{module}.weight_quantized", f"{module}.weight_scale", f"{module}.weight_dequantized"
-        q_t = lq.q.t().contiguous()  # [in, out], the layout the MatMul consumes
-        if lq.block is None:
-            new_inits.append(numpy_helper.from_array(q_t.numpy().astype(np.int8), q_name))
-            new_inits.append(numpy_helper.from_array(lq.scale.numpy().astype(np_float), s_name))
-            dq = helper.make_node("DequantizeLinear", [q_name, s_name], [dq_out], axis=1, name=f"{module}/weight_dq")
-        else:
-            new_inits.append(helper.make_tensor(q_name, TensorProto.INT4, list(q_t.shape), pack_int4(q_t), raw=True))
-            new_inits.append(numpy_helper.from_array(lq.scale.t().contiguous().numpy().astype(np_float), s_name))
-            dq = helper.make_node("DequantizeLinear", [q_name, s_name], [dq_out], axis=0, block_size=lq.block,
-                                  name=f"{module}/weight_dq")
+        inits, dq = weight_dequantize(module, lq, True, np_float)
+        new_inits.extend(inits)
+        dq_out = dq.output[0]
         for node, _ in users:
             inserted = [dq] if node is users[0][0] else []
             x = node.input[0]
@@ -110,6 +143,20 @@ def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], referen
             before.setdefault(id(node), []).extend(inserted)
         retired.add(init_name)
 
+    table_summary = {}
+    for name, lq in tables.items():
+        init_name, stored_transposed = located_tables[name]
+        users = consumers.get(init_name, [])
+        inits, dq = weight_dequantize(name, lq, stored_transposed, np_float)
+        new_inits.extend(inits)
+        for node, index in users:
+            node.input[index] = dq.output[0]
+        if users:
+            before.setdefault(id(users[0][0]), []).append(dq)  # users are in graph order: the first comes first
+        retired.add(init_name)
+        table_summary[name] = {"initializer": init_name, "bits": 8 if lq.block is None else 4, "block": lq.block,
+                               "readers": sorted({n.op_type for n, _ in users})}
+
     still_used = {name for node in graph.node for name in node.input}
     kept = [i for i in graph.initializer if i.name not in retired or i.name in still_used]
     del graph.initializer[:]
@@ -128,7 +175,7 @@ def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], referen
     onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
     return {"quantized_matmuls": sum(len(consumers[located[m]]) for m in quants), "float_type": str(np_float),
-            "retired_initializers": len(retired)}
+            "retired_initializers": len(retired), "tables": table_summary}
 
 
 def dequantized_weights(path: Path) -> dict[str, tuple[np.ndarray, str]]:

@@ -64,6 +64,7 @@ def quantize_checkpoint(
     from sparsetrt.calibration.data import calibration_windows
     from sparsetrt.export import quantize as q
     from sparsetrt.export import trtllm
+    from sparsetrt.export.embeddings import vocabulary_tables
     from sparsetrt.export.lint import lint_onnx
     from sparsetrt.export.qdq_onnx import verify_qdq_onnx, write_qdq_onnx
     from sparsetrt.export.stage import EXPORT_MANIFEST
@@ -112,9 +113,11 @@ def quantize_checkpoint(
     timings = {}
     masks = {name: modules[name].weight.detach() != 0 for name in (sparsity or {}).get("modules", {}) if name in modules}
     source = {name: m.weight.detach().float().numpy().copy() for name, m in modules.items()}
+    everything = dict(lm.named_modules())
+    table_source = {name: everything[name].weight.detach().float().numpy().copy() for name in vocabulary_tables(lm)}
     windows, corpus, corpus_tokens = calibration_windows(tokenizer, calib, calib_samples, calib_seq_len, seed)
     torch.manual_seed(seed)
-    lm, quants, gptq, more = q.quantize_model(lm, settings, windows, masks, batch_size=batch_size, progress=progress)
+    lm, quants, tables, gptq, more = q.quantize_model(lm, settings, windows, masks, batch_size=batch_size, progress=progress)
     timings.update(more)
 
     onnx_name = f"model.{settings.precision}.onnx"
@@ -122,7 +125,7 @@ def quantize_checkpoint(
     with staged_dir(out) as tmp:
         start = time.perf_counter()
         print(f"writing {onnx_name} (Q/DQ over the {settings.activations} graph) ...", flush=True)
-        graph = write_qdq_onnx(src_onnx, tmp / onnx_name, quants, source)
+        graph = write_qdq_onnx(src_onnx, tmp / onnx_name, quants, source, tables, table_source)
         timings["onnx_s"] = time.perf_counter() - start
         verification = verify_qdq_onnx(tmp / onnx_name, source, sparsity).raise_if_failed().to_json()
         verification["where"] = f"ONNX {out / onnx_name} (dequantized)"
@@ -146,7 +149,7 @@ def quantize_checkpoint(
                                "export_s": round(time.perf_counter() - start, 2)}
 
         start = time.perf_counter()
-        parity = _parity(lm, quants, tokenizer, checkpoint, sparsity, tmp / onnx_name, settings.precision,
+        parity = _parity(lm, quants, tables, tokenizer, checkpoint, sparsity, tmp / onnx_name, settings.precision,
                          parity_corpus, parity_windows, parity_seq_len)
         timings["parity_s"] = time.perf_counter() - start
 
@@ -164,6 +167,8 @@ def quantize_checkpoint(
                                "mask_fixes": lq.mask_fixes,
                                "gptq_error": gptq.get(name)} for name, lq in quants.items()},
             "mask_fixes": sum(lq.mask_fixes for lq in quants.values()),
+            "embeddings": {name: {"precision": settings.embeddings, "block": lq.block, "shared_by": lq.extra["shared_by"]}
+                           for name, lq in tables.items()},
             "onnx": {"file": onnx_name, "source": str(src_onnx), **graph, "sparsity_verification": verification,
                      "lint": lint.to_json()},
             "trtllm": {str(tp): info for tp, info in checkpoints.items()},
@@ -183,6 +188,11 @@ def quantize_checkpoint(
 
 
 def _scheme(settings: QuantSettings) -> str:
+    tables = {"float": "float", "int8": "INT8 per row", "int4": "INT4 blockwise"}
+    return f"{_linear_scheme(settings)}; embedding and lm_head weight-only {tables[settings.embeddings]}"
+
+
+def _linear_scheme(settings: QuantSettings) -> str:
     if settings.precision == "int8":
         act = settings.calibrator + (f" p{settings.percentile:g}" if settings.calibrator == "percentile" else "")
         smooth = f", SmoothQuant alpha {settings.smoothquant_alpha:g}" if settings.smoothquant_alpha else ""
@@ -199,7 +209,7 @@ def _modelopt_version() -> str:
     return f"nvidia-modelopt {version('nvidia-modelopt')}"
 
 
-def _parity(modelopt_model, quants, tokenizer, checkpoint, sparsity, onnx_path, precision, corpus, windows,
+def _parity(modelopt_model, quants, tables, tokenizer, checkpoint, sparsity, onnx_path, precision, corpus, windows,
             seq_len) -> dict:
     from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
     from sparsetrt.models import load_model
@@ -212,7 +222,7 @@ def _parity(modelopt_model, quants, tokenizer, checkpoint, sparsity, onnx_path, 
     dense_path = Path(sparsity["source_checkpoint"]) if sparsity else Path(checkpoint)
     from sparsetrt.export.quantize import tensorrt_fake_quant
 
-    fake_quant = tensorrt_fake_quant(load_model(checkpoint)[0], quants)
+    fake_quant = tensorrt_fake_quant(load_model(checkpoint)[0], quants, tables)
     references = {"fake-quant": TorchRunner(fake_quant), "modelopt": TorchRunner(modelopt_model), "fp32": pruned}
     if sparsity and dense_path.is_dir():
         references["dense"] = TorchRunner(load_model(dense_path)[0])

@@ -7,8 +7,8 @@ export-fidelity parity and the input of its TensorRT-LLM exporter. From it we re
 (possibly smoothed) weight, its amax, the activation amax and the pre-quant scale, and turn them into the
 integers that go into ONNX (qmath), re-checking that pruned zeros stay zero.
 
-Only the Linears inside the decoder blocks are quantized (the same set pruning targets); embeddings,
-norms and lm_head stay in the graph's float type, as in Model Optimizer's own default configs.
+Model Optimizer calibrates the Linears inside the decoder blocks (the same set pruning targets); the
+vocabulary tables (embedding, lm_head) get weight-only INT8/INT4 in export/embeddings.py; norms stay float.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sparsetrt.export import qmath
 
 QUANT_PRECISIONS = ("int8", "int4")
 CALIBRATORS = ("max", "percentile", "entropy")
+EMBEDDING_PRECISIONS = ("float", "int8", "int4")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class QuantSettings:
     awq: bool = False                   # INT4: AWQ-lite per-input-channel scale search
     gptq: str = "auto"                  # GPTQ rounding with the mask held: on | off | auto (on for INT4)
     activations: str = "auto"           # exported graph that carries the Q/DQ: fp16 | fp32 | auto (see validate)
+    embeddings: str = "auto"            # input embedding + lm_head, weight-only: float | int8 | int4 | auto (int8)
 
     def validate(self) -> "QuantSettings":
         if self.precision not in QUANT_PRECISIONS:
@@ -64,7 +66,13 @@ class QuantSettings:
             # W4A16 over the fp16 graph matches the fake-quant model (top-1 0.997 on SmolLM2); W8A8 over fp16
             # does not (0.94: fp16 rounding moves activations across INT8 steps), so INT8 uses the fp32 graph.
             self.activations = "fp32" if self.precision == "int8" else "fp16"
-        if self.precision == "int4" and self.block_size not in qmath.TENSORRT_INT4_BLOCK_SIZES:
+        if self.embeddings not in EMBEDDING_PRECISIONS + ("auto",):
+            raise SparsetrtError(f"embeddings must be auto, {', '.join(EMBEDDING_PRECISIONS)}, not '{self.embeddings}'")
+        if self.embeddings == "auto":
+            # INT8 per row costs nothing measurable and halves the largest tensor of small models; INT4 costs
+            # perplexity (export/embeddings.py), so it is opt-in.
+            self.embeddings = "int8"
+        if "int4" in (self.precision, self.embeddings) and self.block_size not in qmath.TENSORRT_INT4_BLOCK_SIZES:
             raise SparsetrtError(f"INT4 block size {self.block_size} is not one TensorRT supports "
                                  f"({', '.join(map(str, qmath.TENSORRT_INT4_BLOCK_SIZES))})")
         return self
@@ -251,11 +259,13 @@ def quantize_model(model, settings: QuantSettings, windows: torch.Tensor, masks:
                    batch_size: int = 4, progress: bool = True):
     """GPTQ (optional) + Model Optimizer calibration of every decoder Linear of `model`.
 
-    Returns (fake-quant model, {name: LinearQuant}, {name: GPTQ error}, timings). `masks` (name -> bool keep
-    mask) are the zeros that must survive; modules without one are treated as dense.
+    Returns (fake-quant model, {name: LinearQuant}, {vocabulary table: LinearQuant}, {name: GPTQ error},
+    timings). `masks` (name -> bool keep mask) are the zeros that must survive; modules without one are
+    treated as dense. The vocabulary tables are quantized last, on the quantized model's hidden states.
     """
     import time
 
+    from sparsetrt.export.embeddings import quantize_embeddings
     from sparsetrt.export.gptq import gptq_model
     from sparsetrt.prune.sequential import target_linears
 
@@ -277,7 +287,10 @@ def quantize_model(model, settings: QuantSettings, windows: torch.Tensor, masks:
         set_weight_amax(modules, {name: scale for name, (_, scale, _) in results.items()}, qmax)
     quants = extract(modules, settings, masks)
     fake_quant_state(modules, quants)
-    return model, quants, gptq, timings
+    start = time.perf_counter()
+    tables = quantize_embeddings(model, settings, windows, batch_size=batch_size)
+    timings["embeddings_s"] = time.perf_counter() - start
+    return model, quants, tables, gptq, timings
 
 
 def set_weight_amax(modules: dict[str, torch.nn.Module], scales: dict[str, torch.Tensor], qmax: int) -> None:
@@ -322,8 +335,13 @@ class TensorRTFakeQuantLinear(torch.nn.Module):
         return torch.nn.functional.linear(x, self.weight, self.bias)
 
 
-def tensorrt_fake_quant(model: torch.nn.Module, quants: dict[str, LinearQuant]) -> torch.nn.Module:
-    """`model` (a float copy) with every quantized Linear replaced by TensorRTFakeQuantLinear."""
+def tensorrt_fake_quant(model: torch.nn.Module, quants: dict[str, LinearQuant],
+                        tables: dict[str, LinearQuant] | None = None) -> torch.nn.Module:
+    """`model` (a float copy) with every quantized Linear replaced by TensorRTFakeQuantLinear and the
+    vocabulary tables holding their dequantized values."""
+    from sparsetrt.export.embeddings import apply_tables
+
+    apply_tables(model, tables or {})
     for name, lq in quants.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)

@@ -125,7 +125,7 @@ def _evaluate_method(checkpoint: str, method: str, pattern: str, calib, evaluati
         if precision == "int4":
             settings.block_size = model_block_size(modules, settings.block_size, settings.block_fallback)
         masks = {name: m.weight.detach() != 0 for name, m in modules.items()} if base != "dense" else {}
-        lm = quantize_model(lm, settings, calib, masks, progress=progress)[0]
+        lm = quantize_model(lm, settings, calib, masks, progress=progress)[0]  # tables included
         quantize_s = time.perf_counter() - start
     return perplexity(lm, evaluation, progress), prune_s, quantize_s
 

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPTQ weight rounding with the sparsity mask held (auto: on for INT4, off for INT8)")
     p.add_argument("--activations", default="auto", choices=["auto", "fp16", "fp32"],
                    help="graph that gets the Q/DQ nodes (auto: fp32 for INT8, fp16 for INT4)")
+    p.add_argument("--embeddings", default="auto", choices=["auto", "float", "int8", "int4"],
+                   help="embedding + lm_head, weight-only (auto: int8, free in perplexity; int4 is smaller but costs "
+                        "perplexity on small models)")
     p.add_argument("--tp", type=int, nargs="*", default=[1], help="TensorRT-LLM tensor-parallel sizes (none: skip)")
     p.add_argument("--calib", default="auto", help="calibration text, or 'auto' (WikiText-2 valid / Python docs)")
     p.add_argument("--calib-samples", type=int, default=32)
@@ -185,7 +188,7 @@ def cmd_quantize(args) -> int:
     settings = {"precision": args.precision, "calibrator": args.calibrator, "percentile": args.percentile,
                 "smoothquant_alpha": args.smoothquant_alpha, "block_size": args.block_size,
                 "block_fallback": not args.no_block_fallback, "awq": args.awq, "gptq": args.gptq,
-                "activations": args.activations}
+                "activations": args.activations, "embeddings": args.embeddings}
     manifest = quantize_checkpoint(args.model, args.onnx_dir, args.out, settings, calib=args.calib,
                                    calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, seed=args.seed,
                                    tp_sizes=args.tp, parity_corpus=args.corpus, parity_windows=args.windows,

@@ -60,6 +60,7 @@ class QuantizeSection:
     awq: bool = False                   # INT4: AWQ-lite scale search
     gptq: str = "auto"                  # GPTQ rounding with the mask held: on | off | auto (on for INT4)
     activations: str = "auto"           # exported graph that gets the Q/DQ nodes: auto (fp32 INT8, fp16 INT4) | fp16 | fp32
+    embeddings: str = "auto"            # embedding + lm_head, weight-only: auto (int8) | float | int8 | int4
     tp: list = field(default_factory=lambda: [1])  # TensorRT-LLM checkpoints, one per tensor-parallel size
     batch_size: int = 4
 

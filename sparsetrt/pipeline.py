@@ -12,6 +12,7 @@ A stage whose directory already holds the identical run is reused, so re-running
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ RUN_MANIFEST = "run.json"
 
 def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool = True) -> dict:
     from sparsetrt.export.quant_stage import quantize_checkpoint
+    from sparsetrt.export.quantize import QuantSettings
     from sparsetrt.export.stage import export_checkpoint
     from sparsetrt.prune.stage import prune_checkpoint
     from sparsetrt.runtime.parity import run_parity
@@ -59,8 +61,7 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
     quantized = None
     if precision != "none":
         qc = config.quantize
-        settings = {k: getattr(qc, k) for k in ("precision", "calibrator", "percentile", "smoothquant_alpha",
-                                                "block_size", "awq", "gptq", "activations")}
+        settings = {f.name: getattr(qc, f.name) for f in dataclasses.fields(QuantSettings) if hasattr(qc, f.name)}
         quantized = stage("quantize", quantize_checkpoint, checkpoint=out / "pruned", onnx_dir=out / "onnx",
                           out=out / precision, settings=settings, calib=c.corpus, calib_samples=c.samples,
                           calib_seq_len=c.seq_len, seed=c.seed, batch_size=qc.batch_size, tp_sizes=qc.tp,

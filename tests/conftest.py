@@ -31,7 +31,7 @@ def make_tokenizer(directory: Path):
 
 
 def make_tiny_llama(directory: Path, hidden: int = 64, intermediate: int = 128, layers: int = 2, heads: int = 4,
-                    kv_heads: int = 2, seed: int = 0) -> Path:
+                    kv_heads: int = 2, seed: int = 0, tied: bool = True) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -39,7 +39,7 @@ def make_tiny_llama(directory: Path, hidden: int = 64, intermediate: int = 128, 
     tokenizer = make_tokenizer(directory)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                         max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+                         max_position_embeddings=512, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # random init is ~N(0, 0.02); spread it so layers differ in interesting ways
         for p in model.parameters():

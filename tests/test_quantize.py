@@ -77,17 +77,23 @@ def test_int8_onnx_is_explicit_quantization_in_standard_ops(tp_model, int8_run):
     model = onnx.load(str(tp_model / "int8" / "model.int8.onnx"), load_external_data=False)
     ops = [n.op_type for n in model.graph.node]
     assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
-    assert ops.count("QuantizeLinear") == 14 and ops.count("DequantizeLinear") == 28  # activation pair + weight
+    # per Linear: activation Q/DQ pair + weight DQ; plus one weight-only DQ for the tied embedding / lm_head
+    assert ops.count("QuantizeLinear") == 14 and ops.count("DequantizeLinear") == 28 + 1
     assert ops.count("Mul") >= 14  # SmoothQuant's per-channel input scale in front of each Q
     dq_weights = [i for i in model.graph.initializer if i.name.endswith(".weight_quantized")]
     assert {i.data_type for i in dq_weights} == {onnx.TensorProto.INT8}
+    table = next(n for n in model.graph.node if n.name == "lm_head/weight_dq")
+    readers = {n.op_type for n in model.graph.node if table.output[0] in n.input}
+    assert readers == {"Gather", "Transpose"}  # one tensor for the lookup and the logits
+    assert int8_run["onnx"]["tables"]["lm_head"]["bits"] == 8
+    assert int8_run["embeddings"]["lm_head"]["shared_by"] == ["lm_head", "model.embed_tokens"]
 
 
 def test_int4_is_blocked_and_exact_to_the_fake_quant_model(tp_model, int4_run, tp_model_sizes=None):
     import onnx
 
     model = onnx.load(str(tp_model / "int4" / "model.int4.onnx"), load_external_data=False)
-    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.name != "lm_head/weight_dq"]
     assert len(dqs) == 14 and not any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     assert all(next(a.i for a in n.attribute if a.name == "block_size") == 128 for n in dqs)
     assert int4_run["onnx"]["sparsity_verification"]["ok"]
@@ -104,11 +110,18 @@ def test_int4_is_blocked_and_exact_to_the_fake_quant_model(tp_model, int4_run, t
 def test_quantizing_an_unpruned_model_works(tmp_path, calib_file):
     from sparsetrt.export.stage import export_checkpoint
 
-    dense = make_tiny_llama(tmp_path / "dense", hidden=128, intermediate=256, heads=4, kv_heads=4)
+    # untied embedding and lm_head, both INT4: the lm_head is then a plain MatMul weight ([hidden, vocab])
+    dense = make_tiny_llama(tmp_path / "dense", hidden=128, intermediate=256, heads=4, kv_heads=4, tied=False)
     export_checkpoint(dense, tmp_path / "onnx", precisions=["fp32"])
     manifest = quantize(tmp_path, calib_file, "int4", "int4", checkpoint=dense, tp_sizes=(1,),
-                        settings={"activations": "fp32", "block_size": 64})
+                        settings={"activations": "fp32", "block_size": 64, "embeddings": "int4"})
     assert manifest["onnx"]["sparsity_verification"]["ok"]
+    tables = manifest["onnx"]["tables"]
+    assert set(tables) == {"lm_head", "model.embed_tokens"}
+    assert tables["lm_head"]["readers"] == ["MatMul"] and tables["model.embed_tokens"]["readers"] == ["Gather"]
+    assert all(t["bits"] == 4 and t["block"] == 64 for t in tables.values())
+    # the same integers in the file and in the reference, read in both layouts: exact over the fp32 graph
+    assert manifest["parity"]["candidates"]["int4-fidelity"]["top1"] == 1.0
     assert manifest["trtllm"]["1"]["validation"]["sparse_linears_checked"] == 0
     assert manifest["sizes"]["onnx-int4"]["compressed_2to4_bytes"] is None
 
