@@ -12,7 +12,8 @@ bad file before a user's GPU does. Each rule names its source:
            scalar (per-tensor), 1-D (per-channel) or same rank as the input (block).
   [explicit] TensorRT developer guide, Explicit Quantization: Q/DQ pairs are fused into the neighbouring
            layer; a Q must feed DQ nodes with the same scale, activations are quantized per tensor and
-           weights per output channel.
+           weights per output channel; "when using pre-quantized weights, an IDequantizeLayer is required
+           between the weights and the linear operator that uses them".
   [onnx]   ONNX DequantizeLinear-21 introduced `block_size`; onnx #3275: protobuf files are limited to 2 GB.
 """
 
@@ -225,6 +226,8 @@ def _check_qdq(graph, inits, constants, consumers, opset: int, report: LintRepor
             continue
         q_name = node.input[0]
         q_init = inits.get(q_name)
+        if q_init is not None:
+            _check_weight_readers(node, where, consumers, report)
         if q_init is not None and q_init.data_type == T.INT4:
             _check_int4_weight(q_init, attrs, block, scale_name, inits, where, report)
         elif block:
@@ -232,6 +235,26 @@ def _check_qdq(graph, inits, constants, consumers, opset: int, report: LintRepor
                 report.add("schemes.int4-weights", where, "block quantization applies to constant weights only")
         if q_init is not None and q_init.data_type == T.INT8 and not block:
             _check_int8_weight(node, q_init, attrs, scale_name, inits, consumers, producers, where, report)
+
+
+LINEAR_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
+
+
+def _check_weight_readers(node, where, consumers, report: LintReport) -> None:
+    """[explicit] "When using pre-quantized weights, an IDequantizeLayer is required between the weights and
+    the linear operator that uses them": a dequantized weight read by anything else (through a Transpose at
+    most) is not a documented form — e.g. an embedding Gather over a quantized table. Warning, not error:
+    TensorRT may run the DQ standalone; only an engine build tells."""
+    for user, _ in consumers.get(node.output[0], []):
+        readers = [user]
+        if user.op_type == "Transpose":
+            readers = [u for u, _ in consumers.get(user.output[0], [])]
+        for reader in readers:
+            if reader.op_type not in LINEAR_OPS:
+                report.add("explicit.weight-reader", where, f"dequantized weight is read by {reader.op_type} "
+                           f"'{reader.name}', not a linear operator; TensorRT documents pre-quantized weights "
+                           "only in front of MatMul/Gemm/Conv. Confirm with an engine build, or keep this "
+                           "tensor in float (sparsetrt quantize --embeddings float)", severity="warning")
 
 
 def _check_quantize(node, where, inits, consumers, zp_name, report: LintReport) -> None:

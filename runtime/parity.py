@@ -150,10 +150,11 @@ def run_parity(
     return report
 
 
-def candidate(name: str, precision: str, file, metrics: dict, rules: dict, compared_with: str = "pytorch fp32") -> dict:
+def candidate(name: str, precision: str, file, metrics: dict, rules: dict, compared_with: str = "pytorch fp32",
+              backend: str = "onnxruntime") -> dict:
     """One row of a parity report: `metrics` judged by `rules` (empty rules = reported, not gated)."""
     checks = evaluate_checks(metrics, rules)
-    return {"name": name, "backend": "onnxruntime", "precision": precision, "file": str(file),
+    return {"name": name, "backend": backend, "precision": precision, "file": str(file),
             "compared_with": compared_with, "metrics": metrics, "checks": checks,
             "passed": all(c["passed"] for c in checks)}
 

@@ -130,13 +130,14 @@ def quantize_lines(directory: Path, q: dict) -> list[str]:
              f"  onnx {q['precision']:<7} {directory / q['onnx']['file']} ({onnx_size['bytes'] / 2**20:.0f} MiB"
              + (f", {onnx_size['ratio_to_fp16']:.2f}x fp16" if "ratio_to_fp16" in onnx_size else "")
              + f"), zeros kept on {v['checked']} weights, lint {'clean' if lint['ok'] else 'FAILED'} "
-             f"({lint['warnings']} warnings)"]
+             f"({lint['warnings']} warning{'' if lint['warnings'] == 1 else 's'})"]
     for tp, info in q["trtllm"].items():
         lines.append(f"  trtllm tp={tp}   {directory / info['directory']} ({info['bytes'] / 2**20:.0f} MiB), "
                      f"{info['validation']['sparse_linears_checked']} sparse Linears verified; build: "
                      f"{directory / info['directory'] / 'build.sh'}")
     for name, c in q["parity"]["candidates"].items():
-        lines.append(f"  parity {name:<22} {'pass' if c['passed'] else 'FAIL'}: top-1 {c['top1']:.4f}, "
+        verdict = ("pass" if c["passed"] else "FAIL") if c.get("gated", True) else "info"
+        lines.append(f"  parity {name:<22} {verdict}: top-1 {c['top1']:.4f}, "
                      f"ppl {c['ppl_reference']:.2f} -> {c['ppl']:.2f}")
     lines.append(f"  reports      {directory / 'parity.html'}, {directory / 'quantize.json'}")
     return lines

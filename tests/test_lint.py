@@ -60,6 +60,23 @@ def test_well_formed_w4a16_and_w8a8_pass(tmp_path):
     assert report.stats["dynamic_inputs"] == {"x": {0: "batch"}}
 
 
+def test_dequantized_weight_read_by_a_gather_is_flagged_as_undocumented(tmp_path):
+    # a tied int8 table: DQ -> Transpose -> MatMul is the documented weight-only form; DQ -> Gather is not
+    inits = [numpy_helper.from_array(np.ones((N, K), np.int8), "table"),
+             numpy_helper.from_array(np.full(N, 0.01, np.float16), "table_s"),
+             numpy_helper.from_array(np.array([0, 1], np.int64), "ids")]
+    dq = helper.make_node("DequantizeLinear", ["table", "table_s"], ["table_d"], axis=0, name="table_dq")
+    head = [dq, helper.make_node("Transpose", ["table_d"], ["table_t"], perm=[1, 0], name="t"),
+            helper.make_node("MatMul", ["x", "table_t"], ["y"], name="lm_head")]
+    report = lint_onnx(save(tmp_path, head, inits, name="head.onnx"))
+    assert report.ok and not report.findings, report.text()
+    lookup = helper.make_node("Gather", ["table_d", "ids"], ["emb"], name="embedding")
+    report = lint_onnx(save(tmp_path, head + [lookup], inits, name="both.onnx"))
+    assert report.ok  # a warning: TensorRT may run the DequantizeLinear standalone
+    assert [f.rule for f in report.findings] == ["explicit.weight-reader"]
+    assert "Gather 'embedding'" in report.text() and "--embeddings float" in report.text()
+
+
 def test_matmulnbits_is_rejected_as_onnxruntime_only(tmp_path):
     node = helper.make_node("MatMulNBits", ["x", "w", "ws"], ["y"], domain="com.microsoft", K=K, N=N, bits=4,
                             block_size=128, name="nbits")
