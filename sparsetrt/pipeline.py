@@ -34,6 +34,10 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
     precision = config.quantize.precision
     if precision not in ("none", "int8", "int4"):
         raise SparsetrtError(f"[quantize] precision must be none, int8 or int4, not '{precision}'")
+    qc = config.quantize
+    quant_settings = {f.name: getattr(qc, f.name) for f in dataclasses.fields(QuantSettings) if hasattr(qc, f.name)}
+    if precision != "none":
+        QuantSettings(**quant_settings).validate()  # a bad [quantize] value fails now, not after pruning
     manifest_name = RUN_MANIFEST if precision == "none" else f"run-{precision}.json"
     run_fingerprint = fingerprint(config.to_dict())
     ensure_writable_parent(out)
@@ -60,10 +64,8 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
                    tolerances=config.parity.tolerances)
     quantized = None
     if precision != "none":
-        qc = config.quantize
-        settings = {f.name: getattr(qc, f.name) for f in dataclasses.fields(QuantSettings) if hasattr(qc, f.name)}
         quantized = stage("quantize", quantize_checkpoint, checkpoint=out / "pruned", onnx_dir=out / "onnx",
-                          out=out / precision, settings=settings, calib=c.corpus, calib_samples=c.samples,
+                          out=out / precision, settings=quant_settings, calib=c.corpus, calib_samples=c.samples,
                           calib_seq_len=c.seq_len, seed=c.seed, batch_size=qc.batch_size, tp_sizes=qc.tp,
                           parity_corpus=config.parity.corpus, parity_windows=config.parity.windows,
                           parity_seq_len=config.parity.seq_len, progress=progress)

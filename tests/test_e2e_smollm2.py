@@ -96,5 +96,8 @@ seq_len = 256
     assert quant["settings"]["quant"]["block_size"] == 64  # 576-wide inputs do not divide by 128
     assert quant["trtllm"]["1"]["validation"]["sparse_linears_checked"] == 30 * 5
     assert quant["parity"]["candidates"]["int4-fidelity"]["top1"] >= 0.99
-    # Over the fp32 graph: int4 Linears (~60 MB with fp32 block scales) + the fp32 tied embedding (113 MB).
-    assert quant["sizes"]["onnx-int4"]["bytes"] < 0.35 * quant["sizes"]["onnx-fp32"]["bytes"]
+    # Over the fp32 graph: int4 Linears (~60 MB with fp32 block scales) + the tied embedding / lm_head as one
+    # INT8 table (28 MB) read by the lookup and the logits.
+    assert quant["embeddings"] == {"lm_head": {"precision": "int8", "block": None,
+                                               "shared_by": ["lm_head", "model.embed_tokens"]}}
+    assert quant["sizes"]["onnx-int4"]["bytes"] < 0.20 * quant["sizes"]["onnx-fp32"]["bytes"]

@@ -40,6 +40,16 @@ def test_pipeline_runs_reuses_and_refuses(tiny_checkpoint, calib_file, tmp_path,
     assert json.loads((out / "pruned" / "sparsity.json").read_text())["method"] == "wanda"
 
 
+def test_bad_quantize_settings_fail_before_any_stage(tiny_checkpoint, calib_file, tmp_path):
+    pytest.importorskip("modelopt.torch.quantization")
+    out = tmp_path / "artifacts"
+    config = tiny_config(tiny_checkpoint, calib_file, out)
+    config.quantize.precision, config.quantize.embeddings = "int4", "int2"
+    with pytest.raises(SparsetrtError, match="embeddings must be"):
+        run_pipeline(config, progress=False)
+    assert not out.exists()
+
+
 def test_quantized_run_shares_the_float_stages(tmp_path, calib_file, capsys):
     pytest.importorskip("modelopt.torch.quantization")
     from conftest import make_tiny_llama
