@@ -56,7 +56,7 @@ def quantize_embeddings(model, settings: QuantSettings, windows: torch.Tensor, b
     out = {}
     for name, users in vocabulary_tables(model).items():
         weight = modules[name].weight.detach().float()
-        vocab, hidden = weight.shape
+        hidden = weight.shape[1]
         if settings.embeddings == "int8":
             q, scale = qmath.quantize_per_channel(weight, weight.abs().amax(1))
             block = None

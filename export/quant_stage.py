@@ -26,6 +26,8 @@ QUANT_MANIFEST = "quantize.json"
 # Gates: export fidelity is the acceptance bar of the product (ORT vs fake-quant top-1 >= 99 %); the
 # quantization error bars are ppl within 5 % (INT8) / 15 % (INT4) of the same pruned model in fp32.
 FIDELITY_RULES = {"top1_agreement": (">=", 0.99)}
+QUANTIZATION_RULES = {"int8": {"perplexity_rel_diff": ("<=", 0.05)}, "int4": {"perplexity_rel_diff": ("<=", 0.15)}}
+BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 # W8A8 cannot reach 0.99 against any reference on small models: one-ulp summation differences flip INT8
 # roundings, and the flips decorrelate the tokens they touch (NoiseFloorRunner). There the bar becomes the
 # measured noise floor minus this margin (~4 standard errors of a top-1 rate near 0.95 over 2048 tokens).
@@ -39,8 +41,6 @@ def fidelity_rules(noise_floor_top1: float | None) -> dict:
     if noise_floor_top1 is None or noise_floor_top1 >= bar:
         return dict(FIDELITY_RULES)
     return {"top1_agreement": (op, round(noise_floor_top1 - NOISE_FLOOR_MARGIN, 4))}
-QUANTIZATION_RULES = {"int8": {"perplexity_rel_diff": ("<=", 0.05)}, "int4": {"perplexity_rel_diff": ("<=", 0.15)}}
-BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 
 
 def model_block_size(modules: dict, requested: int, fallback: bool) -> int:
@@ -202,8 +202,8 @@ def quantize_checkpoint(
 
 
 def _scheme(settings: QuantSettings) -> str:
-    tables = {"float": "float", "int8": "INT8 per row", "int4": "INT4 blockwise"}
-    return f"{_linear_scheme(settings)}; embedding and lm_head weight-only {tables[settings.embeddings]}"
+    tables = {"float": "in float", "int8": "weight-only INT8 per row", "int4": "weight-only INT4 blockwise"}
+    return f"{_linear_scheme(settings)}; embedding and lm_head {tables[settings.embeddings]}"
 
 
 def _linear_scheme(settings: QuantSettings) -> str:
