@@ -1,4 +1,4 @@
-"""`sparsetrt export`: pruned checkpoint in, ONNX files (fp32, fp16) + export.json out, each verified."""
+"""`sparsetrt export`: pruned checkpoint in, ONNX decoders with KV cache (fp32, fp16) + export.json out, each verified."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 from sparsetrt.artifacts import file_sha256, prepare_output, read_json, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.export.onnx_export import DEFAULT_OPSET, PRECISIONS, onnx_file_name, onnx_files, timed_export
+from sparsetrt.export.onnx_export import (DEFAULT_OPSET, GRAPH_FORMAT, PRECISIONS, cache_geometry, onnx_file_name,
+                                          onnx_files, timed_export)
 from sparsetrt.prune.verify import SPARSITY_MANIFEST, verify_onnx
 
 EXPORT_MANIFEST = "export.json"
@@ -33,7 +34,8 @@ def export_checkpoint(
     checkpoint = resolve_checkpoint(checkpoint, trust_remote_code)
     sparsity = read_json(checkpoint / SPARSITY_MANIFEST) if (checkpoint / SPARSITY_MANIFEST).is_file() else None
     upstream = sparsity["fingerprint"] if sparsity else str(checkpoint)
-    settings = {"checkpoint": str(checkpoint), "upstream": upstream, "precisions": precisions, "opset": opset}
+    settings = {"checkpoint": str(checkpoint), "upstream": upstream, "precisions": precisions, "opset": opset,
+                "graph": GRAPH_FORMAT}
     out = Path(out)
     run_fingerprint, done = prepare_output(out, EXPORT_MANIFEST, "export", settings, overwrite, reuse)
     if done:
@@ -61,11 +63,23 @@ def export_checkpoint(
             "stage": "export",
             "fingerprint": run_fingerprint,
             "settings": settings,
-            "graph": {"inputs": {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]},
-                      "outputs": {"logits": ["batch", "sequence", "vocab"]}, "kv_cache": False, "opset": opset},
+            "graph": graph_description(model.config, opset),
             "sparsity": None if sparsity is None else {"method": sparsity["method"], "pattern": sparsity["pattern"],
                                                         "modules": len(sparsity["modules"])},
             "files": files,
         }
         write_json(tmp / EXPORT_MANIFEST, manifest)
     return manifest
+
+
+def graph_description(config, opset: int) -> dict:
+    """What the runtime and the engine builder need to know about the exported graph's interface."""
+    layers, kv_heads, head_dim = cache_geometry(config)
+    cache = ["batch", kv_heads, "past_sequence", head_dim]
+    return {"format": GRAPH_FORMAT, "kv_cache": True, "opset": opset, "layers": layers, "kv_heads": kv_heads,
+            "head_dim": head_dim, "vocab": config.vocab_size,
+            "max_positions": int(getattr(config, "max_position_embeddings", 0) or 0),
+            "inputs": {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "total_sequence"],
+                       "position_ids": ["batch", "sequence"], "past_key_values.{i}.key|value": cache},
+            "outputs": {"logits": ["batch", "sequence", "vocab"],
+                        "present.{i}.key|value": ["batch", kv_heads, "past_sequence + sequence", head_dim]}}

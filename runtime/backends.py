@@ -1,7 +1,12 @@
-"""One small runner per backend, Polygraphy-style: construct, then `logits(input_ids, attention_mask)`.
+"""One small runner per backend, Polygraphy-style: construct, then call. Chosen by name with `make_runner`.
 
-Heavy libraries are imported when a runner is built, not when this module is imported. The TensorRT runner
-lives behind the build/ seam (sparsetrt.build) and follows the same interface.
+Every runner speaks the exported decoder's interface (sparsetrt.export.onnx_export):
+  step(input_ids, attention_mask, position_ids, cache) -> (logits of the last position [batch, vocab], cache)
+  empty_cache(batch)                                    -> the cache a prefill starts from (past length 0)
+  logits(input_ids, attention_mask)                     -> logits of every position (parity, perplexity)
+The cache is whatever the backend keeps between steps (numpy arrays, torch tensors on the GPU, a DynamicCache).
+Heavy libraries are imported when a runner is built, not when this module is imported. TensorRT itself is
+only touched in sparsetrt.build.engine, the one seam that imports it.
 """
 
 from __future__ import annotations
@@ -10,33 +15,137 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsetrt.errors import SparsetrtError
+
+BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+
+
+def position_ids_for(attention_mask: np.ndarray, new_tokens: int) -> np.ndarray:
+    """Positions of the last `new_tokens` columns: count of real tokens before each one (left padding
+    gets no position of its own, as in transformers' generate)."""
+    positions = np.cumsum(attention_mask, axis=1) - 1
+    return np.maximum(positions[:, -new_tokens:], 0).astype(np.int64)
+
 
 class TorchRunner:
-    """The PyTorch reference (CPU, eager, fp32 unless told otherwise)."""
+    """The PyTorch reference: eager, fp32 unless told otherwise; on CUDA optionally with 2:4 Linears stored as
+    torch.sparse semi-structured tensors, so cuSPARSELt's sparse tensor core kernels run."""
 
     backend = "pytorch"
 
-    def __init__(self, model, tokenizer=None):
-        self.model = model.eval()
+    def __init__(self, model, tokenizer=None, device: str = "cpu"):
+        self.model = model.eval().to(device)
         self.tokenizer = tokenizer
+        self.device = device
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Path, dtype: str = "float32") -> "TorchRunner":
+    def from_checkpoint(cls, checkpoint: Path, dtype: str = "float32", device: str = "cpu",
+                        semi_structured: bool = False) -> "TorchRunner":
         from sparsetrt.models import load_model
 
-        return cls(*load_model(Path(checkpoint), dtype=dtype))
+        runner = cls(*load_model(Path(checkpoint), dtype=dtype), device=device)
+        if semi_structured:
+            to_semi_structured(runner.model)
+        return runner
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
         import torch
 
-        ids = torch.as_tensor(input_ids, dtype=torch.long)
-        mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long)
+        ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long, device=self.device)
+        mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask, device=self.device)
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        return out.float().numpy()
+        return out.float().cpu().numpy()
+
+    def empty_cache(self, batch: int):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def step(self, input_ids, attention_mask, position_ids, cache):
+        import torch
+
+        def tensor(a):
+            return torch.as_tensor(np.asarray(a), dtype=torch.long, device=self.device)
+
+        with torch.inference_mode():
+            out = self.model(input_ids=tensor(input_ids), attention_mask=tensor(attention_mask),
+                             position_ids=tensor(position_ids), past_key_values=cache, use_cache=True)
+        return out.logits[:, -1].float().cpu().numpy(), out.past_key_values
+
+    def synchronize(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
 
 
-class OnnxRuntimeRunner:
+def to_semi_structured(model) -> int:
+    """Swap every 2:4-sparse Linear weight for torch's semi-structured sparse tensor (CUDA, SM >= 80, fp16/bf16/
+    int8); returns how many were swapped. Weights that are not exactly 2:4 stay dense."""
+    import torch
+    from torch.sparse import to_sparse_semi_structured
+
+    from sparsetrt.prune.masks import nm_violations
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
+        raise SparsetrtError("semi-structured 2:4 weights need a CUDA GPU with compute capability >= 8.0 (Ampere)")
+    swapped = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.is_cuda and nm_violations(module.weight.detach(), 2, 4)[0] == 0:
+            module.weight = torch.nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+            swapped += 1
+    return swapped
+
+
+class GraphRunner:
+    """Shared by the runners of the exported graph (ONNX Runtime, TensorRT): named inputs in, named outputs out.
+    Subclasses provide `_run(feeds) -> outputs` and `_empty(shape)` in their own array type."""
+
+    def __init__(self, graph: dict):
+        from sparsetrt.export.onnx_export import past_names, present_names
+
+        self.graph = graph
+        self.past_names = past_names(graph["layers"])
+        self.present_names = present_names(graph["layers"])
+
+    def empty_cache(self, batch: int):
+        shape = (batch, self.graph["kv_heads"], 0, self.graph["head_dim"])
+        return [self._empty(shape) for _ in self.past_names]
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache):
+        feeds = {"input_ids": self._ids(input_ids), "attention_mask": self._ids(attention_mask),
+                 "position_ids": self._ids(position_ids), **dict(zip(self.past_names, cache))}
+        outputs = self._run(feeds)
+        return outputs["logits"], [outputs[name] for name in self.present_names]
+
+    def step(self, input_ids, attention_mask, position_ids, cache):
+        logits, cache = self._forward(input_ids, attention_mask, position_ids, cache)
+        return self._to_numpy(logits[:, -1]), cache
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+        logits, _ = self._forward(input_ids, mask, position_ids_for(mask, input_ids.shape[1]),
+                                  self.empty_cache(input_ids.shape[0]))
+        return self._to_numpy(logits)
+
+    def synchronize(self) -> None:
+        pass
+
+
+def graph_interface(onnx_path: Path) -> dict:
+    """Layers, KV heads and head size of an exported decoder, read from the file's inputs."""
+    import onnx
+
+    from sparsetrt.export.onnx_export import decoder_geometry
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return decoder_geometry({i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+                             for i in graph.input})
+
+
+class OnnxRuntimeRunner(GraphRunner):
     """ONNX Runtime on the CPU (or the first of `providers` that is installed)."""
 
     backend = "onnxruntime"
@@ -44,6 +153,7 @@ class OnnxRuntimeRunner:
     def __init__(self, onnx_path: Path, providers=("CPUExecutionProvider",), threads: int | None = None):
         import onnxruntime as ort
 
+        super().__init__(graph_interface(onnx_path))
         options = ort.SessionOptions()
         # ORT fuses DequantizeLinear(int4, blocked) + MatMul into its MatMulNBits kernel, which by default
         # quantizes activations to int8 (accuracy level 4): ~0.5 % error that the ONNX graph does not ask
@@ -54,11 +164,38 @@ class OnnxRuntimeRunner:
         available = set(ort.get_available_providers())
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(onnx_path), options, providers=chosen)
-        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.providers = self.session.get_providers()
+        past = next(i for i in self.session.get_inputs() if i.name == self.past_names[0])
+        self.cache_dtype = np.float16 if "float16" in past.type else np.float32
 
-    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
-        feeds = {"input_ids": np.asarray(input_ids, dtype=np.int64)}
-        if "attention_mask" in self.input_names:
-            mask = np.ones_like(feeds["input_ids"]) if attention_mask is None else attention_mask
-            feeds["attention_mask"] = np.asarray(mask, dtype=np.int64)
-        return self.session.run(["logits"], feeds)[0].astype(np.float32, copy=False)
+    def _ids(self, array):
+        return np.asarray(array, dtype=np.int64)
+
+    def _empty(self, shape):
+        return np.zeros(shape, dtype=self.cache_dtype)
+
+    def _run(self, feeds):
+        names = ["logits", *self.present_names]
+        return dict(zip(names, self.session.run(names, feeds)))
+
+    @staticmethod
+    def _to_numpy(array):
+        return np.asarray(array).astype(np.float32, copy=False)
+
+
+def make_runner(backend: str, path: str | Path, device: str = "auto", **kwargs):
+    """A runner by name: pytorch (checkpoint dir), onnxruntime (.onnx file), tensorrt (.engine file)."""
+    if backend == "pytorch":
+        import torch
+
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        return TorchRunner.from_checkpoint(Path(path), device=device, **kwargs)
+    if backend == "onnxruntime":
+        providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if device in ("auto", "cuda") else \
+            ("CPUExecutionProvider",)
+        return OnnxRuntimeRunner(Path(path), providers=providers, **kwargs)
+    if backend == "tensorrt":
+        from sparsetrt.build.engine import TensorRTRunner
+
+        return TensorRTRunner(Path(path), **kwargs)
+    raise SparsetrtError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")

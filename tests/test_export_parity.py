@@ -28,7 +28,13 @@ def test_export_writes_both_precisions_with_external_data(exported):
         assert info["sparsity_verification"]["ok"] and info["sparsity_verification"]["checked"] == 14
     model = onnx.load(str(out / "model.onnx"), load_external_data=False)
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
-    assert dims == {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
+    assert dims["input_ids"] == ["batch", "sequence"] and dims["position_ids"] == ["batch", "sequence"]
+    assert dims["attention_mask"] == ["batch", "total_sequence"]
+    past = {name: d for name, d in dims.items() if name.startswith("past_key_values.")}
+    assert len(past) == 2 * 2 and all(d == ["batch", 2, "past_sequence", 16] for d in past.values())
+    outputs = [o.name for o in model.graph.output]
+    assert outputs[0] == "logits" and outputs[1:] == [f"present.{i}.{k}" for i in range(2) for k in ("key", "value")]
+    assert manifest["graph"]["kv_cache"] and manifest["graph"]["layers"] == 2
     fp16 = onnx.load(str(out / "model.fp16.onnx"), load_external_data=False)
     assert fp16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
 

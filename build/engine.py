@@ -1,0 +1,425 @@
+"""TensorRT engines from our ONNX decoders, through Polygraphy's API. The only module that imports TensorRT.
+
+  plan_engine(onnx, options)    -> EnginePlan: profiles, precision mode, CreateConfig arguments, trtexec command
+                                   (pure Python: what we would ask TensorRT for, unit-tested without it)
+  build_engine(onnx, out, opts) -> NetworkFromOnnxPath -> CreateConfig -> EngineFromNetwork -> SaveEngine, then
+                                   a JSON sidecar, the engine inspector's layer report and the build log's sparsity
+                                   verdict beside the engine
+  TensorRTRunner(engine)        -> the decoder interface of sparsetrt.runtime.backends on Polygraphy's TrtRunner
+
+Precision follows the field's turn (shared/research/field-notes.md): TensorRT 11 builds strongly typed networks
+only, so precision comes from the ONNX (fp16 graph, Q/DQ nodes); TensorRT 10 still takes fp16/bf16 builder flags,
+used only when the user asks for a precision the ONNX does not carry. A Q/DQ graph is always strongly typed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.onnx_export import decoder_geometry
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
+SPARSE_MIN_SM = (8, 0)  # sparse tensor cores: Ampere and later
+ENGINE_FILE = "model.engine"
+SIDECAR_FILE = "engine.json"
+LAYERS_FILE = "layers.json"
+BUILD_LOG = "build.log"
+
+
+@dataclass
+class EngineOptions:
+    precision: str = "auto"          # auto: what the ONNX carries; fp16/bf16 on an fp32 graph need TensorRT 10
+    sparse: bool = True              # BuilderFlag.SPARSE_WEIGHTS
+    max_batch: int = 4
+    opt_batch: int = 1               # latency-oriented default: kernels tuned for one sequence
+    max_input_len: int = 512
+    max_output_len: int = 128
+    optimization_level: int = 3      # builder optimization level 0-5
+    workspace_mb: int | None = None  # None: TensorRT's default (the GPU's memory)
+    timing_cache: str | None = None  # read if present, written after the build
+    allow_dense_fallback: bool = False
+
+    def validate(self) -> "EngineOptions":
+        if self.precision not in PRECISIONS:
+            raise SparsetrtError(f"engine precision '{self.precision}' unknown; use one of {', '.join(PRECISIONS)}")
+        if not 1 <= self.opt_batch <= self.max_batch:
+            raise SparsetrtError(f"opt batch {self.opt_batch} must be between 1 and max batch {self.max_batch}")
+        if self.max_input_len < 1 or self.max_output_len < 1:
+            raise SparsetrtError("max input and output lengths must be >= 1")
+        if not 0 <= self.optimization_level <= 5:
+            raise SparsetrtError("builder optimization level must be 0..5")
+        if self.workspace_mb is not None and self.workspace_mb < 1:
+            raise SparsetrtError("workspace must be >= 1 MiB")
+        return self
+
+
+@dataclass
+class OnnxFacts:
+    """What the plan needs to know about the ONNX file (read with `onnx_facts`)."""
+
+    inputs: dict[str, list]          # name -> dims (int, or the symbolic name)
+    float_type: str                  # "float32" | "float16" | "bfloat16": type of the logits
+    qdq: bool                        # carries QuantizeLinear/DequantizeLinear
+    int4: bool = False               # carries INT4 weights (blocked DequantizeLinear)
+    sha256: str = ""
+
+
+@dataclass
+class EnginePlan:
+    onnx: str
+    engine: str
+    tensorrt_version: str
+    strongly_typed: bool
+    precision: str                   # what the engine computes in, in words
+    builder_flags: list[str]         # precision flags for TensorRT 10 weakly typed builds
+    profiles: list[dict]             # [{"name": phase, "shapes": {input: [min, opt, max]}}]
+    create_config: dict              # CreateConfig kwargs, TensorRT enums as their names
+    network: dict                    # NetworkFromOnnxPath kwargs
+    timing_cache: str | None
+    trtexec: list[str] = field(default_factory=list)
+
+    def trtexec_command(self) -> str:
+        return " ".join(shlex.quote(a) for a in self.trtexec)
+
+
+def onnx_facts(path: Path) -> OnnxFacts:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    logits = next((o for o in model.graph.output if o.name == "logits"), model.graph.output[0])
+    float_type = onnx.helper.tensor_dtype_to_np_dtype(logits.type.tensor_type.elem_type).name
+    ops = {n.op_type for n in model.graph.node}
+    int4 = any(i.data_type == onnx.TensorProto.INT4 for i in model.graph.initializer)
+    return OnnxFacts(inputs=inputs, float_type=float_type, qdq=bool(ops & {"QuantizeLinear", "DequantizeLinear"}),
+                     int4=int4, sha256=_sha256(path))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decoder_profiles(inputs: dict[str, list], options: EngineOptions) -> list[dict]:
+    """Two optimization profiles over the merged decoder: prefill (whole prompt, empty past) and decode (one token,
+    past up to input + output length). Kernels are tuned at each profile's opt shape, so decode, the phase run
+    most often, gets kernels picked for a single token instead of for a prompt."""
+    b_min, b_opt, b_max = 1, options.opt_batch, options.max_batch
+    total_max = options.max_input_len + options.max_output_len
+    prompt_opt = max(1, options.max_input_len // 2)
+    phases = {
+        # name: (sequence min/opt/max, past min/opt/max)
+        "prefill": ((1, prompt_opt, options.max_input_len), (0, 0, 0)),
+        "decode": ((1, 1, 1), (1, total_max // 2, total_max - 1)),
+    }
+    profiles = []
+    for phase, (seq, past) in phases.items():
+        shapes = {}
+        for name, dims in inputs.items():
+            if name in ("input_ids", "position_ids"):
+                shapes[name] = [[b, s] for b, s in zip((b_min, b_opt, b_max), seq)]
+            elif name == "attention_mask":
+                shapes[name] = [[b, s + p] for b, s, p in zip((b_min, b_opt, b_max), seq, past)]
+            elif name.startswith("past_key_values."):
+                heads, head_dim = dims[1], dims[3]
+                shapes[name] = [[b, heads, p, head_dim] for b, p in zip((b_min, b_opt, b_max), past)]
+            else:
+                raise SparsetrtError(f"input '{name}' is not one of the decoder's inputs; export the model with "
+                                     "`sparsetrt export` (decoder with KV cache)")
+        profiles.append({"name": phase, "shapes": shapes})
+    return profiles
+
+
+def trt_major(version: str) -> int:
+    match = re.match(r"(\d+)", version or "")
+    if not match:
+        raise SparsetrtError(f"cannot read a TensorRT version from '{version}'")
+    return int(match.group(1))
+
+
+def precision_mode(facts: OnnxFacts, requested: str, version: str) -> tuple[bool, list[str], str]:
+    """(strongly_typed, TensorRT 10 builder flags, description) for a requested precision on this ONNX."""
+    major = trt_major(version)
+    carried = {"float16": "fp16", "bfloat16": "bf16"}.get(facts.float_type, "fp32")
+    quant = "int4" if facts.int4 else ("int8" if facts.qdq else None)
+    if requested in ("int8", "int4") and quant != requested:
+        raise SparsetrtError(f"{requested} engines are built from a Q/DQ ONNX (TensorRT's explicit quantization; "
+                             f"implicit calibration is deprecated): run `sparsetrt quantize --precision {requested}` "
+                             "and build from its model.<precision>.onnx")
+    if quant:
+        if requested in ("fp16", "bf16", "fp32"):
+            raise SparsetrtError(f"this ONNX is {quant} Q/DQ; it builds as {quant} (strongly typed). Build the float "
+                                 "ONNX for a float engine")
+        return True, [], f"{quant} Q/DQ over {carried}, strongly typed"
+    if requested in ("auto", carried):
+        return carried != "fp32" or major >= 11, [], f"{carried} from the ONNX types" + (
+            ", strongly typed" if carried != "fp32" or major >= 11 else "")
+    if major >= 11:
+        raise SparsetrtError(f"TensorRT {version} builds strongly typed networks only (no precision flags): "
+                             f"export the {requested} ONNX (`sparsetrt export --precision {requested}`) and build that")
+    if carried != "fp32":
+        raise SparsetrtError(f"this ONNX is {carried}; build it as {carried} (--precision auto)")
+    return False, [requested], f"{requested} builder flag over the fp32 ONNX (TensorRT {major}, weakly typed)"
+
+
+def plan_engine(onnx_path: Path, engine_path: Path, options: EngineOptions, tensorrt_version: str,
+                facts: OnnxFacts | None = None) -> EnginePlan:
+    """Everything the build will ask TensorRT for, as data: testable here, recorded in the sidecar."""
+    options.validate()
+    facts = facts or onnx_facts(onnx_path)
+    strongly_typed, flags, description = precision_mode(facts, options.precision, tensorrt_version)
+    profiles = decoder_profiles(facts.inputs, options)
+    create_config = {"profiles": profiles, "sparse_weights": options.sparse,
+                     "builder_optimization_level": options.optimization_level,
+                     "profiling_verbosity": "DETAILED"}  # the inspector reports tactics only at DETAILED
+    create_config.update({flag: True for flag in flags})
+    if options.workspace_mb:
+        create_config["memory_pool_limits"] = {"WORKSPACE": options.workspace_mb << 20}
+    if options.timing_cache:
+        create_config["load_timing_cache"] = options.timing_cache
+    network = {"strongly_typed": True} if strongly_typed else {}
+    plan = EnginePlan(onnx=str(onnx_path), engine=str(engine_path), tensorrt_version=tensorrt_version,
+                      strongly_typed=strongly_typed, precision=description, builder_flags=flags, profiles=profiles,
+                      create_config=create_config, network=network, timing_cache=options.timing_cache)
+    plan.trtexec = trtexec_args(plan, Path(engine_path).parent / LAYERS_FILE)
+    return plan
+
+
+def trtexec_args(plan: EnginePlan, layers_json: Path) -> list[str]:
+    """The trtexec command that builds the same engine (for users who script trtexec, and for bug reports)."""
+    args = ["trtexec", f"--onnx={plan.onnx}", f"--saveEngine={plan.engine}"]
+    for index, profile in enumerate(plan.profiles):
+        args.append(f"--profile={index}")
+        for which, position in (("min", 0), ("opt", 1), ("max", 2)):
+            spec = ",".join(f"{name}:{'x'.join(str(d) for d in shapes[position])}"
+                            for name, shapes in profile["shapes"].items())
+            args.append(f"--{which}Shapes={spec}")
+    if plan.strongly_typed and trt_major(plan.tensorrt_version) < 11:
+        args.append("--stronglyTyped")  # the default (and a no-op) from TensorRT 11
+    args += [f"--{flag}" for flag in plan.builder_flags]
+    config = plan.create_config
+    args.append(f"--sparsity={'enable' if config['sparse_weights'] else 'disable'}")
+    args.append(f"--builderOptimizationLevel={config['builder_optimization_level']}")
+    if "memory_pool_limits" in config:
+        args.append(f"--memPoolSize=workspace:{config['memory_pool_limits']['WORKSPACE'] >> 20}MiB")
+    if plan.timing_cache:
+        args.append(f"--timingCacheFile={plan.timing_cache}")
+    args += ["--profilingVerbosity=detailed", "--dumpLayerInfo", f"--exportLayerInfo={layers_json}",
+             "--skipInference", "--verbose"]  # --verbose prints the "(Sparsity)" lines the sidecar parses
+    return args
+
+
+def sparsity_from_log(log_text: str) -> dict:
+    """Layers TensorRT found eligible for sparse math and those it picked a sparse tactic for, from the build
+    log's "(Sparsity)" lines (TensorRT logs both at INFO; the layer lists are comma-separated)."""
+    eligible, picked = [], []
+    for line in log_text.splitlines():
+        if "Layers eligible for sparse math:" in line:
+            eligible += _layer_list(line.split("Layers eligible for sparse math:", 1)[1])
+        elif "picked sparse implementation for" in line:
+            picked += _layer_list(re.split(r"picked sparse implementation for(?: layers)?:?", line, maxsplit=1)[1])
+    eligible, picked = list(dict.fromkeys(eligible)), list(dict.fromkeys(picked))
+    return {"eligible": eligible, "picked": picked, "eligible_not_picked": [l for l in eligible if l not in picked]}
+
+
+def _layer_list(text: str) -> list[str]:
+    return [part.strip() for part in text.strip().rstrip(".").split(",") if part.strip()]
+
+
+def sparse_layers_from_inspector(engine_info: dict) -> list[str]:
+    """Layers whose chosen tactic is a sparse kernel, from the engine inspector's JSON (DETAILED verbosity):
+    sparse GEMM/conv tactic names carry 'sparse'."""
+    layers = engine_info.get("Layers", [])
+    return [layer.get("Name", "?") for layer in layers if isinstance(layer, dict)
+            and "sparse" in str(layer.get("TacticName", "")).lower()]
+
+
+def check_gpu_for_sparse(capability: tuple[int, int] | None, options: EngineOptions) -> str | None:
+    """None when a sparse build makes sense; a warning when it builds but will not accelerate (dense fallback
+    allowed); raises when the user did not allow that."""
+    if not options.sparse:
+        return None
+    if capability is None:
+        raise SparsetrtError("no CUDA GPU visible: TensorRT builds engines for the GPU it runs on")
+    if tuple(capability) < SPARSE_MIN_SM:
+        message = (f"this GPU is SM {capability[0]}{capability[1]}; 2:4 sparse tensor cores need SM 80 (Ampere) or "
+                   "newer, so SPARSE_WEIGHTS will not accelerate anything")
+        if not options.allow_dense_fallback:
+            raise SparsetrtError(message + ". Pass --allow-dense-fallback to build anyway, or --dense")
+        return message
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- the seam itself
+
+
+def _tensorrt():
+    """Import TensorRT or say why not (the PyPI stubs raise while fetching their libraries)."""
+    from sparsetrt.build import tensorrt_status
+
+    available, reason = tensorrt_status()
+    if not available:
+        raise SparsetrtError(reason)
+    import tensorrt
+
+    return tensorrt
+
+
+def gpu_facts() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"name": None, "capability": None}
+    index = torch.cuda.current_device()
+    return {"name": torch.cuda.get_device_name(index), "capability": list(torch.cuda.get_device_capability(index)),
+            "cuda": torch.version.cuda}
+
+
+def build_engine(onnx_path: str | Path, out: str | Path, options: EngineOptions | None = None,
+                 overwrite: bool = False) -> dict:
+    """Build `out`/model.engine from `onnx_path`; beside it engine.json, layers.json, build.log, trtexec.sh."""
+    from sparsetrt.artifacts import staged_dir, write_json
+
+    options = (options or EngineOptions()).validate()
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise SparsetrtError(f"{onnx_path} does not exist; pass an .onnx file written by `sparsetrt export` or "
+                             "`sparsetrt quantize`")
+    trt = _tensorrt()
+    gpu = gpu_facts()
+    warning = check_gpu_for_sparse(gpu["capability"], options)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SparsetrtError(f"{out} is not empty; pass --overwrite to replace it")
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
+    from polygraphy.logger import G_LOGGER
+
+    with staged_dir(out) as tmp:
+        plan = plan_engine(onnx_path, out / ENGINE_FILE, options, trt.__version__)
+        config = dict(plan.create_config)
+        config["profiles"] = [_to_profile(Profile, p) for p in plan.profiles]
+        config["profiling_verbosity"] = getattr(trt.ProfilingVerbosity, config["profiling_verbosity"])
+        if "memory_pool_limits" in config:
+            config["memory_pool_limits"] = {getattr(trt.MemoryPoolType, k): v
+                                            for k, v in config["memory_pool_limits"].items()}
+        save_cache = {"save_timing_cache": options.timing_cache} if options.timing_cache else {}
+        # TensorRT logs the "(Sparsity)" verdict at INFO, which Polygraphy forwards at VERBOSE: capture it.
+        previous = (G_LOGGER.module_severity, G_LOGGER.log_file)
+        G_LOGGER.module_severity = G_LOGGER.VERBOSE
+        G_LOGGER.log_file = str(tmp / BUILD_LOG)
+        start = time.perf_counter()
+        try:
+            network = NetworkFromOnnxPath(str(onnx_path), **plan.network)
+            engine = EngineFromNetwork(network, config=CreateConfig(**config), **save_cache)()
+            SaveEngine(engine, str(tmp / ENGINE_FILE))()
+        finally:
+            G_LOGGER.module_severity, G_LOGGER.log_file = previous
+        seconds = time.perf_counter() - start
+        inspector = engine.create_engine_inspector()
+        layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+        write_json(tmp / LAYERS_FILE, layers)
+        log_sparsity = sparsity_from_log((tmp / BUILD_LOG).read_text(errors="replace"))
+        (tmp / "trtexec.sh").write_text(f"#!/bin/sh\n# the same build with trtexec\nset -e\n{plan.trtexec_command()}\n")
+        sidecar = engine_sidecar(plan, options, gpu, trt.__version__, onnx_facts(onnx_path), seconds,
+                                 log_sparsity, sparse_layers_from_inspector(layers), warning)
+        write_json(tmp / SIDECAR_FILE, sidecar)
+    return sidecar
+
+
+def _to_profile(profile_cls, profile: dict):
+    built = profile_cls()
+    for name, (lo, opt, hi) in profile["shapes"].items():
+        built.add(name, min=lo, opt=opt, max=hi)
+    return built
+
+
+def engine_sidecar(plan: EnginePlan, options: EngineOptions, gpu: dict, version: str, facts: OnnxFacts,
+                   seconds: float, log_sparsity: dict, inspector_sparse: list[str], warning: str | None) -> dict:
+    return {
+        "format": "sparsetrt.engine/1",
+        "engine": Path(plan.engine).name,
+        "tensorrt": version,
+        "gpu": gpu,
+        "host": platform.node(),
+        "source_onnx": {"path": plan.onnx, "sha256": facts.sha256, "float_type": facts.float_type, "qdq": facts.qdq},
+        "options": asdict(options),
+        "precision": plan.precision,
+        "strongly_typed": plan.strongly_typed,
+        "flags": (["SPARSE_WEIGHTS"] if options.sparse else []) + [f.upper() for f in plan.builder_flags],
+        "profiles": plan.profiles,
+        "graph": decoder_geometry(facts.inputs),
+        "sparsity": {**log_sparsity, "inspector_sparse_tactics": inspector_sparse,
+                     "in_effect": bool(log_sparsity["picked"] or inspector_sparse), "warning": warning},
+        "trtexec": plan.trtexec_command(),
+        "build_s": round(seconds, 1),
+    }
+
+
+def _graph_runner():
+    from sparsetrt.runtime.backends import GraphRunner
+
+    return GraphRunner
+
+
+class TensorRTRunner(_graph_runner()):
+    """A built engine behind the decoder interface (sparsetrt.runtime.backends), on Polygraphy's TrtRunner.
+    The KV cache stays on the GPU as torch tensors; profile 0 serves prefill (empty past), profile 1 decode."""
+
+    backend = "tensorrt"
+
+    def __init__(self, engine_path: Path):
+        import torch
+
+        _tensorrt()
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        sidecar_path = Path(engine_path).parent / SIDECAR_FILE
+        if not sidecar_path.is_file():
+            raise SparsetrtError(f"{sidecar_path} is missing; build engines with `sparsetrt engine`")
+        self.sidecar = json.loads(sidecar_path.read_text())
+        super().__init__(self.sidecar["graph"])
+        self.cache_dtype = torch.float16 if self.sidecar["source_onnx"]["float_type"] == "float16" else torch.float32
+        self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path))))
+        self.runner.activate()
+        self.profile = 0
+
+    def _ids(self, array):
+        import numpy as np
+        import torch
+
+        return torch.as_tensor(np.asarray(array), dtype=torch.int64, device="cuda")
+
+    def _empty(self, shape):
+        import torch
+
+        return torch.zeros(shape, dtype=self.cache_dtype, device="cuda")
+
+    def _run(self, feeds):
+        profile = 0 if feeds[self.past_names[0]].shape[2] == 0 else 1
+        if profile != self.profile:
+            self.runner.set_profile(profile)
+            self.profile = profile
+        outputs = self.runner.infer(feeds, copy_outputs_to_host=False)
+        # The runner's output buffers are reused by the next call: keep our own copy of the cache.
+        return {name: (value if name == "logits" else value.clone()) for name, value in outputs.items()}
+
+    @staticmethod
+    def _to_numpy(tensor):
+        return tensor.float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        import torch
+
+        torch.cuda.synchronize()

@@ -1,0 +1,155 @@
+"""One generation loop for every backend: left-padded batch, prefill, then one token per step from the KV cache.
+
+The loop owns everything but the forward pass (sparsetrt.runtime.backends), so the same token selection,
+stop handling and timing run on PyTorch, ONNX Runtime and TensorRT, and their outputs can be compared token for
+token. Timing marks are taken after the backend synchronises, so GPU work is inside the interval it belongs to.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.runtime.backends import position_ids_for
+
+
+@dataclass
+class Sampling:
+    """temperature 0 = greedy (argmax, ties to the lowest id on every backend); otherwise softmax sampling
+    from logits / temperature, restricted to the top_k ids (0 = all) and the top_p probability mass."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    stop_tokens: tuple[int, ...] = ()
+    ignore_stop: bool = False  # benchmarks: always produce max_new_tokens
+
+    def validate(self) -> "Sampling":
+        if self.max_new_tokens < 1:
+            raise SparsetrtError("max_new_tokens must be >= 1")
+        if self.temperature < 0:
+            raise SparsetrtError("temperature must be >= 0 (0 = greedy)")
+        if self.top_k < 0:
+            raise SparsetrtError("top_k must be >= 0 (0 = no limit)")
+        if not 0 < self.top_p <= 1:
+            raise SparsetrtError("top_p must be in (0, 1]")
+        return self
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]            # new tokens per prompt, up to and including its stop token
+    prompt_tokens: list[int]           # prompt length per prompt
+    ttft_s: float                      # prompt in -> first new token chosen (the prefill)
+    step_s: list[float] = field(default_factory=list)  # each later token: one decode step for the whole batch
+    total_s: float = 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """New tokens after the first, for the whole batch, per second of decoding."""
+        steps = len(self.step_s)
+        return len(self.tokens) * steps / sum(self.step_s) if steps else float("nan")
+
+
+def select_tokens(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> np.ndarray:
+    """Next token per row of `logits` [batch, vocab]."""
+    if sampling.temperature == 0:
+        return logits.argmax(axis=-1)
+    scaled = logits.astype(np.float64) / sampling.temperature
+    if sampling.top_k and sampling.top_k < scaled.shape[-1]:
+        kth = np.partition(scaled, -sampling.top_k, axis=-1)[:, -sampling.top_k][:, None]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    probs = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if sampling.top_p < 1:
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        sorted_probs = np.take_along_axis(probs, order, axis=-1)
+        # keep the smallest prefix whose mass reaches top_p (the token that crosses it is kept)
+        drop_sorted = np.cumsum(sorted_probs, axis=-1) - sorted_probs >= sampling.top_p
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, axis=-1)
+        probs = np.where(drop, 0.0, probs)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    return np.array([rng.choice(probs.shape[-1], p=row) for row in probs])
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), both [batch, longest prompt], prompts right-aligned."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise SparsetrtError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = prompt
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def generate(runner, prompts: list[list[int]], sampling: Sampling, pad_id: int = 0) -> Generation:
+    """Generate for a batch of token-id prompts with `runner` (any backend in sparsetrt.runtime.backends)."""
+    sampling.validate()
+    rng = np.random.default_rng(sampling.seed)
+    stop = np.array(sorted(set(sampling.stop_tokens)), dtype=np.int64)
+    ids, mask = left_pad(prompts, pad_id)
+    batch = len(prompts)
+    new = np.zeros((batch, 0), dtype=np.int64)
+    done = np.zeros(batch, dtype=bool)
+    step_s = []
+
+    start = time.perf_counter()
+    logits, cache = runner.step(ids, mask, position_ids_for(mask, ids.shape[1]), runner.empty_cache(batch))
+    runner.synchronize()
+    token = select_tokens(logits, sampling, rng)
+    ttft = time.perf_counter() - start
+    while True:
+        token = np.where(done, pad_id, token)
+        new = np.concatenate([new, token[:, None]], axis=1)
+        if not sampling.ignore_stop and stop.size:
+            done |= np.isin(token, stop)
+        if new.shape[1] >= sampling.max_new_tokens or done.all():
+            break
+        step_start = time.perf_counter()
+        mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+        logits, cache = runner.step(token[:, None], mask, position_ids_for(mask, 1), cache)
+        runner.synchronize()
+        token = select_tokens(logits, sampling, rng)
+        step_s.append(time.perf_counter() - step_start)
+    total = time.perf_counter() - start
+    return Generation(tokens=[_until_stop(row, stop, sampling.ignore_stop) for row in new.tolist()],
+                      prompt_tokens=[len(p) for p in prompts], ttft_s=ttft, step_s=step_s, total_s=total)
+
+
+def _until_stop(row: list[int], stop: np.ndarray, ignore_stop: bool) -> list[int]:
+    if ignore_stop:
+        return row
+    for i, token in enumerate(row):
+        if token in stop:
+            return row[: i + 1]
+    return row
+
+
+def stop_tokens_of(tokenizer, config=None) -> tuple[int, ...]:
+    """The checkpoint's end-of-sequence id(s): generation_config / config eos_token_id, else the tokenizer's."""
+    ids = []
+    for source in (getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if source is None:
+            continue
+        ids.extend(source if isinstance(source, (list, tuple)) else [source])
+    return tuple(sorted(set(int(i) for i in ids)))
+
+
+def encode_prompts(tokenizer, texts: list[str], chat: bool = False) -> list[list[int]]:
+    """Token ids per prompt; `chat` wraps each as one user turn with the tokenizer's chat template."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise SparsetrtError("--chat needs a tokenizer with a chat template; this checkpoint has none")
+        encoded = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                                 tokenize=True) for t in texts]
+        return [list(e["input_ids"] if hasattr(e, "keys") else e) for e in encoded]
+    return [tokenizer(t)["input_ids"] for t in texts]
