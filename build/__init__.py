@@ -1,7 +1,5 @@
-"""TensorRT engine building (issue #4), behind one seam: Polygraphy's `polygraphy.backend.trt`.
+"""TensorRT engine building, behind one seam: sparsetrt.build.engine (on Polygraphy's `polygraphy.backend.trt`).
 
-Not implemented yet. What exists today is the ONNX the builder will consume (sparsetrt.export) with its
-2:4 pattern verified along each MatMul's reduction axis, which is what TensorRT's SPARSE_WEIGHTS needs.
 `tensorrt_status()` tells whether this machine could build at all, so tests and the CLI can say why not.
 """
 
@@ -22,3 +20,15 @@ def tensorrt_status() -> tuple[bool, str]:
     except ImportError:
         pass
     return True, "TensorRT and a CUDA GPU are available"
+
+
+def installed_tensorrt_version() -> str | None:
+    """The installed TensorRT's version from package metadata (without importing it), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_cu12_libs"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return None

@@ -14,7 +14,6 @@ used only when the user asks for a precision the ONNX does not carry. A Q/DQ gra
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import re
@@ -93,6 +92,8 @@ class EnginePlan:
 def onnx_facts(path: Path) -> OnnxFacts:
     import onnx
 
+    from sparsetrt.artifacts import file_sha256
+
     model = onnx.load(str(path), load_external_data=False)
     inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     logits = next((o for o in model.graph.output if o.name == "logits"), model.graph.output[0])
@@ -100,15 +101,7 @@ def onnx_facts(path: Path) -> OnnxFacts:
     ops = {n.op_type for n in model.graph.node}
     int4 = any(i.data_type == onnx.TensorProto.INT4 for i in model.graph.initializer)
     return OnnxFacts(inputs=inputs, float_type=float_type, qdq=bool(ops & {"QuantizeLinear", "DequantizeLinear"}),
-                     int4=int4, sha256=_sha256(path))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+                     int4=int4, sha256=file_sha256(path))
 
 
 def decoder_profiles(inputs: dict[str, list], options: EngineOptions) -> list[dict]:

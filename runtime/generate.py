@@ -153,3 +153,34 @@ def encode_prompts(tokenizer, texts: list[str], chat: bool = False) -> list[list
                                                  tokenize=True) for t in texts]
         return [list(e["input_ids"] if hasattr(e, "keys") else e) for e in encoded]
     return [tokenizer(t)["input_ids"] for t in texts]
+
+
+# Ten short prompts of the kinds an instruct model is asked (facts, code, lists, reasoning); used by the
+# parity check and the benchmark when the user passes none.
+PARITY_PROMPTS = (
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Three tips for staying healthy are",
+    "Once upon a time, in a small village by the sea,",
+    "The difference between a list and a tuple in Python is",
+    "Photosynthesis is the process by which",
+    "To make a cup of tea, first",
+    "The main causes of the First World War were",
+    "A prime number is",
+    "Translate to French: Good morning, how are you?",
+)
+
+
+def compare_generations(reference_tokens: list[list[int]], candidate_tokens: list[list[int]]) -> dict:
+    """Token-for-token agreement of two greedy generations of the same prompts."""
+    divergences = []
+    for ref, cand in zip(reference_tokens, candidate_tokens, strict=True):
+        first = next((i for i, (a, b) in enumerate(zip(ref, cand)) if a != b), None)
+        if first is None and len(ref) != len(cand):
+            first = min(len(ref), len(cand))
+        divergences.append(first)
+    identical = [d is None for d in divergences]
+    diverged = [d for d in divergences if d is not None]
+    return {"generation_identical": sum(identical) / len(identical),
+            "generation_first_divergence": min(diverged) if diverged else None,
+            "generation_prompts": len(identical), "generation_tokens": max(len(t) for t in reference_tokens)}

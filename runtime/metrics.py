@@ -26,6 +26,8 @@ def top_k(x: np.ndarray, k: int) -> np.ndarray:
 METRICS = ("positions", "max_abs_error", "mean_abs_error", "cosine_similarity", "min_cosine_similarity",
            "top1_agreement", "top5_agreement", "kl_divergence", "max_kl_divergence", "perplexity_reference",
            "perplexity_candidate", "perplexity_rel_diff")
+# Greedy generation from the same prompts (sparsetrt.runtime.generate.compare_generations), when run.
+GENERATION_METRICS = ("generation_identical", "generation_first_divergence", "generation_prompts", "generation_tokens")
 
 
 class ParityAccumulator:

@@ -27,6 +27,7 @@ DEFAULT_TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
         "max_abs_error": ("<=", 1e-3),
         "kl_divergence": ("<=", 1e-6),
         "perplexity_rel_diff": ("<=", 1e-4),
+        "generation_identical": (">=", 1.0),  # greedy tokens identical on every parity prompt
     },
     "fp16": {  # SmolLM2-135M 2:4 measured top-1 0.997, top-5 0.998, KL 9e-6, ppl diff 1e-5: ~10x margin
         "top1_agreement": (">=", 0.99),
@@ -54,7 +55,7 @@ def parse_tolerance_overrides(items) -> dict[str, dict[str, float]]:
 
 
 def tolerances_for(precision: str, overrides: dict[str, dict[str, float]]) -> dict[str, tuple[str, float]]:
-    known = set(METRICS)
+    known = set(METRICS) | {"generation_identical"}
     rules = dict(DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp16"]))
     for metric, value in overrides.get(precision, {}).items():
         if metric not in known:
@@ -64,12 +65,15 @@ def tolerances_for(precision: str, overrides: dict[str, dict[str, float]]) -> di
     return rules
 
 
-_HIGHER_IS_BETTER = {"top1_agreement", "top5_agreement", "cosine_similarity", "min_cosine_similarity"}
+_HIGHER_IS_BETTER = {"top1_agreement", "top5_agreement", "cosine_similarity", "min_cosine_similarity",
+                     "generation_identical"}
 
 
 def evaluate_checks(metrics: dict, rules: dict[str, tuple[str, float]]) -> list[dict]:
     checks = []
     for metric, (op, threshold) in rules.items():
+        if metric.startswith("generation_") and metric not in metrics:
+            continue  # generation was not run (generate_tokens = 0)
         value = metrics[metric]
         passed = value >= threshold if op == ">=" else value <= threshold
         checks.append({"metric": metric, "op": op, "threshold": threshold, "value": value, "passed": bool(passed)})
@@ -103,10 +107,14 @@ def run_parity(
     windows: int = 4,
     seq_len: int = 512,
     tolerances=(),
+    generate_tokens: int = 32,
+    engines=(),
     overwrite: bool = False,
     reuse: bool = False,
 ) -> dict:
-    """Compare the checkpoint (PyTorch fp32) with every ONNX file listed in onnx_dir/export.json."""
+    """Compare the checkpoint (PyTorch fp32) with every ONNX file listed in onnx_dir/export.json (ONNX Runtime)
+    and with each TensorRT engine in `engines`: logits on the evaluation windows, then greedy generation of
+    `generate_tokens` tokens from PARITY_PROMPTS (0 = skip), token for token."""
     from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
     from sparsetrt.export.stage import EXPORT_MANIFEST
     from sparsetrt.runtime.backends import OnnxRuntimeRunner, TorchRunner
@@ -114,8 +122,10 @@ def run_parity(
     overrides = parse_tolerance_overrides(tolerances)
     onnx_dir = Path(onnx_dir)
     export = read_json(onnx_dir / EXPORT_MANIFEST)
+    engines = [Path(e) for e in engines]
     settings = {"export": export["fingerprint"], "corpus": corpus, "windows": windows, "seq_len": seq_len,
-                "tolerances": overrides}
+                "tolerances": overrides, "generate_tokens": generate_tokens,
+                "engines": {str(e): _engine_hash(e) for e in engines}}
     out = Path(out)
     run_fingerprint, done = prepare_output(out, PARITY_MANIFEST, "parity", settings, overwrite, reuse)
     if done:
@@ -125,12 +135,20 @@ def run_parity(
     text = load_corpus(corpus, "test")
     eval_windows = sequential_windows(tokenize_corpus(reference.tokenizer, text), seq_len, windows).numpy()
 
+    generations = GenerationCheck(reference, generate_tokens)
     candidates = []
-    for precision, info in export["files"].items():
-        runner = OnnxRuntimeRunner(onnx_dir / info["onnx"])
+    runners = [(OnnxRuntimeRunner(onnx_dir / info["onnx"]), precision, onnx_dir / info["onnx"])
+               for precision, info in export["files"].items()]
+    for engine in engines:
+        from sparsetrt.build.engine import TensorRTRunner
+
+        runner = TensorRTRunner(engine)
+        runners.append((runner, _engine_precision(runner.sidecar), engine))
+    for runner, precision, path in runners:
         metrics = compare_runners(reference, runner, eval_windows)
-        candidates.append(candidate(f"onnxruntime-{precision}", precision, onnx_dir / info["onnx"], metrics,
-                                    tolerances_for(precision, overrides)))
+        metrics.update(generations.compare(runner))
+        candidates.append(candidate(f"{runner.backend}-{precision}", precision, path, metrics,
+                                    tolerances_for(precision, overrides), backend=runner.backend))
     verification = {str(onnx_dir / i["onnx"]): i["sparsity_verification"]
                     for i in export["files"].values() if i.get("sparsity_verification")}
     report = {
@@ -140,7 +158,9 @@ def run_parity(
         "settings": settings,
         "reference": {"backend": "pytorch", "dtype": "float32", "checkpoint": str(checkpoint)},
         "eval": {"corpus": text.description, "windows": int(len(eval_windows)), "seq_len": seq_len},
-        "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}, CPU only",
+        "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}"
+                   + ("" if engines else ", CPU only"),
+        "generation": generations.describe(),
         "candidates": candidates,
         "sparsity_verification": verification,
         "passed": all(c["passed"] for c in candidates) and all(v["ok"] for v in verification.values()),
@@ -148,6 +168,50 @@ def run_parity(
     with staged_dir(out) as tmp:
         write_parity_files(tmp, report)
     return report
+
+
+class GenerationCheck:
+    """Greedy generations of the reference, made once, compared with each candidate's."""
+
+    def __init__(self, reference, new_tokens: int):
+        from sparsetrt.runtime.generate import PARITY_PROMPTS, encode_prompts
+
+        self.reference, self.new_tokens = reference, new_tokens
+        self.prompts = encode_prompts(reference.tokenizer, list(PARITY_PROMPTS)) if new_tokens else []
+        tokenizer = reference.tokenizer
+        self.pad = (tokenizer.pad_token_id if tokenizer is not None else None) or 0
+        self._reference_tokens = None
+
+    def _generate(self, runner) -> list[list[int]]:
+        from sparsetrt.runtime.generate import Sampling, generate
+
+        # ignore_stop: compare all new_tokens even where a model would have stopped
+        sampling = Sampling(max_new_tokens=self.new_tokens, ignore_stop=True)
+        return generate(runner, self.prompts, sampling, pad_id=self.pad).tokens
+
+    def compare(self, runner) -> dict:
+        from sparsetrt.runtime.generate import compare_generations
+
+        if not self.new_tokens:
+            return {}
+        if self._reference_tokens is None:
+            self._reference_tokens = self._generate(self.reference)
+        return compare_generations(self._reference_tokens, self._generate(runner))
+
+    def describe(self) -> dict:
+        return {"prompts": len(self.prompts), "new_tokens": self.new_tokens, "decoding": "greedy, one left-padded batch"}
+
+
+def _engine_hash(engine: Path) -> str:
+    sidecar = Path(engine).parent / "engine.json"
+    if not Path(engine).is_file() or not sidecar.is_file():
+        raise SparsetrtError(f"{engine} (with engine.json beside it) does not exist; build it with `sparsetrt engine`")
+    return read_json(sidecar)["source_onnx"]["sha256"] + f"/{Path(engine).stat().st_mtime_ns}"
+
+
+def _engine_precision(sidecar: dict) -> str:
+    """The tolerance family of an engine: fp32 only when it computes in fp32, else fp16 (loosest float)."""
+    return "fp32" if sidecar["precision"].startswith("fp32") else "fp16"
 
 
 def candidate(name: str, precision: str, file, metrics: dict, rules: dict, compared_with: str = "pytorch fp32",

@@ -8,7 +8,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from sparsetrt.runtime.metrics import METRICS
+from sparsetrt.runtime.metrics import GENERATION_METRICS, METRICS
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -56,7 +56,7 @@ def html_report(report: dict) -> str:
              f"<code>{e(report['reference']['checkpoint'])}</code>.<br>Evaluation text: {e(report['eval']['corpus'])}; "
              f"{report['eval']['windows']} window(s) of {report['eval']['seq_len']} tokens.<br>"
              f"Machine: {e(report['machine'])}</p>"]
-    metrics = [m for m in METRICS if m != "positions"] + ["seconds"]
+    metrics = [m for m in METRICS if m != "positions"] + list(GENERATION_METRICS) + ["seconds"]
     parts.append("<h2>Metrics</h2><table><tr><th>metric</th>")
     parts += [f"<th>{e(c['name'])}</th>" for c in report["candidates"]]
     parts.append("</tr>")

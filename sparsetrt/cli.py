@@ -80,7 +80,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--tol", action="append", default=[], metavar="PRECISION.METRIC=VALUE",
                    help="override a tolerance, e.g. fp16.max_abs_error=0.5 (repeatable)")
+    p.add_argument("--generate-tokens", type=int, default=32,
+                   help="greedy tokens compared token for token on 10 prompts (0 = skip)")
+    p.add_argument("--engine", action="append", default=[], help="also compare this TensorRT engine (repeatable)")
     _common(p)
+
+    p = sub.add_parser("engine", help="build a TensorRT engine with 2:4 sparse weights from an exported ONNX")
+    p.add_argument("onnx", help="model.onnx / model.fp16.onnx (sparsetrt export) or model.int8|int4.onnx (quantize)")
+    p.add_argument("--out", required=True, help="directory for model.engine, engine.json, layers.json, build.log")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8", "int4"],
+                   help="auto: what the ONNX carries (TensorRT 11 allows nothing else)")
+    p.add_argument("--dense", action="store_true", help="build without SPARSE_WEIGHTS (the comparison engine)")
+    p.add_argument("--max-batch", type=int, default=4)
+    p.add_argument("--opt-batch", type=int, default=1)
+    p.add_argument("--max-input-len", type=int, default=512)
+    p.add_argument("--max-output-len", type=int, default=128)
+    p.add_argument("--optimization-level", type=int, default=3, help="builder optimization level 0-5")
+    p.add_argument("--workspace-mb", type=int, help="workspace memory pool limit (default: TensorRT's)")
+    p.add_argument("--timing-cache", help="timing cache file: read if present, written after the build")
+    p.add_argument("--allow-dense-fallback", action="store_true",
+                   help="build a sparse engine on a GPU older than Ampere (it will not accelerate)")
+    p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("generate", help="generate text with any backend (greedy or sampling), with timings")
+    p.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime", "tensorrt"])
+    p.add_argument("--model", required=True, help="checkpoint dir (pytorch), .onnx (onnxruntime), .engine (tensorrt)")
+    p.add_argument("--tokenizer", help="checkpoint dir with the tokenizer (default: --model, or the pruned checkpoint "
+                                       "found next to an ONNX/engine in an artifacts directory)")
+    p.add_argument("--prompt", action="append", default=[], help="repeatable: the prompts form one batch")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="pytorch/onnxruntime: cpu | cuda | auto")
+    p.add_argument("--json", action="store_true", help="print tokens, text and timings as JSON")
+
+    p = sub.add_parser("bench", help="decode speed, TTFT, latency percentiles, memory, energy of every variant")
+    p.add_argument("--artifacts", default="artifacts", help="directory written by `sparsetrt run` (make demo)")
+    p.add_argument("--dense", action="store_true",
+                   help="also export + quantize the dense model into ARTIFACTS/dense (the baseline for 2:4)")
+    p.add_argument("--out", default="benchmarks")
+    p.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", help="comma-separated substrings: keep variants whose label contains one")
+    p.add_argument("--corpus", default="auto", help="prompt text, or 'auto' (WikiText-2 test / Python docs)")
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("verify", help="check the sparsity pattern a sparsity.json claims")
     p.add_argument("path", help="pruned checkpoint directory, or an .onnx file (then pass --checkpoint)")
@@ -173,7 +223,8 @@ def cmd_parity(args) -> int:
     from sparsetrt.runtime.parity import run_parity
 
     report = run_parity(args.model, args.onnx_dir, args.out, corpus=args.corpus, windows=args.windows,
-                        seq_len=args.seq_len, tolerances=args.tol, overwrite=args.overwrite)
+                        seq_len=args.seq_len, tolerances=args.tol, generate_tokens=args.generate_tokens,
+                        engines=args.engine, overwrite=args.overwrite)
     for cand in report["candidates"]:
         failed = [c["metric"] for c in cand["checks"] if not c["passed"]]
         print(f"{cand['name']}: {'PASS' if cand['passed'] else 'FAIL (' + ', '.join(failed) + ')'}")
@@ -243,8 +294,97 @@ def cmd_quality(args) -> int:
     return 0
 
 
+def cmd_engine(args) -> int:
+    from sparsetrt.build.engine import EngineOptions, build_engine, plan_engine
+
+    options = EngineOptions(precision=args.precision, sparse=not args.dense, max_batch=args.max_batch,
+                            opt_batch=args.opt_batch, max_input_len=args.max_input_len,
+                            max_output_len=args.max_output_len, optimization_level=args.optimization_level,
+                            workspace_mb=args.workspace_mb, timing_cache=args.timing_cache,
+                            allow_dense_fallback=args.allow_dense_fallback).validate()
+    if args.print_trtexec:
+        from sparsetrt.build import installed_tensorrt_version
+
+        version = installed_tensorrt_version() or "10"
+        plan = plan_engine(Path(args.onnx), Path(args.out) / "model.engine", options, version)
+        print(f"# TensorRT {version}{'' if installed_tensorrt_version() else ' assumed (not installed here)'}: "
+              f"{plan.precision}\n{plan.trtexec_command()}")
+        return 0
+    sidecar = build_engine(args.onnx, args.out, options, overwrite=args.overwrite)
+    sparsity = sidecar["sparsity"]
+    print(f"engine: {Path(args.out) / sidecar['engine']} ({sidecar['precision']}, {sidecar['build_s']} s)")
+    print(f"sparse layers: {len(sparsity['picked'])} picked of {len(sparsity['eligible'])} eligible"
+          + (f"; WARNING: {sparsity['warning']}" if sparsity["warning"] else ""))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from sparsetrt.models import load_tokenizer
+    from sparsetrt.runtime.backends import make_runner
+    from sparsetrt.runtime.generate import Sampling, encode_prompts, generate, stop_tokens_of
+
+    if not args.prompt:
+        raise SparsetrtError("pass at least one --prompt")
+    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else _tokenizer_dir(Path(args.model))
+    tokenizer = load_tokenizer(tokenizer_dir)
+    runner = make_runner(args.backend, args.model, device=args.device)
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, seed=args.seed, stop_tokens=stop_tokens_of(tokenizer))
+    result = generate(runner, encode_prompts(tokenizer, args.prompt, chat=args.chat), sampling,
+                      pad_id=tokenizer.pad_token_id or 0)
+    texts = [tokenizer.decode(t, skip_special_tokens=True) for t in result.tokens]
+    timing = {"ttft_ms": round(result.ttft_s * 1000, 2), "decode_tokens_per_s": round(result.decode_tokens_per_s, 2),
+              "total_s": round(result.total_s, 3)}
+    if args.json:
+        print(json.dumps({"backend": args.backend, "outputs": [{"prompt": p, "tokens": t, "text": x} for p, t, x in
+                                                               zip(args.prompt, result.tokens, texts)], **timing}))
+        return 0
+    for prompt, text in zip(args.prompt, texts):
+        print(f"{prompt}{text}\n")
+    print(f"[{args.backend}] TTFT {timing['ttft_ms']} ms, decode {timing['decode_tokens_per_s']} tok/s", file=sys.stderr)
+    return 0
+
+
+def _tokenizer_dir(model: Path) -> Path:
+    """The checkpoint directory itself, or the pruned checkpoint of the artifacts tree an ONNX/engine sits in."""
+    if model.is_dir():
+        return model
+    for parent in model.parents:
+        if (parent / "pruned" / "tokenizer_config.json").is_file():
+            return parent / "pruned"
+    raise SparsetrtError(f"cannot find a tokenizer for {model}; pass --tokenizer CHECKPOINT_DIR")
+
+
+def cmd_bench(args) -> int:
+    from sparsetrt.models import load_tokenizer
+    from sparsetrt.runtime.bench import BenchSettings, discover_variants, prepare_dense, run_bench
+    from sparsetrt.runtime.bench_report import summary
+
+    artifacts = Path(args.artifacts)
+    settings = BenchSettings(batches=tuple(int(b) for b in args.batches.split(",")), prompt_tokens=args.prompt_tokens,
+                             new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats).validate()
+    if args.dense:
+        print("==> dense baseline artifacts (export + quantize with the 2:4 runs' settings)", flush=True)
+        prepare_dense(artifacts, progress=not args.no_progress)
+    import torch
+
+    variants = discover_variants(artifacts, cuda=torch.cuda.is_available())
+    if args.only:
+        keep = [k.strip() for k in args.only.split(",")]
+        variants = [v for v in variants if any(k in v.label for k in keep)]
+    records = run_bench(variants, load_tokenizer(artifacts / "pruned"), args.out, settings, corpus=args.corpus,
+                        progress=not args.no_progress)
+    head = summary(records)
+    if head:
+        print(f"batch 1: {head['best_onnxruntime']} {head['best_tokens_per_s']:.1f} tok/s = {head['speedup']:.2f}x "
+              f"{head['baseline']} ({head['baseline_tokens_per_s']:.1f} tok/s)")
+    print(f"wrote {Path(args.out) / 'bench.json'}, bench.md and plots")
+    return 0
+
+
 COMMANDS = {"prune": cmd_prune, "export": cmd_export, "quantize": cmd_quantize, "lint": cmd_lint,
-            "parity": cmd_parity, "verify": cmd_verify, "run": cmd_run, "quality": cmd_quality}
+            "parity": cmd_parity, "verify": cmd_verify, "run": cmd_run, "quality": cmd_quality,
+            "engine": cmd_engine, "generate": cmd_generate, "bench": cmd_bench}
 
 if __name__ == "__main__":
     sys.exit(main())

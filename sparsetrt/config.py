@@ -69,6 +69,7 @@ class QuantizeSection:
 class ParitySection:
     corpus: str = "auto"  # auto = WikiText-2 test when present, else Python's bundled docs text
     windows: int = 4
+    generate_tokens: int = 32  # greedy tokens compared token for token on 10 prompts (0 = skip)
     seq_len: int = 512
     tolerances: list = field(default_factory=list)  # ["fp16.max_abs_error=0.5", ...]
 

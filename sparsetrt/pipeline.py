@@ -61,7 +61,7 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
                      precisions=config.export.precisions, opset=config.export.opset)
     parity = stage("parity", run_parity, checkpoint=out / "pruned", onnx_dir=out / "onnx", out=out / "parity",
                    corpus=config.parity.corpus, windows=config.parity.windows, seq_len=config.parity.seq_len,
-                   tolerances=config.parity.tolerances)
+                   tolerances=config.parity.tolerances, generate_tokens=config.parity.generate_tokens)
     quantized = None
     if precision != "none":
         quantized = stage("quantize", quantize_checkpoint, checkpoint=out / "pruned", onnx_dir=out / "onnx",

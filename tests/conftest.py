@@ -69,3 +69,12 @@ def pruned_tiny(tiny_checkpoint, calib_file, tmp_path_factory) -> Path:
     prune_checkpoint(str(tiny_checkpoint), out, method="sparsegpt", pattern="2:4", calib=str(calib_file),
                      calib_samples=8, calib_seq_len=64, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def exported_tiny(pruned_tiny, tmp_path_factory) -> tuple[Path, dict]:
+    """pruned_tiny exported to ONNX (fp32 + fp16 decoders with KV cache) and its export.json."""
+    from sparsetrt.export.stage import export_checkpoint
+
+    out = tmp_path_factory.mktemp("onnx") / "onnx"
+    return out, export_checkpoint(pruned_tiny, out)

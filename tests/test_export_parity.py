@@ -14,10 +14,8 @@ from sparsetrt.runtime.parity import parse_tolerance_overrides, run_parity, tole
 
 
 @pytest.fixture(scope="module")
-def exported(pruned_tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx") / "onnx"
-    manifest = export_checkpoint(pruned_tiny, out)
-    return out, manifest
+def exported(exported_tiny):
+    return exported_tiny
 
 
 def test_export_writes_both_precisions_with_external_data(exported):
