@@ -9,7 +9,11 @@ PRECISION   ?=
 CONFIG      ?= configs/demo$(if $(PRECISION),-$(PRECISION)).toml
 STAMP       := $(VENV)/.sparsetrt-installed
 
-.PHONY: setup demo lint test test-fast bench-quality clean distclean help
+# `make engine`: the fp16 decoder by default; PRECISION=int8|int4 builds from that run's Q/DQ ONNX instead.
+ENGINE_ONNX ?= $(if $(PRECISION),artifacts/$(PRECISION)/model.$(PRECISION).onnx,artifacts/onnx/model.fp16.onnx)
+ENGINE_OUT  ?= artifacts/engines/$(or $(PRECISION),fp16)
+
+.PHONY: setup demo lint test test-fast bench bench-quality engine parity clean distclean help
 
 help:
 	@echo "make demo           prune smollm2-135m to 2:4, export ONNX, check parity (artifacts/)"
@@ -17,6 +21,9 @@ help:
 	@echo "make lint ONNX=f    check an ONNX file against what the TensorRT parser accepts"
 	@echo "make test           run the test suite (unit + one end-to-end on the embedded model)"
 	@echo "make test-fast      unit tests only (tiny random models, seconds)"
+	@echo "make engine         TensorRT engine with 2:4 sparse weights (needs TensorRT + a CUDA GPU; PRECISION=int8|int4)"
+	@echo "make parity         PyTorch vs the engines (TensorRT present) or ONNX Runtime, logits + greedy tokens"
+	@echo "make bench          decode tok/s, TTFT, ITL p50/95/99, RSS, energy: PyTorch vs ORT fp32/INT8/INT4, dense vs 2:4"
 	@echo "make bench-quality  WikiText-2 perplexity: dense vs magnitude/Wanda/SparseGPT 2:4 (benchmarks/)"
 	@echo "make clean          remove artifacts and build scratch (keeps .venv and the model cache)"
 
@@ -42,6 +49,20 @@ test: setup
 
 test-fast: setup
 	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
+
+engine: setup
+	$(BIN)/sparsetrt engine $(ENGINE_ONNX) --out $(ENGINE_OUT) $(ARGS)
+
+parity: setup
+	$(BIN)/sparsetrt parity --model artifacts/pruned --onnx-dir artifacts/onnx --engine auto \
+		--out artifacts/parity-runtime --overwrite $(ARGS)
+
+# The 2:4 INT8 and INT4 runs (reused when `make demo PRECISION=...` already made them), the dense baseline
+# quantized the same way, then every variant measured in one run.
+bench: setup
+	$(BIN)/sparsetrt run --config configs/demo-int8.toml --no-progress --overwrite
+	$(BIN)/sparsetrt run --config configs/demo-int4.toml --no-progress --overwrite
+	$(BIN)/sparsetrt bench --artifacts artifacts --dense --out benchmarks --no-progress $(ARGS)
 
 bench-quality: setup
 	$(BIN)/sparsetrt quality --out benchmarks $(ARGS)

@@ -163,7 +163,10 @@ class OnnxRuntimeRunner(GraphRunner):
             options.intra_op_num_threads = threads
         available = set(ort.get_available_providers())
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=chosen)
+        model = fold_table_dequantization(Path(onnx_path))
+        self.folded_tables = model is not None
+        source = str(onnx_path) if model is None else model.SerializeToString()
+        self.session = ort.InferenceSession(source, options, providers=chosen)
         self.providers = self.session.get_providers()
         past = next(i for i in self.session.get_inputs() if i.name == self.past_names[0])
         self.cache_dtype = np.float16 if "float16" in past.type else np.float32
@@ -181,6 +184,51 @@ class OnnxRuntimeRunner(GraphRunner):
     @staticmethod
     def _to_numpy(array):
         return np.asarray(array).astype(np.float32, copy=False)
+
+
+def fold_table_dequantization(onnx_path: Path):
+    """The model with weight-only DequantizeLinear nodes that feed no MatMul directly (the vocabulary table's:
+    read by Gather and by Transpose -> MatMul) replaced by their float result, or None when there are none.
+
+    Why: ONNX Runtime's CPU provider fuses DQ -> MatMul but not DQ -> Gather or DQ -> Transpose -> MatMul, and
+    keeps DQ nodes out of constant folding (to preserve Q/DQ fusions), so it would dequantize the 28 M-entry
+    SmolLM2 table on every decode step (73 % of an INT8 step, measured). Folding once at load is what TensorRT's
+    builder does with constant weights; the file on disk stays quantized. Returns None for graphs over 1.5 GB
+    (the protobuf limit applies to the in-memory copy); ORT then runs the file as it is."""
+    import onnx
+    from onnx import numpy_helper
+
+    from sparsetrt.export.qdq_onnx import dequantized_weights
+    from sparsetrt.prune.verify import consumers_of
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    consumers = consumers_of(graph)
+    inits = {i.name for i in graph.initializer}
+    tables = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+              and not any(user.op_type == "MatMul" for user, _ in consumers.get(n.output[0], []))]
+    if not tables or sum(f.stat().st_size for f in onnx_path.parent.glob(onnx_path.name + "*")) > 1.5e9:
+        return None
+    model = onnx.load(str(onnx_path), load_external_data=True)
+    weights = dequantized_weights(onnx_path)
+    folded = {n.output[0]: weights[n.input[0]][0].astype(_np_float(model, n)) for n in tables}
+    drop = {n.name for n in tables}
+    kept = [n for n in model.graph.node if n.name not in drop]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    model.graph.initializer.extend(numpy_helper.from_array(array, name) for name, array in folded.items())
+    used = {name for node in model.graph.node for name in node.input}
+    survivors = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(survivors)
+    return model
+
+
+def _np_float(model, dq_node):
+    """The float type a DequantizeLinear produces: its scale's type."""
+    from onnx import helper
+
+    scale = next(i for i in model.graph.initializer if i.name == dq_node.input[1])
+    return helper.tensor_dtype_to_np_dtype(scale.data_type)
 
 
 def make_runner(backend: str, path: str | Path, device: str = "auto", **kwargs):

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a tolerance, e.g. fp16.max_abs_error=0.5 (repeatable)")
     p.add_argument("--generate-tokens", type=int, default=32,
                    help="greedy tokens compared token for token on 10 prompts (0 = skip)")
-    p.add_argument("--engine", action="append", default=[], help="also compare this TensorRT engine (repeatable)")
+    p.add_argument("--engine", action="append", default=[],
+                   help="also compare this TensorRT engine (repeatable); 'auto': every engines/*/model.engine beside "
+                        "the ONNX directory when TensorRT is available, else ONNX Runtime only")
     _common(p)
 
     p = sub.add_parser("engine", help="build a TensorRT engine with 2:4 sparse weights from an exported ONNX")
@@ -224,12 +226,28 @@ def cmd_parity(args) -> int:
 
     report = run_parity(args.model, args.onnx_dir, args.out, corpus=args.corpus, windows=args.windows,
                         seq_len=args.seq_len, tolerances=args.tol, generate_tokens=args.generate_tokens,
-                        engines=args.engine, overwrite=args.overwrite)
+                        engines=_parity_engines(args.engine, Path(args.onnx_dir)), overwrite=args.overwrite)
     for cand in report["candidates"]:
         failed = [c["metric"] for c in cand["checks"] if not c["passed"]]
         print(f"{cand['name']}: {'PASS' if cand['passed'] else 'FAIL (' + ', '.join(failed) + ')'}")
     print(f"report: {Path(args.out) / 'parity.html'}")
     return 0 if report["passed"] else 1
+
+
+def _parity_engines(requested: list[str], onnx_dir: Path) -> list[Path]:
+    if "auto" not in requested:
+        return [Path(e) for e in requested]
+    from sparsetrt.build import tensorrt_status
+
+    available, reason = tensorrt_status()
+    found = sorted((onnx_dir.parent / "engines").glob("*/model.engine"))
+    if not available:
+        print(f"TensorRT: {reason}; comparing PyTorch with ONNX Runtime only", file=sys.stderr)
+        return []
+    if not found:
+        print(f"no engines under {onnx_dir.parent / 'engines'} (build one with `make engine`); "
+              "comparing PyTorch with ONNX Runtime only", file=sys.stderr)
+    return found + [Path(e) for e in requested if e != "auto"]
 
 
 def cmd_quantize(args) -> int:

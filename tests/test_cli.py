@@ -216,3 +216,35 @@ def test_quantize_refusals_are_one_line_and_leave_nothing(capsys, pruned_tiny, t
                            "--precision", "int4", "--awq", "--gptq", "on", "--out", str(out))
     assert code == 2 and "--gptq off with --awq" in err
     assert not out.exists()
+
+
+def test_generate_same_tokens_on_pytorch_and_onnxruntime(capsys, pruned_tiny, exported_tiny):
+    out, _ = exported_tiny
+    results = []
+    for backend, model in (("pytorch", pruned_tiny), ("onnxruntime", out / "model.onnx")):
+        code, stdout, err = run_cli(capsys, "generate", "--backend", backend, "--model", model, "--tokenizer",
+                                    pruned_tiny, "--prompt", "def foo(x):", "--prompt", "The", "--max-new-tokens", 6,
+                                    "--json")
+        assert code == 0, err
+        results.append(json.loads(stdout))
+    assert [o["tokens"] for o in results[0]["outputs"]] == [o["tokens"] for o in results[1]["outputs"]]
+    assert results[1]["backend"] == "onnxruntime" and results[1]["ttft_ms"] > 0
+    code, _, err = run_cli(capsys, "generate", "--model", pruned_tiny)
+    assert_one_line_error(code, err, "at least one --prompt")
+    code, _, err = run_cli(capsys, "generate", "--backend", "onnxruntime", "--model", out / "model.onnx",
+                           "--prompt", "x")
+    assert_one_line_error(code, err, "cannot find a tokenizer")
+
+
+def test_engine_prints_trtexec_and_refuses_without_tensorrt(capsys, exported_tiny, tmp_path):
+    from sparsetrt.build import tensorrt_status
+
+    out, _ = exported_tiny
+    code, stdout, _ = run_cli(capsys, "engine", out / "model.fp16.onnx", "--out", tmp_path / "e", "--print-trtexec")
+    assert code == 0 and "trtexec --onnx=" in stdout and "--sparsity=enable" in stdout
+    assert not (tmp_path / "e").exists()
+    if tensorrt_status()[0]:
+        pytest.skip("TensorRT is available here")
+    code, _, err = run_cli(capsys, "engine", out / "model.onnx", "--out", tmp_path / "e")
+    assert_one_line_error(code, err, "TensorRT is not importable")
+    assert_nothing_written(tmp_path / "e")

@@ -64,6 +64,9 @@ seq_len = 256
     parity = json.loads((out / "parity" / "parity.json").read_text())
     fp32 = parity["candidates"][0]["metrics"]
     assert fp32["top1_agreement"] >= 0.999 and fp32["max_abs_error"] <= 1e-3
+    # Greedy generation through the KV cache: ONNX Runtime fp32 = PyTorch, token for token, 10 prompts x 32 tokens.
+    assert parity["generation"]["prompts"] == 10 and parity["generation"]["new_tokens"] == 32
+    assert fp32["generation_identical"] == 1.0 and fp32["generation_tokens"] == 32
     assert parity["passed"]
     for name in ("parity.html", "parity.junit.xml"):
         assert (out / "parity" / name).is_file()
@@ -101,3 +104,11 @@ seq_len = 256
     assert quant["embeddings"] == {"lm_head": {"precision": "int8", "block": None,
                                                "shared_by": ["lm_head", "model.embed_tokens"]}}
     assert quant["sizes"]["onnx-int4"]["bytes"] < 0.20 * quant["sizes"]["onnx-fp32"]["bytes"]
+
+    # The quantized decoder generates through its KV cache like any other backend.
+    proc = subprocess.run([str(exe), "generate", "--backend", "onnxruntime", "--model", str(out / "int4" / "model.int4.onnx"),
+                           "--prompt", "The capital of France is", "--max-new-tokens", "8", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert len(result["outputs"][0]["tokens"]) >= 1 and result["decode_tokens_per_s"] > 0
