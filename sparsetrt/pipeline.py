@@ -117,6 +117,10 @@ def summary_screen(out: Path, pruned: dict, exported: dict, parity: dict, quanti
         lines.append(f"  parity {cand['precision']:<5} {'pass' if cand['passed'] else 'FAIL'}: top-1 {m['top1_agreement']:.4f}, "
                      f"max|Δ| {m['max_abs_error']:.2e}, KL {m['kl_divergence']:.2e}, "
                      f"ppl {m['perplexity_reference']:.2f} -> {m['perplexity_candidate']:.2f}")
+        if "generation_identical" in m:
+            same = round(m["generation_identical"] * m["generation_prompts"])
+            lines.append(f"               greedy generation: {same}/{m['generation_prompts']} prompts identical over "
+                         f"{m['generation_tokens']} tokens (KV cache)")
     lines.append(f"  reports      {out / 'parity' / 'parity.html'}, parity.junit.xml, parity.json")
     if quantized:
         lines += quantize_lines(out / quantized["precision"], quantized)

@@ -174,6 +174,13 @@ def test_quantizing_an_unpruned_model_works(tmp_path, calib_file):
 
     # untied embedding and lm_head, both INT4: the lm_head is then a plain MatMul weight ([hidden, vocab])
     dense = make_tiny_llama(tmp_path / "dense", hidden=128, intermediate=256, heads=4, kv_heads=4, tied=False)
+    # A few exact zeros, as dequantized GGUF weights have: GPTQ may move them in a model nobody pruned.
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(dense)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[:, :3] = 0.0
+    model.save_pretrained(dense)
     export_checkpoint(dense, tmp_path / "onnx", precisions=["fp32"])
     manifest = quantize(tmp_path, calib_file, "int4", "int4", checkpoint=dense, tp_sizes=(1,),
                         settings={"activations": "fp32", "block_size": 64, "embeddings": "int4"})
@@ -286,3 +293,27 @@ def test_awq_pre_scale_lands_in_the_graph_exactly(tp_model, calib_file):
     assert sum(n.op_type == "Mul" and n.name.endswith("/pre_scale") for n in model.graph.node) == 14
     assert manifest["onnx"]["sparsity_verification"]["ok"] and manifest["mask_fixes"] == 0
     assert manifest["parity"]["candidates"]["int4-fidelity"]["top1"] >= 0.99
+
+
+def test_onnxruntime_folds_the_table_dequantization_without_changing_results(tp_model, int8_run):
+    """ORT cannot fuse DQ -> Gather / DQ -> Transpose -> MatMul: the runner folds them once at load. The folded
+    graph must keep every Linear's DQ (those ORT fuses into integer kernels) and compute the same logits."""
+    import onnx
+    import onnxruntime as ort
+
+    from sparsetrt.runtime.backends import OnnxRuntimeRunner, fold_table_dequantization
+
+    path = tp_model / "int8" / int8_run["onnx"]["file"]
+    folded = fold_table_dequantization(path)
+    assert folded is not None
+    original = onnx.load(str(path), load_external_data=False)
+    ops = lambda graph: sum(n.op_type == "DequantizeLinear" for n in graph.node)  # noqa: E731
+    assert ops(folded.graph) == ops(original.graph) - 1  # the one table DQ, shared by Gather and lm_head
+    assert not any(n.op_type == "DequantizeLinear" and n.output[0].startswith("lm_head") for n in folded.graph.node)
+    runner = OnnxRuntimeRunner(path)
+    assert runner.folded_tables
+    plain = OnnxRuntimeRunner.__new__(OnnxRuntimeRunner)
+    plain.__dict__.update(runner.__dict__)
+    plain.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ids = np.arange(5, 37, dtype=np.int64)[None]
+    np.testing.assert_allclose(runner.logits(ids), plain.logits(ids), atol=1e-5)
