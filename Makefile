@@ -62,7 +62,7 @@ parity: setup
 bench: setup
 	$(BIN)/sparsetrt run --config configs/demo-int8.toml --no-progress --overwrite
 	$(BIN)/sparsetrt run --config configs/demo-int4.toml --no-progress --overwrite
-	$(BIN)/sparsetrt bench --artifacts artifacts --dense --out benchmarks --no-progress $(ARGS)
+	$(BIN)/sparsetrt bench --artifacts artifacts --dense --out benchmarks $(ARGS)
 
 bench-quality: setup
 	$(BIN)/sparsetrt quality --out benchmarks $(ARGS)

@@ -2,7 +2,7 @@
 
 Method (also in the README):
 - Each variant (backend x precision x pattern) runs in its own fresh Python process, so its peak RSS is its own
-  (ru_maxrss of that process: model load + generation) and thread pools or allocator state never carry over.
+  (VmHWM of that process: model load + generation) and thread pools or allocator state never carry over.
 - Prompts are windows of the evaluation text (WikiText-2 test, else Python's docs), `prompt_tokens` long, one
   different window per sequence of the batch; generation is greedy for `new_tokens` tokens with stop tokens
   ignored, so every variant does the same work.

@@ -22,7 +22,15 @@ SAMPLE_PERIOD_S = 0.02
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process so far. On Linux from /proc/self/status VmHWM, the high-water mark
+    of this process's own address space: ru_maxrss would also carry the parent's peak across fork + exec
+    (measured: every benchmark worker then reported its parent's 4968 MB)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if platform.system() == "Darwin" else peak / 1024
 

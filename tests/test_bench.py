@@ -76,3 +76,20 @@ def test_energy_is_unavailable_with_a_reason_on_cpu():
     info = device_info()
     assert info["cpu_count"] >= 1 and ("gpu_note" in info or info["gpu"]["name"])
     assert percentile([1, 2, 3, 4], 50) == 2.5
+
+
+def test_peak_rss_is_the_workers_own_not_its_parents():
+    """ru_maxrss survives fork + exec on Linux; a worker must not report the parent's peak."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from sparsetrt.runtime.measure import peak_rss_mb
+
+    ballast = np.ones(600 * (1 << 20) // 8)  # 600 MB resident in this process while the child starts
+    assert peak_rss_mb() > 600
+    child = subprocess.run([sys.executable, "-c", "from sparsetrt.runtime.measure import peak_rss_mb; "
+                            "print(peak_rss_mb())"], capture_output=True, text=True, check=True)
+    del ballast
+    assert float(child.stdout) < 300
