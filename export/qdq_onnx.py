@@ -178,16 +178,17 @@ def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], referen
             "retired_initializers": len(retired), "tables": table_summary}
 
 
-def dequantized_weights(path: Path) -> dict[str, tuple[np.ndarray, str]]:
-    """Every DequantizeLinear over an integer initializer, dequantized: {initializer: (array, dq output)}."""
+def dequantized_weights(path: Path, model=None, only: set[str] | None = None) -> dict[str, tuple[np.ndarray, str]]:
+    """Every DequantizeLinear over an integer initializer (of `path`, or of the already loaded `model`; only the
+    nodes whose output is in `only` when given), dequantized: {initializer: (array, dq output)}."""
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path), load_external_data=True)
+    model = model if model is not None else onnx.load(str(path), load_external_data=True)
     inits = {i.name: i for i in model.graph.initializer}
     out = {}
     for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits or (only and node.output[0] not in only):
             continue
         q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
         scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)

@@ -209,10 +209,9 @@ def fold_table_dequantization(onnx_path: Path):
     if not tables or sum(f.stat().st_size for f in onnx_path.parent.glob(onnx_path.name + "*")) > 1.5e9:
         return None
     model = onnx.load(str(onnx_path), load_external_data=True)
-    weights = dequantized_weights(onnx_path)
+    weights = dequantized_weights(onnx_path, model=model, only={n.output[0] for n in tables})
     folded = {n.output[0]: weights[n.input[0]][0].astype(_np_float(model, n)) for n in tables}
-    drop = {n.name for n in tables}
-    kept = [n for n in model.graph.node if n.name not in drop]
+    kept = [n for n in model.graph.node if not (n.op_type == "DequantizeLinear" and n.output[0] in folded)]
     del model.graph.node[:]
     model.graph.node.extend(kept)
     model.graph.initializer.extend(numpy_helper.from_array(array, name) for name, array in folded.items())

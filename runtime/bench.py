@@ -76,7 +76,8 @@ def measure_variant(variant: Variant, prompts: list[list[int]], settings: BenchS
     """Run in the worker process: one record per batch size."""
     from sparsetrt.runtime.backends import make_runner
     from sparsetrt.runtime.generate import Sampling, generate
-    from sparsetrt.runtime.measure import EnergyMeter, device_info, gpu_memory_used_mb, peak_rss_mb, percentile
+    from sparsetrt.runtime.measure import (EnergyMeter, current_rss_mb, device_info, gpu_memory_used_mb, peak_rss_mb,
+                                           percentile)
 
     load_start = time.perf_counter()
     runner = make_runner(variant.backend, variant.path, device=variant.device, **variant.options)
@@ -106,7 +107,7 @@ def measure_variant(variant: Variant, prompts: list[list[int]], settings: BenchS
             "itl_p99_ms": percentile(steps_ms, 99),
             "e2e_ms": statistics.median(run.total_s for run in runs) * 1000,
             "end_to_end_tokens_per_s": statistics.median(batch * settings.new_tokens / run.total_s for run in runs),
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": peak_rss_mb(), "rss_after_mb": current_rss_mb(),
             "gpu_memory_used_mb": gpu_memory_used_mb() if gpu else None,
             "torch_cuda_peak_allocated_mb": _torch_peak(gpu),
             "energy_j_per_token": None if energy.joules is None else energy.joules / new_tokens,

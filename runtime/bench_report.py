@@ -42,20 +42,26 @@ def markdown(records: list[dict], settings) -> str:
                   f"{head['best_tokens_per_s']:.1f} tok/s = {head['speedup']:.2f}x {head['baseline']} "
                   f"({head['baseline_tokens_per_s']:.1f} tok/s).**", ""]
     lines += ["| variant | batch | decode tok/s | vs PyTorch fp32 | TTFT ms | ITL p50 / p95 / p99 ms | e2e ms | "
-              "peak RSS MB | file MB | energy J/token |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "peak / after RSS MB | file MB | energy J/token |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         base = baseline(records, r["batch"])
         ratio = f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x" if base else "-"
         energy = "n/a" if r["energy_j_per_token"] is None else f"{r['energy_j_per_token']:.4f}"
         lines.append(f"| {r['variant']} | {r['batch']} | {r['decode_tokens_per_s']:.1f} | {ratio} | "
                      f"{r['ttft_ms']:.0f} | {r['itl_p50_ms']:.1f} / {r['itl_p95_ms']:.1f} / {r['itl_p99_ms']:.1f} | "
-                     f"{r['e2e_ms']:.0f} | {r['peak_rss_mb']:.0f} | {r['file_bytes'] / 1e6:.0f} | {energy} |")
+                     f"{r['e2e_ms']:.0f} | {r['peak_rss_mb']:.0f} / {_mb(r.get('rss_after_mb'))} | {r['file_bytes'] / 1e6:.0f} | "
+                     f"{energy} |")
     notes = sorted({f"{r['energy_method']}: {r['energy_note']}" for r in records})
     lines += ["", "Energy: " + "; ".join(notes), "",
-              "Peak RSS is the worker process's maximum resident memory (model load + generation). File MB is the "
+              "Peak RSS is the worker process's maximum resident memory (model load + generation: loading an ONNX "
+              "file briefly holds it twice); after RSS is its resident memory once the timed runs end. File MB is the "
               "model on disk (ONNX + external data, engine, or checkpoint weights). On a CPU, 2:4 sparsity is "
               "stored as zeros and computed densely: dense and 2:4 rows differ only by noise.", ""]
     return "\n".join(lines)
+
+
+def _mb(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def write_bench_report(out: Path, records: list[dict], settings) -> list[Path]:

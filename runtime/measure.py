@@ -35,6 +35,17 @@ def peak_rss_mb() -> float:
     return peak / (1 << 20) if platform.system() == "Darwin" else peak / 1024
 
 
+def current_rss_mb() -> float | None:
+    """Resident set size now (/proc/self/status VmRSS), None where there is no procfs."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
