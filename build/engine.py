@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.onnx_export import decoder_geometry
+from sparsetrt.runtime.backends import GraphRunner
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
 SPARSE_MIN_SM = (8, 0)  # sparse tensor cores: Ampere and later
@@ -359,13 +360,7 @@ def engine_sidecar(plan: EnginePlan, options: EngineOptions, gpu: dict, version:
     }
 
 
-def _graph_runner():
-    from sparsetrt.runtime.backends import GraphRunner
-
-    return GraphRunner
-
-
-class TensorRTRunner(_graph_runner()):
+class TensorRTRunner(GraphRunner):
     """A built engine behind the decoder interface (sparsetrt.runtime.backends), on Polygraphy's TrtRunner.
     The KV cache stays on the GPU as torch tensors; profile 0 serves prefill (empty past), profile 1 decode."""
 
