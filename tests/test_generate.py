@@ -124,3 +124,18 @@ def test_bad_settings_and_backends_are_refused(runners, pruned_tiny):
     with pytest.raises(SparsetrtError, match="unknown backend"):
         make_runner("tvm", pruned_tiny)
     assert stop_tokens_of(runners[0].tokenizer, runners[0].model.config) == (2,)
+
+
+@pytest.mark.gpu
+def test_semi_structured_linears_compute_what_dense_ones_do(pruned_tiny):
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("needs a CUDA GPU with compute capability >= 8.0 (sparse tensor cores)")
+    from sparsetrt.runtime.backends import to_semi_structured
+
+    dense = TorchRunner.from_checkpoint(pruned_tiny, dtype="float16", device="cuda")
+    sparse = TorchRunner.from_checkpoint(pruned_tiny, dtype="float16", device="cuda")
+    assert to_semi_structured(sparse.model) == 14  # every pruned Linear of the 2-layer model
+    ids = np.arange(3, 35, dtype=np.int64)[None]  # semi-structured kernels need >= 32 rows
+    np.testing.assert_allclose(sparse.logits(ids), dense.logits(ids), atol=5e-2)
