@@ -21,29 +21,31 @@ MIN_COUNTER_WINDOW_S = 0.5
 SAMPLE_PERIOD_S = 0.02
 
 
+def _proc_status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (kB) in MB; None where there is no procfs."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far. On Linux from /proc/self/status VmHWM, the high-water mark
     of this process's own address space: ru_maxrss would also carry the parent's peak across fork + exec
     (measured: every benchmark worker then reported its parent's 4968 MB)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if platform.system() == "Darwin" else peak / 1024
 
 
 def current_rss_mb() -> float | None:
-    """Resident set size now (/proc/self/status VmRSS), None where there is no procfs."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    """Resident set size now (VmRSS), None where there is no procfs."""
+    return _proc_status_mb("VmRSS")
 
 
 def cpu_name() -> str:
