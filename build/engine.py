@@ -300,7 +300,8 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: EngineOptions 
     from polygraphy.logger import G_LOGGER
 
     with staged_dir(out) as tmp:
-        plan = plan_engine(onnx_path, out / ENGINE_FILE, options, trt.__version__)
+        facts = onnx_facts(onnx_path)
+        plan = plan_engine(onnx_path, out / ENGINE_FILE, options, trt.__version__, facts)
         config = dict(plan.create_config)
         config["profiles"] = [_to_profile(Profile, p) for p in plan.profiles]
         config["profiling_verbosity"] = getattr(trt.ProfilingVerbosity, config["profiling_verbosity"])
@@ -325,7 +326,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: EngineOptions 
         write_json(tmp / LAYERS_FILE, layers)
         log_sparsity = sparsity_from_log((tmp / BUILD_LOG).read_text(errors="replace"))
         (tmp / "trtexec.sh").write_text(f"#!/bin/sh\n# the same build with trtexec\nset -e\n{plan.trtexec_command()}\n")
-        sidecar = engine_sidecar(plan, options, gpu, trt.__version__, onnx_facts(onnx_path), seconds,
+        sidecar = engine_sidecar(plan, options, gpu, trt.__version__, facts, seconds,
                                  log_sparsity, sparse_layers_from_inspector(layers), warning)
         write_json(tmp / SIDECAR_FILE, sidecar)
     return sidecar

@@ -134,13 +134,10 @@ class GraphRunner:
         pass
 
 
-def graph_interface(onnx_path: Path) -> dict:
-    """Layers, KV heads and head size of an exported decoder, read from the file's inputs."""
-    import onnx
-
+def graph_interface(graph) -> dict:
+    """Layers, KV heads and head size of an exported decoder (an ONNX GraphProto), read from its inputs."""
     from sparsetrt.export.onnx_export import decoder_geometry
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
     return decoder_geometry({i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
                              for i in graph.input})
 
@@ -151,9 +148,11 @@ class OnnxRuntimeRunner(GraphRunner):
     backend = "onnxruntime"
 
     def __init__(self, onnx_path: Path, providers=("CPUExecutionProvider",), threads: int | None = None):
+        import onnx
         import onnxruntime as ort
 
-        super().__init__(graph_interface(onnx_path))
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph  # structure only; read once
+        super().__init__(graph_interface(graph))
         options = ort.SessionOptions()
         # ORT fuses DequantizeLinear(int4, blocked) + MatMul into its MatMulNBits kernel, which by default
         # quantizes activations to int8 (accuracy level 4): ~0.5 % error that the ONNX graph does not ask
@@ -163,7 +162,7 @@ class OnnxRuntimeRunner(GraphRunner):
             options.intra_op_num_threads = threads
         available = set(ort.get_available_providers())
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-        model = fold_table_dequantization(Path(onnx_path))
+        model = fold_table_dequantization(Path(onnx_path), graph)
         self.folded_tables = model is not None
         source = str(onnx_path) if model is None else model.SerializeToString()
         self.session = ort.InferenceSession(source, options, providers=chosen)
@@ -186,7 +185,7 @@ class OnnxRuntimeRunner(GraphRunner):
         return np.asarray(array).astype(np.float32, copy=False)
 
 
-def fold_table_dequantization(onnx_path: Path):
+def fold_table_dequantization(onnx_path: Path, graph=None):
     """The model with weight-only DequantizeLinear nodes that feed no MatMul directly (the vocabulary table's:
     read by Gather and by Transpose -> MatMul) replaced by their float result, or None when there are none.
 
@@ -194,19 +193,22 @@ def fold_table_dequantization(onnx_path: Path):
     keeps DQ nodes out of constant folding (to preserve Q/DQ fusions), so it would dequantize the 28 M-entry
     SmolLM2 table on every decode step (73 % of an INT8 step, measured). Folding once at load is what TensorRT's
     builder does with constant weights; the file on disk stays quantized. Returns None for graphs over 1.5 GB
-    (the protobuf limit applies to the in-memory copy); ORT then runs the file as it is."""
+    (the protobuf limit applies to the in-memory copy); ORT then runs the file as it is. `graph`: the file's
+    GraphProto without external data, when the caller has it already."""
     import onnx
     from onnx import numpy_helper
 
+    from sparsetrt.export.onnx_export import onnx_files
     from sparsetrt.export.qdq_onnx import dequantized_weights
     from sparsetrt.prune.verify import consumers_of
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    if graph is None:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
     consumers = consumers_of(graph)
     inits = {i.name for i in graph.initializer}
     tables = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
               and not any(user.op_type == "MatMul" for user, _ in consumers.get(n.output[0], []))]
-    if not tables or sum(f.stat().st_size for f in onnx_path.parent.glob(onnx_path.name + "*")) > 1.5e9:
+    if not tables or sum(f.stat().st_size for f in onnx_files(onnx_path)) > 1.5e9:
         return None
     model = onnx.load(str(onnx_path), load_external_data=True)
     weights = dequantized_weights(onnx_path, model=model, only={n.output[0] for n in tables})

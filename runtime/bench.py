@@ -65,11 +65,12 @@ class BenchSettings:
 
 def files_bytes(path: Path) -> int:
     """Bytes on disk of a variant's model: the .onnx and its external data, an engine, or a checkpoint's weights."""
+    from sparsetrt.export.onnx_export import onnx_files
+
     path = Path(path)
     if path.is_dir():
         return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin"))
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    return sum(f.stat().st_size for f in onnx_files(path))  # an engine has no .data beside it
 
 
 def measure_variant(variant: Variant, prompts: list[list[int]], settings: BenchSettings, pad_id: int = 0) -> list[dict]:

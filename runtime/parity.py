@@ -203,7 +203,9 @@ class GenerationCheck:
 
 
 def _engine_hash(engine: Path) -> str:
-    sidecar = Path(engine).parent / "engine.json"
+    from sparsetrt.build.engine import SIDECAR_FILE
+
+    sidecar = Path(engine).parent / SIDECAR_FILE
     if not Path(engine).is_file() or not sidecar.is_file():
         raise SparsetrtError(f"{engine} (with engine.json beside it) does not exist; build it with `sparsetrt engine`")
     return read_json(sidecar)["source_onnx"]["sha256"] + f"/{Path(engine).stat().st_mtime_ns}"

@@ -323,9 +323,10 @@ def cmd_engine(args) -> int:
     if args.print_trtexec:
         from sparsetrt.build import installed_tensorrt_version
 
-        version = installed_tensorrt_version() or "10"
+        installed = installed_tensorrt_version()
+        version = installed or "10"
         plan = plan_engine(Path(args.onnx), Path(args.out) / "model.engine", options, version)
-        print(f"# TensorRT {version}{'' if installed_tensorrt_version() else ' assumed (not installed here)'}: "
+        print(f"# TensorRT {version}{'' if installed else ' assumed (not installed here)'}: "
               f"{plan.precision}\n{plan.trtexec_command()}")
         return 0
     sidecar = build_engine(args.onnx, args.out, options, overwrite=args.overwrite)
