@@ -13,7 +13,7 @@ STAMP       := $(VENV)/.sparsetrt-installed
 ENGINE_ONNX ?= $(if $(PRECISION),artifacts/$(PRECISION)/model.$(PRECISION).onnx,artifacts/onnx/model.fp16.onnx)
 ENGINE_OUT  ?= artifacts/engines/$(or $(PRECISION),fp16)
 
-.PHONY: setup demo lint test test-fast bench bench-quality engine parity clean distclean help
+.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule distill engine parity clean distclean help
 
 help:
 	@echo "make demo           prune smollm2-135m to 2:4, export ONNX, check parity (artifacts/)"
@@ -25,6 +25,8 @@ help:
 	@echo "make parity         PyTorch vs the engines (TensorRT present) or ONNX Runtime, logits + greedy tokens"
 	@echo "make bench          decode tok/s, TTFT, ITL p50/95/99, RSS, energy: PyTorch vs ORT fp32/INT8/INT4, dense vs 2:4"
 	@echo "make bench-quality  WikiText-2 perplexity: dense vs magnitude/Wanda/SparseGPT 2:4 (benchmarks/)"
+	@echo "make distill        recover the demo's 2:4 model by distillation from the dense one (MINUTES=30)"
+	@echo "make bench-schedule sparsity schedules (uniform/scheduled/OWL/hardware) before and after distillation"
 	@echo "make clean          remove artifacts and build scratch (keeps .venv and the model cache)"
 
 setup: $(STAMP)
@@ -66,6 +68,22 @@ bench: setup
 
 bench-quality: setup
 	$(BIN)/sparsetrt quality --out benchmarks $(ARGS)
+
+# Distillation budget per model, in minutes of this machine (the 2:4 acceptance run uses 30).
+MINUTES ?= 30
+
+distill: setup
+	@test -f artifacts/pruned/sparsity.json || $(MAKE) demo
+	$(BIN)/sparsetrt distill --teacher smollm2-135m --student artifacts/pruned --max-minutes $(MINUTES) \
+		--out artifacts/distilled $(ARGS)
+
+# Twelve pruned models and (by default) a distillation of each: hours on a 2-core CPU. Finished models are
+# reused, so an interrupted run continues; DISTILL=none|2:4-uniform,... narrows the distilled set.
+DISTILL ?= all
+
+bench-schedule: setup
+	$(BIN)/sparsetrt bench-schedule --out benchmarks --work artifacts/schedule --distill $(DISTILL) \
+		--distill-minutes $(MINUTES) $(ARGS)
 
 clean:
 	rm -rf artifacts .setuptools-build *.egg-info .pytest_cache

@@ -61,18 +61,26 @@ def collect_input_stats(
     want_hessian: bool,
     stop_early: bool = True,
     keep_inputs: bool = False,
+    share_inputs: bool = False,
 ) -> tuple[dict[str, InputStats], list]:
     """Call each of `forwards` (one forward pass each) with hooks that record the inputs of `modules`.
 
     With `stop_early`, each pass stops via StopForward once every watched module has seen its input: the
-    rest of the block is not needed. Returns the statistics and each pass's output (None when stopped).
+    rest of the block is not needed. With `share_inputs`, modules that read the very same tensor (q, k, v)
+    share one statistics object instead of accumulating identical Hessians. Returns the statistics and each
+    pass's output (None when stopped).
     """
     stats = {name: InputStats(m.in_features, want_hessian, keep_inputs=keep_inputs) for name, m in modules.items()}
     seen: set[str] = set()
+    readers: dict[int, tuple[str, torch.Tensor]] = {}  # id(input) -> (first reader, the tensor kept alive)
 
     def make_hook(name: str):
         def hook(_module, args):
-            stats[name].update(args[0])
+            first = readers.setdefault(id(args[0]), (name, args[0]))[0] if share_inputs else name
+            if first != name:
+                stats[name] = stats[first]
+            else:
+                stats[name].update(args[0])
             seen.add(name)
             if stop_early and len(seen) == len(modules):
                 raise StopForward
@@ -84,6 +92,7 @@ def collect_input_stats(
     try:
         for forward in forwards:
             seen.clear()
+            readers.clear()
             try:
                 outputs.append(forward())
             except StopForward:

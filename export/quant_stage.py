@@ -307,5 +307,5 @@ def _sizes(onnx_dir, export, tmp, onnx_name, checkpoints, precision, source, spa
     if "onnx-fp16" in rows:
         rows[f"onnx-{precision}"]["ratio_to_fp16"] = round(rows[f"onnx-{precision}"]["bytes"] / rows["onnx-fp16"]["bytes"], 4)
     rows["_note"] = ("compressed_2to4_bytes: the file with each N:M weight stored as its kept values plus "
-                     f"ceil(log2 M)-bit positions (2 bits for 2:4), the layout sparse tensor cores consume")
+                     "ceil(log2 M)-bit positions (2 bits for 2:4), the layout sparse tensor cores consume")
     return rows

@@ -79,43 +79,56 @@ def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name.split(".", 1)[-1], p) for p in patterns)
 
 
-def check_prunable(modules: dict[str, torch.nn.Linear], pattern: Pattern) -> None:
+def check_prunable(modules: dict[str, torch.nn.Linear], pattern: Pattern | dict[str, Pattern]) -> None:
     if not modules:
         raise SparsetrtError("no Linear inside the decoder blocks matches the targets; check --targets/--exclude")
-    if pattern.is_nm:
-        for name, module in modules.items():
-            if module.in_features % pattern.m:
-                raise SparsetrtError(
-                    f"{name} has in_features={module.in_features}, not divisible by M={pattern.m}; "
-                    f"exclude it (--exclude '{name}') or choose another pattern"
-                )
+    for name, module in modules.items():
+        p = pattern[name] if isinstance(pattern, dict) else pattern
+        if p.is_nm and module.in_features % p.m:
+            raise SparsetrtError(
+                f"{name} has in_features={module.in_features}, not divisible by M={p.m}; "
+                f"exclude it (--exclude '{name}') or choose another pattern"
+            )
 
 
 def prune_model(
     model: torch.nn.Module,
     calib_windows: torch.Tensor | None,
     method: str,
-    pattern: Pattern,
+    pattern: Pattern | dict[str, Pattern],
     targets=("*",),
     exclude=(),
     batch_size: int = 8,
     sparsegpt_options: dict | None = None,
     progress: bool = True,
 ) -> list[ModuleReport]:
-    """Prune `model` in place; return one report per pruned module."""
+    """Prune `model` in place; return one report per pruned module.
+
+    `pattern` is one Pattern for every target, or {module name: Pattern} from a schedule: then exactly those
+    modules are pruned, each with its own pattern (modules a schedule keeps dense are simply absent).
+    """
     if method not in METHODS:
         raise SparsetrtError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
     modules = target_linears(model, targets, exclude)
-    check_prunable(modules, pattern)
+    if isinstance(pattern, dict):
+        unknown = sorted(set(pattern) - set(modules))
+        if unknown:
+            raise SparsetrtError(f"the schedule names modules that are not targets: {unknown[:3]}")
+        modules = {n: m for n, m in modules.items() if n in pattern}
+        patterns = pattern
+    else:
+        patterns = {n: pattern for n in modules}
+    check_prunable(modules, patterns)
     if method == "magnitude":  # needs no data: prune every target directly
-        return [_prune_module(name, mod, method, pattern, None) for name, mod in modules.items()]
+        return [_prune_module(name, mod, method, patterns[name], None) for name, mod in modules.items()]
     if calib_windows is None or len(calib_windows) == 0:
         raise SparsetrtError(f"method '{method}' needs calibration windows")
 
+    described = str(pattern) if isinstance(pattern, Pattern) else "scheduled"
     return sequential_update(model, calib_windows, modules,
-                             lambda group, stats: _prune_group(group, method, pattern, stats, sparsegpt_options or {}),
+                             lambda group, stats: _prune_group(group, method, patterns, stats, sparsegpt_options or {}),
                              want_hessian=(method == "sparsegpt"), batch_size=batch_size, progress=progress,
-                             desc=f"{method} {pattern}")
+                             desc=f"{method} {described}")
 
 
 def sequential_update(model: torch.nn.Module, calib_windows: torch.Tensor, modules: dict[str, torch.nn.Linear],
@@ -126,9 +139,9 @@ def sequential_update(model: torch.nn.Module, calib_windows: torch.Tensor, modul
     statistics of inputs that already reflect every earlier update. Used by pruning and by GPTQ."""
     layers = decoder_layers(model)
     with torch.no_grad():
-        cached = _capture_first_layer_inputs(model, layers, calib_windows, batch_size)
+        cached = capture_first_layer_inputs(model, layers, calib_windows, batch_size)
         reports = []
-        bar = _progress(len(layers), desc, progress)
+        bar = progress_bar(len(layers), desc, progress)
         name_of = {id(m): n for n, m in modules.items()}
         first_groups = None  # (layer index, groups) of the first block, reused for identical blocks
         for index, layer in enumerate(layers):
@@ -193,7 +206,7 @@ def _memoized_children(layer, finished: set[str], memo: dict[str, list], passes:
 
 
 def _propagate(layer, cached):
-    return [(_layer_output(layer(hidden, **kwargs)), kwargs) for hidden, kwargs in cached]
+    return [(layer_output(layer(hidden, **kwargs)), kwargs) for hidden, kwargs in cached]
 
 
 def _propagate_last_group(layer, cached, outputs, inputs, group, old_weights):
@@ -209,27 +222,37 @@ def _propagate_last_group(layer, cached, outputs, inputs, group, old_weights):
     delta = module.weight.data.float() - old_weights[name].float()
     predicted = []
     for (hidden, kwargs), out, x in zip(cached, outputs, inputs):
-        out = _layer_output(out)
+        out = layer_output(out)
         if out.shape[-1] != module.out_features:
             return _propagate(layer, cached)
         predicted.append((out + (x @ delta.T).view(out.shape), kwargs))
     hidden, kwargs = cached[0]
-    exact = _layer_output(layer(hidden[:1], **_slice_batch(kwargs, hidden.shape[0])))
+    exact = layer_output(layer(hidden[:1], **_slice_batch(kwargs, hidden.shape[0])))
     scale = exact.abs().max().clamp_min(1.0)
     if (exact - predicted[0][0][:1]).abs().max() > 1e-4 * scale:
         return _propagate(layer, cached)
     return predicted
 
 
-def _prune_group(group: dict, method: str, pattern: Pattern, stats, options: dict) -> list[ModuleReport]:
+def _prune_group(group: dict, method: str, patterns: dict[str, Pattern], stats, options: dict) -> list[ModuleReport]:
     if method != "sparsegpt":
-        return [_prune_module(name, module, method, pattern, stats) for name, module in group.items()]
-    # SparseGPT rows are independent given the Hessian: prune the group's weights stacked, in one call
-    # (one Cholesky factorisation and one pass over the columns instead of one per module).
+        return [_prune_module(name, module, method, patterns[name], stats) for name, module in group.items()]
+    # SparseGPT rows are independent given the Hessian: prune the group's weights that share a pattern stacked,
+    # in one call (one Cholesky factorisation and one pass over the columns instead of one per module).
+    by_pattern: dict[Pattern, dict] = {}
+    for name, module in group.items():
+        by_pattern.setdefault(patterns[name], {})[name] = module
+    reports = []
+    for pattern, same in by_pattern.items():
+        reports += _sparsegpt_stacked(same, pattern, stats.hessian, options)
+    order = list(group)
+    return sorted(reports, key=lambda r: order.index(r.name))
+
+
+def _sparsegpt_stacked(group: dict, pattern: Pattern, H: torch.Tensor, options: dict) -> list[ModuleReport]:
     start = time.perf_counter()
-    H = stats.hessian
     stacked = torch.cat([m.weight.data.float() for m in group.values()])
-    result = sparsegpt_prune(stacked, H, pattern, **options)
+    result = sparsegpt_prune(stacked, H, pattern, row_segments=[m.out_features for m in group.values()], **options)
     seconds = (time.perf_counter() - start) / len(group)
     row_error = row_reconstruction_errors(result.weight - stacked, H)
     row_baseline = row_reconstruction_errors(stacked, H)
@@ -272,7 +295,7 @@ def _report(name, module, pattern, result: PruneResult, baseline: float, seconds
     )
 
 
-def _capture_first_layer_inputs(model, layers, windows: torch.Tensor, batch_size: int):
+def capture_first_layer_inputs(model, layers, windows: torch.Tensor, batch_size: int):
     """[(hidden_states, layer_kwargs)] per batch of windows, as the model hands them to layers[0]."""
     cached = []
 
@@ -349,11 +372,11 @@ def _slice_batch(kwargs: dict, batch: int) -> dict:
     return out
 
 
-def _layer_output(out):
+def layer_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="layer", disable=not enabled, leave=False)

@@ -42,8 +42,13 @@ def sparsegpt_prune(
     damping: float = DEFAULT_DAMPING,
     mask_selection: str = "joint",
     max_damping: float = 10.0,
+    row_segments: list[int] | None = None,
 ) -> PruneResult:
-    """Prune `weight` (out × in) given the input Hessian (in × in, E[x xᵀ]). Returns the updated weight."""
+    """Prune `weight` (out × in) given the input Hessian (in × in, E[x xᵀ]). Returns the updated weight.
+
+    `row_segments` (row counts summing to out) marks stacked modules: an unstructured ratio then holds in each
+    segment, not just over the stack.
+    """
     if mask_selection not in MASK_SELECTIONS:
         raise SparsetrtError(f"unknown mask selection '{mask_selection}'; use one of {', '.join(MASK_SELECTIONS)}")
     W = weight.detach().float().clone()
@@ -76,10 +81,15 @@ def sparsegpt_prune(
                 W1[:, g1 + pattern.m:] -= err_g @ U1[g, g1 + pattern.m:]
         else:  # adaptive mask over the block, from the OBS scores at the block's start
             scores = W1.pow(2) / torch.diagonal(U1).pow(2)
-            k = int(scores.numel() * pattern.ratio)
-            mask1 = torch.zeros(scores.numel(), dtype=torch.bool)
-            mask1[torch.topk(scores.flatten(), k, largest=False).indices] = True
-            mask1 = mask1.view_as(W1)
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            start = 0
+            for count in row_segments or [rows]:
+                segment = scores[start:start + count].flatten()
+                k = int(segment.numel() * pattern.ratio)
+                chosen = torch.zeros(segment.numel(), dtype=torch.bool)
+                chosen[torch.topk(segment, k, largest=False).indices] = True
+                mask1[start:start + count] = chosen.view(count, -1)
+                start += count
             for i in range(i2 - i1):
                 w = W1[:, i]
                 e = torch.where(mask1[:, i], w, torch.zeros_like(w)) / U1[i, i]

@@ -9,6 +9,8 @@ from pathlib import Path
 from sparsetrt.artifacts import prepare_output, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.masks import parse_pattern
+from sparsetrt.prune.probe import probe_model
+from sparsetrt.prune.schedule import ScheduleSettings, plan_schedule
 from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, MASK_SELECTIONS
 from sparsetrt.prune.sequential import METHODS, check_prunable, prune_model, target_linears
 from sparsetrt.prune.verify import SPARSITY_MANIFEST, verify_checkpoint
@@ -28,13 +30,18 @@ def prune_checkpoint(
     targets=("*",),
     exclude=(),
     sparsegpt: dict | None = None,
+    schedule: dict | None = None,
     batch_size: int = 8,
     overwrite: bool = False,
     reuse: bool = False,
     trust_remote_code: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Prune `model` (directory, embedded name or hub id) and write the result into `out`."""
+    """Prune `model` (directory, embedded name or hub id) and write the result into `out`.
+
+    `schedule` (ScheduleSettings fields) spreads the pattern's sparsity over the modules: "scheduled" (log-level
+    clustering of OBS error estimates), "owl", or "hardware" (dense or N:M per Linear under a coverage budget).
+    """
     import torch
 
     from sparsetrt.calibration.data import calibration_windows
@@ -43,6 +50,7 @@ def prune_checkpoint(
     if method not in METHODS:
         raise SparsetrtError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
     parsed = parse_pattern(pattern)
+    plan = ScheduleSettings(**(schedule or {})).validate(parsed)
     selection = (sparsegpt or {}).get("mask_selection", "joint")
     if selection not in MASK_SELECTIONS:
         raise SparsetrtError(f"unknown mask selection '{selection}'; use one of {', '.join(MASK_SELECTIONS)}")
@@ -53,6 +61,8 @@ def prune_checkpoint(
         "calib_samples": calib_samples, "calib_seq_len": calib_seq_len, "seed": seed,
         "targets": list(targets), "exclude": list(exclude), "sparsegpt": sparsegpt or {},
     }
+    if plan.mode != "uniform":  # uniform runs keep the fingerprint they always had
+        settings["schedule"] = plan.to_json()
     out = Path(out)
     run_fingerprint, done = prepare_output(out, SPARSITY_MANIFEST, "prune", settings, overwrite, reuse)
     if done:
@@ -63,21 +73,35 @@ def prune_checkpoint(
     checkpoint = resolve_checkpoint(model, trust_remote_code)
     lm, tokenizer = load_model(checkpoint, trust_remote_code=trust_remote_code)
     timings["load_s"] = time.perf_counter() - start
-    check_prunable(target_linears(lm, targets, exclude), parsed)
+    candidates = target_linears(lm, targets, exclude)
+    check_prunable(candidates, parsed)
 
     windows, corpus, corpus_tokens = None, None, None
-    if method != "magnitude":
+    if method != "magnitude" or plan.mode != "uniform":
         start = time.perf_counter()
         windows, corpus, corpus_tokens = calibration_windows(tokenizer, calib, calib_samples, calib_seq_len, seed)
         timings["calibration_data_s"] = time.perf_counter() - start
 
     torch.manual_seed(seed)
+    probe = None
+    if plan.mode != "uniform":
+        start = time.perf_counter()
+        probe_at = plan.probe_sparsity or parsed.sparsity
+        probe = probe_model(lm, windows, candidates, probe_at, parsed if parsed.is_nm else parse_pattern("2:4"),
+                            damping=(sparsegpt or {}).get("damping", DEFAULT_DAMPING), outlier_m=plan.owl_m,
+                            batch_size=batch_size, progress=progress,
+                            sensitivity_windows=plan.sensitivity_windows if plan.error == "loss" and plan.mode != "owl" else 0)
+        timings["probe_s"] = time.perf_counter() - start
+    patterns, schedule_info = plan_schedule(plan, parsed, probe, list(candidates))
     start = time.perf_counter()
-    reports = prune_model(lm, windows, method, parsed, targets, exclude, batch_size, sparsegpt, progress)
+    reports = prune_model(lm, windows, method, patterns, targets, exclude, batch_size, sparsegpt, progress)
     timings["prune_s"] = time.perf_counter() - start
 
     pruned_params = sum(r.shape[0] * r.shape[1] for r in reports)
     zeros = sum(r.zero_fraction * r.shape[0] * r.shape[1] for r in reports)
+    candidate_params = sum(m.weight.numel() for m in candidates.values())
+    schedule_info["measured_sparsity"] = round(zeros / candidate_params, 6)  # over every candidate, dense ones too
+    schedule_info["dense_modules"] = [n for n in candidates if n not in patterns]
     manifest = {
         "format": MANIFEST_FORMAT,
         "stage": "prune",
@@ -98,6 +122,7 @@ def prune_checkpoint(
             "mean_relative_error": sum(r.relative_error for r in reports) / len(reports),
             "dampening_raised": [r.name for r in reports if r.damping is not None and r.damping > (sparsegpt or {}).get("damping", DEFAULT_DAMPING)],
         },
+        "schedule": schedule_info,
         "timings": timings,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
@@ -110,4 +135,17 @@ def prune_checkpoint(
         timings["save_s"] = time.perf_counter() - start
         write_json(tmp / SPARSITY_MANIFEST, manifest)
         verify_checkpoint(tmp, manifest).raise_if_failed()  # a broken pattern never lands
+        if probe is not None:
+            _plot(tmp / "schedule.png", candidates, probe, reports, schedule_info, method, parsed)
     return manifest
+
+
+def _plot(path: Path, candidates: dict, probe, reports, info: dict, method: str, pattern) -> None:
+    """Sparsity per module (measured zero fraction; 0 for the ones kept dense) and its error estimate."""
+    from sparsetrt.prune.schedule_plot import plot_schedule
+
+    zero = {r.name: r.zero_fraction for r in reports}
+    title = (f"{method} {info['mode']} schedule: target {pattern}, measured average {info['measured_sparsity']:.3f}"
+             + (f", range {info['range'][0]:.2f}-{info['range'][1]:.2f}" if "range" in info else ""))
+    plot_schedule(path, list(candidates), {n: p.layer for n, p in probe.modules.items()},
+                  {n: zero.get(n, 0.0) for n in candidates}, info.get("errors", {}), title)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sparsetrt.artifacts import save_figure
 from sparsetrt.runtime.report import write_text_atomic
 
 
@@ -94,7 +95,7 @@ def plot(out: Path, records: list[dict]) -> list[Path]:
     ax.set(xlabel="inter-token latency (ms), batch 1", ylabel="fraction of decode steps", title="Decode latency CDF")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    written.append(_save(fig, out / "latency_cdf.png"))
+    written.append(save_figure(fig, out / "latency_cdf.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for variant in variants:
@@ -103,7 +104,7 @@ def plot(out: Path, records: list[dict]) -> list[Path]:
     ax.set(xlabel="batch size", ylabel="decode tokens/s", title="Decode throughput vs batch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    written.append(_save(fig, out / "tokens_per_s.png"))
+    written.append(save_figure(fig, out / "tokens_per_s.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = [r for r in records if r["batch"] == 1]
@@ -115,16 +116,5 @@ def plot(out: Path, records: list[dict]) -> list[Path]:
         ax.axis("off")
         ax.text(0.5, 0.5, "Energy per token: unavailable\n" + rows[0]["energy_note"], ha="center", va="center",
                 wrap=True, fontsize=9)
-    written.append(_save(fig, out / "energy_per_token.png"))
+    written.append(save_figure(fig, out / "energy_per_token.png"))
     return written
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path

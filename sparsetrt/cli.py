@@ -31,6 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=128, help="SparseGPT lazy-update block")
     p.add_argument("--damping", type=float, default=0.01, help="SparseGPT dampening, fraction of mean diag(H)")
     p.add_argument("--mask-selection", default="joint", help="SparseGPT N:M mask rule: joint | independent")
+    p.add_argument("--schedule", default="uniform",
+                   help="uniform | scheduled (log-level clusters of OBS error estimates) | owl | hardware (dense or N:M "
+                        "per Linear)")
+    p.add_argument("--levels", type=int, default=4, help="scheduled: number of error levels")
+    p.add_argument("--range", default="auto", help="scheduled: LO,HI sparsity range, or auto (from the error spread)")
+    p.add_argument("--error", default="loss", help="scheduled/hardware: rank modules by the OBS error weighted by the "
+                                                   "loss's sensitivity (loss, default), absolute, or relative")
+    p.add_argument("--probe-sparsity", type=float, default=0.0,
+                   help="scheduled: sparsity the errors are estimated at (default 0: the target)")
+    p.add_argument("--coverage", type=float, default=0.9,
+                   help="hardware: fraction of decoder Linear weights that must be N:M")
+    p.add_argument("--owl-lambda", type=float, default=0.08, help="owl: sparsities spread over target +- lambda")
     _common(p)
 
     p = sub.add_parser("export", help="export a (pruned) checkpoint to ONNX and verify the pattern survived")
@@ -144,6 +156,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a different run's artifacts")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("distill", help="recover a pruned model by distilling the dense one into it, masks held fixed")
+    p.add_argument("--teacher", required=True, help="the dense checkpoint the student was pruned from ('smollm2-135m' ok)")
+    p.add_argument("--student", required=True, help="pruned checkpoint directory (with sparsity.json)")
+    p.add_argument("--data", default="auto", help="training text: file, .txt directory, JSONL, or auto (calibration "
+                                                  "split; the evaluation split is refused)")
+    p.add_argument("--max-minutes", type=float, default=30.0, help="wall-clock budget of this invocation")
+    p.add_argument("--steps", type=int, default=0, help="optimizer steps (default 0: as many as fit the budget)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4, help="windows per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--hidden-weight", type=float, default=0.0, help="weight of the hidden-state MSE term (0 = off)")
+    p.add_argument("--train-embeddings", action="store_true", help="also train the embedding / tied lm_head")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=20, help="steps between resume points")
+    p.add_argument("--no-progress", action="store_true")
+    _common(p)
+
+    p = sub.add_parser("bench-schedule", help="perplexity of sparsity schedules (uniform / scheduled / OWL / "
+                                              "hardware), before and after distillation, on two text domains")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--work", default="artifacts/schedule", help="where the pruned and distilled models go (reused)")
+    p.add_argument("--targets", default="0.6,0.7,0.8", help="unstructured target sparsities")
+    p.add_argument("--coverages", default="0.9,0.75", help="hardware mode: fractions of Linear weights made 2:4")
+    p.add_argument("--distill", default="all", help="comma-separated variant names to distill, all, or none")
+    p.add_argument("--distill-minutes", type=float, default=30.0, help="budget per distilled variant")
+    p.add_argument("--eval-windows", type=int, default=40)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", default="benchmarks")
+
     p = sub.add_parser("quality", help="WikiText-2 perplexity of dense vs pruned models (benchmark)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt,sparsegpt+int8,sparsegpt+int4",
@@ -201,12 +244,19 @@ def cmd_prune(args) -> int:
         calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, seed=args.seed, targets=args.targets,
         exclude=args.exclude, batch_size=args.batch_size, overwrite=args.overwrite,
         sparsegpt={"block_size": args.block_size, "damping": args.damping, "mask_selection": args.mask_selection},
-        trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+        schedule=schedule_options(args), trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
     )
-    s = manifest["summary"]
-    print(f"pruned {s['modules']} modules ({manifest['method']} {manifest['pattern']}), zero fraction "
-          f"{s['zero_fraction']:.4f}, {manifest['timings']['prune_s']:.1f} s -> {args.out}")
+    s, plan = manifest["summary"], manifest["schedule"]
+    print(f"pruned {s['modules']} modules ({manifest['method']} {manifest['pattern']}, {plan['mode']}), zero fraction "
+          f"{s['zero_fraction']:.4f} of the pruned modules, {plan['measured_sparsity']:.4f} over every target, "
+          f"{manifest['timings']['prune_s']:.1f} s -> {args.out}")
     return 0
+
+
+def schedule_options(args) -> dict:
+    """--schedule and its knobs as prune.schedule.ScheduleSettings fields."""
+    return {"mode": args.schedule, "levels": args.levels, "range": args.range, "error": args.error,
+            "probe_sparsity": args.probe_sparsity, "coverage": args.coverage, "owl_lambda": args.owl_lambda}
 
 
 def cmd_export(args) -> int:
@@ -300,6 +350,39 @@ def cmd_run(args) -> int:
         config.out = args.out
     summary = run_pipeline(config, overwrite=args.overwrite, progress=not args.no_progress)
     return 0 if summary["passed"] else 1
+
+
+def cmd_distill(args) -> int:
+    from sparsetrt.prune.distill import DistillSettings
+    from sparsetrt.prune.distill_stage import distill_checkpoint
+
+    settings = DistillSettings(steps=args.steps, max_minutes=args.max_minutes, seq_len=args.seq_len,
+                               batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                               temperature=args.temperature, hidden_weight=args.hidden_weight,
+                               train_embeddings=args.train_embeddings, seed=args.seed,
+                               checkpoint_every=args.checkpoint_every)
+    m = distill_checkpoint(args.teacher, args.student, args.out, data=args.data, settings=settings,
+                           overwrite=args.overwrite, progress=not args.no_progress)
+    early = f" (stopped early: {m['stopped_early']})" if m["stopped_early"] else ""
+    print(f"distilled {m['steps']} steps, {m['tokens_seen']:,} tokens, loss {m['loss']['first']:.4f} -> "
+          f"{m['loss']['last_10_mean']:.4f} (mean of the last 10), {m['train_seconds']:.0f} s{early}; zeros verified "
+          f"on {m['verification']['checked']} modules -> {args.out}")
+    return 0
+
+
+def cmd_bench_schedule(args) -> int:
+    from sparsetrt.runtime.schedule_bench import ScheduleBenchSettings, schedule_benchmark
+
+    try:
+        targets = [float(v) for v in args.targets.split(",")]
+        coverages = [float(v) for v in args.coverages.split(",") if v]
+    except ValueError:
+        raise SparsetrtError("--targets and --coverages take comma-separated numbers, e.g. 0.6,0.7,0.8") from None
+    settings = ScheduleBenchSettings(targets=targets, coverages=coverages, distill=args.distill.split(","),
+                                     distill_minutes=args.distill_minutes, eval_windows=args.eval_windows)
+    schedule_benchmark(args.model, args.out, args.work, settings, progress=not args.no_progress)
+    print(f"report: {Path(args.out) / 'schedule.md'}")
+    return 0
 
 
 def cmd_quality(args) -> int:
@@ -403,7 +486,8 @@ def cmd_bench(args) -> int:
 
 COMMANDS = {"prune": cmd_prune, "export": cmd_export, "quantize": cmd_quantize, "lint": cmd_lint,
             "parity": cmd_parity, "verify": cmd_verify, "run": cmd_run, "quality": cmd_quality,
-            "engine": cmd_engine, "generate": cmd_generate, "bench": cmd_bench}
+            "engine": cmd_engine, "generate": cmd_generate, "bench": cmd_bench,
+            "distill": cmd_distill, "bench-schedule": cmd_bench_schedule}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.prune.schedule import ScheduleSettings
 
 
 @dataclass
@@ -42,6 +43,7 @@ class PruneSection:
     exclude: list = field(default_factory=list)
     batch_size: int = 8
     sparsegpt: SparseGPTSection = field(default_factory=SparseGPTSection)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
 
 
 @dataclass

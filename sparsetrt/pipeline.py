@@ -55,7 +55,8 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
     c, p = config.calibration, config.prune
     pruned = stage("prune", prune_checkpoint, model=config.model.source, out=out / "pruned", method=p.method,
                    pattern=p.pattern, calib=c.corpus, calib_samples=c.samples, calib_seq_len=c.seq_len, seed=c.seed,
-                   targets=p.targets, exclude=p.exclude, sparsegpt=vars(p.sparsegpt), batch_size=p.batch_size,
+                   targets=p.targets, exclude=p.exclude, sparsegpt=vars(p.sparsegpt), schedule=vars(p.schedule),
+                   batch_size=p.batch_size,
                    trust_remote_code=config.model.trust_remote_code, progress=progress)
     exported = stage("export", export_checkpoint, checkpoint=out / "pruned", out=out / "onnx",
                      precisions=config.export.precisions, opset=config.export.opset)

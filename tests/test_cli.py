@@ -248,3 +248,31 @@ def test_engine_prints_trtexec_and_refuses_without_tensorrt(capsys, exported_tin
     code, _, err = run_cli(capsys, "engine", out / "model.onnx", "--out", tmp_path / "e")
     assert_one_line_error(code, err, "TensorRT is not importable")
     assert_nothing_written(tmp_path / "e")
+
+
+def test_prune_schedule_flags_and_refusals(capsys, tiny_checkpoint, calib_file, tmp_path):
+    out = tmp_path / "sched"
+    code, stdout, _ = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, out, "--pattern", "0.6",
+                                                  "--schedule", "scheduled", "--levels", "3", "--range", "0.5,0.7"))
+    assert code == 0 and "scheduled" in stdout
+    schedule = json.loads((out / "sparsity.json").read_text())["schedule"]
+    assert schedule["range"] == [0.5, 0.7] and schedule["range_source"] == "user" and schedule["k"] == 3
+    code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, tmp_path / "x", "--pattern", "0.7",
+                                               "--schedule", "scheduled", "--range", "0.75,0.8"))
+    assert_one_line_error(code, err, r"cannot be reached inside \[0.75, 0.8\].*widen the range")
+    assert_nothing_written(tmp_path / "x")
+    code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, tmp_path / "y", "--schedule", "owl"))
+    assert_one_line_error(code, err, "unstructured:RATIO")
+
+
+def test_distill_cli_writes_a_checkpoint_and_refuses_a_non_pruned_student(capsys, tiny_checkpoint, pruned_tiny,
+                                                                          calib_file, tmp_path):
+    out = tmp_path / "distilled"
+    code, stdout, _ = run_cli(capsys, "distill", "--teacher", tiny_checkpoint, "--student", pruned_tiny, "--data",
+                              calib_file, "--steps", 2, "--seq-len", 16, "--batch-size", 2, "--max-minutes", 5,
+                              "--out", out, "--no-progress")
+    assert code == 0 and "distilled 2 steps" in stdout and "zeros verified on 14 modules" in stdout
+    code, _, err = run_cli(capsys, "distill", "--teacher", tiny_checkpoint, "--student", tiny_checkpoint,
+                           "--out", tmp_path / "z", "--no-progress")
+    assert_one_line_error(code, err, "no sparsity.json")
+    assert_nothing_written(tmp_path / "z")

@@ -8,7 +8,6 @@ import pytest
 from onnx import numpy_helper
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.export.stage import export_checkpoint
 from sparsetrt.prune.verify import load_manifest, verify_onnx
 from sparsetrt.runtime.parity import parse_tolerance_overrides, run_parity, tolerances_for
 

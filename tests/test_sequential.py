@@ -30,7 +30,7 @@ def test_targets_default_to_every_block_linear(tiny):
 def test_groups_follow_shared_inputs(tiny):
     model, windows = tiny
     layers = sequential.decoder_layers(model)
-    cached = sequential._capture_first_layer_inputs(model, layers, windows, 3)
+    cached = sequential.capture_first_layer_inputs(model, layers, windows, 3)
     modules = {n: m for n, m in sequential.target_linears(model).items() if ".layers.0." in n}
     groups = sequential._linear_groups(layers[0], cached[0], modules)
     short = [[n.rsplit(".", 1)[-1] for n in g] for g in groups]
@@ -72,7 +72,7 @@ def test_memoized_attention_gives_the_same_statistics_without_recomputing(tiny):
     calls = []
     layer.self_attn.q_proj.register_forward_pre_hook(lambda *_: calls.append(1))
     with torch.no_grad():
-        cached = sequential._capture_first_layer_inputs(model, layers, windows, 3)
+        cached = sequential.capture_first_layer_inputs(model, layers, windows, 3)
         forwards = [lambda h=h, kw=kw: layer(h, **kw) for h, kw in cached]
         memo = {}
         gate = {"gate": layer.mlp.gate_proj}
@@ -119,7 +119,7 @@ def test_delta_propagation_matches_a_forward_pass(tiny, monkeypatch):
     model, windows = tiny
     layers = sequential.decoder_layers(model)
     with torch.no_grad():
-        cached = sequential._capture_first_layer_inputs(model, layers, windows, 3)
+        cached = sequential.capture_first_layer_inputs(model, layers, windows, 3)
         layer = layers[0]
         down = layer.mlp.down_proj
         forwards = [lambda h=h, kw=kw: layer(h, **kw) for h, kw in cached]

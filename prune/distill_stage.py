@@ -1,0 +1,233 @@
+"""`sparsetrt distill`: teacher + pruned student + calibration text -> a recovered student with the same zeros.
+
+The output is a loadable HF checkpoint with the student's sparsity.json (so export/quantize take it like any
+pruned checkpoint), distill.json (settings, losses, timings, mask verification), train_log.jsonl (one line per
+step) and loss.png. Training state is saved every `checkpoint_every` steps and on Ctrl-C into `<out>.resume/`;
+running the same command again resumes from it. The evaluation split is refused as training data.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from sparsetrt.artifacts import prepare_output, staged_dir, write_json
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.prune.distill import (DistillSettings, apply_masks, mask_violations, masks_of, train_step,
+                                     trainable_parameters)
+from sparsetrt.prune.verify import SPARSITY_MANIFEST, load_manifest, verify_checkpoint
+
+DISTILL_MANIFEST = "distill.json"
+STATE_FILE = "state.pt"
+
+
+def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data: str = "auto",
+                       settings: DistillSettings | None = None, overwrite: bool = False, reuse: bool = False,
+                       progress: bool = True, stop_after: int | None = None) -> dict:
+    """Distill `teacher` into the pruned `student` directory; write the result into `out`.
+
+    `stop_after` ends the run after that many steps of this invocation, leaving a resume state, as a kill
+    would (used by the tests and by anyone splitting a run over sessions)."""
+    import torch
+
+    from sparsetrt.calibration.data import load_corpus, tokenize_corpus
+    from sparsetrt.models import load_model, resolve_checkpoint
+
+    settings = (settings or DistillSettings()).validate()
+    student = Path(student)
+    sparsity = load_manifest(student)
+    refuse_evaluation_split(data)
+    corpus = load_corpus(data, "valid")
+    run_settings = {"teacher": str(teacher), "student": str(student), "student_fingerprint": sparsity.get("fingerprint"),
+                    "data": corpus.description, **settings.to_json()}
+    if settings.steps:  # a fixed horizon: the budget only decides when to stop, not what a step computes
+        run_settings.pop("max_minutes")
+    out = Path(out)
+    run_fingerprint, done = prepare_output(out, DISTILL_MANIFEST, "distill", run_settings, overwrite, reuse)
+    if done:
+        return done
+    resume_dir = out.with_name(out.name + ".resume")
+    if overwrite and resume_dir.exists() and not _state_matches(resume_dir, run_fingerprint):
+        shutil.rmtree(resume_dir)  # the state of another run; a matching one is always resumed
+
+    started = time.perf_counter()
+    teacher_lm, _ = load_model(resolve_checkpoint(teacher))
+    student_lm, tokenizer = load_model(student)
+    check_same_shapes(teacher_lm, student_lm)
+    teacher_lm.eval()
+    student_lm.train()
+    tokens = tokenize_corpus(tokenizer, corpus)
+    masks = masks_of(student_lm, sparsity["modules"])
+    params = trainable_parameters(student_lm, settings.train_embeddings)
+    for p in teacher_lm.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+    state = load_state(resume_dir, run_fingerprint)
+    log: list[dict] = []
+    total = settings.steps
+    if state:
+        student_lm.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        log, total = state["log"], state["total_steps"]
+        print(f"resuming {out} from step {len(log)} of {total} ({resume_dir})", flush=True)
+    budget_s = settings.max_minutes * 60
+    deadline = started + budget_s
+    step_tokens = settings.batch_size * settings.grad_accum * settings.seq_len
+    bar = _bar(total or None, len(log), progress)
+    stopped, done_here = None, 0
+    try:
+        while total == 0 or len(log) < total:
+            step = len(log)
+            t0 = time.perf_counter()
+            record = train_step(student_lm, teacher_lm, optimizer, tokens, step, max(total, step + 1), masks, settings)
+            seconds = time.perf_counter() - t0
+            record.update(seconds=round(seconds, 3), tokens_per_s=round(step_tokens / seconds, 1))
+            log.append(record)
+            done_here += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            if total == 0 and done_here == 3:  # the horizon: what fits in the budget at the measured speed
+                total = fit_steps(log[-2:], deadline - time.perf_counter(), len(log), settings)
+                bar.total = total
+                bar.refresh()
+            if len(log) % settings.checkpoint_every == 0 and len(log) < (total or len(log) + 1):
+                save_state(resume_dir, run_fingerprint, student_lm, optimizer, log, total or len(log))
+            if stop_after is not None and done_here >= stop_after:
+                stopped = "stop_after"
+                break
+            if time.perf_counter() + seconds > deadline:
+                stopped = "time budget"
+                break
+    except KeyboardInterrupt:
+        save_state(resume_dir, run_fingerprint, student_lm, optimizer, log, total or len(log))
+        bar.close()
+        raise SparsetrtError(f"distillation interrupted at step {len(log)}; run the same command again to resume "
+                             f"from {resume_dir}") from None
+    bar.close()
+    if stopped == "stop_after":
+        save_state(resume_dir, run_fingerprint, student_lm, optimizer, log, total or len(log))
+        return {"stopped": stopped, "steps_done": len(log), "total_steps": total, "resume_dir": str(resume_dir)}
+
+    apply_masks(student_lm, masks)
+    violations = mask_violations(student_lm, masks)
+    if violations:
+        raise SparsetrtError(f"distillation moved pruned weights in {violations[:3]}; nothing was written")
+    manifest = {
+        "format": "sparsetrt.distill/1", "stage": "distill", "fingerprint": run_fingerprint,
+        "settings": run_settings, "max_minutes": settings.max_minutes,
+        "teacher": str(teacher), "student": str(student), "data": corpus.description, "data_tokens": len(tokens),
+        "steps": len(log), "planned_steps": total,
+        "stopped_early": None if len(log) >= total else f"{stopped} at step {len(log)} of {total}",
+        "tokens_seen": len(log) * step_tokens,
+        "loss": {"first": log[0]["loss"], "last": log[-1]["loss"],
+                 "last_10_mean": sum(r["loss"] for r in log[-10:]) / len(log[-10:])},
+        "train_seconds": round(sum(r["seconds"] for r in log), 1),
+        "wall_seconds_this_run": round(time.perf_counter() - started, 1),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+    }
+    student_lm.eval()
+    with staged_dir(out) as tmp:
+        student_lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / SPARSITY_MANIFEST, {**sparsity, "distilled": {"teacher": str(teacher), "steps": len(log),
+                                                                       "distill_fingerprint": run_fingerprint}})
+        verification = verify_checkpoint(tmp, sparsity)
+        manifest["verification"] = verification.to_json()
+        verification.raise_if_failed()
+        (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        write_json(tmp / DISTILL_MANIFEST, manifest)
+        plot_loss(tmp / "loss.png", log, title=f"distillation: {len(log)} steps, {manifest['tokens_seen']:,} tokens")
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    return manifest
+
+
+def fit_steps(recent: list[dict], remaining_s: float, done: int, settings: DistillSettings) -> int:
+    """Total steps so the run ends inside the budget at the speed of the latest steps (the first is warm-up);
+    5 % and a minute are held back for saving."""
+    per_step = max(r["seconds"] for r in recent)
+    spare = max(0.0, remaining_s * 0.95 - 60)
+    return max(done, done + int(spare / per_step))
+
+
+def refuse_evaluation_split(data: str) -> None:
+    """The evaluation text must never be trained on: refuse WikiText-2 test, the split perplexity is taken on."""
+    from sparsetrt.calibration.data import find_shared_wikitext
+
+    if data == "auto":
+        return  # auto is the calibration split
+    shared = find_shared_wikitext()
+    path = Path(data).expanduser()
+    if shared is not None and path.exists() and path.resolve() == (shared / "test.txt").resolve():
+        raise SparsetrtError(f"refusing to train on the evaluation split ({path}); distill on calibration text "
+                             "such as WikiText-2 valid (--data auto)")
+
+
+def check_same_shapes(teacher, student) -> None:
+    t, s = teacher.state_dict(), student.state_dict()
+    mismatched = [k for k in s if k in t and t[k].shape != s[k].shape] + [k for k in s if k not in t]
+    if mismatched:
+        raise SparsetrtError(f"teacher and student differ at {mismatched[:3]}; the teacher must be the dense model "
+                             "the student was pruned from")
+
+
+def save_state(resume_dir: Path, run_fingerprint: str, student, optimizer, log: list[dict], total: int) -> None:
+    """Training state, written to a temporary file and renamed (a kill mid-save keeps the previous state)."""
+    import torch
+
+    resume_dir.mkdir(parents=True, exist_ok=True)
+    tmp = resume_dir / (STATE_FILE + ".tmp")
+    torch.save({"fingerprint": run_fingerprint, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                "log": log, "total_steps": total}, tmp)
+    tmp.replace(resume_dir / STATE_FILE)
+
+
+def _state_matches(resume_dir: Path, run_fingerprint: str) -> bool:
+    import torch
+
+    path = resume_dir / STATE_FILE
+    return path.is_file() and torch.load(path, map_location="cpu", weights_only=False).get("fingerprint") == run_fingerprint
+
+
+def load_state(resume_dir: Path, run_fingerprint: str) -> dict | None:
+    import torch
+
+    path = resume_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("fingerprint") != run_fingerprint:
+        raise SparsetrtError(f"{resume_dir} holds the state of a different distillation run; pass --overwrite to "
+                             "discard it, or the settings of that run to resume it")
+    return state
+
+
+def plot_loss(path: Path, log: list[dict], title: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from sparsetrt.artifacts import save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in log]
+    ax.plot(steps, [r["loss"] for r in log], lw=0.8, label="loss")
+    if any("hidden" in r for r in log):
+        ax.plot(steps, [r["kl"] for r in log], lw=0.8, label="KL")
+    ax.set(xlabel="optimizer step", ylabel="distillation loss", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def _bar(total: int | None, done: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="distill", unit="step", disable=not enabled, leave=False)
