@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sparsetrt.artifacts import save_figure, write_json
+from sparsetrt.artifacts import fingerprint, read_json, save_figure, write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.runtime.report import write_text_atomic
 
@@ -95,9 +95,20 @@ def schedule_benchmark(model: str, out: str | Path, work: str | Path, settings: 
     }
     work, out = Path(work), Path(out)
 
+    protocol = fingerprint({"model": str(checkpoint), "seq_len": settings.seq_len, "windows": settings.eval_windows,
+                            "corpora": [eval_text.description, other.description]})
+
     def evaluate(directory: Path) -> dict:
-        lm, _ = load_model(directory)
-        return {domain: perplexity(lm, windows, progress) for domain, windows in evaluation.items()}
+        """Perplexities on both domains, cached in the model directory under the evaluation protocol's
+        fingerprint (a rerun of the benchmark re-evaluates nothing it already measured)."""
+        cache = directory / "perplexity.json"
+        known = read_json(cache) if cache.is_file() else {}
+        if protocol not in known:
+            lm, _ = load_model(directory)
+            known[protocol] = {domain: perplexity(lm, windows, progress) for domain, windows in evaluation.items()}
+            if directory != checkpoint:  # never write into the user's checkpoint
+                write_json(cache, known)
+        return known[protocol]
 
     def log(name: str, row: dict) -> None:
         print(f"{name:>28}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float)), flush=True)
