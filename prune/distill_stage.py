@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from sparsetrt.artifacts import prepare_output, staged_dir, write_json
+from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.distill import (DistillSettings, apply_masks, mask_violations, masks_of, train_step,
                                      trainable_parameters)
@@ -22,6 +22,7 @@ from sparsetrt.prune.verify import SPARSITY_MANIFEST, load_manifest, verify_chec
 
 DISTILL_MANIFEST = "distill.json"
 STATE_FILE = "state.pt"
+STATE_SIDECAR = "state.json"  # fingerprint and progress of state.pt, readable without loading it
 
 
 def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data: str = "auto",
@@ -184,13 +185,13 @@ def save_state(resume_dir: Path, run_fingerprint: str, student, optimizer, log: 
     torch.save({"fingerprint": run_fingerprint, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "log": log, "total_steps": total}, tmp)
     tmp.replace(resume_dir / STATE_FILE)
+    write_json(resume_dir / STATE_SIDECAR, {"fingerprint": run_fingerprint, "steps_done": len(log), "total_steps": total})
 
 
 def _state_matches(resume_dir: Path, run_fingerprint: str) -> bool:
-    import torch
-
-    path = resume_dir / STATE_FILE
-    return path.is_file() and torch.load(path, map_location="cpu", weights_only=False).get("fingerprint") == run_fingerprint
+    """From the small sidecar, without loading the weights and optimizer moments."""
+    sidecar = resume_dir / STATE_SIDECAR
+    return sidecar.is_file() and read_json(sidecar).get("fingerprint") == run_fingerprint
 
 
 def load_state(resume_dir: Path, run_fingerprint: str) -> dict | None:
