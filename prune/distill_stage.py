@@ -208,14 +208,11 @@ def load_state(resume_dir: Path, run_fingerprint: str) -> dict | None:
 
 
 def plot_loss(path: Path, log: list[dict], title: str) -> Path | None:
-    try:
-        import matplotlib
+    from sparsetrt.artifacts import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
-    from sparsetrt.artifacts import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [r["step"] for r in log]

@@ -9,14 +9,11 @@ def plot_schedule(path: Path, modules: list[str], layer_of: dict[str, int], spar
                   error_of: dict[str, float], title: str) -> Path | None:
     """Two panels sharing the depth axis; one marker per module kind (q_proj, down_proj, ...). None without
     matplotlib (the `plots` extra)."""
-    try:
-        import matplotlib
+    from sparsetrt.artifacts import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
-    from sparsetrt.artifacts import save_figure
 
     kinds = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in modules))
     markers = "os^vD<>px*h"

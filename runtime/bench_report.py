@@ -75,14 +75,12 @@ def write_bench_report(out: Path, records: list[dict], settings) -> list[Path]:
 
 def plot(out: Path, records: list[dict]) -> list[Path]:
     """latency CDF (batch 1), tokens/s vs batch, energy per token; skipped without matplotlib."""
-    try:
-        import matplotlib
+    from sparsetrt.artifacts import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import numpy as np
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
+    import numpy as np
     written = []
     variants = list(dict.fromkeys(r["variant"] for r in records))
 

@@ -15,7 +15,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sparsetrt.artifacts import fingerprint, read_json, save_figure, write_json
+from sparsetrt.artifacts import fingerprint, pyplot, read_json, save_figure, write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.runtime.report import write_text_atomic
 
@@ -237,12 +237,8 @@ def markdown(report: dict) -> str:
 
 def plot(path: Path, rows: list[dict]) -> Path | None:
     """Perplexity ratio to dense per variant: one-shot vs distilled, WikiText vs the second domain (log scale)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     dense = rows[0]
     rows = rows[1:]

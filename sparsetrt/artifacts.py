@@ -143,6 +143,18 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None without the `plots` extra (plots are then skipped)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def save_figure(fig, path: Path) -> Path:
     """Write a matplotlib figure atomically (temporary name, then rename) and close it."""
     import matplotlib.pyplot as plt
