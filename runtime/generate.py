@@ -8,6 +8,7 @@ token. Timing marks are taken after the backend synchronises, so GPU work is ins
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,38 +92,52 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
     return ids, mask
 
 
-def generate(runner, prompts: list[list[int]], sampling: Sampling, pad_id: int = 0) -> Generation:
-    """Generate for a batch of token-id prompts with `runner` (any backend in sparsetrt.runtime.backends)."""
+def token_stream(runner, prompts: list[list[int]], sampling: Sampling, pad_id: int = 0) -> Iterator[np.ndarray]:
+    """The next token of every prompt [batch], one array per step: the prefill's first, then one decode step each
+    from the KV cache. Rows that have stopped get `pad_id`. Ends after max_new_tokens, or when every row stopped.
+    The single loop behind `generate` (whole batches) and the server (one request, streamed)."""
     sampling.validate()
     rng = np.random.default_rng(sampling.seed)
     stop = np.array(sorted(set(sampling.stop_tokens)), dtype=np.int64)
     ids, mask = left_pad(prompts, pad_id)
     batch = len(prompts)
-    new = np.zeros((batch, 0), dtype=np.int64)
     done = np.zeros(batch, dtype=bool)
-    step_s = []
-
-    start = time.perf_counter()
     logits, cache = runner.step(ids, mask, position_ids_for(mask, ids.shape[1]), runner.empty_cache(batch))
     runner.synchronize()
     token = select_tokens(logits, sampling, rng)
-    ttft = time.perf_counter() - start
+    produced = 0
     while True:
         token = np.where(done, pad_id, token)
-        new = np.concatenate([new, token[:, None]], axis=1)
+        yield token
+        produced += 1
         if not sampling.ignore_stop and stop.size:
             done |= np.isin(token, stop)
-        if new.shape[1] >= sampling.max_new_tokens or done.all():
-            break
-        step_start = time.perf_counter()
+        if produced >= sampling.max_new_tokens or done.all():
+            return
         mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
         logits, cache = runner.step(token[:, None], mask, position_ids_for(mask, 1), cache)
         runner.synchronize()
         token = select_tokens(logits, sampling, rng)
-        step_s.append(time.perf_counter() - step_start)
-    total = time.perf_counter() - start
+
+
+def generate(runner, prompts: list[list[int]], sampling: Sampling, pad_id: int = 0) -> Generation:
+    """Generate for a batch of token-id prompts with `runner` (any backend in sparsetrt.runtime.backends)."""
+    stop = np.array(sorted(set(sampling.stop_tokens)), dtype=np.int64)
+    steps, step_s = [], []
+    start = last = time.perf_counter()
+    ttft = 0.0
+    for token in token_stream(runner, prompts, sampling, pad_id):
+        now = time.perf_counter()  # after the backend synchronised and the token was chosen
+        if steps:
+            step_s.append(now - last)
+        else:
+            ttft = now - start
+        steps.append(token)
+        last = now
+    new = np.stack(steps, axis=1)
     return Generation(tokens=[_until_stop(row, stop, sampling.ignore_stop) for row in new.tolist()],
-                      prompt_tokens=[len(p) for p in prompts], ttft_s=ttft, step_s=step_s, total_s=total)
+                      prompt_tokens=[len(p) for p in prompts], ttft_s=ttft, step_s=step_s,
+                      total_s=time.perf_counter() - start)
 
 
 def _until_stop(row: list[int], stop: np.ndarray, ignore_stop: bool) -> list[int]:

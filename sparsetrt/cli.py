@@ -132,6 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="pytorch/onnxruntime: cpu | cuda | auto")
     p.add_argument("--json", action="store_true", help="print tokens, text and timings as JSON")
 
+    p = sub.add_parser("serve", help="OpenAI-compatible completions server (/v1/completions, /health, /metrics)")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="smollm2-135m, a checkpoint directory, an artifacts directory (make demo), .onnx or .engine")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "pytorch"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "int8", "int4"],
+                   help="which file of an artifacts directory to serve (auto: fp32 ONNX, fp16 engine)")
+    p.add_argument("--served-model-name", help="the name clients send as `model` (default: from --model)")
+    p.add_argument("--tokenizer", help="checkpoint dir with the tokenizer, for an .onnx/.engine outside an artifacts "
+                                       "directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0 in containers)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting for the model; one more gets 429")
+    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request, queue wait included")
+    p.add_argument("--max-tokens-limit", type=int, default=256, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-prompt-tokens", type=int,
+                   help="longest prompt (default: the engine's profile for TensorRT, else 2048)")
+    p.add_argument("--max-body-bytes", type=int, default=256 * 1024)
+    p.add_argument("--graceful-timeout", type=float, help="seconds in-flight requests get after SIGTERM "
+                                                          "(default: the request timeout)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
     p = sub.add_parser("bench", help="decode speed, TTFT, latency percentiles, memory, energy of every variant")
     p.add_argument("--artifacts", default="artifacts", help="directory written by `sparsetrt run` (make demo)")
     p.add_argument("--dense", action="store_true",
@@ -424,10 +445,11 @@ def cmd_generate(args) -> int:
     from sparsetrt.models import load_tokenizer
     from sparsetrt.runtime.backends import make_runner
     from sparsetrt.runtime.generate import Sampling, encode_prompts, generate, stop_tokens_of
+    from sparsetrt.runtime.serve_model import tokenizer_dir_for
 
     if not args.prompt:
         raise SparsetrtError("pass at least one --prompt")
-    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else _tokenizer_dir(Path(args.model))
+    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else tokenizer_dir_for(Path(args.model))
     tokenizer = load_tokenizer(tokenizer_dir)
     runner = make_runner(args.backend, args.model, device=args.device)
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -447,14 +469,17 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _tokenizer_dir(model: Path) -> Path:
-    """The checkpoint directory itself, or the pruned checkpoint of the artifacts tree an ONNX/engine sits in."""
-    if model.is_dir():
-        return model
-    for parent in model.parents:
-        if (parent / "pruned" / "tokenizer_config.json").is_file():
-            return parent / "pruned"
-    raise SparsetrtError(f"cannot find a tokenizer for {model}; pass --tokenizer CHECKPOINT_DIR")
+def cmd_serve(args) -> int:
+    from sparsetrt.runtime.serve_model import resolve_served_model
+    from sparsetrt.runtime.server import ServeSettings, serve
+
+    settings = ServeSettings(host=args.host, port=args.port, max_queue=args.max_queue,
+                             request_timeout_s=args.request_timeout, max_tokens_limit=args.max_tokens_limit,
+                             max_body_bytes=args.max_body_bytes, graceful_timeout_s=args.graceful_timeout,
+                             log_level=args.log_level).validate()
+    served = resolve_served_model(args.model, args.backend, args.precision, name=args.served_model_name,
+                                  max_prompt_tokens=args.max_prompt_tokens, tokenizer=args.tokenizer)
+    return serve(served, settings)
 
 
 def cmd_bench(args) -> int:
@@ -487,7 +512,7 @@ def cmd_bench(args) -> int:
 COMMANDS = {"prune": cmd_prune, "export": cmd_export, "quantize": cmd_quantize, "lint": cmd_lint,
             "parity": cmd_parity, "verify": cmd_verify, "run": cmd_run, "quality": cmd_quality,
             "engine": cmd_engine, "generate": cmd_generate, "bench": cmd_bench,
-            "distill": cmd_distill, "bench-schedule": cmd_bench_schedule}
+            "distill": cmd_distill, "bench-schedule": cmd_bench_schedule, "serve": cmd_serve}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,102 @@
+"""Prometheus metrics of `sparsetrt serve`, on prometheus-client, one registry per app (tests run several).
+
+Every series carries `backend` and `model` labels so one dashboard can hold several deployments. Energy is a
+counter only where it is measurable (a GPU backend with NVML's energy counter); elsewhere /health says why.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily
+
+# Seconds; TTFT on a CPU reaches seconds under load, inter-token latency is milliseconds.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+
+
+class ServeMetrics:
+    def __init__(self, backend: str, model: str, precision: str, version: str, energy_counter=None):
+        self.registry = CollectorRegistry()
+        labels = {"backend": backend, "model": model}
+        names = tuple(labels)
+
+        def bound(metric):
+            return metric.labels(**labels)
+
+        self._labels = labels
+        self._requests = Counter("sparsetrt_requests", "Completion requests answered, by HTTP status code",
+                                 (*names, "code"), registry=self.registry)
+        self._errors = Counter("sparsetrt_request_errors", "Completion requests answered with an error, by HTTP "
+                               "status code and error type", (*names, "code", "type"), registry=self.registry)
+        self.ttft = bound(Histogram("sparsetrt_time_to_first_token_seconds", "Request received -> first token "
+                                    "chosen (queue wait included)", names, buckets=TTFT_BUCKETS,
+                                    registry=self.registry))
+        self.inter_token = bound(Histogram("sparsetrt_inter_token_seconds", "Time between consecutive tokens of "
+                                           "one request", names, buckets=TOKEN_BUCKETS, registry=self.registry))
+        self.queue_wait = bound(Histogram("sparsetrt_queue_wait_seconds", "Request received -> model thread starts "
+                                          "it", names, buckets=TTFT_BUCKETS, registry=self.registry))
+        self.duration = bound(Histogram("sparsetrt_request_duration_seconds", "Request received -> response "
+                                        "finished (every status)", names, buckets=TTFT_BUCKETS,
+                                        registry=self.registry))
+        self.prompt_tokens = bound(Counter("sparsetrt_prompt_tokens", "Prompt tokens of completed requests", names,
+                                           registry=self.registry))
+        self.generated_tokens = bound(Counter("sparsetrt_generated_tokens", "Tokens generated for completed "
+                                              "requests", names, registry=self.registry))
+        self.cancelled = bound(Counter("sparsetrt_cancelled_requests", "Requests dropped by the model thread "
+                                       "because the client disconnected", names, registry=self.registry))
+        self.queue_depth = bound(Gauge("sparsetrt_queue_depth", "Requests waiting for the model thread", names,
+                                       registry=self.registry))
+        self.running = bound(Gauge("sparsetrt_running_requests", "Requests the model thread is generating for",
+                                   names, registry=self.registry))
+        Info("sparsetrt_server", "What this server serves", registry=self.registry).info(
+            {**labels, "precision": precision, "version": version})
+        if energy_counter is not None:
+            self.registry.register(_EnergyCollector(energy_counter, labels))
+
+    def count_response(self, code: int) -> None:
+        self._requests.labels(**self._labels, code=str(code)).inc()
+
+    def count_error(self, code: int, kind: str) -> None:
+        self._errors.labels(**self._labels, code=str(code), type=kind).inc()
+
+    def set_load(self, queued: int, running: int) -> None:
+        self.queue_depth.set(queued)
+        self.running.set(running)
+
+    def observe_completion(self, prompt_tokens: int, generated: int, ttft_s: float, queue_s: float) -> None:
+        self.prompt_tokens.inc(prompt_tokens)
+        self.generated_tokens.inc(generated)
+        self.ttft.observe(ttft_s)
+        self.queue_wait.observe(queue_s)
+
+
+class _EnergyCollector:
+    """sparsetrt_energy_joules_total: GPU energy since the server started, read at scrape time from NVML's
+    counter (a difference of two readings; never polled power, see the field notes on zero readings)."""
+
+    def __init__(self, read_joules, labels: dict):
+        self.read_joules, self.labels = read_joules, labels
+        self.start = read_joules()
+
+    def collect(self):
+        family = CounterMetricFamily("sparsetrt_energy_joules", "GPU energy used since the server started "
+                                     "(NVML total-energy counter)", labels=list(self.labels))
+        family.add_metric(list(self.labels.values()), self.read_joules() - self.start)
+        yield family
+
+
+def nvml_energy_counter(backend: str):
+    """A function returning the GPU's total energy in joules, or (None, why) where it cannot be measured."""
+    if backend != "tensorrt":
+        return None, f"{backend} backend runs on the CPU here; NVML measures NVIDIA GPUs only"
+    from sparsetrt.runtime.measure import _nvml, nvml_status
+
+    ok, reason = nvml_status()
+    if not ok:
+        return None, reason
+    nvml, handle = _nvml()
+    try:
+        nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    except Exception as exc:
+        return None, f"NVML has no energy counter on this GPU ({exc})"
+    return (lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0), "nvml-energy-counter"

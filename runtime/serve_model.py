@@ -1,0 +1,164 @@
+"""What `sparsetrt serve --model M --backend B` serves, and within which limits.
+
+M is an embedded name (`smollm2-135m`), a Hugging Face checkpoint directory, an artifacts directory written by
+`make demo` (pruned/, onnx/, int8/, int4/, engines/), an .onnx file or a TensorRT .engine. Resolution happens
+before the server binds, so a wrong path fails at once with the reason, not on the first request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparsetrt.errors import SparsetrtError
+
+SERVE_PRECISIONS = ("auto", "fp32", "fp16", "int8", "int4")
+# Prompt cap for backends without an engine profile: prefill cost grows with the prompt, and on a CPU a
+# context-window-sized prompt would hold the single worker for minutes.
+DEFAULT_MAX_PROMPT_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str                # what clients send as `model`, and the `model` label of every metric
+    backend: str             # pytorch | onnxruntime | tensorrt
+    path: Path               # checkpoint directory, .onnx file or .engine file
+    tokenizer_dir: Path
+    precision: str
+    max_prompt_tokens: int   # longest prompt accepted (the engine's prefill profile for TensorRT)
+    max_context_tokens: int  # prompt + completion (position embeddings, or the engine's decode profile)
+
+    def load(self):
+        """(runner, tokenizer): the heavy part, run by the server's worker thread after it binds."""
+        from sparsetrt.runtime.backends import make_runner
+
+        return make_runner(self.backend, self.path), self.load_tokenizer()
+
+    def load_tokenizer(self):
+        from sparsetrt.models import load_tokenizer
+
+        return load_tokenizer(self.tokenizer_dir)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "backend": self.backend, "precision": self.precision, "path": str(self.path),
+                "max_prompt_tokens": self.max_prompt_tokens, "max_context_tokens": self.max_context_tokens}
+
+
+def resolve_served_model(spec: str, backend: str = "onnxruntime", precision: str = "auto", name: str | None = None,
+                         max_prompt_tokens: int | None = None, tokenizer: str | None = None,
+                         export_cache: Path | None = None) -> ServedModel:
+    """Find the file the backend runs for `spec`; export a checkpoint to ONNX (once, cached) when ONNX Runtime is
+    asked to serve a checkpoint."""
+    from sparsetrt.models import EMBEDDED_MODELS, resolve_checkpoint
+    from sparsetrt.runtime.backends import BACKENDS
+
+    if backend not in BACKENDS:
+        raise SparsetrtError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    if precision not in SERVE_PRECISIONS:
+        raise SparsetrtError(f"unknown precision '{precision}'; use one of {', '.join(SERVE_PRECISIONS)}")
+    path = Path(spec).expanduser()
+    if spec not in EMBEDDED_MODELS and not path.exists():
+        raise SparsetrtError(f"model '{spec}' does not exist: pass {', '.join(EMBEDDED_MODELS)}, a checkpoint "
+                             "directory, an artifacts directory from `make demo`, an .onnx file or an .engine file")
+    name = name or (spec if spec in EMBEDDED_MODELS else path.resolve().name)
+    if path.is_file():
+        served, tokenizer_dir, checkpoint = _from_file(path, backend, Path(tokenizer) if tokenizer else None)
+    elif (path / "onnx" / "export.json").is_file():
+        served, tokenizer_dir, checkpoint = _from_artifacts(path, backend, precision)
+    else:
+        checkpoint = resolve_checkpoint(spec)
+        tokenizer_dir = checkpoint
+        if backend == "tensorrt":
+            raise SparsetrtError(f"{spec} is a checkpoint; TensorRT serves engines: build one (`make engine`) and "
+                                 "pass the artifacts directory or the .engine file")
+        served = checkpoint if backend == "pytorch" else _exported(checkpoint, precision, export_cache)
+    if precision == "auto":
+        precision = _precision_of(served, backend)
+    context = _context_tokens(checkpoint)
+    limit = max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS
+    if backend == "tensorrt":
+        options = json.loads((served.parent / "engine.json").read_text())["options"]
+        context = min(context, options["max_input_len"] + options["max_output_len"])
+        limit = min(limit, options["max_input_len"])
+    if limit < 1:
+        raise SparsetrtError("--max-prompt-tokens must be >= 1")
+    return ServedModel(name=name, backend=backend, path=served, tokenizer_dir=tokenizer_dir, precision=precision,
+                       max_prompt_tokens=min(limit, context - 1), max_context_tokens=context)
+
+
+def tokenizer_dir_for(model: Path) -> Path:
+    """The checkpoint directory itself, or the pruned checkpoint of the artifacts tree an ONNX/engine sits in."""
+    if model.is_dir():
+        return model
+    for parent in model.parents:
+        if (parent / "pruned" / "tokenizer_config.json").is_file():
+            return parent / "pruned"
+    raise SparsetrtError(f"cannot find a tokenizer for {model}; pass --tokenizer CHECKPOINT_DIR")
+
+
+def _from_file(path: Path, backend: str, tokenizer: Path | None) -> tuple[Path, Path, Path]:
+    wants = {".onnx": "onnxruntime", ".engine": "tensorrt"}.get(path.suffix)
+    if wants != backend:
+        raise SparsetrtError(f"{path} is {'an unknown kind of file' if wants is None else 'for --backend ' + wants}; "
+                             f"--backend {backend} serves "
+                             + {"pytorch": "a checkpoint directory", "onnxruntime": "an .onnx file",
+                                "tensorrt": "an .engine file"}[backend])
+    tokenizer_dir = tokenizer or tokenizer_dir_for(path)
+    return path, tokenizer_dir, tokenizer_dir
+
+
+def _from_artifacts(root: Path, backend: str, precision: str) -> tuple[Path, Path, Path]:
+    """An artifacts directory: the pruned checkpoint (pytorch), the parity-checked ONNX (onnxruntime; fp32 unless
+    a precision is named), or engines/<precision>/model.engine (tensorrt; fp16 unless named)."""
+    pruned = root / "pruned"
+    if backend == "pytorch":
+        return pruned, pruned, pruned
+    if backend == "tensorrt":
+        engine = root / "engines" / ("fp16" if precision == "auto" else precision) / "model.engine"
+        if not engine.is_file():
+            raise SparsetrtError(f"{engine} does not exist; build it with `make engine"
+                                 f"{'' if precision in ('auto', 'fp16') else ' PRECISION=' + precision}`")
+        return engine, pruned, pruned
+    onnx = {"auto": root / "onnx" / "model.onnx", "fp32": root / "onnx" / "model.onnx",
+            "fp16": root / "onnx" / "model.fp16.onnx"}.get(precision, root / precision / f"model.{precision}.onnx")
+    if not onnx.is_file():
+        raise SparsetrtError(f"{onnx} does not exist; run `make demo"
+                             f"{' PRECISION=' + precision if precision in ('int8', 'int4') else ''}` first")
+    return onnx, pruned, pruned
+
+
+def _exported(checkpoint: Path, precision: str, export_cache: Path | None) -> Path:
+    """ONNX of a checkpoint for ONNX Runtime, exported once into the cache (keyed by the checkpoint's path and
+    config) and reused by later `serve` runs."""
+    from sparsetrt.export.stage import export_checkpoint
+    from sparsetrt.models import cache_dir
+
+    if precision in ("int8", "int4"):
+        raise SparsetrtError(f"{precision} needs calibration: run `sparsetrt run` with a {precision} config and serve "
+                             "its artifacts directory")
+    float_precision = "fp16" if precision == "fp16" else "fp32"
+    key = hashlib.sha256(f"{checkpoint.resolve()}|{(checkpoint / 'config.json').stat().st_mtime_ns}".encode())
+    out = (export_cache or cache_dir() / "serve-onnx") / key.hexdigest()[:16]
+    manifest = export_checkpoint(checkpoint, out, precisions=[float_precision], reuse=True)
+    return out / manifest["files"][float_precision]["onnx"]
+
+
+def _precision_of(served: Path, backend: str) -> str:
+    if backend == "pytorch":
+        return "fp32"
+    if backend == "tensorrt":
+        return json.loads((served.parent / "engine.json").read_text())["precision"]
+    for tag in ("int8", "int4", "fp16"):
+        if f".{tag}." in served.name:
+            return tag
+    return "fp32"
+
+
+def _context_tokens(checkpoint: Path) -> int:
+    """The model's context window; 2048 when only a tokenizer directory (no config.json) came with the file."""
+    if not (checkpoint / "config.json").is_file():
+        return 2048
+    config = json.loads((checkpoint / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or 2048)
