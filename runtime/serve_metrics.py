@@ -100,3 +100,18 @@ def nvml_energy_counter(backend: str):
     except Exception as exc:
         return None, f"NVML has no energy counter on this GPU ({exc})"
     return (lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0), "nvml-energy-counter"
+
+
+def scrape_counts(text: str) -> dict:
+    """From a /metrics page: completion responses by status code, and tokens generated (summed over labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {"requests": {}, "generated_tokens": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sparsetrt_requests_total":
+                code = sample.labels["code"]
+                counts["requests"][code] = counts["requests"].get(code, 0) + int(sample.value)
+            elif sample.name == "sparsetrt_generated_tokens_total":
+                counts["generated_tokens"] += sample.value
+    return counts

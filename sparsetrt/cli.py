@@ -153,6 +153,27 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(default: the request timeout)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
+    p = sub.add_parser("loadtest", help="N concurrent clients against a running server; latency, throughput, errors")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--stream-fraction", type=float, default=0.5)
+    p.add_argument("--out", help="write the records and summary to this JSON file")
+
+    p = sub.add_parser("bench-serve", help="start `sparsetrt serve`, load it (normal + overloaded queue), write "
+                                           "serve.md/json/png")
+    p.add_argument("--model", default="artifacts", help="what `serve --model` gets (default: the demo's artifacts)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "pytorch"])
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of the load phase")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--overload-queue", type=int, default=4, help="queue limit of the overload phase")
+    p.add_argument("--overload-duration", type=float, default=20.0)
+    p.add_argument("--out", default="benchmarks")
+    p.add_argument("--work", default="artifacts/serve-bench", help="server logs")
+
     p = sub.add_parser("bench", help="decode speed, TTFT, latency percentiles, memory, energy of every variant")
     p.add_argument("--artifacts", default="artifacts", help="directory written by `sparsetrt run` (make demo)")
     p.add_argument("--dense", action="store_true",
@@ -469,6 +490,43 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_loadtest(args) -> int:
+    import asyncio
+
+    from sparsetrt.artifacts import write_json
+    from sparsetrt.runtime.loadtest import LoadSettings, run_load
+
+    if args.clients < 1 or args.duration <= 0 or args.max_tokens < 1:
+        raise SparsetrtError("--clients and --max-tokens must be >= 1 and --duration > 0")
+    settings = LoadSettings(url=args.url, clients=args.clients, duration_s=args.duration, max_tokens=args.max_tokens,
+                            stream_fraction=args.stream_fraction)
+    try:
+        result = asyncio.run(run_load(settings))
+    except OSError as exc:
+        raise SparsetrtError(f"cannot reach {args.url} ({exc}); start a server with `sparsetrt serve`") from None
+    if args.out:
+        write_json(Path(args.out), result)
+    print(json.dumps(result["summary"], indent=2))
+    summary = result["summary"]
+    return 0 if summary["status_5xx"] == 0 and summary["malformed"] == 0 else 1
+
+
+def cmd_bench_serve(args) -> int:
+    from sparsetrt.runtime.serve_bench import ServeBenchSettings, run_serve_bench
+
+    settings = ServeBenchSettings(model=args.model, backend=args.backend, precision=args.precision,
+                                  clients=args.clients, duration_s=args.duration, max_tokens=args.max_tokens,
+                                  overload_queue=args.overload_queue, overload_duration_s=args.overload_duration)
+    report = run_serve_bench(settings, Path(args.out), Path(args.work))
+    for name, phase in report["phases"].items():
+        s = phase["summary"]
+        print(f"{name}: {s['requests']} requests {s['by_status']}, 5xx {s['status_5xx']}, malformed {s['malformed']}, "
+              f"p99 {s['latency_s']['p99']:.2f} s, {s['throughput_rps']:.2f} req/s, metrics match "
+              f"{s['metrics_match']}, SIGTERM exit {phase['sigterm_exit_code']}")
+    print(f"wrote {Path(args.out) / 'serve.md'}, serve.json, serve.png")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from sparsetrt.runtime.serve_model import resolve_served_model
     from sparsetrt.runtime.server import ServeSettings, serve
@@ -512,7 +570,8 @@ def cmd_bench(args) -> int:
 COMMANDS = {"prune": cmd_prune, "export": cmd_export, "quantize": cmd_quantize, "lint": cmd_lint,
             "parity": cmd_parity, "verify": cmd_verify, "run": cmd_run, "quality": cmd_quality,
             "engine": cmd_engine, "generate": cmd_generate, "bench": cmd_bench,
-            "distill": cmd_distill, "bench-schedule": cmd_bench_schedule, "serve": cmd_serve}
+            "distill": cmd_distill, "bench-schedule": cmd_bench_schedule, "serve": cmd_serve,
+            "loadtest": cmd_loadtest, "bench-serve": cmd_bench_serve}
 
 if __name__ == "__main__":
     sys.exit(main())
