@@ -8,21 +8,29 @@ TORCH_SPEC  ?= torch==2.13.0
 PRECISION   ?=
 CONFIG      ?= configs/demo$(if $(PRECISION),-$(PRECISION)).toml
 STAMP       := $(VENV)/.sparsetrt-installed
+# Extra `python -m venv` flags (the TensorRT build image passes --system-site-packages to see its TensorRT).
+VENV_FLAGS  ?=
+# Where JUnit files land for CI systems to pick up (pytest.xml, parity.xml).
+JUNIT_DIR   ?= reports/junit
 
 # `make engine`: the fp16 decoder by default; PRECISION=int8|int4 builds from that run's Q/DQ ONNX instead.
 ENGINE_ONNX ?= $(if $(PRECISION),artifacts/$(PRECISION)/model.$(PRECISION).onnx,artifacts/onnx/model.fp16.onnx)
 ENGINE_OUT  ?= artifacts/engines/$(or $(PRECISION),fp16)
 
-.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule distill engine parity clean distclean help
+.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule bench-serve distill engine parity serve \
+	docker-lint docker-build docker-runtime docker-cpu clean distclean help
 
 help:
 	@echo "make demo           prune smollm2-135m to 2:4, export ONNX, check parity (artifacts/)"
 	@echo "make demo PRECISION=int8|int4   ... then INT8/INT4 Q/DQ ONNX + TensorRT-LLM checkpoints (artifacts/int8|int4)"
 	@echo "make lint ONNX=f    check an ONNX file against what the TensorRT parser accepts"
-	@echo "make test           run the test suite (unit + one end-to-end on the embedded model)"
+	@echo "make test           parity gate on the embedded model (JUnit in reports/junit), then the test suite"
 	@echo "make test-fast      unit tests only (tiny random models, seconds)"
 	@echo "make engine         TensorRT engine with 2:4 sparse weights (needs TensorRT + a CUDA GPU; PRECISION=int8|int4)"
-	@echo "make parity         PyTorch vs the engines (TensorRT present) or ONNX Runtime, logits + greedy tokens"
+	@echo "make parity         PyTorch vs ONNX Runtime (and engines where TensorRT is), JUnit for CI; fails on a broken tolerance"
+	@echo "make serve          OpenAI-compatible server on 127.0.0.1:$(PORT) (MODEL=artifacts|smollm2-135m|dir, BACKEND=...)"
+	@echo "make bench-serve    32 clients x 60 s against make serve, plus an overloaded queue (benchmarks/serve.md)"
+	@echo "make docker-cpu     ONNX Runtime serving image; docker-runtime: TensorRT serving; docker-build: engine toolchain"
 	@echo "make bench          decode tok/s, TTFT, ITL p50/95/99, RSS, energy: PyTorch vs ORT fp32/INT8/INT4, dense vs 2:4"
 	@echo "make bench-quality  WikiText-2 perplexity: dense vs magnitude/Wanda/SparseGPT 2:4 (benchmarks/)"
 	@echo "make distill        recover the demo's 2:4 model by distillation from the dense one (MINUTES=30)"
@@ -32,7 +40,7 @@ help:
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,plots]"
@@ -46,8 +54,10 @@ demo: setup
 lint: setup
 	$(BIN)/sparsetrt lint $(ONNX)
 
+# The parity gate first (it builds the small end-to-end artifacts the e2e tests reuse), then the suite.
 test: setup
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(MAKE) parity
+	SPARSETRT_E2E_ARTIFACTS=$(PARITY_ARTIFACTS) $(BIN)/pytest --junitxml=$(JUNIT_DIR)/pytest.xml $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
@@ -55,9 +65,47 @@ test-fast: setup
 engine: setup
 	$(BIN)/sparsetrt engine $(ENGINE_ONNX) --out $(ENGINE_OUT) $(ARGS)
 
+# Parity as a CI gate: by default on small artifacts of the embedded model (configs/ci.toml, built once and reused);
+# PARITY_ARTIFACTS=artifacts checks the demo's models (and its engines where TensorRT is installed). Exit 1 and
+# a JUnit <failure> per broken tolerance.
+PARITY_ARTIFACTS ?= artifacts/ci
+
 parity: setup
-	$(BIN)/sparsetrt parity --model artifacts/pruned --onnx-dir artifacts/onnx --engine auto \
-		--out artifacts/parity-runtime --overwrite $(ARGS)
+ifeq ($(PARITY_ARTIFACTS),artifacts/ci)
+	$(BIN)/sparsetrt run --config configs/ci.toml --out $(PARITY_ARTIFACTS) --no-progress
+endif
+	$(BIN)/sparsetrt parity --model $(PARITY_ARTIFACTS)/pruned --onnx-dir $(PARITY_ARTIFACTS)/onnx --engine auto \
+		--out $(PARITY_ARTIFACTS)/parity-gate --overwrite --junit $(JUNIT_DIR)/parity.xml $(PARITY_ARGS)
+
+# `make serve` serves the demo's artifacts when they exist, else the embedded model.
+MODEL   ?= $(if $(wildcard artifacts/onnx/export.json),artifacts,smollm2-135m)
+BACKEND ?= onnxruntime
+PORT    ?= 8000
+
+serve: setup
+	$(BIN)/sparsetrt serve --model $(MODEL) --backend $(BACKEND) --port $(PORT) $(ARGS)
+
+bench-serve: setup
+	@test -f artifacts/onnx/export.json || $(MAKE) demo
+	$(BIN)/sparsetrt bench-serve --model artifacts --backend $(BACKEND) --out benchmarks $(ARGS)
+
+# Images (a Docker engine is needed to build them; `make test` lints them with hadolint without one).
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+BAKE      ?=
+
+docker-lint: setup
+	$(BIN)/hadolint docker/Dockerfile.build docker/Dockerfile.runtime docker/Dockerfile.cpu
+	$(BIN)/shellcheck docker/entrypoint.sh
+
+docker-build: docker-lint
+	docker build -f docker/Dockerfile.build -t sparsetrt-build:$(IMAGE_TAG) .
+
+docker-runtime: docker-lint
+	docker build -f docker/Dockerfile.runtime $(if $(BAKE),--target baked --build-arg MODEL_DIR=$(BAKE),--target runtime) \
+		-t sparsetrt-runtime:$(IMAGE_TAG) .
+
+docker-cpu: docker-lint
+	docker build -f docker/Dockerfile.cpu -t sparsetrt-cpu:$(IMAGE_TAG) .
 
 # The 2:4 INT8 and INT4 runs (reused when `make demo PRECISION=...` already made them), the dense baseline
 # quantized the same way, then every variant measured in one run.
@@ -86,7 +134,7 @@ bench-schedule: setup
 		--distill-minutes $(MINUTES) $(ARGS)
 
 clean:
-	rm -rf artifacts .setuptools-build *.egg-info .pytest_cache
+	rm -rf artifacts reports .setuptools-build *.egg-info .pytest_cache .hypothesis
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
 distclean: clean

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", action="append", default=[],
                    help="also compare this TensorRT engine (repeatable); 'auto': every engines/*/model.engine beside "
                         "the ONNX directory when TensorRT is available, else ONNX Runtime only")
+    p.add_argument("--junit", help="also write the JUnit report here (where your CI collects test results)")
     _common(p)
 
     p = sub.add_parser("engine", help="build a TensorRT engine with 2:4 sparse weights from an exported ONNX")
@@ -323,6 +324,13 @@ def cmd_parity(args) -> int:
         failed = [c["metric"] for c in cand["checks"] if not c["passed"]]
         print(f"{cand['name']}: {'PASS' if cand['passed'] else 'FAIL (' + ', '.join(failed) + ')'}")
     print(f"report: {Path(args.out) / 'parity.html'}")
+    if args.junit:
+        from sparsetrt.runtime.report import junit_xml, write_text_atomic
+
+        junit = Path(args.junit)
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(junit, junit_xml(report))
+        print(f"JUnit: {junit}")
     return 0 if report["passed"] else 1
 
 

@@ -276,3 +276,26 @@ def test_distill_cli_writes_a_checkpoint_and_refuses_a_non_pruned_student(capsys
                            "--out", tmp_path / "z", "--no-progress")
     assert_one_line_error(code, err, "no sparsity.json")
     assert_nothing_written(tmp_path / "z")
+
+
+def test_parity_gate_fails_the_build_and_writes_junit_failures(capsys, exported_tiny, pruned_tiny, calib_file, tmp_path):
+    """The CI contract of `make parity`: exit 0 and a clean JUnit file when every tolerance holds; exit 1 and a
+    <failure> naming the broken tolerance when one does not (here a top-1 bar no model can reach)."""
+    import xml.etree.ElementTree as ET
+
+    onnx_dir, _ = exported_tiny
+    base = ["parity", "--model", pruned_tiny, "--onnx-dir", onnx_dir, "--corpus", calib_file, "--windows", 1,
+            "--seq-len", 32, "--generate-tokens", 4, "--engine", "none-given"]
+    junit = tmp_path / "reports" / "junit" / "parity.xml"
+    code, out, _ = run_cli(capsys, *base[:-2], "--out", tmp_path / "ok", "--junit", junit)
+    assert code == 0 and f"JUnit: {junit}" in out
+    suite = ET.parse(junit).getroot()
+    assert int(suite.get("tests")) >= 4 and suite.get("failures") == "0"
+
+    code, out, _ = run_cli(capsys, *base[:-2], "--out", tmp_path / "broken", "--junit", junit,
+                           "--tol", "fp32.top1_agreement=1.01", "--tol", "fp16.top1_agreement=1.01")
+    assert code == 1 and "FAIL (top1_agreement" in out
+    suite = ET.parse(junit).getroot()
+    failures = [case for case in suite.iter("testcase") if case.find("failure") is not None]
+    assert int(suite.get("failures")) == len(failures) >= 1
+    assert all(case.get("name") == "top1_agreement" for case in failures)
