@@ -310,3 +310,50 @@ def test_onnxruntime_backend_serves_the_exported_file(exported_tiny, pruned_tiny
                                                          "temperature": 0}).json()
         assert_completion(body, 6)
         assert live.metric("sparsetrt_server_info", backend="onnxruntime") == 1
+
+
+def fake_artifacts(root, tiny_checkpoint):
+    """An artifacts tree as `make demo` + `make engine` leave it (the engine bytes are never read here)."""
+    import shutil
+
+    shutil.copytree(tiny_checkpoint, root / "pruned")
+    (root / "onnx").mkdir()
+    (root / "onnx" / "export.json").write_text("{}")
+    (root / "onnx" / "model.onnx").write_bytes(b"")
+    engine_dir = root / "engines" / "fp16"
+    engine_dir.mkdir(parents=True)
+    (engine_dir / "model.engine").write_bytes(b"not an engine")
+    (engine_dir / "engine.json").write_text(json.dumps({"precision": "fp16", "options": {"max_input_len": 100,
+                                                                                         "max_output_len": 28}}))
+    return root
+
+
+def test_resolve_an_artifacts_directory_per_backend(tiny_checkpoint, tmp_path):
+    root = fake_artifacts(tmp_path / "artifacts", tiny_checkpoint)
+    trt = resolve_served_model(str(root), "tensorrt")
+    # the engine's profiles bound the prompt (prefill max) and prompt + completion (input + output)
+    assert trt.path == root / "engines" / "fp16" / "model.engine" and trt.precision == "fp16"
+    assert trt.max_prompt_tokens == 100 and trt.max_context_tokens == 128 and trt.tokenizer_dir == root / "pruned"
+    ort = resolve_served_model(str(root), "onnxruntime", name="prod")
+    assert ort.path == root / "onnx" / "model.onnx" and ort.name == "prod"
+    assert ort.max_prompt_tokens == 511 and ort.max_context_tokens == 512  # the tiny model's 512 positions
+    assert resolve_served_model(str(root), "pytorch").path == root / "pruned"
+
+
+@pytest.mark.parametrize("spec, backend, message", [
+    ("{tmp}/missing", "onnxruntime", "does not exist"),
+    ("{artifacts}", "onnxruntime:int8", r"model.int8.onnx does not exist; run `make demo PRECISION=int8`"),
+    ("{artifacts}", "tensorrt:int8", r"make engine PRECISION=int8"),
+    ("{artifacts}/engines/fp16/model.engine", "onnxruntime", "for --backend tensorrt"),
+    ("{checkpoint}", "tensorrt", "TensorRT serves engines"),
+    ("{checkpoint}", "onnxruntime:int4", "needs calibration"),
+    ("{checkpoint}", "tensorflow", "unknown backend"),
+])
+def test_resolve_refuses_with_the_reason(tiny_checkpoint, tmp_path, spec, backend, message):
+    from sparsetrt.errors import SparsetrtError
+
+    root = fake_artifacts(tmp_path / "artifacts", tiny_checkpoint)
+    backend, _, precision = backend.partition(":")
+    spec = spec.format(tmp=tmp_path, artifacts=root, checkpoint=tiny_checkpoint)
+    with pytest.raises(SparsetrtError, match=message):
+        resolve_served_model(spec, backend, precision or "auto")
