@@ -128,11 +128,10 @@ class GenerationWorker:
 
     def submit(self, job: Job) -> None:
         if self.state != "ready":
-            raise ServeError(503, {"loading": "the model is still loading; retry when /health says ready",
-                                   "draining": "the server is shutting down",
-                                   "stopped": "the server is shutting down"}.get(self.state,
-                                   f"the model failed to load: {self.failure}"), "server_unavailable",
-                             code=self.state, headers={"Retry-After": "1"})
+            reasons = {"loading": "the model is still loading; retry when /health says ready",
+                       "draining": "the server is shutting down", "stopped": "the server is shutting down"}
+            raise ServeError(503, reasons.get(self.state, f"the model failed to load: {self.failure}"),
+                             "server_unavailable", code=self.state, headers={"Retry-After": "1"})
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
