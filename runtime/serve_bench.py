@@ -53,21 +53,29 @@ def start_server(settings: ServeBenchSettings, port: int, log_path: Path, *extra
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float = 600.0) -> dict:
+def wait_until_ready(url: str, timeout_s: float = 600.0, process: subprocess.Popen | None = None,
+                     log_path: Path | None = None) -> dict:
+    """Poll /health until it answers 200; its body. Fails at once when the model failed to load or the server
+    `process` exited, else after timeout_s."""
     import httpx
 
+    where = f"; see {log_path}" if log_path else ""
     deadline = time.monotonic() + timeout_s
+    last = None
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SparsetrtError(f"the server exited with {process.returncode} before it was ready; see {log_path}")
+        if process is not None and process.poll() is not None:
+            raise SparsetrtError(f"the server exited with {process.returncode} before it was ready{where}")
         try:
             response = httpx.get(f"{url}/health", timeout=5)
+            last = response.json()
             if response.status_code == 200:
-                return response.json()
+                return last
+            if last.get("status") == "failed":
+                raise SparsetrtError(f"the model failed to load: {last.get('error')}{where}")
         except httpx.TransportError:
             pass
-        time.sleep(0.5)
-    raise SparsetrtError(f"the server was not ready after {timeout_s:.0f} s; see {log_path}")
+        time.sleep(0.1)
+    raise SparsetrtError(f"the server at {url} was not ready after {timeout_s:.0f} s (last /health: {last}){where}")
 
 
 def stop_server(process: subprocess.Popen, timeout_s: float = 120.0) -> int:
@@ -85,7 +93,7 @@ def run_phase(name: str, settings: ServeBenchSettings, load: LoadSettings, work:
     log_path = work / f"server-{name}.log"
     process = start_server(settings, port, log_path, *extra)
     try:
-        health = wait_until_ready(f"http://127.0.0.1:{port}", process, log_path)
+        health = wait_until_ready(f"http://127.0.0.1:{port}", process=process, log_path=log_path)
         print(f"==> {name}: {load.clients} clients for {load.duration_s:.0f} s against {health['name']} "
               f"({health['backend']} {health['precision']})", flush=True)
         load.url = f"http://127.0.0.1:{port}"

@@ -63,11 +63,12 @@ class ServeMetrics:
         self.queue_depth.set(queued)
         self.running.set(running)
 
-    def observe_completion(self, prompt_tokens: int, generated: int, ttft_s: float, queue_s: float) -> None:
-        self.prompt_tokens.inc(prompt_tokens)
-        self.generated_tokens.inc(generated)
-        self.ttft.observe(ttft_s)
-        self.queue_wait.observe(queue_s)
+    def observe_completion(self, done) -> None:
+        """A finished request (serve_worker.Completion)."""
+        self.prompt_tokens.inc(done.prompt_tokens)
+        self.generated_tokens.inc(done.completion_tokens)
+        self.ttft.observe(done.ttft_s)
+        self.queue_wait.observe(done.queue_s)
 
 
 class _EnergyCollector:

@@ -58,9 +58,8 @@ class Completion:
     finish_reason: str                    # stop | length
     prompt_tokens: int
     completion_tokens: int
-    queue_s: float
+    queue_s: float                        # submitted -> the model thread took it
     ttft_s: float                         # submitted -> first token chosen (queue wait included, as a client sees it)
-    total_s: float
 
 
 class TextAssembler:
@@ -120,11 +119,16 @@ class GenerationWorker:
         still loading is not waited for: nothing can be queued yet, and the thread dies with the process."""
         if self.state in ("loading", "failed"):
             return
-        self.state = "draining"
+        self.drain()
         self.jobs.put(None)  # blocks only while the queue is full, i.e. until the worker takes the next job
         self._thread.join(timeout)
         if self.state != "failed":
             self.state = "stopped"
+
+    def drain(self) -> None:
+        """Refuse new jobs (503) from now on; queued and running ones still finish."""
+        if self.state == "ready":
+            self.state = "draining"
 
     def submit(self, job: Job) -> None:
         if self.state != "ready":
@@ -230,12 +234,11 @@ class GenerationWorker:
             tail = text.flush()
             if tail:
                 job.emit("text", tail)
-        done = time.monotonic()
-        job.emit("done", Completion(finish, len(job.prompt_ids), produced, started - job.submitted,
-                                    (first or done) - job.submitted, done - job.submitted))
+        completion = Completion(finish, len(job.prompt_ids), produced, queue_s=started - job.submitted,
+                                ttft_s=(first or time.monotonic()) - job.submitted)
+        job.emit("done", completion)
         if self.metrics:
-            self.metrics.observe_completion(len(job.prompt_ids), produced, (first or done) - job.submitted,
-                                            started - job.submitted)
+            self.metrics.observe_completion(completion)
 
 
     def _cancelled(self, produced: int) -> None:

@@ -87,9 +87,8 @@ def create_app(served, settings: ServeSettings, worker: GenerationWorker | None 
 
     energy, energy_note = nvml_energy_counter(served.backend)
     metrics = ServeMetrics(served.backend, served.name, served.precision, sparsetrt.__version__, energy)
-    worker = worker or GenerationWorker(served, settings.max_queue, metrics)
-    worker.metrics = metrics
-    worker.on_failure = on_failure
+    worker = worker or GenerationWorker(served, settings.max_queue)
+    worker.metrics, worker.on_failure = metrics, on_failure
 
     @asynccontextmanager
     async def lifespan(app):
@@ -122,7 +121,7 @@ def create_app(served, settings: ServeSettings, worker: GenerationWorker | None 
 
     @app.get("/health")
     async def health():
-        body = {"status": worker.state if worker.state != "ready" else "ready", **served.describe(),
+        body = {"status": worker.state, **served.describe(),
                 "max_tokens_limit": settings.max_tokens_limit, "queued": worker.queued(),
                 "max_queue": settings.max_queue, "energy": energy_note}
         if worker.failure:
@@ -382,7 +381,7 @@ def serve(served, settings: ServeSettings) -> int:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            app.state.worker.state = "draining" if app.state.worker.state == "ready" else app.state.worker.state
+            app.state.worker.drain()
             log.info("shutting down: finishing in-flight requests", extra={"event": "draining", "signal": sig,
                                                                            "queued": app.state.worker.queued()})
             super().handle_exit(sig, frame)

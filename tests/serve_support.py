@@ -8,9 +8,9 @@ import time
 
 import httpx
 
-from sparsetrt.runtime.serve_bench import free_port
+from sparsetrt.runtime.serve_bench import free_port, wait_until_ready
 
-__all__ = ["free_port", "LiveServer", "SlowServed", "wait_ready", "metric_value"]
+__all__ = ["free_port", "LiveServer", "SlowServed", "wait_until_ready", "metric_value"]
 
 
 class SlowRunner:
@@ -48,7 +48,8 @@ class SlowServed:
 class LiveServer:
     """uvicorn in a thread (no signal handlers there); `with LiveServer(served, max_queue=2) as s: s.client.post(...)`."""
 
-    def __init__(self, served, **settings):
+    def __init__(self, served, wait: bool = True, **settings):
+        """`wait`: enter once /health says ready (False: as soon as the thread runs, the model still loading)."""
         import uvicorn
 
         from sparsetrt.runtime.server import ServeSettings, create_app
@@ -60,11 +61,13 @@ class LiveServer:
         self.server = uvicorn.Server(config)
         self.url = f"http://127.0.0.1:{self.settings.port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.wait = wait
 
     def __enter__(self):
         self.thread.start()
         self.client = httpx.Client(base_url=self.url, timeout=60)
-        wait_ready(self.url)
+        if self.wait:
+            wait_until_ready(self.url, timeout_s=120)
         return self
 
     def __exit__(self, *exc):
@@ -74,23 +77,6 @@ class LiveServer:
 
     def metric(self, name: str, **labels) -> float:
         return metric_value(self.client.get("/metrics").text, name, **labels)
-
-
-def wait_ready(url: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(f"{url}/health", timeout=5)
-            last = response.json()
-            if response.status_code == 200:
-                return last
-            if last.get("status") == "failed":
-                raise AssertionError(f"model failed to load: {last}")
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"server at {url} not ready after {timeout} s (last /health: {last})")
 
 
 def metric_value(text: str, name: str, **labels) -> float:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from serve_support import free_port, wait_ready
+from serve_support import free_port, wait_until_ready
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
@@ -80,7 +80,7 @@ def test_entrypoint_serves_answers_health_and_exits_0_on_sigterm(tiny_checkpoint
     server = subprocess.Popen(["sh", str(DOCKER / "entrypoint.sh"), "serve", "--max-queue", "3"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        health = wait_ready(f"http://127.0.0.1:{port}", timeout=120)
+        health = wait_until_ready(f"http://127.0.0.1:{port}", timeout_s=120)
         assert health["backend"] == "pytorch" and health["max_queue"] == 3  # extra flags reach `sparsetrt serve`
         probe = subprocess.run(["sh", str(DOCKER / "entrypoint.sh"), "health"], env=env, capture_output=True)
         assert probe.returncode == 0

@@ -123,7 +123,7 @@ def test_serve_finishes_in_flight_requests_on_sigterm_and_exits_0(smollm2_artifa
     import time
 
     import httpx
-    from serve_support import free_port, wait_ready
+    from serve_support import free_port, wait_until_ready
 
     port = free_port()
     exe = Path(sys.executable).with_name("sparsetrt")
@@ -131,7 +131,7 @@ def test_serve_finishes_in_flight_requests_on_sigterm_and_exits_0(smollm2_artifa
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        health = wait_ready(url, timeout=300)
+        health = wait_until_ready(url, timeout_s=300)
         assert health["backend"] == "onnxruntime" and health["precision"] == "fp32"
         first_chunk = [concurrent.futures.Future() for _ in range(3)]
 

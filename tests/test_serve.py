@@ -12,7 +12,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_support import LiveServer, SlowServed, metric_value
+from serve_support import LiveServer, SlowServed, metric_value, wait_until_ready
 
 from sparsetrt.runtime.serve_model import resolve_served_model
 
@@ -173,7 +173,8 @@ def test_full_queue_answers_429_fast_and_metrics_match_the_clients(served):
 
 
 def test_request_timeout_gives_504_while_generating_and_503_while_queued(served):
-    with LiveServer(SlowServed(served, 0.1), request_timeout_s=0.5, max_tokens_limit=64) as live:
+    # the second request expires in the queue when it arrives less than one step (0.5 s) after the first
+    with LiveServer(SlowServed(served, 0.5), request_timeout_s=1.0, max_tokens_limit=64) as live:
         def call(_):
             return httpx.post(f"{live.url}/v1/completions", json={"prompt": "a", "max_tokens": 50}, timeout=60)
 
@@ -209,34 +210,16 @@ def test_health_is_503_until_the_model_is_warm(served):
             time.sleep(1.0)
             return super().load()
 
-    from serve_support import free_port
-
-    import uvicorn
-    import threading
-
-    from sparsetrt.runtime.server import ServeSettings, create_app
-
-    settings = ServeSettings(port=free_port())
-    app = create_app(Gated(served, 0.0), settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{settings.port}"
-    try:
+    with LiveServer(Gated(served, 0.0), wait=False) as live:
         for _ in range(100):
             try:
-                health = httpx.get(f"{url}/health")
+                health = live.client.get("/health")
                 break
             except httpx.TransportError:
                 time.sleep(0.02)
         assert health.status_code == 503 and health.json()["status"] == "loading"
-        assert_error(httpx.post(f"{url}/v1/completions", json={"prompt": "a"}), 503)
-        from serve_support import wait_ready
-
-        assert wait_ready(url)["status"] == "ready"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+        assert_error(live.client.post("/v1/completions", json={"prompt": "a"}), 503)
+        assert wait_until_ready(live.url, timeout_s=120)["status"] == "ready"
 
 
 def test_metrics_are_prometheus_with_backend_and_model_labels(server):
