@@ -173,8 +173,9 @@ def test_full_queue_answers_429_fast_and_metrics_match_the_clients(served):
 
 
 def test_request_timeout_gives_504_while_generating_and_503_while_queued(served):
-    # the second request expires in the queue when it arrives less than one step (0.5 s) after the first
-    with LiveServer(SlowServed(served, 0.5), request_timeout_s=1.0, max_tokens_limit=64) as live:
+    # Steps of 0.9 s against a 1 s timeout: the first request notices its deadline at its second token (1.8 s) and
+    # gets 504; the second, sent within 0.8 s of it, has by then waited past its own deadline in the queue: 503.
+    with LiveServer(SlowServed(served, 0.9), request_timeout_s=1.0, max_tokens_limit=64) as live:
         def call(_):
             return httpx.post(f"{live.url}/v1/completions", json={"prompt": "a", "max_tokens": 50}, timeout=60)
 
