@@ -17,7 +17,8 @@ JUNIT_DIR   ?= reports/junit
 ENGINE_ONNX ?= $(if $(PRECISION),artifacts/$(PRECISION)/model.$(PRECISION).onnx,artifacts/onnx/model.fp16.onnx)
 ENGINE_OUT  ?= artifacts/engines/$(or $(PRECISION),fp16)
 
-.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule bench-serve distill engine parity serve \
+.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule bench-serve bench-adaptive distill engine \
+	parity serve \
 	docker-lint docker-build docker-runtime docker-cpu clean distclean help
 
 help:
@@ -29,6 +30,8 @@ help:
 	@echo "make engine         TensorRT engine with 2:4 sparse weights (needs TensorRT + a CUDA GPU; PRECISION=int8|int4)"
 	@echo "make parity         PyTorch vs ONNX Runtime (and engines where TensorRT is), JUnit for CI; fails on a broken tolerance"
 	@echo "make serve          OpenAI-compatible server on 127.0.0.1:$(PORT) (MODEL=artifacts|smollm2-135m|dir, BACKEND=...)"
+	@echo "make bench-adaptive variant set (dense, 2:4, 2:4+INT8/INT4) timed here; bandits vs static variants on a mixed stream"
+	@echo "make serve ADAPTIVE=linucb      route each request to a variant of artifacts/variants (thompson|threshold too)"
 	@echo "make bench-serve    32 clients x 60 s against make serve, plus an overloaded queue (benchmarks/serve.md)"
 	@echo "make docker-cpu     ONNX Runtime serving image; docker-runtime: TensorRT serving; docker-build: engine toolchain"
 	@echo "make bench          decode tok/s, TTFT, ITL p50/95/99, RSS, energy: PyTorch vs ORT fp32/INT8/INT4, dense vs 2:4"
@@ -82,12 +85,24 @@ MODEL   ?= $(if $(wildcard artifacts/onnx/export.json),artifacts,smollm2-135m)
 BACKEND ?= onnxruntime
 PORT    ?= 8000
 
+# ADAPTIVE=linucb|thompson|threshold|static: serve the variant set (make bench-adaptive builds it) through that
+# controller; its state lives in artifacts/variants/controller-POLICY.json.
+ADAPTIVE ?=
+VARIANTS ?= artifacts/variants
+
 serve: setup
-	$(BIN)/sparsetrt serve --model $(MODEL) --backend $(BACKEND) --port $(PORT) $(ARGS)
+	$(BIN)/sparsetrt serve --model $(MODEL) --backend $(BACKEND) --port $(PORT) \
+		$(if $(ADAPTIVE),--adaptive $(ADAPTIVE) --variants $(VARIANTS)) $(ARGS)
 
 bench-serve: setup
 	@test -f artifacts/onnx/export.json || $(MAKE) demo
 	$(BIN)/sparsetrt bench-serve --model artifacts --backend $(BACKEND) --out benchmarks $(ARGS)
+
+# The variant set from the INT8/INT4 demo configs plus the dense baseline (finished stages are reused), each timed
+# on this backend; then every controller replayed over a mixed stream (benchmarks/adaptive.{json,md,png}).
+bench-adaptive: setup
+	$(BIN)/sparsetrt variants --out $(VARIANTS) --no-progress
+	$(BIN)/sparsetrt bench-adaptive --variants $(VARIANTS) --out benchmarks $(ARGS)
 
 # Images (a Docker engine is needed to build them; `make test` lints them with hadolint without one).
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

@@ -4,6 +4,7 @@ Every runner speaks the exported decoder's interface (sparsetrt.export.onnx_expo
   step(input_ids, attention_mask, position_ids, cache) -> (logits of the last position [batch, vocab], cache)
   empty_cache(batch)                                    -> the cache a prefill starts from (past length 0)
   logits(input_ids, attention_mask)                     -> logits of every position (parity, perplexity)
+  prefill(input_ids, attention_mask)                    -> (logits of every position, cache): the adaptive probe
 The cache is whatever the backend keeps between steps (numpy arrays, torch tensors on the GPU, a DynamicCache).
 Heavy libraries are imported when a runner is built, not when this module is imported. TensorRT itself is
 only touched in sparsetrt.build.engine, the one seam that imports it.
@@ -56,6 +57,22 @@ class TorchRunner:
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         return out.float().cpu().numpy()
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None):
+        """(logits of every position [batch, seq, vocab], cache): a prefill that keeps the whole prompt's
+        logits (the adaptive controller's probe reads them) and a cache to decode on from."""
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+        import torch
+
+        def tensor(a):
+            return torch.as_tensor(a, dtype=torch.long, device=self.device)
+
+        with torch.inference_mode():
+            out = self.model(input_ids=tensor(input_ids), attention_mask=tensor(mask),
+                             position_ids=tensor(position_ids_for(mask, input_ids.shape[1])),
+                             past_key_values=self.empty_cache(input_ids.shape[0]), use_cache=True)
+        return out.logits.float().cpu().numpy(), out.past_key_values
 
     def empty_cache(self, batch: int):
         from transformers import DynamicCache
@@ -124,11 +141,15 @@ class GraphRunner:
         return self._to_numpy(logits[:, -1]), cache
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        return self.prefill(input_ids, attention_mask)[0]
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None):
+        """(logits of every position [batch, seq, vocab], cache to decode on from)."""
         input_ids = np.asarray(input_ids, dtype=np.int64)
         mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
-        logits, _ = self._forward(input_ids, mask, position_ids_for(mask, input_ids.shape[1]),
-                                  self.empty_cache(input_ids.shape[0]))
-        return self._to_numpy(logits)
+        logits, cache = self._forward(input_ids, mask, position_ids_for(mask, input_ids.shape[1]),
+                                      self.empty_cache(input_ids.shape[0]))
+        return self._to_numpy(logits), cache
 
     def synchronize(self) -> None:
         pass

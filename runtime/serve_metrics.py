@@ -53,6 +53,25 @@ class ServeMetrics:
         if energy_counter is not None:
             self.registry.register(_EnergyCollector(energy_counter, labels))
 
+    def add_adaptive(self, variants: list[str]) -> None:
+        """`serve --adaptive`: decisions, escalations and audits per variant, and the controller's price of cost."""
+        names = (*self._labels, "variant")
+        self._adaptive = {kind: Counter(f"sparsetrt_adaptive_{kind}s", help_text, names, registry=self.registry)
+                          for kind, help_text in (
+                              ("decision", "Requests the adaptive controller sent to each variant"),
+                              ("escalation", "Requests handed to the dense variant mid-generation, by the variant "
+                                             "they started on"),
+                              ("audit", "Requests also run on the dense variant to measure quality, by variant"))}
+        for counter in self._adaptive.values():
+            for variant in variants:
+                counter.labels(**self._labels, variant=variant)  # every variant shows, at 0 until used
+        self.adaptive_lam = Gauge("sparsetrt_adaptive_lambda", "The controller's price of cost (nats per unit of "
+                                  "cost relative to dense)", tuple(self._labels), registry=self.registry
+                                  ).labels(**self._labels)
+
+    def count_adaptive(self, kind: str, variant: str) -> None:
+        self._adaptive[kind].labels(**self._labels, variant=variant).inc()
+
     def count_response(self, code: int) -> None:
         self._requests.labels(**self._labels, code=str(code)).inc()
 

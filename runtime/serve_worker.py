@@ -154,6 +154,8 @@ class GenerationWorker:
         try:
             start = time.monotonic()
             self.runner, self.tokenizer = self.served.load()
+            if self.metrics is not None and hasattr(self.runner, "attach_metrics"):
+                self.runner.attach_metrics(self.metrics)  # adaptive serving: decisions per variant
             self.request_tokenizer = self.served.load_tokenizer()
             self.stop_ids = stop_tokens_of(self.tokenizer, getattr(getattr(self.runner, "model", None), "config", None))
             self.pad_id = self.tokenizer.pad_token_id or 0
@@ -200,6 +202,10 @@ class GenerationWorker:
                             top_p=job.sampling.top_p, seed=job.sampling.seed, stop_tokens=self.stop_ids)
         text = TextAssembler(self.tokenizer, job.stop_texts)
         finish, produced, first, last = "length", 0, None, None
+        served_tokens: list[int] = []
+        routed = hasattr(self.runner, "finish_request")  # adaptive serving learns from each finished request
+        if routed:
+            self.runner.begin_request(sampling.max_new_tokens)
         steps = token_stream(self.runner, [job.prompt_ids], sampling, self.pad_id)
         try:
             for token_row in steps:
@@ -211,6 +217,7 @@ class GenerationWorker:
                 last = now
                 token = int(token_row[0])
                 produced += 1
+                served_tokens.append(token)
                 if token in self.stop_ids:
                     finish = "stop"
                     break
@@ -230,6 +237,8 @@ class GenerationWorker:
                     return
         finally:
             steps.close()
+            if routed:
+                self.runner.finish_request(served_tokens)
         if finish == "length":
             tail = text.flush()
             if tail:

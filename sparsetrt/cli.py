@@ -154,6 +154,55 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(default: the request timeout)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
+    p.add_argument("--adaptive", metavar="POLICY", choices=["linucb", "thompson", "threshold", "static"],
+                   help="route each request to a variant of --variants chosen by this controller (linucb, thompson, "
+                        "threshold, static); --model then names only what clients send")
+    p.add_argument("--variants", default="artifacts/variants", help="with --adaptive: the variant set (variants.json "
+                                                                     "or its folder, from `sparsetrt variants`)")
+    p.add_argument("--controller-state", help="with --adaptive: JSON state file, loaded at start and saved after "
+                                              "every audited request (default: VARIANTS/controller-POLICY.json)")
+    p.add_argument("--lam", type=float, default=0.25, help="with --adaptive: nats of NLL per unit of cost relative "
+                                                           "to dense, the price of compute (make bench-adaptive "
+                                                           "reports the static frontier's slope as a guide)")
+    p.add_argument("--budget", type=float, help="with --adaptive: mean cost relative to dense to spend; lam then "
+                                                "follows dual ascent towards it")
+    p.add_argument("--audit-fraction", type=float, default=0.1,
+                   help="with --adaptive: share of requests also run on the dense variant to learn quality")
+    p.add_argument("--escalation", action="store_true", help="with --adaptive: hand a request to dense when a "
+                                                             "token's entropy crosses the learned threshold")
+    p.add_argument("--static-variant", help="with --adaptive static: the variant to serve")
+    p.add_argument("--seed", type=int, default=0, help="with --adaptive: the controller's seed")
+
+    p = sub.add_parser("variants", help="build a family of variants of one model (dense, 2:4, 2:4+INT8, 2:4+INT4, ...) "
+                                        "and time each on this backend (variants.json)")
+    p.add_argument("--artifacts", default="artifacts", help="artifacts directory the configs write to")
+    p.add_argument("--configs", nargs="*", default=["configs/demo-int8.toml", "configs/demo-int4.toml"],
+                   help="pipeline configs whose 2:4 runs form the set (finished stages are reused)")
+    p.add_argument("--no-dense", action="store_true", help="skip exporting/quantizing the dense baseline (it must "
+                                                            "exist already)")
+    p.add_argument("--schedules", help="also export the hardware-mode schedules found here (make bench-schedule's "
+                                       "artifacts/schedule)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--out", default="artifacts/variants")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("bench-adaptive", help="per-input variant choice (bandits, threshold, oracle) vs static "
+                                              "variants on a mixed stream (adaptive.json/md/png)")
+    p.add_argument("--variants", default="artifacts/variants", help="the variant set (from `sparsetrt variants`)")
+    p.add_argument("--only", help="comma-separated variant names to use (dense and the probe are always kept)")
+    p.add_argument("--inputs-per-source", type=int, default=40)
+    p.add_argument("--new-tokens", type=int, default=16, help="true continuation tokens scored per input")
+    p.add_argument("--min-prompt-tokens", type=int, default=24)
+    p.add_argument("--max-prompt-tokens", type=int, default=160)
+    p.add_argument("--lam", type=float, help="price of cost (nats per unit relative to dense); default: the "
+                                             "static frontier's slope between the probe variant and dense")
+    p.add_argument("--audit-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--remeasure", action="store_true", help="time every variant again instead of reusing the table")
+    p.add_argument("--out", default="benchmarks")
+    p.add_argument("--work", default="artifacts/adaptive", help="the measured table (reused when settings match)")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("loadtest", help="N concurrent clients against a running server; latency, throughput, errors")
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--clients", type=int, default=32)
@@ -543,8 +592,18 @@ def cmd_serve(args) -> int:
                              request_timeout_s=args.request_timeout, max_tokens_limit=args.max_tokens_limit,
                              max_body_bytes=args.max_body_bytes, graceful_timeout_s=args.graceful_timeout,
                              log_level=args.log_level).validate()
-    served = resolve_served_model(args.model, args.backend, args.precision, name=args.served_model_name,
-                                  max_prompt_tokens=args.max_prompt_tokens, tokenizer=args.tokenizer)
+    if args.adaptive:
+        from sparsetrt.runtime.adaptive_serve import resolve_adaptive
+        from sparsetrt.runtime.controllers import ControllerSettings
+
+        controller = ControllerSettings(policy=args.adaptive, lam=args.lam, budget=args.budget,
+                                        audit_fraction=args.audit_fraction, escalation=args.escalation,
+                                        static_arm=args.static_variant, seed=args.seed)
+        served = resolve_adaptive(args.variants, controller, name=args.served_model_name,
+                                  state_path=args.controller_state, max_prompt_tokens=args.max_prompt_tokens)
+    else:
+        served = resolve_served_model(args.model, args.backend, args.precision, name=args.served_model_name,
+                                      max_prompt_tokens=args.max_prompt_tokens, tokenizer=args.tokenizer)
     return serve(served, settings)
 
 
@@ -575,11 +634,45 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_variants(args) -> int:
+    from sparsetrt.runtime.variant_set import VARIANT_MANIFEST, build_variant_set
+
+    manifest = build_variant_set(Path(args.artifacts), Path(args.out), backend=args.backend, configs=args.configs,
+                                 dense=not args.no_dense, schedules=Path(args.schedules) if args.schedules else None,
+                                 progress=not args.no_progress)
+    print(f"{'variant':<22} {'MB':>7} {'prefill ms@128':>15} {'decode ms':>10} {'x dense':>8}")
+    for v in manifest["variants"]:
+        print(f"{v['name']:<22} {v['file_bytes'] / 1e6:>7.0f} {v['cost']['prefill_ms']['128']:>15.1f} "
+              f"{v['cost']['decode_ms']:>10.1f} {v['relative_cost']:>8.3f}")
+    print(f"probe (cheapest): {manifest['probe']}; wrote {Path(args.out) / VARIANT_MANIFEST}")
+    return 0
+
+
+def cmd_bench_adaptive(args) -> int:
+    from sparsetrt.runtime.adaptive_bench import AdaptiveBenchSettings, run_adaptive_bench
+
+    settings = AdaptiveBenchSettings(inputs_per_source=args.inputs_per_source, new_tokens=args.new_tokens,
+                                     min_prompt_tokens=args.min_prompt_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                                     lam=args.lam, audit_fraction=args.audit_fraction, seed=args.seed,
+                                     variants=tuple(v.strip() for v in args.only.split(",")) if args.only else ())
+    report = run_adaptive_bench(Path(args.variants), Path(args.out), Path(args.work), settings,
+                                reuse_table=not args.remeasure, progress=not args.no_progress)
+    for row in report["policies"]:
+        print(f"{row['policy']:<26} cost {row['relative_cost']:.3f}x dense  NLL {row['nll']:.3f}  agreement "
+              f"{row['agreement_with_dense']:.3f}  decision {row['decision_overhead_us']:.0f} us")
+    acc = report["acceptance"]
+    print(f"acceptance: frontier {acc['frontier']['passed']}, 95 % agreement at <= 60 % cost "
+          f"{acc['agreement_at_cost']['passed']}, overhead {acc['overhead']['passed']}")
+    print(f"wrote {Path(args.out) / 'adaptive.json'}, adaptive.md, adaptive.png")
+    return 0
+
+
 COMMANDS = {"prune": cmd_prune, "export": cmd_export, "quantize": cmd_quantize, "lint": cmd_lint,
             "parity": cmd_parity, "verify": cmd_verify, "run": cmd_run, "quality": cmd_quality,
             "engine": cmd_engine, "generate": cmd_generate, "bench": cmd_bench,
             "distill": cmd_distill, "bench-schedule": cmd_bench_schedule, "serve": cmd_serve,
-            "loadtest": cmd_loadtest, "bench-serve": cmd_bench_serve}
+            "loadtest": cmd_loadtest, "bench-serve": cmd_bench_serve,
+            "variants": cmd_variants, "bench-adaptive": cmd_bench_adaptive}
 
 if __name__ == "__main__":
     sys.exit(main())

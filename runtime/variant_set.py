@@ -1,0 +1,205 @@
+"""`sparsetrt variants`: a family of deployable variants of one base model, and what each costs on this backend.
+
+The variants come from the existing pipeline: the 2:4 runs of the given configs (fp32, INT8, INT4 ONNX under the
+artifacts directory), the dense baseline exported and quantized with the same settings (artifacts/dense, as
+`make bench` does), and optionally the hardware-mode schedules of `make bench-schedule` (checkpoints exported
+to ONNX here). Each is then timed on the current backend: prefill at a few prompt lengths (fitted as
+intercept + per-token slope) and decode steps, so a controller can predict what any request costs on each
+variant. The manifest (variants.json) lists pattern, precision, size on disk and that measured cost model.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.runtime.backends import position_ids_for
+
+VARIANT_MANIFEST = "variants.json"
+COST_PROMPT_LENGTHS = (32, 128, 256)
+REFERENCE_REQUEST = (128, 32)  # prompt tokens, new tokens: the request `relative_cost` in the manifest describes
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Milliseconds a request costs on one variant: prefill = intercept + slope * prompt tokens; then one decode
+    step per new token after the first."""
+
+    prefill_intercept_ms: float
+    prefill_per_token_ms: float
+    decode_ms: float
+
+    def prefill(self, prompt_tokens: int) -> float:
+        return max(self.prefill_intercept_ms + self.prefill_per_token_ms * prompt_tokens, 0.0)
+
+    def request(self, prompt_tokens: int, new_tokens: int) -> float:
+        return self.prefill(prompt_tokens) + self.decode_ms * max(new_tokens - 1, 0)
+
+    @classmethod
+    def from_manifest(cls, entry: dict) -> "CostModel":
+        cost = entry["cost"]
+        return cls(cost["prefill_intercept_ms"], cost["prefill_per_token_ms"], cost["decode_ms"])
+
+
+def decision_costs(cost_models: list[CostModel], dense: int, probe: int, prompt_tokens: int,
+                   new_tokens: int) -> np.ndarray:
+    """What each variant would still cost for a request once the probe has run, relative to dense's whole request:
+    the probe's own variant continues from the probe's prefill (decode only), every other prefills the prompt
+    itself. The probe is spent either way, so it does not enter the choice."""
+    costs = np.array([m.request(prompt_tokens, new_tokens) for m in cost_models])
+    costs[probe] -= cost_models[probe].prefill(prompt_tokens)
+    return costs / cost_models[dense].request(prompt_tokens, new_tokens)
+
+
+def measure_request(runner, prompt_ids, continuation_ids, keep_prompt_logits: bool = False) -> dict:
+    """One request, teacher-forced: prefill the prompt, then feed the true continuation one token per decode step
+    (what generating it costs), timing each part. Returns prefill_ms, step_ms, the logits that predicted each
+    continuation token [n, vocab] (from the prefill's last position, then every step), and the prompt's logits
+    when asked (the probe's features come from them)."""
+    prompt = np.asarray(prompt_ids, dtype=np.int64)[None]
+    mask = np.ones_like(prompt)
+    start = time.perf_counter()
+    prompt_logits, cache = runner.prefill(prompt, mask)
+    runner.synchronize()
+    prefill_ms = (time.perf_counter() - start) * 1000
+    predicted = [prompt_logits[0, -1]]
+    step_ms = []
+    for token in list(continuation_ids)[:-1]:
+        mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
+        start = time.perf_counter()
+        logits, cache = runner.step(np.array([[token]], dtype=np.int64), mask, position_ids_for(mask, 1),
+                                    cache)
+        runner.synchronize()
+        step_ms.append((time.perf_counter() - start) * 1000)
+        predicted.append(logits[0])
+    return {"prefill_ms": prefill_ms, "step_ms": step_ms, "logits": np.stack(predicted),
+            "prompt_logits": prompt_logits[0] if keep_prompt_logits else None}
+
+
+def measure_cost(runner, vocab: int, lengths=COST_PROMPT_LENGTHS, decode_steps: int = 16, repeats: int = 3,
+                 seed: int = 0) -> dict:
+    """The cost model of one loaded variant: median prefill ms at each prompt length (random token ids; cost does
+    not depend on the text), a least-squares line through them, and the median decode step."""
+    rng = np.random.default_rng(seed)
+    measure_request(runner, rng.integers(0, vocab, 16), rng.integers(0, vocab, 2))  # warm-up (ORT optimises)
+    prefill = {}
+    steps = []
+    for length in lengths:
+        runs = [measure_request(runner, rng.integers(0, vocab, length), rng.integers(0, vocab, decode_steps + 1))
+                for _ in range(repeats)]
+        prefill[length] = statistics.median(r["prefill_ms"] for r in runs)
+        steps.extend(s for r in runs for s in r["step_ms"])
+    slope, intercept = np.polyfit(np.array(lengths, dtype=float), np.array([prefill[n] for n in lengths]), 1)
+    model = CostModel(float(intercept), float(slope), statistics.median(steps))
+    return {"prefill_ms": {str(n): v for n, v in prefill.items()}, "prefill_intercept_ms": model.prefill_intercept_ms,
+            "prefill_per_token_ms": model.prefill_per_token_ms, "decode_ms": model.decode_ms,
+            "reference_request_ms": model.request(*REFERENCE_REQUEST)}
+
+
+def collect_variants(artifacts: Path, backend: str = "onnxruntime", schedules: Path | None = None,
+                     progress: bool = True) -> list[dict]:
+    """name/pattern/precision/path of every variant `artifacts` holds for `backend` (the layout `sparsetrt run` and
+    `sparsetrt bench --dense` write), plus the hardware-mode schedules under `schedules` exported to ONNX."""
+    from sparsetrt.runtime.bench import discover_variants
+
+    found = [v for v in discover_variants(artifacts) if v.backend == backend]
+    entries = [{"name": f"{v.pattern}-{v.precision}", "pattern": v.pattern, "precision": v.precision,
+                "backend": v.backend, "path": v.path} for v in found]
+    if schedules is not None and backend == "onnxruntime":
+        from sparsetrt.export.stage import export_checkpoint
+
+        for checkpoint in sorted(Path(schedules).glob("*hardware*")):
+            if not (checkpoint / "sparsity.json").is_file():
+                continue
+            onnx_dir = checkpoint / "onnx"
+            export_checkpoint(checkpoint, onnx_dir, precisions=["fp32"], reuse=True)
+            entries.append({"name": f"{checkpoint.name}-fp32", "pattern": checkpoint.name, "precision": "fp32",
+                            "backend": backend, "path": str(onnx_dir / "model.onnx")})
+    return entries
+
+
+def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", configs=(), dense: bool = True,
+                      schedules: Path | None = None, progress: bool = True) -> dict:
+    """Run the pipeline for `configs` (finished stages are reused), add the dense baseline, time every variant and
+    write out/variants.json. Returns the manifest."""
+    from sparsetrt.artifacts import write_json
+    from sparsetrt.runtime.backends import make_runner
+    from sparsetrt.runtime.bench import files_bytes, prepare_dense
+    from sparsetrt.runtime.measure import device_info
+
+    artifacts, out = Path(artifacts), Path(out)
+    for config_path in configs:
+        from sparsetrt.config import load_config
+        from sparsetrt.pipeline import run_pipeline
+
+        config = load_config(config_path)
+        config.out = str(artifacts)
+        if progress:
+            print(f"==> pipeline {config_path} (finished stages are reused)", flush=True)
+        run_pipeline(config, overwrite=True, progress=progress)
+    if dense:
+        if progress:
+            print("==> dense baseline (export + quantize with the 2:4 runs' settings)", flush=True)
+        prepare_dense(artifacts, progress=progress)
+    entries = collect_variants(artifacts, backend, schedules, progress)
+    names = [e["name"] for e in entries]
+    if "dense-fp32" not in names:
+        raise SparsetrtError(f"no dense fp32 variant under {artifacts}/dense: pass --dense (the controllers need the "
+                             "dense variant as their quality reference)")
+    if len(entries) < 2:
+        raise SparsetrtError(f"only {names} under {artifacts}: an adaptive controller needs two variants or more")
+    tokenizer = None
+    for index, entry in enumerate(entries, 1):
+        if progress:
+            print(f"[{index}/{len(entries)}] timing {entry['name']} on {backend} ...", flush=True)
+        runner = make_runner(backend, entry["path"], device="cpu" if backend == "onnxruntime" else "auto")
+        if tokenizer is None:
+            from sparsetrt.models import load_tokenizer
+
+            tokenizer = load_tokenizer(artifacts / "pruned")
+        entry["cost"] = measure_cost(runner, len(tokenizer))
+        entry["file_bytes"] = files_bytes(Path(entry["path"]))
+        del runner
+        if progress:
+            c = entry["cost"]
+            print(f"    prefill {c['prefill_intercept_ms']:.1f} ms + {c['prefill_per_token_ms']:.2f} ms/token, "
+                  f"decode {c['decode_ms']:.1f} ms/token", flush=True)
+    dense_ms = next(e for e in entries if e["name"] == "dense-fp32")["cost"]["reference_request_ms"]
+    for entry in entries:
+        entry["relative_cost"] = entry["cost"]["reference_request_ms"] / dense_ms
+    probe = min(entries, key=lambda e: e["cost"]["reference_request_ms"])
+    manifest = {"stage": "variants", "backend": backend, "artifacts": str(artifacts), "dense": "dense-fp32",
+                "probe": probe["name"], "tokenizer": str(artifacts / "pruned"),
+                "reference_request": {"prompt_tokens": REFERENCE_REQUEST[0], "new_tokens": REFERENCE_REQUEST[1]},
+                "machine": device_info("cpu" if backend == "onnxruntime" else "cuda"),
+                "variants": entries}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / VARIANT_MANIFEST, manifest)
+    return manifest
+
+
+def read_variant_set(path: Path) -> dict:
+    """The manifest at `path` (a variants.json or the folder holding it), checked for what controllers need."""
+    from sparsetrt.artifacts import read_json
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / VARIANT_MANIFEST
+    if not path.is_file():
+        raise SparsetrtError(f"{path} does not exist: build the variant set first (`sparsetrt variants`, or "
+                             "`make bench-adaptive`)")
+    manifest = read_json(path)
+    names = [v.get("name") for v in manifest.get("variants", [])]
+    if manifest.get("dense") not in names or manifest.get("probe") not in names:
+        raise SparsetrtError(f"{path} names dense '{manifest.get('dense')}' and probe '{manifest.get('probe')}', "
+                             f"which are not among its variants {names}; rebuild it with `sparsetrt variants`")
+    for entry in manifest["variants"]:
+        if not Path(entry["path"]).exists():
+            raise SparsetrtError(f"variant '{entry['name']}' points at {entry['path']}, which does not exist; "
+                                 "rebuild the variant set")
+    return manifest
