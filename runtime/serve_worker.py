@@ -203,6 +203,7 @@ class GenerationWorker:
         text = TextAssembler(self.tokenizer, job.stop_texts)
         finish, produced, first, last = "length", 0, None, None
         served_tokens: list[int] = []
+        ended_normally = False
         routed = hasattr(self.runner, "finish_request")  # adaptive serving learns from each finished request
         if routed:
             self.runner.begin_request(sampling.max_new_tokens)
@@ -235,9 +236,10 @@ class GenerationWorker:
                                                       f"{produced} tokens generated; ask for fewer tokens or raise "
                                                       "--request-timeout", "timeout", code="generation_timeout"))
                     return
+            ended_normally = True
         finally:
             steps.close()
-            if routed:
+            if routed and not ended_normally:  # cancelled, timed out or failed: still close the routed request
                 self.runner.finish_request(served_tokens)
         if finish == "length":
             tail = text.flush()
@@ -248,6 +250,8 @@ class GenerationWorker:
         job.emit("done", completion)
         if self.metrics:
             self.metrics.observe_completion(completion)
+        if routed:  # after "done": the client does not wait for an audit's dense pass
+            self.runner.finish_request(served_tokens)
 
 
     def _cancelled(self, produced: int) -> None:

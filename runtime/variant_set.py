@@ -22,7 +22,8 @@ from sparsetrt.runtime.backends import position_ids_for
 
 VARIANT_MANIFEST = "variants.json"
 COST_PROMPT_LENGTHS = (32, 128, 256)
-REFERENCE_REQUEST = (128, 32)  # prompt tokens, new tokens: the request `relative_cost` in the manifest describes
+REFERENCE_REQUEST = (128, 32)
+QUALITY_WINDOWS = 4  # prompt tokens, new tokens: the request `relative_cost` in the manifest describes
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,26 @@ def measure_cost(runner, vocab: int, lengths=COST_PROMPT_LENGTHS, decode_steps: 
             "reference_request_ms": model.request(*REFERENCE_REQUEST)}
 
 
+PROBE_COST_TIE = 0.10  # variants within 10 % of the cheapest cost are a tie (timing noise on a shared CPU is ~5 %)
+
+
+def quality_nll(runner, windows: np.ndarray) -> float:
+    """Mean next-token NLL of `windows` [n, seq] (calibration text): a quick quality reading for the manifest."""
+    from sparsetrt.runtime.signals import token_stats
+
+    nll = [token_stats(runner.logits(w[None])[0, :-1], w[1:])["nll"].mean() for w in windows]
+    return float(np.mean(nll))
+
+
+def choose_probe(entries: list[dict]) -> dict:
+    """The probe: the cheapest variant, ties within PROBE_COST_TIE going to the better one (lower NLL). The probe's
+    variant is the one that serves without a prefill of its own, so among equally cheap variants (2:4 and dense
+    at the same precision on a CPU) it should be the one a controller would rather pick."""
+    cheapest = min(e["cost"]["reference_request_ms"] for e in entries)
+    tied = [e for e in entries if e["cost"]["reference_request_ms"] <= cheapest * (1 + PROBE_COST_TIE)]
+    return min(tied, key=lambda e: (e["quality_nll"], e["cost"]["reference_request_ms"]))
+
+
 def collect_variants(artifacts: Path, backend: str = "onnxruntime", schedules: Path | None = None,
                      progress: bool = True) -> list[dict]:
     """name/pattern/precision/path of every variant `artifacts` holds for `backend` (the layout `sparsetrt run` and
@@ -153,16 +174,18 @@ def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", 
                              "dense variant as their quality reference)")
     if len(entries) < 2:
         raise SparsetrtError(f"only {names} under {artifacts}: an adaptive controller needs two variants or more")
-    tokenizer = None
+    from sparsetrt.calibration.data import load_corpus, random_windows, tokenize_corpus
+    from sparsetrt.models import load_tokenizer
+
+    tokenizer = load_tokenizer(artifacts / "pruned")
+    corpus = load_corpus("auto", "valid")  # never the evaluation split
+    windows = random_windows(tokenize_corpus(tokenizer, corpus), QUALITY_WINDOWS, 128, seed=0).numpy()
     for index, entry in enumerate(entries, 1):
         if progress:
             print(f"[{index}/{len(entries)}] timing {entry['name']} on {backend} ...", flush=True)
         runner = make_runner(backend, entry["path"], device="cpu" if backend == "onnxruntime" else "auto")
-        if tokenizer is None:
-            from sparsetrt.models import load_tokenizer
-
-            tokenizer = load_tokenizer(artifacts / "pruned")
         entry["cost"] = measure_cost(runner, len(tokenizer))
+        entry["quality_nll"] = quality_nll(runner, windows)
         entry["file_bytes"] = files_bytes(Path(entry["path"]))
         del runner
         if progress:
@@ -172,9 +195,10 @@ def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", 
     dense_ms = next(e for e in entries if e["name"] == "dense-fp32")["cost"]["reference_request_ms"]
     for entry in entries:
         entry["relative_cost"] = entry["cost"]["reference_request_ms"] / dense_ms
-    probe = min(entries, key=lambda e: e["cost"]["reference_request_ms"])
+    probe = choose_probe(entries)
     manifest = {"stage": "variants", "backend": backend, "artifacts": str(artifacts), "dense": "dense-fp32",
                 "probe": probe["name"], "tokenizer": str(artifacts / "pruned"),
+                "quality": f"mean next-token NLL of {QUALITY_WINDOWS} windows of 128 tokens, {corpus.description}",
                 "reference_request": {"prompt_tokens": REFERENCE_REQUEST[0], "new_tokens": REFERENCE_REQUEST[1]},
                 "machine": device_info("cpu" if backend == "onnxruntime" else "cuda"),
                 "variants": entries}

@@ -640,11 +640,11 @@ def cmd_variants(args) -> int:
     manifest = build_variant_set(Path(args.artifacts), Path(args.out), backend=args.backend, configs=args.configs,
                                  dense=not args.no_dense, schedules=Path(args.schedules) if args.schedules else None,
                                  progress=not args.no_progress)
-    print(f"{'variant':<22} {'MB':>7} {'prefill ms@128':>15} {'decode ms':>10} {'x dense':>8}")
+    print(f"{'variant':<22} {'MB':>7} {'prefill ms@128':>15} {'decode ms':>10} {'x dense':>8} {'NLL':>6}")
     for v in manifest["variants"]:
         print(f"{v['name']:<22} {v['file_bytes'] / 1e6:>7.0f} {v['cost']['prefill_ms']['128']:>15.1f} "
-              f"{v['cost']['decode_ms']:>10.1f} {v['relative_cost']:>8.3f}")
-    print(f"probe (cheapest): {manifest['probe']}; wrote {Path(args.out) / VARIANT_MANIFEST}")
+              f"{v['cost']['decode_ms']:>10.1f} {v['relative_cost']:>8.3f} {v['quality_nll']:>6.3f}")
+    print(f"probe (cheapest; ties within 10 % to the lower NLL): {manifest['probe']}; wrote {Path(args.out) / VARIANT_MANIFEST}")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -280,7 +281,23 @@ def test_variant_set_manifest(tiny_variants):
         assert v["file_bytes"] > 0 and v["cost"]["decode_ms"] > 0 and set(v["cost"]["prefill_ms"]) == {"32", "128",
                                                                                                        "256"}
         assert v["pattern"] in ("dense", "2:4") and v["precision"] == "fp32"
-    assert manifest["probe"] == min(manifest["variants"], key=lambda v: v["relative_cost"])["name"]
+        assert v["quality_nll"] > 0
+    from sparsetrt.runtime.variant_set import choose_probe
+
+    assert manifest["probe"] == choose_probe(manifest["variants"])["name"]
+
+
+def test_probe_is_the_cheapest_with_noise_ties_to_the_better_variant():
+    from sparsetrt.runtime.variant_set import choose_probe
+
+    def entry(name, ms, nll):
+        return {"name": name, "cost": {"reference_request_ms": ms}, "quality_nll": nll}
+
+    entries = [entry("dense-fp32", 1000, 3.0), entry("2:4-int8", 600, 4.4), entry("dense-int8", 640, 3.1),
+               entry("dense-int4", 900, 3.2)]
+    assert choose_probe(entries)["name"] == "dense-int8"  # 640 is within 10 % of 600 and much better
+    entries[2]["cost"]["reference_request_ms"] = 700
+    assert choose_probe(entries)["name"] == "2:4-int8"  # no longer a tie: the cheapest wins
 
 
 def test_variant_set_refuses_a_missing_pipeline_run(tmp_path):
@@ -342,12 +359,16 @@ def test_serve_adaptive_routes_requests_and_counts_decisions(tiny_variants):
         decisions = {name: server.metric("sparsetrt_adaptive_decisions_total", variant=name)
                      for name in [v["name"] for v in manifest["variants"]]}
         health = server.client.get("/health").json()
-        audits = server.metric("sparsetrt_adaptive_audits_total")
+        # the audit runs after the response is sent: wait for the last one
+        expected = sum(v for k, v in decisions.items() if k != "dense-fp32")  # dense is never audited against itself
+        deadline = time.monotonic() + 10
+        while (audits := server.metric("sparsetrt_adaptive_audits_total")) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert sum(decisions.values()) == 5
     assert health["adaptive"]["policy"] == "linucb" and health["precision"] == "adaptive-linucb"
     state = json.loads((root / "state.json").read_text())
     assert sum(state["decisions"]) == 5 and state["audits"] == audits
-    assert audits == sum(v for k, v in decisions.items() if k != "dense-fp32")  # dense is never audited against itself
+    assert audits == expected
 
     # a restart continues from the saved state
     with LiveServer(adaptive_served(root, policy="linucb", audit_fraction=1.0, seed=0)) as server:
@@ -382,3 +403,13 @@ def test_serve_adaptive_refuses_bad_settings(tiny_variants, tmp_path):
         adaptive_served(root, policy="static", static_arm="int9")
     with pytest.raises(SparsetrtError, match="build the variant set first"):
         resolve_adaptive(tmp_path, ControllerSettings())
+
+
+def test_cli_reports_a_missing_variant_set(tmp_path, capsys):
+    from sparsetrt.cli import main
+
+    assert main(["bench-adaptive", "--variants", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 2
+    assert "build the variant set first" in capsys.readouterr().err
+    assert main(["serve", "--adaptive", "linucb", "--variants", str(tmp_path / "none")]) == 2
+    assert "build the variant set first" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
