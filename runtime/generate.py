@@ -61,7 +61,13 @@ def select_tokens(logits: np.ndarray, sampling: Sampling, rng: np.random.Generat
     """Next token per row of `logits` [batch, vocab]."""
     if sampling.temperature == 0:
         return logits.argmax(axis=-1)
-    scaled = logits.astype(np.float64) / sampling.temperature
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = logits.astype(np.float64) / sampling.temperature
+    # A temperature so small that logits / T overflows (1e-311 reached the server in a fuzz test) has greedy as
+    # its limit: those rows take the argmax instead of a softmax of infinities (NaN probabilities).
+    overflow = ~np.isfinite(scaled).all(axis=-1)
+    if overflow.any():
+        scaled[overflow] = 0.0
     if sampling.top_k and sampling.top_k < scaled.shape[-1]:
         kth = np.partition(scaled, -sampling.top_k, axis=-1)[:, -sampling.top_k][:, None]
         scaled = np.where(scaled < kth, -np.inf, scaled)
@@ -76,7 +82,8 @@ def select_tokens(logits: np.ndarray, sampling: Sampling, rng: np.random.Generat
         np.put_along_axis(drop, order, drop_sorted, axis=-1)
         probs = np.where(drop, 0.0, probs)
         probs /= probs.sum(axis=-1, keepdims=True)
-    return np.array([rng.choice(probs.shape[-1], p=row) for row in probs])
+    chosen = np.array([rng.choice(probs.shape[-1], p=row) for row in probs])
+    return np.where(overflow, logits.argmax(axis=-1), chosen)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -139,3 +139,12 @@ def test_semi_structured_linears_compute_what_dense_ones_do(pruned_tiny):
     assert to_semi_structured(sparse.model) == 14  # every pruned Linear of the 2-layer model
     ids = np.arange(3, 35, dtype=np.int64)[None]  # semi-structured kernels need >= 32 rows
     np.testing.assert_allclose(sparse.logits(ids), dense.logits(ids), atol=5e-2)
+
+
+def test_a_vanishing_temperature_samples_greedily_instead_of_nan():
+    # 2.2e-311 (a subnormal a fuzz test sent the server) makes logits / T overflow; its limit is the argmax
+    logits = np.array([[0.1, 2.0, -1.0, 1.9], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    tokens = select_tokens(logits, Sampling(temperature=2.225073858507e-311, top_p=0.9), rng)
+    assert tokens[0] == 1 and 0 <= tokens[1] < 4  # the second row divides 0 by T: finite, sampled uniformly
+    assert select_tokens(logits[:1], Sampling(temperature=1e-300), rng).tolist() == [1]
