@@ -19,7 +19,7 @@ and the regression only has to explain the loss that pruning and quantization ad
 - Static: one arm always. (The oracle needs every arm's outcome, so it lives in the offline evaluation.)
 - Per-token escalation (`entropy_threshold`): while a non-dense arm generates, a token whose predictive entropy
   exceeds the threshold hands the rest of the request to the dense arm. The threshold is learned from audited
-  tokens: the lowest entropy above which the cheap arm disagrees with dense more often than it agrees.
+  tokens: the entropy at which the cheap arm's local rate of disagreeing with dense crosses one half.
 
 State is JSON (numbers, lists, the RNG's state) so a restarted server continues where it stopped; a corrupt or
 mismatched state file is reported, set aside as <file>.corrupt and replaced by a fresh controller.
