@@ -74,12 +74,14 @@ def plot(report: dict, path: Path) -> Path | None:
     plt = pyplot()
     if plt is None:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (left, zoom, right) = plt.subplots(1, 3, figsize=(17, 4.8))
     statics = [r for r in report["policies"] if r["policy"].startswith("static:")]
     dense_cost = next(r for r in statics if r["policy"] == f"static:{report['dense']}")["mean_cost"]
     hull = report["frontier"]
-    left.plot([c / dense_cost for c, _ in hull], [n for _, n in hull], "k--", lw=1, label="static frontier (mixtures)")
-    for axis, key in ((left, "nll"), (right, "agreement_with_dense")):
+    for axis in (left, zoom):
+        axis.plot([c / dense_cost for c, _ in hull], [n for _, n in hull], "k--", lw=1,
+                  label="static frontier (mixtures)")
+    for axis, key in ((left, "nll"), (zoom, "nll"), (right, "agreement_with_dense")):
         for r in statics:
             axis.scatter(r["relative_cost"], r[key], marker="s", color="gray")
             axis.annotate(r["policy"].split(":", 1)[1], (r["relative_cost"], r[key]), fontsize=7,
@@ -91,6 +93,11 @@ def plot(report: dict, path: Path) -> Path | None:
                       label=f"{policy} (λ sweep)")
         axis.set_xlabel("mean cost per request / dense (measured latency)")
     left.set_ylabel("NLL of the true continuation (nats/token)")
+    # the zoom: the band where the frontier and the controllers lie (static variants far above it are cut off)
+    near = [n for _, n in hull] + [r["nll"] for r in report["sweep"] + report["policies"]
+                                   if not r["policy"].startswith("static:")]
+    zoom.set_ylim(min(near) - 0.03, max(near) + 0.03)
+    zoom.set_title("the same, zoomed on the frontier")
     right.set_ylabel("next-token agreement with dense")
     right.axhline(0.95, color="red", lw=0.8, ls=":")
     right.axvline(0.6, color="red", lw=0.8, ls=":")
