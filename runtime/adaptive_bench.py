@@ -118,14 +118,13 @@ def measure_table(manifest: dict, inputs: list[dict], names: list[str], progress
 
     from sparsetrt.runtime.backends import make_runner
     from sparsetrt.runtime.signals import probe_features, token_stats
+    from sparsetrt.runtime.variant_set import measure_request
 
     entries = {v["name"]: v for v in manifest["variants"]}
     table = {"variants": {}}
     for name in names:
         runner = make_runner(manifest["backend"], entries[name]["path"], device="cpu")
         first = inputs[0]
-        from sparsetrt.runtime.variant_set import measure_request
-
         measure_request(runner, first["prompt"], first["continuation"])  # warm-up: ORT optimises on first run
         probe = name == manifest["probe"]
         rows = {"prefill_ms": [], "decode_ms": [], "nll": [], "argmax": [], "entropy": []}
@@ -184,6 +183,15 @@ class Replay:
     threshold: dict | None = None
     entropy_threshold: float | None = None
 
+    def record(self, cost_ms: float, nll, agreement, arm: int, decision_us: float | None = None) -> None:
+        """One evaluated input: its cost, per-position NLL and agreement (averaged here), the arm that served it."""
+        self.cost_ms.append(float(cost_ms))
+        self.nll.append(float(np.mean(nll)))
+        self.agreement.append(float(np.mean(agreement)))
+        self.choices.append(arm)
+        if decision_us is not None:
+            self.decision_us.append(decision_us)
+
     def row(self, names: list[str], cost_unit: str) -> dict:
         counts = {name: int(sum(1 for c in self.choices if c == i)) for i, name in enumerate(names)}
         return {"policy": self.policy, "lam": self.lam, "mean_cost": float(np.mean(self.cost_ms)),
@@ -204,6 +212,7 @@ class StreamTable:
         rows = [table["variants"][n] for n in names]
         self.prefill = np.stack([r["prefill_ms"] for r in rows])        # [arms, n]
         self.decode = np.stack([r["decode_ms"] for r in rows])          # [arms, n]
+        self.served = self.prefill + self.decode                         # [arms, n] a static variant's cost
         self.nll = np.stack([r["nll"] for r in rows])                   # [arms, n, t]
         self.argmax = np.stack([r["argmax"] for r in rows])
         self.entropy = np.stack([r["entropy"] for r in rows])
@@ -216,9 +225,6 @@ class StreamTable:
         self.n = self.prefill.shape[1]
         self.train = int(round(self.n * meta["train_fraction"]))
 
-    def served_ms(self) -> np.ndarray:
-        return self.prefill + self.decode                                 # [arms, n]
-
     def predicted_relative(self, i: int) -> np.ndarray:
         return decision_costs(self.cost_models, self.arms.dense, self.arms.probe, int(self.lengths[i]),
                               self.new_tokens)
@@ -227,7 +233,7 @@ class StreamTable:
         """Nats of NLL per unit of cost relative to dense that trading the probe variant for dense buys on the
         training half: the price at which mixing the two statically is indifferent."""
         train = slice(0, self.train)
-        served = self.served_ms()[:, train]
+        served = self.served[:, train]
         dense, probe = self.arms.dense, self.arms.probe
         gain = self.nll[probe, train].mean() - self.nll[dense, train].mean()
         extra = (served[dense] - served[probe]).mean() / served[dense].mean()
@@ -240,24 +246,18 @@ class StreamTable:
 def replay_static(st: StreamTable, arm: int) -> Replay:
     r = Replay(f"static:{st.names[arm]}", 0.0)
     for i in range(st.train, st.n):
-        r.cost_ms.append(st.served_ms()[arm, i])
-        r.nll.append(st.nll[arm, i].mean())
-        r.agreement.append(st.agree[arm, i].mean())
-        r.choices.append(arm)
+        r.record(st.served[arm, i], st.nll[arm, i], st.agree[arm, i], arm)
     return r
 
 
 def replay_oracle(st: StreamTable, lam: float) -> Replay:
     """Best variant per input in hindsight: max -NLL - lam * measured cost relative to dense; no probe."""
     r = Replay("oracle", lam)
-    served = st.served_ms()
+    served = st.served
     for i in range(st.train, st.n):
         reward = -st.nll[:, i].mean(axis=1) - lam * served[:, i] / served[st.arms.dense, i]
         arm = int(np.argmax(reward))
-        r.cost_ms.append(served[arm, i])
-        r.nll.append(st.nll[arm, i].mean())
-        r.agreement.append(st.agree[arm, i].mean())
-        r.choices.append(arm)
+        r.record(served[arm, i], st.nll[arm, i], st.agree[arm, i], arm)
     return r
 
 
@@ -308,11 +308,7 @@ def replay_controller(st: StreamTable, settings: ControllerSettings, label: str,
         dense_predicted = st.cost_models[dense].request(int(st.lengths[i]), st.new_tokens)
         controller.observe_cost(arm, chosen_ms / dense_predicted, float(predicted[arm]))
         if evaluating:
-            r.cost_ms.append(cost)
-            r.nll.append(float(nll.mean()))
-            r.agreement.append(float(agree.mean()))
-            r.decision_us.append(decision_us)
-            r.choices.append(arm)
+            r.record(cost, nll, agree, arm, decision_us)
             r.audits += int(audited)
     r.final_lam, r.threshold, r.entropy_threshold = controller.lam, controller.threshold or None, \
         controller.entropy_threshold

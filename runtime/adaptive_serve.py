@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.runtime.backends import position_ids_for
 from sparsetrt.runtime.controllers import Arms, ControllerSettings, load_controller
 from sparsetrt.runtime.signals import log_softmax, probe_features, token_stats
 from sparsetrt.runtime.variant_set import CostModel, decision_costs
@@ -84,7 +85,7 @@ class AdaptiveRunner:
             request.ids.extend(int(t) for t in np.asarray(input_ids)[0])
             logits, request.cache = self.runners[request.arm].step(input_ids, attention_mask, position_ids,
                                                                    request.cache)
-            logits = self._after_step(request, logits, attention_mask)
+            logits = self._after_step(request, logits)
         request.model_s += time.perf_counter() - start
         return logits, request
 
@@ -114,12 +115,15 @@ class AdaptiveRunner:
             logits, request.cache = prompt_logits[:, -1], probe_cache
         else:
             runner = self.runners[arm]
-            logits, request.cache = runner.step(ids, mask, _positions(mask), runner.empty_cache(1))
-        return self._after_step(request, logits, mask)
+            logits, request.cache = runner.step(ids, mask, position_ids_for(mask, mask.shape[1]),
+                                                runner.empty_cache(1))
+        return self._after_step(request, logits)
 
-    def _after_step(self, request: _Request, logits: np.ndarray, mask) -> np.ndarray:
-        """Record what the audit and the escalation threshold learn from; escalate when the token is too unsure."""
-        if request.escalated_at is None:
+    def _after_step(self, request: _Request, logits: np.ndarray) -> np.ndarray:
+        """Record what the audit and the escalation threshold learn from; escalate when the token is too unsure.
+        Requests neither audited nor escalating skip it: a vocabulary-wide softmax per token is not free."""
+        tracking = request.audited or self.controller.settings.escalation
+        if tracking and request.escalated_at is None:
             stats = token_stats(logits[:1])
             entropy = float(stats["entropy"][0])
             request.entropies.append(entropy)
@@ -181,12 +185,6 @@ class AdaptiveRunner:
     def _count(self, kind: str, variant: str) -> None:
         if self.metrics is not None:
             self.metrics.count_adaptive(kind, variant)
-
-
-def _positions(mask: np.ndarray) -> np.ndarray:
-    from sparsetrt.runtime.backends import position_ids_for
-
-    return position_ids_for(mask, mask.shape[1])
 
 
 @dataclass(frozen=True)

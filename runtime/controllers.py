@@ -98,9 +98,9 @@ class Controller:
     settings: ControllerSettings
     dim: int = DESIGN_DIM
     lam: float | None = None
-    precision: np.ndarray = field(default=None)    # [arms, d, d] ridge precision A
-    covariance: np.ndarray = field(default=None)   # [arms, d, d] A^-1, kept by Sherman-Morrison updates
-    moment: np.ndarray = field(default=None)       # [arms, d] sum of quality * x
+    covariance: np.ndarray = field(default=None)   # [arms, d, d] A^-1 of the ridge precision A, kept by
+                                                   # Sherman-Morrison updates (A itself is never needed)
+    moment: np.ndarray = field(default=None)       # [arms, d] sum of gap * design(x)
     cost_ratio: np.ndarray = field(default=None)   # [arms] observed / predicted cost (running mean)
     cost_seen: np.ndarray = field(default=None)    # [arms] costs observed
     decisions: np.ndarray = field(default=None)    # [arms]
@@ -114,8 +114,7 @@ class Controller:
         k, d = len(self.arms.names), self.dim
         if self.lam is None:
             self.lam = self.settings.lam
-        if self.precision is None:
-            self.precision = np.stack([np.eye(d) * self.settings.ridge] * k)
+        if self.covariance is None:
             self.covariance = np.stack([np.eye(d) / self.settings.ridge] * k)
             self.moment = np.zeros((k, d))
             self.cost_ratio = np.ones(k)
@@ -125,10 +124,13 @@ class Controller:
             self.rng = np.random.default_rng(self.settings.seed)
 
     # -- deciding ---------------------------------------------------------------------------------------------
+    def coefficients(self) -> np.ndarray:
+        """[arms, d] ridge estimate of each arm's gap coefficients (A^-1 b)."""
+        return np.einsum("kij,kj->ki", self.covariance, self.moment)
+
     def predicted_gap(self, z: np.ndarray) -> np.ndarray:
         """Each arm's expected quality minus dense's, for regressors z = design(x)."""
-        theta = np.einsum("kij,kj->ki", self.covariance, self.moment)
-        return theta @ z
+        return self.coefficients() @ z
 
     def decide(self, x: np.ndarray, relative_costs: np.ndarray) -> int:
         """The arm for an input with features x, given each arm's predicted cost relative to dense."""
@@ -148,7 +150,7 @@ class Controller:
                 width = np.sqrt(np.maximum(np.einsum("i,kij,j->k", z, self.covariance, z), 0.0))
                 gap = self.predicted_gap(z) + self.settings.alpha * width
             else:  # Thompson: one draw of each arm's coefficients from its Gaussian posterior
-                theta = np.einsum("kij,kj->ki", self.covariance, self.moment)
+                theta = self.coefficients()
                 chol = np.linalg.cholesky(self.covariance * self.settings.noise ** 2
                                           + 1e-12 * np.eye(self.dim))
                 draws = theta + np.einsum("kij,kj->ki", chol, self.rng.standard_normal(theta.shape))
@@ -170,7 +172,6 @@ class Controller:
         cov = self.covariance[arm]
         cz = cov @ z
         self.covariance[arm] = cov - np.outer(cz, cz) / (1.0 + z @ cz)  # Sherman-Morrison
-        self.precision[arm] += np.outer(z, z)
         self.moment[arm] += (quality - dense_quality) * z
 
     def observe_cost(self, arm: int, relative_cost: float, predicted: float) -> None:
@@ -197,7 +198,7 @@ class Controller:
         return {"version": STATE_VERSION, "policy": self.settings.policy, "arms": self.arms.names,
                 "dense": self.arms.dense, "probe": self.arms.probe, "features": list(FEATURES), "design": DESIGN_DIM,
                 "lam": self.lam,
-                "precision": self.precision.tolist(), "covariance": self.covariance.tolist(),
+                "covariance": self.covariance.tolist(),
                 "moment": self.moment.tolist(), "cost_ratio": self.cost_ratio.tolist(),
                 "cost_seen": self.cost_seen.tolist(), "decisions": self.decisions.tolist(), "audits": self.audits,
                 "threshold": self.threshold, "entropy_threshold": self.entropy_threshold,
@@ -214,14 +215,12 @@ class Controller:
         """Raises ValueError when the state does not belong to these arms and features."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"state version {state.get('version')!r}, expected {STATE_VERSION}")
-        if state.get("arms") != arms.names or state.get("features") != list(FEATURES) or state.get("design") != DESIGN_DIM:
+        if (state.get("arms"), state.get("features"), state.get("design")) != (arms.names, list(FEATURES), DESIGN_DIM):
             raise ValueError(f"state is for variants {state.get('arms')} and features {state.get('features')}, "
                              f"not {arms.names} and {list(FEATURES)}")
         k, d = len(arms.names), DESIGN_DIM
-        arrays = {name: np.asarray(state[name], dtype=np.float64) for name in ("precision", "covariance", "moment",
-                                                                             "cost_ratio", "cost_seen")}
-        shapes = {"precision": (k, d, d), "covariance": (k, d, d), "moment": (k, d), "cost_ratio": (k,),
-                  "cost_seen": (k,)}
+        shapes = {"covariance": (k, d, d), "moment": (k, d), "cost_ratio": (k,), "cost_seen": (k,)}
+        arrays = {name: np.asarray(state[name], dtype=np.float64) for name in shapes}
         for name, shape in shapes.items():
             if arrays[name].shape != shape or not np.all(np.isfinite(arrays[name])):
                 raise ValueError(f"'{name}' has shape {arrays[name].shape} or non-finite values; expected {shape}")

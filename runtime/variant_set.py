@@ -153,11 +153,11 @@ def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", 
     from sparsetrt.runtime.bench import files_bytes, prepare_dense
     from sparsetrt.runtime.measure import device_info
 
+    from sparsetrt.config import load_config
+    from sparsetrt.pipeline import run_pipeline
+
     artifacts, out = Path(artifacts), Path(out)
     for config_path in configs:
-        from sparsetrt.config import load_config
-        from sparsetrt.pipeline import run_pipeline
-
         config = load_config(config_path)
         config.out = str(artifacts)
         if progress:
