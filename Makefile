@@ -13,11 +13,12 @@ VENV_FLAGS  ?=
 # Where JUnit files land for CI systems to pick up (pytest.xml, parity.xml).
 JUNIT_DIR   ?= reports/junit
 
-# `make engine`: the fp16 decoder by default; PRECISION=int8|int4 builds from that run's Q/DQ ONNX instead.
-ENGINE_ONNX ?= $(if $(PRECISION),artifacts/$(PRECISION)/model.$(PRECISION).onnx,artifacts/onnx/model.fp16.onnx)
-ENGINE_OUT  ?= artifacts/engines/$(or $(PRECISION),fp16)
+# The artifacts tree `make demo` writes; the commands below find their files in it (runtime/deployables.py).
+ARTIFACTS   ?= artifacts
+# Whether a demo run has finished there (every `sparsetrt run` writes a run*.json at the top).
+DEMO_DONE    = $(wildcard $(ARTIFACTS)/run*.json)
 
-.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule bench-serve bench-adaptive distill engine \
+.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule bench-serve bench-adaptive bench-gpu distill engine \
 	parity serve \
 	docker-lint docker-build docker-runtime docker-cpu clean distclean help
 
@@ -33,6 +34,7 @@ help:
 	@echo "make bench-adaptive variant set (dense, 2:4, 2:4+INT8/INT4) timed here; bandits vs static variants on a mixed stream"
 	@echo "make serve ADAPTIVE=linucb      route each request to a variant of artifacts/variants (thompson|threshold too)"
 	@echo "make bench-serve    32 clients x 60 s against make serve, plus an overloaded queue (benchmarks/serve.md)"
+	@echo "make bench-gpu      dense vs 2:4 GEMMs + end-to-end generation on a CUDA GPU (benchmarks/gpu.md)"
 	@echo "make docker-cpu     ONNX Runtime serving image; docker-runtime: TensorRT serving; docker-build: engine toolchain"
 	@echo "make bench          decode tok/s, TTFT, ITL p50/95/99, RSS, energy: PyTorch vs ORT fp32/INT8/INT4, dense vs 2:4"
 	@echo "make bench-quality  WikiText-2 perplexity: dense vs magnitude/Wanda/SparseGPT 2:4 (benchmarks/)"
@@ -57,16 +59,20 @@ demo: setup
 lint: setup
 	$(BIN)/sparsetrt lint $(ONNX)
 
-# The parity gate first (it builds the small end-to-end artifacts the e2e tests reuse), then the suite.
+# Code checks (ruff) and the parity gate first (it builds the small end-to-end artifacts the e2e tests reuse),
+# then the suite.
 test: setup
+	$(BIN)/ruff check .
 	$(MAKE) parity
 	SPARSETRT_E2E_ARTIFACTS=$(PARITY_ARTIFACTS) $(BIN)/pytest --junitxml=$(JUNIT_DIR)/pytest.xml $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
 
+# `make engine`: the fp16 decoder by default; PRECISION=int8|int4 builds from that run's Q/DQ ONNX instead,
+# into $(ARTIFACTS)/engines/<precision>.
 engine: setup
-	$(BIN)/sparsetrt engine $(ENGINE_ONNX) --out $(ENGINE_OUT) $(ARGS)
+	$(BIN)/sparsetrt engine $(ARTIFACTS) $(if $(PRECISION),--precision $(PRECISION)) $(ARGS)
 
 # Parity as a CI gate: by default on small artifacts of the embedded model (configs/ci.toml, built once and reused);
 # PARITY_ARTIFACTS=artifacts checks the demo's models (and its engines where TensorRT is installed). Exit 1 and
@@ -77,32 +83,41 @@ parity: setup
 ifeq ($(PARITY_ARTIFACTS),artifacts/ci)
 	$(BIN)/sparsetrt run --config configs/ci.toml --out $(PARITY_ARTIFACTS) --no-progress
 endif
-	$(BIN)/sparsetrt parity --model $(PARITY_ARTIFACTS)/pruned --onnx-dir $(PARITY_ARTIFACTS)/onnx --engine auto \
+	$(BIN)/sparsetrt parity --artifacts $(PARITY_ARTIFACTS) --engine auto \
 		--out $(PARITY_ARTIFACTS)/parity-gate --overwrite --junit $(JUNIT_DIR)/parity.xml $(PARITY_ARGS)
 
 # `make serve` serves the demo's artifacts when they exist, else the embedded model.
-MODEL   ?= $(if $(wildcard artifacts/onnx/export.json),artifacts,smollm2-135m)
+MODEL   ?= $(if $(DEMO_DONE),$(ARTIFACTS),smollm2-135m)
 BACKEND ?= onnxruntime
 PORT    ?= 8000
 
 # ADAPTIVE=linucb|thompson|threshold|static: serve the variant set (make bench-adaptive builds it) through that
 # controller; its state lives in artifacts/variants/controller-POLICY.json.
 ADAPTIVE ?=
-VARIANTS ?= artifacts/variants
+VARIANTS ?= $(ARTIFACTS)/variants
 
 serve: setup
 	$(BIN)/sparsetrt serve --model $(MODEL) --backend $(BACKEND) --port $(PORT) \
 		$(if $(ADAPTIVE),--adaptive $(ADAPTIVE) --variants $(VARIANTS)) $(ARGS)
 
 bench-serve: setup
-	@test -f artifacts/onnx/export.json || $(MAKE) demo
-	$(BIN)/sparsetrt bench-serve --model artifacts --backend $(BACKEND) --out benchmarks $(ARGS)
+	$(if $(DEMO_DONE),,$(MAKE) demo)
+	$(BIN)/sparsetrt bench-serve --model $(ARTIFACTS) --backend $(BACKEND) --out benchmarks $(ARGS)
 
 # The variant set from the INT8/INT4 demo configs plus the dense baseline (finished stages are reused), each timed
 # on this backend; then every controller replayed over a mixed stream (benchmarks/adaptive.{json,md,png}).
+# GPU_COST=benchmarks/gpu.json (from `make bench-gpu`) also replays the policies on GPU-modelled costs.
+GPU_COST ?=
+
 bench-adaptive: setup
 	$(BIN)/sparsetrt variants --out $(VARIANTS) --no-progress
-	$(BIN)/sparsetrt bench-adaptive --variants $(VARIANTS) --out benchmarks $(ARGS)
+	$(BIN)/sparsetrt bench-adaptive --variants $(VARIANTS) --out benchmarks $(if $(GPU_COST),--gpu-cost $(GPU_COST)) \
+		$(ARGS)
+
+# Dense vs 2:4 GEMMs and end-to-end generation on a CUDA GPU (refuses without one, with the reason). On a machine
+# where nothing can be installed, `sh benchmarks/gpu-device.sh OUT` runs the same with the system's python3.
+bench-gpu: setup
+	$(BIN)/sparsetrt bench-gpu --out benchmarks $(ARGS)
 
 # Images (a Docker engine is needed to build them; `make test` lints them with hadolint without one).
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
@@ -110,7 +125,7 @@ BAKE      ?=
 
 docker-lint: setup
 	$(BIN)/hadolint docker/Dockerfile.build docker/Dockerfile.runtime docker/Dockerfile.cpu
-	$(BIN)/shellcheck docker/entrypoint.sh
+	$(BIN)/shellcheck docker/entrypoint.sh benchmarks/gpu-device.sh
 
 docker-build: docker-lint
 	docker build -f docker/Dockerfile.build -t sparsetrt-build:$(IMAGE_TAG) .
@@ -127,7 +142,7 @@ docker-cpu: docker-lint
 bench: setup
 	$(BIN)/sparsetrt run --config configs/demo-int8.toml --no-progress --overwrite
 	$(BIN)/sparsetrt run --config configs/demo-int4.toml --no-progress --overwrite
-	$(BIN)/sparsetrt bench --artifacts artifacts --dense --out benchmarks $(ARGS)
+	$(BIN)/sparsetrt bench --artifacts $(ARTIFACTS) --dense --out benchmarks $(ARGS)
 
 bench-quality: setup
 	$(BIN)/sparsetrt quality --out benchmarks $(ARGS)
@@ -136,9 +151,9 @@ bench-quality: setup
 MINUTES ?= 30
 
 distill: setup
-	@test -f artifacts/pruned/sparsity.json || $(MAKE) demo
-	$(BIN)/sparsetrt distill --teacher smollm2-135m --student artifacts/pruned --max-minutes $(MINUTES) \
-		--out artifacts/distilled $(ARGS)
+	$(if $(DEMO_DONE),,$(MAKE) demo)
+	$(BIN)/sparsetrt distill --teacher smollm2-135m --student $(ARTIFACTS) --max-minutes $(MINUTES) \
+		--out $(ARTIFACTS)/distilled $(ARGS)
 
 # Twelve pruned models and (by default) a distillation of each: hours on a 2-core CPU. Finished models are
 # reused, so an interrupted run continues; DISTILL=none|2:4-uniform,... narrows the distilled set.

@@ -5,6 +5,10 @@
 
 from __future__ import annotations
 
+# What `sparsetrt engine --precision` takes (auto: what the ONNX carries). Here, not in engine.py, so the CLI can
+# list them without importing the heavy modules.
+ENGINE_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
+
 
 def tensorrt_status() -> tuple[bool, str]:
     """(available, reason): TensorRT importable and a CUDA GPU present."""

@@ -5,7 +5,6 @@
   build_engine(onnx, out, opts) -> NetworkFromOnnxPath -> CreateConfig -> EngineFromNetwork -> SaveEngine, then
                                    a JSON sidecar, the engine inspector's layer report and the build log's sparsity
                                    verdict beside the engine
-  TensorRTRunner(engine)        -> the decoder interface of sparsetrt.runtime.backends on Polygraphy's TrtRunner
 
 Precision follows the field's turn (shared/research/field-notes.md): TensorRT 11 builds strongly typed networks
 only, so precision comes from the ONNX (fp16 graph, Q/DQ nodes); TensorRT 10 still takes fp16/bf16 builder flags,
@@ -22,11 +21,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sparsetrt.build import ENGINE_PRECISIONS
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.onnx_export import decoder_geometry
-from sparsetrt.runtime.backends import GraphRunner
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
 SPARSE_MIN_SM = (8, 0)  # sparse tensor cores: Ampere and later
 ENGINE_FILE = "model.engine"
 SIDECAR_FILE = "engine.json"
@@ -48,8 +46,8 @@ class EngineOptions:
     allow_dense_fallback: bool = False
 
     def validate(self) -> "EngineOptions":
-        if self.precision not in PRECISIONS:
-            raise SparsetrtError(f"engine precision '{self.precision}' unknown; use one of {', '.join(PRECISIONS)}")
+        if self.precision not in ENGINE_PRECISIONS:
+            raise SparsetrtError(f"engine precision '{self.precision}' unknown; use one of {', '.join(ENGINE_PRECISIONS)}")
         if not 1 <= self.opt_batch <= self.max_batch:
             raise SparsetrtError(f"opt batch {self.opt_batch} must be between 1 and max batch {self.max_batch}")
         if self.max_input_len < 1 or self.max_output_len < 1:
@@ -224,7 +222,7 @@ def sparsity_from_log(log_text: str) -> dict:
         elif "picked sparse implementation for" in line:
             picked += _layer_list(re.split(r"picked sparse implementation for(?: layers)?:?", line, maxsplit=1)[1])
     eligible, picked = list(dict.fromkeys(eligible)), list(dict.fromkeys(picked))
-    return {"eligible": eligible, "picked": picked, "eligible_not_picked": [l for l in eligible if l not in picked]}
+    return {"eligible": eligible, "picked": picked, "eligible_not_picked": [name for name in eligible if name not in picked]}
 
 
 def _layer_list(text: str) -> list[str]:
@@ -258,7 +256,7 @@ def check_gpu_for_sparse(capability: tuple[int, int] | None, options: EngineOpti
 # ----------------------------------------------------------------------------------------------- the seam itself
 
 
-def _tensorrt():
+def import_tensorrt():
     """Import TensorRT or say why not (the PyPI stubs raise while fetching their libraries)."""
     from sparsetrt.build import tensorrt_status
 
@@ -290,7 +288,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: EngineOptions 
     if not onnx_path.is_file():
         raise SparsetrtError(f"{onnx_path} does not exist; pass an .onnx file written by `sparsetrt export` or "
                              "`sparsetrt quantize`")
-    trt = _tensorrt()
+    trt = import_tensorrt()
     gpu = gpu_facts()
     warning = check_gpu_for_sparse(gpu["capability"], options)
     out = Path(out)
@@ -361,54 +359,21 @@ def engine_sidecar(plan: EnginePlan, options: EngineOptions, gpu: dict, version:
     }
 
 
-class TensorRTRunner(GraphRunner):
-    """A built engine behind the decoder interface (sparsetrt.runtime.backends), on Polygraphy's TrtRunner.
-    The KV cache stays on the GPU as torch tensors; profile 0 serves prefill (empty past), profile 1 decode."""
+def trtexec_preview(onnx_path: Path, out: Path, options: EngineOptions) -> str:
+    """The trtexec command `build_engine` would match, for the TensorRT installed here (10 assumed when none is),
+    as `sparsetrt engine --print-trtexec` shows it."""
+    from sparsetrt.build import installed_tensorrt_version
 
-    backend = "tensorrt"
+    installed = installed_tensorrt_version()
+    version = installed or "10"
+    plan = plan_engine(Path(onnx_path), Path(out) / ENGINE_FILE, options, version)
+    return (f"# TensorRT {version}{'' if installed else ' assumed (not installed here)'}: {plan.precision}\n"
+            f"{plan.trtexec_command()}")
 
-    def __init__(self, engine_path: Path):
-        import torch
 
-        _tensorrt()
-        from polygraphy.backend.common import BytesFromPath
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-        sidecar_path = Path(engine_path).parent / SIDECAR_FILE
-        if not sidecar_path.is_file():
-            raise SparsetrtError(f"{sidecar_path} is missing; build engines with `sparsetrt engine`")
-        self.sidecar = json.loads(sidecar_path.read_text())
-        super().__init__(self.sidecar["graph"])
-        self.cache_dtype = torch.float16 if self.sidecar["source_onnx"]["float_type"] == "float16" else torch.float32
-        self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path))))
-        self.runner.activate()
-        self.profile = 0
-
-    def _ids(self, array):
-        import numpy as np
-        import torch
-
-        return torch.as_tensor(np.asarray(array), dtype=torch.int64, device="cuda")
-
-    def _empty(self, shape):
-        import torch
-
-        return torch.zeros(shape, dtype=self.cache_dtype, device="cuda")
-
-    def _run(self, feeds):
-        profile = 0 if feeds[self.past_names[0]].shape[2] == 0 else 1
-        if profile != self.profile:
-            self.runner.set_profile(profile)
-            self.profile = profile
-        outputs = self.runner.infer(feeds, copy_outputs_to_host=False)
-        # The runner's output buffers are reused by the next call: keep our own copy of the cache.
-        return {name: (value if name == "logits" else value.clone()) for name, value in outputs.items()}
-
-    @staticmethod
-    def _to_numpy(tensor):
-        return tensor.float().cpu().numpy()
-
-    def synchronize(self) -> None:
-        import torch
-
-        torch.cuda.synchronize()
+def summary_lines(sidecar: dict, out: Path) -> list[str]:
+    """What `sparsetrt engine` prints after a build."""
+    sparsity = sidecar["sparsity"]
+    return [f"engine: {Path(out) / sidecar['engine']} ({sidecar['precision']}, {sidecar['build_s']} s)",
+            f"sparse layers: {len(sparsity['picked'])} picked of {len(sparsity['eligible'])} eligible"
+            + (f"; WARNING: {sparsity['warning']}" if sparsity["warning"] else "")]

@@ -32,7 +32,8 @@ def read_corpus(path: str | os.PathLike) -> CorpusText:
     """Read a text file, a directory of .txt files or a JSONL file with a `text` field."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise SparsetrtError(f"calibration text {path} does not exist; pass a .txt file, a directory of .txt files or a .jsonl file")
+        raise SparsetrtError(f"calibration text {path} does not exist; pass a .txt file, a directory of .txt files "
+                             "or a .jsonl file")
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
         if not files:

@@ -12,7 +12,6 @@ import torch
 
 from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, inverse_hessian_cholesky
 
-
 CLIP_GRID = torch.linspace(1.0, 0.6, 9)  # candidate fractions of max|w| for the scale
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.export.quantize import LinearQuant
 from sparsetrt.export.qmath import pack_int4
+from sparsetrt.export.quantize import LinearQuant
 from sparsetrt.prune.verify import consumers_of, digest
 
 MIN_QDQ_OPSET = 21

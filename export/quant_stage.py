@@ -79,6 +79,7 @@ def quantize_checkpoint(
     from sparsetrt.export import trtllm
     from sparsetrt.export.embeddings import vocabulary_tables
     from sparsetrt.export.lint import lint_onnx
+    from sparsetrt.export.onnx_export import onnx_file_name
     from sparsetrt.export.qdq_onnx import verify_qdq_onnx, write_qdq_onnx
     from sparsetrt.export.stage import EXPORT_MANIFEST
     from sparsetrt.models import load_model, resolve_checkpoint
@@ -133,7 +134,7 @@ def quantize_checkpoint(
     lm, quants, tables, gptq, more = q.quantize_model(lm, settings, windows, masks, batch_size=batch_size, progress=progress)
     timings.update(more)
 
-    onnx_name = f"model.{settings.precision}.onnx"
+    onnx_name = onnx_file_name(settings.precision)
     src_onnx = onnx_dir / export["files"][settings.activations]["onnx"]
     with staged_dir(out) as tmp:
         start = time.perf_counter()
@@ -152,7 +153,7 @@ def quantize_checkpoint(
             start = time.perf_counter()
             directory = tmp / f"trtllm-tp{tp}"
             print(f"writing TensorRT-LLM checkpoint tp={tp} ...", flush=True)
-            trtllm.export_checkpoint(lm, directory, tp)
+            trtllm.write_trtllm_checkpoint(lm, directory, tp)
             check = trtllm.validate_checkpoint(directory, hf_config, tp, settings.precision, sparse_layers)
             command = trtllm.build_command(str(out / directory.name), str(out / f"trtllm-engine-tp{tp}"))
             (directory / "build.sh").write_text(f"#!/bin/sh\n# needs {trtllm.TRTLLM_RELEASE} (legacy TensorRT flow)\n"
@@ -228,8 +229,9 @@ def _parity(modelopt_model, quants, tables, tokenizer, checkpoint, sparsity, onn
     from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
     from sparsetrt.export.quantize import NoiseFloorRunner, tensorrt_fake_quant
     from sparsetrt.models import load_model
-    from sparsetrt.runtime.backends import OnnxRuntimeRunner, TorchRunner
-    from sparsetrt.runtime.parity import candidate, compare_against, compare_runners, write_parity_files
+    from sparsetrt.runtime.backends.onnxrt import OnnxRuntimeRunner
+    from sparsetrt.runtime.backends.pytorch import TorchRunner
+    from sparsetrt.runtime.parity.compare import candidate, compare_against, compare_runners, write_parity_files
 
     text = load_corpus(corpus, "test")
     eval_windows = sequential_windows(tokenize_corpus(tokenizer, text), seq_len, windows).numpy()
@@ -309,3 +311,25 @@ def _sizes(onnx_dir, export, tmp, onnx_name, checkpoints, precision, source, spa
     rows["_note"] = ("compressed_2to4_bytes: the file with each N:M weight stored as its kept values plus "
                      "ceil(log2 M)-bit positions (2 bits for 2:4), the layout sparse tensor cores consume")
     return rows
+
+
+def summary_lines(directory: Path, q: dict) -> list[str]:
+    """The quantize stage's part of the summary screen (also printed by `sparsetrt quantize`)."""
+    v = q["onnx"]["sparsity_verification"]
+    lint = q["onnx"]["lint"]
+    onnx_size = q["sizes"][f"onnx-{q['precision']}"]
+    lines = [f"  {q['precision']:<12} {q['scheme']}",
+             f"  onnx {q['precision']:<7} {directory / q['onnx']['file']} ({onnx_size['bytes'] / 2**20:.0f} MiB"
+             + (f", {onnx_size['ratio_to_fp16']:.2f}x fp16" if "ratio_to_fp16" in onnx_size else "")
+             + f"), zeros kept on {v['checked']} weights, lint {'clean' if lint['ok'] else 'FAILED'} "
+             f"({lint['warnings']} warning{'' if lint['warnings'] == 1 else 's'})"]
+    for tp, info in q["trtllm"].items():
+        lines.append(f"  trtllm tp={tp}   {directory / info['directory']} ({info['bytes'] / 2**20:.0f} MiB), "
+                     f"{info['validation']['sparse_linears_checked']} sparse Linears verified; build: "
+                     f"{directory / info['directory'] / 'build.sh'}")
+    for name, c in q["parity"]["candidates"].items():
+        verdict = ("pass" if c["passed"] else "FAIL") if c.get("gated", True) else "info"
+        lines.append(f"  parity {name:<22} {verdict}: top-1 {c['top1']:.4f}, "
+                     f"ppl {c['ppl_reference']:.2f} -> {c['ppl']:.2f}")
+    lines.append(f"  reports      {directory / 'parity.html'}, {directory / 'quantize.json'}")
+    return lines

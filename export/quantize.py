@@ -370,7 +370,7 @@ class NoiseFloorRunner:
     backend = "pytorch"
 
     def __init__(self, model: torch.nn.Module, seed: int = 0):
-        from sparsetrt.runtime.backends import TorchRunner
+        from sparsetrt.runtime.backends.pytorch import TorchRunner
 
         self.runner = TorchRunner(model)
         self.layers = [m for m in model.modules() if isinstance(m, TensorRTFakeQuantLinear)]

@@ -6,8 +6,15 @@ from pathlib import Path
 
 from sparsetrt.artifacts import file_sha256, prepare_output, read_json, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.export.onnx_export import (DEFAULT_OPSET, GRAPH_FORMAT, PRECISIONS, cache_geometry, onnx_file_name,
-                                          onnx_files, timed_export)
+from sparsetrt.export.onnx_export import (
+    DEFAULT_OPSET,
+    GRAPH_FORMAT,
+    PRECISIONS,
+    cache_geometry,
+    onnx_file_name,
+    onnx_files,
+    timed_export,
+)
 from sparsetrt.prune.verify import SPARSITY_MANIFEST, verify_onnx
 
 EXPORT_MANIFEST = "export.json"
@@ -83,3 +90,13 @@ def graph_description(config, opset: int) -> dict:
                        "position_ids": ["batch", "sequence"], "past_key_values.{i}.key|value": cache},
             "outputs": {"logits": ["batch", "sequence", "vocab"],
                         "present.{i}.key|value": ["batch", kv_heads, "past_sequence + sequence", head_dim]}}
+
+
+def summary_lines(manifest: dict, out: Path) -> list[str]:
+    """What `sparsetrt export` prints: each file and how many weights had their pattern verified."""
+    lines = []
+    for precision, info in manifest["files"].items():
+        v = info["sparsity_verification"]
+        note = f", pattern verified on {v['checked']} weights" if v else ""
+        lines.append(f"{precision}: {Path(out) / info['onnx']}{note}")
+    return lines

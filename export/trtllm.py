@@ -53,7 +53,7 @@ def check_tp(config, tp: int, precision: str, group_size: int | None) -> None:
         raise SparsetrtError(f"cannot write a tp={tp} TensorRT-LLM checkpoint: {'; '.join(problems)}; use --tp 1")
 
 
-def export_checkpoint(model, out: Path, tp: int, dtype: torch.dtype = torch.float16, verbose: bool = False) -> None:
+def write_trtllm_checkpoint(model, out: Path, tp: int, dtype: torch.dtype = torch.float16, verbose: bool = False) -> None:
     from sparsetrt.export.quantize import import_modelopt
 
     import_modelopt()  # the same import, with its version warning filtered

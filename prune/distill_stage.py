@@ -16,8 +16,14 @@ from pathlib import Path
 
 from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.prune.distill import (DistillSettings, apply_masks, mask_violations, masks_of, train_step,
-                                     trainable_parameters)
+from sparsetrt.prune.distill import (
+    DistillSettings,
+    apply_masks,
+    mask_violations,
+    masks_of,
+    train_step,
+    trainable_parameters,
+)
 from sparsetrt.prune.verify import SPARSITY_MANIFEST, load_manifest, verify_checkpoint
 
 DISTILL_MANIFEST = "distill.json"
@@ -145,6 +151,14 @@ def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data:
         plot_loss(tmp / "loss.png", log, title=f"distillation: {len(log)} steps, {manifest['tokens_seen']:,} tokens")
     shutil.rmtree(resume_dir, ignore_errors=True)
     return manifest
+
+
+def summary_line(m: dict, out: Path) -> str:
+    """What `sparsetrt distill` prints when it is done."""
+    early = f" (stopped early: {m['stopped_early']})" if m["stopped_early"] else ""
+    return (f"distilled {m['steps']} steps, {m['tokens_seen']:,} tokens, loss {m['loss']['first']:.4f} -> "
+            f"{m['loss']['last_10_mean']:.4f} (mean of the last 10), {m['train_seconds']:.0f} s{early}; zeros "
+            f"verified on {m['verification']['checked']} modules -> {out}")
 
 
 def fit_steps(recent: list[dict], remaining_s: float, done: int, settings: DistillSettings) -> int:

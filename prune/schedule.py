@@ -1,7 +1,7 @@
 """Layer-wise sparsity schedules from per-module error estimates.
 
 - "scheduled" (Zhang et al. 2024, "Aggressive Post-Training Compression on Extremely Large Language Models"):
-  estimate each module's pruning loss at a probe sparsity from the OBS terms (prune/probe.py), cluster the
+  estimate each module's pruning loss at a probe sparsity from the OBS terms (prune/error_probe.py), cluster the
   logarithms of those errors into k levels, and give each level a sparsity inside [lo, hi] so the parameter-
   weighted mean is the target; the modules whose pruning hurts most get the lowest sparsity. The range adapts
   to the spread of the errors unless the user fixes it.
@@ -77,7 +77,7 @@ class ScheduleSettings:
 def plan_schedule(settings: ScheduleSettings, pattern: Pattern, probe, modules) -> tuple[dict[str, Pattern], dict]:
     """({module: Pattern} for the modules to prune, a description for sparsity.json and the plot).
 
-    `probe` is a prune.probe.Probe (None for uniform); `modules` the candidate names in model order."""
+    `probe` is a prune.error_probe.ErrorProbe (None for uniform); `modules` the candidate names in model order."""
     from sparsetrt.prune.masks import parse_pattern
 
     if settings.mode == "uniform":

@@ -221,7 +221,7 @@ def _propagate_last_group(layer, cached, outputs, inputs, group, old_weights):
     (name, module), = group.items()
     delta = module.weight.data.float() - old_weights[name].float()
     predicted = []
-    for (hidden, kwargs), out, x in zip(cached, outputs, inputs):
+    for (_, kwargs), out, x in zip(cached, outputs, inputs):
         out = layer_output(out)
         if out.shape[-1] != module.out_features:
             return _propagate(layer, cached)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from sparsetrt.artifacts import prepare_output, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.prune.error_probe import probe_errors
 from sparsetrt.prune.masks import parse_pattern
-from sparsetrt.prune.probe import probe_model
 from sparsetrt.prune.schedule import ScheduleSettings, plan_schedule
-from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, MASK_SELECTIONS
 from sparsetrt.prune.sequential import METHODS, check_prunable, prune_model, target_linears
+from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, MASK_SELECTIONS
 from sparsetrt.prune.verify import SPARSITY_MANIFEST, verify_checkpoint
 
 MANIFEST_FORMAT = "sparsetrt.sparsity/1"
@@ -87,7 +87,7 @@ def prune_checkpoint(
     if plan.mode != "uniform":
         start = time.perf_counter()
         probe_at = plan.probe_sparsity or parsed.sparsity
-        probe = probe_model(lm, windows, candidates, probe_at, parsed if parsed.is_nm else parse_pattern("2:4"),
+        probe = probe_errors(lm, windows, candidates, probe_at, parsed if parsed.is_nm else parse_pattern("2:4"),
                             damping=(sparsegpt or {}).get("damping", DEFAULT_DAMPING), outlier_m=plan.owl_m,
                             batch_size=batch_size, progress=progress,
                             sensitivity_windows=plan.sensitivity_windows if plan.error == "loss" and plan.mode != "owl" else 0)
@@ -120,7 +120,8 @@ def prune_checkpoint(
             "pruned_parameters": pruned_params,
             "zero_fraction": round(zeros / pruned_params, 6),
             "mean_relative_error": sum(r.relative_error for r in reports) / len(reports),
-            "dampening_raised": [r.name for r in reports if r.damping is not None and r.damping > (sparsegpt or {}).get("damping", DEFAULT_DAMPING)],
+            "dampening_raised": [r.name for r in reports if r.damping is not None
+                                 and r.damping > (sparsegpt or {}).get("damping", DEFAULT_DAMPING)],
         },
         "schedule": schedule_info,
         "timings": timings,
@@ -149,3 +150,11 @@ def _plot(path: Path, candidates: dict, probe, reports, info: dict, method: str,
              + (f", range {info['range'][0]:.2f}-{info['range'][1]:.2f}" if "range" in info else ""))
     plot_schedule(path, list(candidates), {n: p.layer for n, p in probe.modules.items()},
                   {n: zero.get(n, 0.0) for n in candidates}, info.get("errors", {}), title)
+
+
+def summary_line(manifest: dict, out: Path) -> str:
+    """What `sparsetrt prune` prints when it is done."""
+    s, plan = manifest["summary"], manifest["schedule"]
+    return (f"pruned {s['modules']} modules ({manifest['method']} {manifest['pattern']}, {plan['mode']}), zero "
+            f"fraction {s['zero_fraction']:.4f} of the pruned modules, {plan['measured_sparsity']:.4f} over every "
+            f"target, {manifest['timings']['prune_s']:.1f} s -> {out}")

@@ -41,6 +41,24 @@ class VerifyResult:
     def to_json(self) -> dict:
         return {"where": self.where, "checked": self.checked, "ok": self.ok, "failures": self.failures}
 
+    def summary(self) -> str:
+        return f"OK: {self.checked} modules have their claimed pattern in {self.where}"
+
+
+def verify_path(path: Path, checkpoint: Path | None = None) -> VerifyResult:
+    """`sparsetrt verify`: a pruned checkpoint against its sparsity.json, or an exported .onnx against the
+    sparsity.json of the checkpoint it came from. Raises on the first failed claim."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        if not checkpoint:
+            raise SparsetrtError("verifying an .onnx file needs --checkpoint (the pruned checkpoint it was exported from)")
+        if not path.is_file():
+            raise SparsetrtError(f"{path} does not exist")
+        result = verify_onnx(path, load_manifest(Path(checkpoint)), Path(checkpoint))
+    else:
+        result = verify_checkpoint(path)
+    return result.raise_if_failed()
+
 
 def check_pattern(name: str, weight: np.ndarray, pattern_text: str, axis: int) -> str | None:
     """None when `weight` has the pattern along `axis` (the input/reduction axis), else why not."""
@@ -131,7 +149,8 @@ def verify_onnx(onnx_path: Path, manifest: dict, checkpoint: Path) -> VerifyResu
             located.setdefault(module, (init_name, transposed))
     for module, info in modules.items():
         if module not in located:
-            result.failures.append(f"{module}: no ONNX initializer holds this weight (renamed, fused or altered by the exporter?)")
+            result.failures.append(f"{module}: no ONNX initializer holds this weight (renamed, fused or altered by "
+                                   "the exporter?)")
             continue
         init_name, transposed = located[module]
         array = initializers[init_name]

@@ -177,6 +177,15 @@ def encode_prompts(tokenizer, texts: list[str], chat: bool = False) -> list[list
     return [tokenizer(t)["input_ids"] for t in texts]
 
 
+def generate_text(runner, tokenizer, texts: list[str], sampling: Sampling, chat: bool = False) -> dict:
+    """Generate for text prompts (one left-padded batch): what `sparsetrt generate` reports, as data."""
+    result = generate(runner, encode_prompts(tokenizer, texts, chat=chat), sampling, pad_id=tokenizer.pad_token_id or 0)
+    outputs = [{"prompt": p, "tokens": t, "text": tokenizer.decode(t, skip_special_tokens=True)}
+               for p, t in zip(texts, result.tokens)]
+    return {"backend": runner.backend, "outputs": outputs, "ttft_ms": round(result.ttft_s * 1000, 2),
+            "decode_tokens_per_s": round(result.decode_tokens_per_s, 2), "total_s": round(result.total_s, 3)}
+
+
 # Ten short prompts of the kinds an instruct model is asked (facts, code, lists, reasoning); used by the
 # parity check and the benchmark when the user passes none.
 PARITY_PROMPTS = (

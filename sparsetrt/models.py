@@ -98,7 +98,8 @@ def load_model(path: Path, dtype: str = "float32", trust_remote_code: bool = Fal
             path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, local_files_only=True
         )
     except Exception as exc:  # transformers raises many types for broken files
-        raise SparsetrtError(f"could not load the weights in {path}: {_first_line(exc)}; the checkpoint may be corrupt or incomplete") from None
+        raise SparsetrtError(f"could not load the weights in {path}: {_first_line(exc)}; the checkpoint may be corrupt "
+                             "or incomplete") from None
     model.eval()
     return model, load_tokenizer(path, trust_remote_code)
 
@@ -110,7 +111,8 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
-        raise SparsetrtError(f"could not load a tokenizer from {path}: {_first_line(exc)}; save the tokenizer files beside the weights") from None
+        raise SparsetrtError(f"could not load a tokenizer from {path}: {_first_line(exc)}; save the tokenizer files "
+                             "beside the weights") from None
 
 
 def materialize_embedded(name: str) -> Path:

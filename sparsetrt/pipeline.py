@@ -28,9 +28,11 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
     from sparsetrt.export.quantize import QuantSettings
     from sparsetrt.export.stage import export_checkpoint
     from sparsetrt.prune.stage import prune_checkpoint
-    from sparsetrt.runtime.parity import run_parity
+    from sparsetrt.runtime.deployables import ArtifactsTree
+    from sparsetrt.runtime.parity.compare import run_parity
 
     out = Path(config.out)
+    tree = ArtifactsTree(out)
     precision = config.quantize.precision
     if precision not in ("none", "int8", "int4"):
         raise SparsetrtError(f"[quantize] precision must be none, int8 or int4, not '{precision}'")
@@ -53,20 +55,20 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
         return manifest
 
     c, p = config.calibration, config.prune
-    pruned = stage("prune", prune_checkpoint, model=config.model.source, out=out / "pruned", method=p.method,
+    pruned = stage("prune", prune_checkpoint, model=config.model.source, out=tree.pruned, method=p.method,
                    pattern=p.pattern, calib=c.corpus, calib_samples=c.samples, calib_seq_len=c.seq_len, seed=c.seed,
                    targets=p.targets, exclude=p.exclude, sparsegpt=vars(p.sparsegpt), schedule=vars(p.schedule),
                    batch_size=p.batch_size,
                    trust_remote_code=config.model.trust_remote_code, progress=progress)
-    exported = stage("export", export_checkpoint, checkpoint=out / "pruned", out=out / "onnx",
+    exported = stage("export", export_checkpoint, checkpoint=tree.pruned, out=tree.onnx_dir,
                      precisions=config.export.precisions, opset=config.export.opset)
-    parity = stage("parity", run_parity, checkpoint=out / "pruned", onnx_dir=out / "onnx", out=out / "parity",
+    parity = stage("parity", run_parity, checkpoint=tree.pruned, onnx_dir=tree.onnx_dir, out=tree.parity_dir,
                    corpus=config.parity.corpus, windows=config.parity.windows, seq_len=config.parity.seq_len,
                    tolerances=config.parity.tolerances, generate_tokens=config.parity.generate_tokens)
     quantized = None
     if precision != "none":
-        quantized = stage("quantize", quantize_checkpoint, checkpoint=out / "pruned", onnx_dir=out / "onnx",
-                          out=out / precision, settings=quant_settings, calib=c.corpus, calib_samples=c.samples,
+        quantized = stage("quantize", quantize_checkpoint, checkpoint=tree.pruned, onnx_dir=tree.onnx_dir,
+                          out=tree.quant_dir(precision), settings=quant_settings, calib=c.corpus, calib_samples=c.samples,
                           calib_seq_len=c.seq_len, seed=c.seed, batch_size=qc.batch_size, tp_sizes=qc.tp,
                           parity_corpus=config.parity.corpus, parity_windows=config.parity.windows,
                           parity_seq_len=config.parity.seq_len, progress=progress)
@@ -78,7 +80,7 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
         "passed": parity["passed"] and (quantized is None or quantized["passed"]),
     }
     write_json(out / manifest_name, summary)
-    print(summary_screen(out, pruned, exported, parity, quantized))
+    print(summary_screen(tree, pruned, exported, parity, quantized))
     return summary
 
 
@@ -96,7 +98,8 @@ def _check_artifacts_dir(out: Path, manifest_name: str, run_fingerprint: str, ov
         check_output_dir(out, manifest_name, "run", run_fingerprint, overwrite)
 
 
-def summary_screen(out: Path, pruned: dict, exported: dict, parity: dict, quantized: dict | None = None) -> str:
+def summary_screen(tree, pruned: dict, exported: dict, parity: dict, quantized: dict | None = None) -> str:
+    """The screen `sparsetrt run` ends with; `tree` is the run's ArtifactsTree."""
     s = pruned["summary"]
     calib = pruned.get("calibration") or {}
     lines = [
@@ -111,7 +114,7 @@ def summary_screen(out: Path, pruned: dict, exported: dict, parity: dict, quanti
     for precision, info in exported["files"].items():
         size = sum(f["bytes"] for f in info["files"].values()) / 2**20
         v = info.get("sparsity_verification") or {}
-        lines.append(f"  onnx {precision:<7} {out / 'onnx' / info['onnx']} ({size:.0f} MiB), "
+        lines.append(f"  onnx {precision:<7} {tree.onnx_dir / info['onnx']} ({size:.0f} MiB), "
                      f"{pruned['pattern']} verified on {v.get('checked', 0)} weights")
     for cand in parity["candidates"]:
         m = cand["metrics"]
@@ -122,29 +125,9 @@ def summary_screen(out: Path, pruned: dict, exported: dict, parity: dict, quanti
             same = round(m["generation_identical"] * m["generation_prompts"])
             lines.append(f"               greedy generation: {same}/{m['generation_prompts']} prompts identical over "
                          f"{m['generation_tokens']} tokens (KV cache)")
-    lines.append(f"  reports      {out / 'parity' / 'parity.html'}, parity.junit.xml, parity.json")
+    lines.append(f"  reports      {tree.parity_dir / 'parity.html'}, parity.junit.xml, parity.json")
     if quantized:
-        lines += quantize_lines(out / quantized["precision"], quantized)
+        from sparsetrt.export.quant_stage import summary_lines
+
+        lines += summary_lines(tree.quant_dir(quantized["precision"]), quantized)
     return "\n".join(lines)
-
-
-def quantize_lines(directory: Path, q: dict) -> list[str]:
-    """The quantize stage's part of the summary screen (also printed by `sparsetrt quantize`)."""
-    v = q["onnx"]["sparsity_verification"]
-    lint = q["onnx"]["lint"]
-    onnx_size = q["sizes"][f"onnx-{q['precision']}"]
-    lines = [f"  {q['precision']:<12} {q['scheme']}",
-             f"  onnx {q['precision']:<7} {directory / q['onnx']['file']} ({onnx_size['bytes'] / 2**20:.0f} MiB"
-             + (f", {onnx_size['ratio_to_fp16']:.2f}x fp16" if "ratio_to_fp16" in onnx_size else "")
-             + f"), zeros kept on {v['checked']} weights, lint {'clean' if lint['ok'] else 'FAILED'} "
-             f"({lint['warnings']} warning{'' if lint['warnings'] == 1 else 's'})"]
-    for tp, info in q["trtllm"].items():
-        lines.append(f"  trtllm tp={tp}   {directory / info['directory']} ({info['bytes'] / 2**20:.0f} MiB), "
-                     f"{info['validation']['sparse_linears_checked']} sparse Linears verified; build: "
-                     f"{directory / info['directory'] / 'build.sh'}")
-    for name, c in q["parity"]["candidates"].items():
-        verdict = ("pass" if c["passed"] else "FAIL") if c.get("gated", True) else "info"
-        lines.append(f"  parity {name:<22} {verdict}: top-1 {c['top1']:.4f}, "
-                     f"ppl {c['ppl_reference']:.2f} -> {c['ppl']:.2f}")
-    lines.append(f"  reports      {directory / 'parity.html'}, {directory / 'quantize.json'}")
-    return lines

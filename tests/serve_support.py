@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from sparsetrt.runtime.serve_bench import free_port, wait_until_ready
+from sparsetrt.runtime.serve.process import free_port, wait_until_ready
 
 __all__ = ["free_port", "LiveServer", "SlowServed", "wait_until_ready", "metric_value"]
 
@@ -52,7 +52,7 @@ class LiveServer:
         """`wait`: enter once /health says ready (False: as soon as the thread runs, the model still loading)."""
         import uvicorn
 
-        from sparsetrt.runtime.server import ServeSettings, create_app
+        from sparsetrt.runtime.serve.app import ServeSettings, create_app
 
         self.settings = ServeSettings(port=free_port(), **settings).validate()
         self.app = create_app(served, self.settings)

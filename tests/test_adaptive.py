@@ -13,12 +13,26 @@ import numpy as np
 import pytest
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.adaptive_bench import (AdaptiveBenchSettings, StreamTable, frontier_nll, lower_hull,
-                                              replay_all, replay_controller, replay_oracle, replay_static,
-                                              run_adaptive_bench)
-from sparsetrt.runtime.controllers import (Arms, Controller, ControllerSettings, fit_entropy_threshold,
-                                           fit_threshold, load_controller)
-from sparsetrt.runtime.signals import FEATURES, probe_features, token_stats
+from sparsetrt.runtime.adaptive.controllers import (
+    Arms,
+    Controller,
+    ControllerSettings,
+    fit_entropy_threshold,
+    fit_threshold,
+    load_controller,
+)
+from sparsetrt.runtime.adaptive.features import FEATURES, probe_features, token_stats
+from sparsetrt.runtime.bench.adaptive import (
+    AdaptiveBenchSettings,
+    StreamTable,
+    frontier_nll,
+    lower_hull,
+    replay_all,
+    replay_controller,
+    replay_oracle,
+    replay_static,
+    run_adaptive_bench,
+)
 
 ARMS = Arms(["cheap", "dense"], dense=1, probe=0)
 COSTS = np.array([0.5, 1.0])
@@ -262,7 +276,7 @@ def test_bandit_beats_the_static_frontier_when_difficulty_is_visible(tmp_path):
 # -- the variant set, the benchmark and serving on a tiny model --------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_variants(pruned_tiny, exported_tiny, tmp_path_factory):
-    from sparsetrt.runtime.variant_set import build_variant_set
+    from sparsetrt.runtime.adaptive.variant_set import build_variant_set
 
     root = tmp_path_factory.mktemp("adaptive")
     artifacts = root / "artifacts"
@@ -282,13 +296,13 @@ def test_variant_set_manifest(tiny_variants):
                                                                                                        "256"}
         assert v["pattern"] in ("dense", "2:4") and v["precision"] == "fp32"
         assert v["quality_nll"] > 0
-    from sparsetrt.runtime.variant_set import choose_probe
+    from sparsetrt.runtime.adaptive.variant_set import choose_probe
 
     assert manifest["probe"] == choose_probe(manifest["variants"])["name"]
 
 
 def test_probe_is_the_cheapest_with_noise_ties_to_the_better_variant():
-    from sparsetrt.runtime.variant_set import choose_probe
+    from sparsetrt.runtime.adaptive.variant_set import choose_probe
 
     def entry(name, ms, nll):
         return {"name": name, "cost": {"reference_request_ms": ms}, "quality_nll": nll}
@@ -301,7 +315,7 @@ def test_probe_is_the_cheapest_with_noise_ties_to_the_better_variant():
 
 
 def test_variant_set_refuses_a_missing_pipeline_run(tmp_path):
-    from sparsetrt.runtime.variant_set import build_variant_set, read_variant_set
+    from sparsetrt.runtime.adaptive.variant_set import build_variant_set, read_variant_set
 
     with pytest.raises(SparsetrtError, match="does not exist"):
         build_variant_set(tmp_path / "nothing", tmp_path / "v", progress=False)
@@ -338,8 +352,40 @@ def test_bench_adaptive_writes_the_contract(tiny_variants):
     assert table.stat().st_mtime_ns == stamp  # same stream and variants: the measured table is reused
 
 
+def test_bench_adaptive_models_gpu_costs_beside_the_measured_ones(tiny_variants, tmp_path):
+    from test_bench_gpu import synthetic_report
+
+    from sparsetrt.runtime.bench.gpu import summarize
+
+    root, _ = tiny_variants
+    gpu_report = synthetic_report()
+    for record in gpu_report["records"]:  # the tiny stream's prompts (6-12 tokens) are priced at M = 1: 1.25x there
+        if record["kind"] == "gemm" and record["tokens"] == 1 and "speedup" in record:
+            record["sparse_ms"], record["speedup"] = record["dense_ms"] / 1.25, 1.25
+    gpu_report["summary"] = summarize(gpu_report["records"])
+    gpu_json = tmp_path / "gpu.json"
+    gpu_json.write_text(json.dumps(gpu_report))
+    settings = AdaptiveBenchSettings(inputs_per_source=4, new_tokens=3, min_prompt_tokens=6, max_prompt_tokens=12,
+                                     lams=(0.1,))
+    report = run_adaptive_bench(root / "variants", tmp_path / "out", root / "work", settings, progress=False,
+                                gpu_cost=gpu_json)  # the contract test's table, reused
+    gpu = report["modelled_gpu"]
+    assert gpu["note"].startswith("modelled, not measured") and "Synthetic GPU" in gpu["note"]
+    assert gpu["factors"]["dense-fp32"]["prefill"] == 1.0 and gpu["factors"]["2:4-fp32"]["prefill"] < 1.0
+    measured = {r["policy"]: r for r in report["policies"]}
+    modelled = {r["policy"]: r for r in gpu["policies"]}
+    assert modelled["static:2:4-fp32"]["relative_cost"] < measured["static:2:4-fp32"]["relative_cost"]
+    assert modelled["static:dense-fp32"]["relative_cost"] == 1.0 and "modelled" in modelled["linucb"]["cost_unit"]
+    assert measured["linucb"]["modelled_gpu_cost"] == modelled["linucb"]["relative_cost"]
+    assert "Modelled on GPU costs (a model, not a measurement)" in (tmp_path / "out" / "adaptive.md").read_text()
+    gpu_json.write_text("{}")
+    with pytest.raises(SparsetrtError, match="not a `sparsetrt bench-gpu` report"):
+        run_adaptive_bench(root / "variants", tmp_path / "out", root / "work", settings, progress=False,
+                           gpu_cost=gpu_json)
+
+
 def adaptive_served(root, **settings):
-    from sparsetrt.runtime.adaptive_serve import resolve_adaptive
+    from sparsetrt.runtime.adaptive.router import resolve_adaptive
 
     return resolve_adaptive(root / "variants", ControllerSettings(**settings), state_path=root / "state.json")
 
@@ -391,7 +437,7 @@ def test_serve_adaptive_with_a_corrupt_state_starts_fresh(tiny_variants, caplog)
 
 
 def test_serve_adaptive_refuses_bad_settings(tiny_variants, tmp_path):
-    from sparsetrt.runtime.adaptive_serve import resolve_adaptive
+    from sparsetrt.runtime.adaptive.router import resolve_adaptive
 
     root, _ = tiny_variants
     with pytest.raises(SparsetrtError, match="needs a fitted threshold"):

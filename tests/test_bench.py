@@ -5,8 +5,9 @@ import json
 import pytest
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.bench import BenchSettings, Variant, discover_variants, run_bench
-from sparsetrt.runtime.bench_report import summary
+from sparsetrt.runtime.bench.perf import BenchSettings, run_bench
+from sparsetrt.runtime.bench.perf_report import summary
+from sparsetrt.runtime.deployables import Deployable, discover_deployables
 from sparsetrt.runtime.measure import EnergyMeter, device_info, percentile
 
 CONTRACT = ("backend", "precision", "pattern", "batch", "decode_tokens_per_s", "ttft_ms", "itl_p50_ms", "itl_p95_ms",
@@ -18,8 +19,8 @@ def bench(pruned_tiny, tiny_checkpoint, exported_tiny, calib_file, tmp_path_fact
     from sparsetrt.models import load_tokenizer
 
     out_dir, manifest = exported_tiny
-    variants = [Variant("pytorch", "fp32", "dense", str(tiny_checkpoint)),
-                Variant("onnxruntime", "fp32", "2:4", str(out_dir / manifest["files"]["fp32"]["onnx"]))]
+    variants = [Deployable("pytorch", "fp32", "dense", str(tiny_checkpoint)),
+                Deployable("onnxruntime", "fp32", "2:4", str(out_dir / manifest["files"]["fp32"]["onnx"]))]
     out = tmp_path_factory.mktemp("bench")
     settings = BenchSettings(batches=(1, 2), prompt_tokens=12, new_tokens=6, warmup=1, repeats=2)
     records = run_bench(variants, load_tokenizer(pruned_tiny), out, settings, corpus=str(calib_file), progress=False)
@@ -54,7 +55,7 @@ def test_report_and_plots_are_written(bench):
 def test_worker_failure_is_reported(pruned_tiny, calib_file, tmp_path):
     from sparsetrt.models import load_tokenizer
 
-    broken = Variant("onnxruntime", "fp32", "2:4", str(tmp_path / "missing.onnx"))
+    broken = Deployable("onnxruntime", "fp32", "2:4", str(tmp_path / "missing.onnx"))
     with pytest.raises(SparsetrtError, match="worker for 'onnxruntime fp32 2:4' failed"):
         run_bench([broken], load_tokenizer(pruned_tiny), tmp_path / "out",
                   BenchSettings(batches=(1,), prompt_tokens=4, new_tokens=2, repeats=1), corpus=str(calib_file),
@@ -63,9 +64,9 @@ def test_worker_failure_is_reported(pruned_tiny, calib_file, tmp_path):
         BenchSettings(new_tokens=1).validate()
 
 
-def test_discover_variants_needs_a_pipeline_run(tmp_path):
+def test_discover_deployables_needs_a_pipeline_run(tmp_path):
     with pytest.raises(SparsetrtError, match="make demo"):
-        discover_variants(tmp_path)
+        discover_deployables(tmp_path)
 
 
 def test_energy_is_unavailable_with_a_reason_on_cpu():

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_tiny_llama
 
 from sparsetrt.cli import main
-from conftest import make_tiny_llama
 
 
 def run_cli(capsys, *args):

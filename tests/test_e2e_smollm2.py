@@ -105,7 +105,8 @@ def test_run_pipeline_on_smollm2(smollm2_artifacts, tmp_path):
     assert quant["sizes"]["onnx-int4"]["bytes"] < 0.20 * quant["sizes"]["onnx-fp32"]["bytes"]
 
     # The quantized decoder generates through its KV cache like any other backend.
-    proc = subprocess.run([str(exe), "generate", "--backend", "onnxruntime", "--model", str(tmp_path / "int4" / "model.int4.onnx"),
+    proc = subprocess.run([str(exe), "generate", "--backend", "onnxruntime",
+                           "--model", str(tmp_path / "int4" / "model.int4.onnx"),
                            "--tokenizer", str(out / "pruned"),
                            "--prompt", "The capital of France is", "--max-new-tokens", "8", "--json"],
                           capture_output=True, text=True, timeout=600)

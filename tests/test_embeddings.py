@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_tiny_llama
+
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export import qmath
 from sparsetrt.export.embeddings import lm_head_hessian, quantize_embeddings, vocabulary_tables

@@ -5,9 +5,18 @@ import numpy as np
 import pytest
 
 from sparsetrt.build import tensorrt_status
-from sparsetrt.build.engine import (EngineOptions, OnnxFacts, TensorRTRunner, build_engine, check_gpu_for_sparse,
-                                    decoder_profiles, onnx_facts, plan_engine, precision_mode,
-                                    sparse_layers_from_inspector, sparsity_from_log)
+from sparsetrt.build.engine import (
+    EngineOptions,
+    OnnxFacts,
+    build_engine,
+    check_gpu_for_sparse,
+    decoder_profiles,
+    onnx_facts,
+    plan_engine,
+    precision_mode,
+    sparse_layers_from_inspector,
+    sparsity_from_log,
+)
 from sparsetrt.errors import SparsetrtError
 
 INPUTS = {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "total_sequence"],
@@ -174,7 +183,8 @@ def test_engine_builds_and_generates_like_onnxruntime(exported_tiny, pruned_tiny
     available, reason = tensorrt_status()
     if not available:
         pytest.skip(reason)
-    from sparsetrt.runtime.backends import OnnxRuntimeRunner
+    from sparsetrt.runtime.backends.onnxrt import OnnxRuntimeRunner
+    from sparsetrt.runtime.backends.trt import TensorRTRunner
     from sparsetrt.runtime.generate import PARITY_PROMPTS, Sampling, compare_generations, encode_prompts, generate
 
     out, _ = exported_tiny

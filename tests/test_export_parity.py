@@ -9,7 +9,7 @@ from onnx import numpy_helper
 
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.verify import load_manifest, verify_onnx
-from sparsetrt.runtime.parity import parse_tolerance_overrides, run_parity, tolerances_for
+from sparsetrt.runtime.parity.compare import parse_tolerance_overrides, run_parity, tolerances_for
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_tolerance_overrides():
 def test_metric_list_matches_what_the_accumulator_reports():
     import numpy as np
 
-    from sparsetrt.runtime.metrics import METRICS, ParityAccumulator
+    from sparsetrt.runtime.parity.metrics import METRICS, ParityAccumulator
 
     acc = ParityAccumulator()
     logits = np.random.default_rng(0).standard_normal((1, 4, 16)).astype(np.float32)

@@ -4,9 +4,19 @@ import numpy as np
 import pytest
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.backends import OnnxRuntimeRunner, TorchRunner, make_runner, position_ids_for
-from sparsetrt.runtime.generate import (PARITY_PROMPTS, Sampling, compare_generations, encode_prompts, generate,
-                                        left_pad, select_tokens, stop_tokens_of)
+from sparsetrt.runtime.backends import make_runner, position_ids_for
+from sparsetrt.runtime.backends.onnxrt import OnnxRuntimeRunner
+from sparsetrt.runtime.backends.pytorch import TorchRunner
+from sparsetrt.runtime.generate import (
+    PARITY_PROMPTS,
+    Sampling,
+    compare_generations,
+    encode_prompts,
+    generate,
+    left_pad,
+    select_tokens,
+    stop_tokens_of,
+)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +142,7 @@ def test_semi_structured_linears_compute_what_dense_ones_do(pruned_tiny):
 
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
         pytest.skip("needs a CUDA GPU with compute capability >= 8.0 (sparse tensor cores)")
-    from sparsetrt.runtime.backends import to_semi_structured
+    from sparsetrt.runtime.backends.pytorch import to_semi_structured
 
     dense = TorchRunner.from_checkpoint(pruned_tiny, dtype="float16", device="cuda")
     sparse = TorchRunner.from_checkpoint(pruned_tiny, dtype="float16", device="cuda")

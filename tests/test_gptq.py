@@ -54,5 +54,8 @@ def test_clipped_scale_never_loses_to_the_full_range():
     for qmax in (7, 127):
         s = clipped_scale(w, qmax)
         full = w.abs().amax(1) / qmax
-        err = lambda sc: ((torch.round(w / sc[:, None]).clamp(-qmax, qmax) * sc[:, None] - w).abs() ** 2.4).sum(1)
+
+        def err(sc, qmax=qmax):
+            return ((torch.round(w / sc[:, None]).clamp(-qmax, qmax) * sc[:, None] - w).abs() ** 2.4).sum(1)
+
         assert bool((err(s) <= err(full) + 1e-6).all()) and bool((s <= full + 1e-12).all())

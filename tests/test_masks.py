@@ -3,7 +3,12 @@ import torch
 
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.masks import (
-    Pattern, nm_prune_mask, nm_violations, parse_pattern, unstructured_prune_mask, zero_fraction,
+    Pattern,
+    nm_prune_mask,
+    nm_violations,
+    parse_pattern,
+    unstructured_prune_mask,
+    zero_fraction,
 )
 
 

@@ -1,6 +1,6 @@
 import json
 
-from sparsetrt.runtime.quality import quality_benchmark
+from sparsetrt.runtime.bench.quality import quality_benchmark
 
 
 def test_quality_benchmark_on_tiny_model(tiny_checkpoint, tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_llama
+
 from sparsetrt.errors import SparsetrtError
 
 pytest.importorskip("modelopt.torch.quantization")
@@ -86,7 +86,7 @@ def test_int8_fidelity_is_judged_against_the_measured_noise_floor(tp_model, int8
 
 def test_fidelity_bar_follows_the_floor_only_downwards():
     from sparsetrt.export.quant_stage import fidelity_rules
-    from sparsetrt.runtime.parity import evaluate_checks
+    from sparsetrt.runtime.parity.compare import evaluate_checks
 
     assert fidelity_rules(None) == {"top1_agreement": (">=", 0.99)}
     assert fidelity_rules(0.9999) == {"top1_agreement": (">=", 0.99)}
@@ -101,7 +101,7 @@ def test_noise_floor_runner_leaves_the_reference_untouched(tp_model):
     from sparsetrt.export.quantize import LinearQuant, NoiseFloorRunner, tensorrt_fake_quant
     from sparsetrt.models import load_model
     from sparsetrt.prune.sequential import target_linears
-    from sparsetrt.runtime.backends import TorchRunner
+    from sparsetrt.runtime.backends.pytorch import TorchRunner
 
     model = load_model(tp_model / "pruned")[0]
     quants = {}
@@ -301,7 +301,7 @@ def test_onnxruntime_folds_the_table_dequantization_without_changing_results(tp_
     import onnx
     import onnxruntime as ort
 
-    from sparsetrt.runtime.backends import OnnxRuntimeRunner, fold_table_dequantization
+    from sparsetrt.runtime.backends.onnxrt import OnnxRuntimeRunner, fold_table_dequantization
 
     path = tp_model / "int8" / int8_run["onnx"]["file"]
     folded = fold_table_dequantization(path)

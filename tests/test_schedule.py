@@ -3,8 +3,7 @@
 import pytest
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.prune.schedule import (auto_range, hardware_assignment, level_sparsities, log_levels,
-                                      weighted_sparsity)
+from sparsetrt.prune.schedule import auto_range, hardware_assignment, level_sparsities, log_levels, weighted_sparsity
 
 ERRORS = {"a": 1e-4, "b": 2e-4, "c": 1e-2, "d": 1.2e-2, "e": 1.0, "f": 0.9}
 PARAMS = {"a": 100, "b": 300, "c": 200, "d": 200, "e": 50, "f": 150}
@@ -86,7 +85,7 @@ def test_settings_refuse_mismatched_patterns_and_unreachable_ranges_before_any_w
 def test_obs_score_of_the_first_column_is_the_closed_form_optimal_brain_surgeon_error():
     import torch
 
-    from sparsetrt.prune.probe import damped_inverse_diagonal, error_at_pattern, error_at_sparsity, obs_scores
+    from sparsetrt.prune.error_probe import damped_inverse_diagonal, error_at_pattern, error_at_sparsity, obs_scores
     from sparsetrt.prune.masks import parse_pattern
 
     torch.manual_seed(0)
@@ -137,7 +136,7 @@ def torch_equal(a, b) -> bool:
 def test_bench_schedule_reports_every_variant_on_two_domains(tiny_checkpoint, tmp_path):
     import json
 
-    from sparsetrt.runtime.schedule_bench import ScheduleBenchSettings, schedule_benchmark
+    from sparsetrt.runtime.bench.schedule import ScheduleBenchSettings, schedule_benchmark
 
     settings = ScheduleBenchSettings(targets=[0.5], coverages=[0.5], distill=["2:4-uniform"], distill_steps=2,
                                      eval_windows=2, seq_len=64, calib_samples=4)

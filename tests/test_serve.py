@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serve_support import LiveServer, SlowServed, metric_value, wait_until_ready
 
-from sparsetrt.runtime.serve_model import resolve_served_model
+from sparsetrt.runtime.serve.served_model import resolve_served_model
 
 
 @pytest.fixture(scope="module")

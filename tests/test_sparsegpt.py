@@ -55,7 +55,10 @@ def test_sparsegpt_against_brute_force():
         assert result.error < magnitude
         ratios.append(result.error / optimum)
         wanda_ratios.append(wanda / optimum)
-    geo = lambda xs: float(torch.tensor(xs).log().mean().exp())
+
+    def geo(xs):
+        return float(torch.tensor(xs).log().mean().exp())
+
     assert geo(ratios) <= 2.5
     assert geo(ratios) < geo(wanda_ratios)
 

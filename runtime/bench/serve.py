@@ -12,17 +12,12 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sparsetrt.artifacts import save_figure, write_json
-from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.loadtest import LoadSettings, run_load
-from sparsetrt.runtime.report import write_text_atomic
+from sparsetrt.artifacts import save_figure, write_json, write_text_atomic
+from sparsetrt.runtime.serve.loadtest import LoadSettings, run_load
+from sparsetrt.runtime.serve.process import free_port, start_server, stop_server, wait_until_ready
 
 
 @dataclass
@@ -37,61 +32,12 @@ class ServeBenchSettings:
     overload_duration_s: float = 20.0
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(settings: ServeBenchSettings, port: int, log_path: Path, *extra: str) -> subprocess.Popen:
-    exe = Path(sys.executable).with_name("sparsetrt")
-    command = [str(exe), "serve", "--model", settings.model, "--backend", settings.backend, "--precision",
-               settings.precision, "--port", str(port), "--request-timeout", "600", *extra]
-    log = open(log_path, "w")  # noqa: SIM115 (the child writes it until it exits)
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_until_ready(url: str, timeout_s: float = 600.0, process: subprocess.Popen | None = None,
-                     log_path: Path | None = None) -> dict:
-    """Poll /health until it answers 200; its body. Fails at once when the model failed to load or the server
-    `process` exited, else after timeout_s."""
-    import httpx
-
-    where = f"; see {log_path}" if log_path else ""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise SparsetrtError(f"the server exited with {process.returncode} before it was ready{where}")
-        try:
-            response = httpx.get(f"{url}/health", timeout=5)
-            last = response.json()
-            if response.status_code == 200:
-                return last
-            if last.get("status") == "failed":
-                raise SparsetrtError(f"the model failed to load: {last.get('error')}{where}")
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SparsetrtError(f"the server at {url} was not ready after {timeout_s:.0f} s (last /health: {last}){where}")
-
-
-def stop_server(process: subprocess.Popen, timeout_s: float = 120.0) -> int:
-    """SIGTERM, then the exit code (a graceful shutdown is 0)."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
-
-
 def run_phase(name: str, settings: ServeBenchSettings, load: LoadSettings, work: Path, *extra: str) -> dict:
     port = free_port()
     log_path = work / f"server-{name}.log"
-    process = start_server(settings, port, log_path, *extra)
+    serve_args = ["--model", settings.model, "--backend", settings.backend, "--precision", settings.precision,
+                  "--request-timeout", "600", *extra]
+    process = start_server(serve_args, port, log_path)
     try:
         health = wait_until_ready(f"http://127.0.0.1:{port}", process=process, log_path=log_path)
         print(f"==> {name}: {load.clients} clients for {load.duration_s:.0f} s against {health['name']} "
@@ -123,6 +69,18 @@ def run_serve_bench(settings: ServeBenchSettings, out: Path, work: Path) -> dict
     write_text_atomic(out / "serve.md", markdown(report))
     plot(out / "serve.png", [load, overload])
     return report
+
+
+def summary_lines(report: dict, out: Path) -> list[str]:
+    """What `sparsetrt bench-serve` prints: one line per phase, then the files."""
+    lines = []
+    for name, phase in report["phases"].items():
+        s = phase["summary"]
+        lines.append(f"{name}: {s['requests']} requests {s['by_status']}, 5xx {s['status_5xx']}, malformed "
+                     f"{s['malformed']}, p99 {s['latency_s']['p99']:.2f} s, {s['throughput_rps']:.2f} req/s, metrics "
+                     f"match {s['metrics_match']}, SIGTERM exit {phase['sigterm_exit_code']}")
+    lines.append(f"wrote {Path(out) / 'serve.md'}, serve.json, serve.png")
+    return lines
 
 
 def markdown(report: dict) -> str:

@@ -1,11 +1,10 @@
-"""bench.md and the plots from bench.json records (sparsetrt.runtime.bench)."""
+"""bench.md and the plots from bench.json records (sparsetrt.runtime.bench.perf)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sparsetrt.artifacts import save_figure
-from sparsetrt.runtime.report import write_text_atomic
+from sparsetrt.artifacts import save_figure, write_text_atomic
 
 
 def baseline(records: list[dict], batch: int = 1) -> dict | None:
@@ -25,6 +24,15 @@ def summary(records: list[dict]) -> dict:
     return {"baseline": base["variant"], "baseline_tokens_per_s": base["decode_tokens_per_s"],
             "best_onnxruntime": best["variant"], "best_tokens_per_s": best["decode_tokens_per_s"],
             "speedup": best["decode_tokens_per_s"] / base["decode_tokens_per_s"]}
+
+
+def headline(records: list[dict]) -> str | None:
+    """The one line `sparsetrt bench` ends with (None without a PyTorch baseline and an ONNX Runtime record)."""
+    head = summary(records)
+    if not head:
+        return None
+    return (f"batch 1: {head['best_onnxruntime']} {head['best_tokens_per_s']:.1f} tok/s = {head['speedup']:.2f}x "
+            f"{head['baseline']} ({head['baseline_tokens_per_s']:.1f} tok/s)")
 
 
 def markdown(records: list[dict], settings) -> str:

@@ -12,7 +12,9 @@ import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+from sparsetrt.errors import SparsetrtError
 from sparsetrt.runtime.generate import PARITY_PROMPTS
 from sparsetrt.runtime.measure import percentile
 
@@ -27,6 +29,11 @@ class LoadSettings:
     temperature: float = 0.7
     seed: int = 0
     timeout_s: float = 600.0         # client-side; the server's own timeout should fire first
+
+    def validate(self) -> "LoadSettings":
+        if self.clients < 1 or self.duration_s <= 0 or self.max_tokens < 1:
+            raise SparsetrtError("--clients and --max-tokens must be >= 1 and --duration > 0")
+        return self
 
 
 def completion_problems(body, max_tokens: int) -> list[str]:
@@ -111,7 +118,7 @@ async def run_load(settings: LoadSettings, progress=None) -> dict:
     """Drive the server for settings.duration_s; returns the records, a summary and the /metrics comparison."""
     import httpx
 
-    from sparsetrt.runtime.serve_metrics import scrape_counts
+    from sparsetrt.runtime.serve.metrics import scrape_counts
 
     limits = httpx.Limits(max_connections=settings.clients + 4, max_keepalive_connections=settings.clients + 4)
     async with httpx.AsyncClient(base_url=settings.url, timeout=settings.timeout_s, limits=limits) as client:
@@ -185,3 +192,22 @@ def summarize(records: list[dict], wall_s: float, before: dict, after: dict, hea
                          and server_tokens == tokens,
         "health_failures_during": len(health_failures), "health_after": health_after,
     }
+
+
+def run_loadtest(settings: LoadSettings, out: Path | None = None) -> dict:
+    """`sparsetrt loadtest`: the load against a running server; records and summary written to `out` if given."""
+    from sparsetrt.artifacts import write_json
+
+    settings.validate()
+    try:
+        result = asyncio.run(run_load(settings))
+    except OSError as exc:
+        raise SparsetrtError(f"cannot reach {settings.url} ({exc}); start a server with `sparsetrt serve`") from None
+    if out:
+        write_json(Path(out), result)
+    return result
+
+
+def load_passed(summary: dict) -> bool:
+    """No server error and every response well-formed (what makes `sparsetrt loadtest` exit 0)."""
+    return summary["status_5xx"] == 0 and summary["malformed"] == 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.runtime.deployables import ArtifactsTree, tokenizer_dir_for
 
 SERVE_PRECISIONS = ("auto", "fp32", "fp16", "int8", "int4")
 # Prompt cap for backends without an engine profile: prefill cost grows with the prompt, and on a CPU a
@@ -65,7 +66,7 @@ def resolve_served_model(spec: str, backend: str = "onnxruntime", precision: str
     name = name or (spec if spec in EMBEDDED_MODELS else path.resolve().name)
     if path.is_file():
         served, tokenizer_dir, checkpoint = _from_file(path, backend, Path(tokenizer) if tokenizer else None)
-    elif (path / "onnx" / "export.json").is_file():
+    elif ArtifactsTree(path).is_exported():
         served, tokenizer_dir, checkpoint = _from_artifacts(path, backend, precision)
     else:
         checkpoint = resolve_checkpoint(spec)
@@ -76,26 +77,16 @@ def resolve_served_model(spec: str, backend: str = "onnxruntime", precision: str
         served = checkpoint if backend == "pytorch" else _exported(checkpoint, precision, export_cache)
     if precision == "auto":
         precision = _precision_of(served, backend)
-    context = _context_tokens(checkpoint)
+    context = context_tokens(checkpoint)
     limit = max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS
     if backend == "tensorrt":
-        options = json.loads((served.parent / "engine.json").read_text())["options"]
+        options = _engine_sidecar(served)["options"]
         context = min(context, options["max_input_len"] + options["max_output_len"])
         limit = min(limit, options["max_input_len"])
     if limit < 1:
         raise SparsetrtError("--max-prompt-tokens must be >= 1")
     return ServedModel(name=name, backend=backend, path=served, tokenizer_dir=tokenizer_dir, precision=precision,
                        max_prompt_tokens=min(limit, context - 1), max_context_tokens=context)
-
-
-def tokenizer_dir_for(model: Path) -> Path:
-    """The checkpoint directory itself, or the pruned checkpoint of the artifacts tree an ONNX/engine sits in."""
-    if model.is_dir():
-        return model
-    for parent in model.parents:
-        if (parent / "pruned" / "tokenizer_config.json").is_file():
-            return parent / "pruned"
-    raise SparsetrtError(f"cannot find a tokenizer for {model}; pass --tokenizer CHECKPOINT_DIR")
 
 
 def _from_file(path: Path, backend: str, tokenizer: Path | None) -> tuple[Path, Path, Path]:
@@ -112,17 +103,17 @@ def _from_file(path: Path, backend: str, tokenizer: Path | None) -> tuple[Path, 
 def _from_artifacts(root: Path, backend: str, precision: str) -> tuple[Path, Path, Path]:
     """An artifacts directory: the pruned checkpoint (pytorch), the parity-checked ONNX (onnxruntime; fp32 unless
     a precision is named), or engines/<precision>/model.engine (tensorrt; fp16 unless named)."""
-    pruned = root / "pruned"
+    tree = ArtifactsTree(root)
+    pruned = tree.pruned
     if backend == "pytorch":
         return pruned, pruned, pruned
     if backend == "tensorrt":
-        engine = root / "engines" / ("fp16" if precision == "auto" else precision) / "model.engine"
+        engine = tree.engine("fp16" if precision == "auto" else precision)
         if not engine.is_file():
             raise SparsetrtError(f"{engine} does not exist; build it with `make engine"
                                  f"{'' if precision in ('auto', 'fp16') else ' PRECISION=' + precision}`")
         return engine, pruned, pruned
-    onnx = {"auto": root / "onnx" / "model.onnx", "fp32": root / "onnx" / "model.onnx",
-            "fp16": root / "onnx" / "model.fp16.onnx"}.get(precision, root / precision / f"model.{precision}.onnx")
+    onnx = tree.onnx("fp32" if precision == "auto" else precision)
     if not onnx.is_file():
         raise SparsetrtError(f"{onnx} does not exist; run `make demo"
                              f"{' PRECISION=' + precision if precision in ('int8', 'int4') else ''}` first")
@@ -149,16 +140,23 @@ def _precision_of(served: Path, backend: str) -> str:
     if backend == "pytorch":
         return "fp32"
     if backend == "tensorrt":
-        return json.loads((served.parent / "engine.json").read_text())["precision"]
+        return _engine_sidecar(served)["precision"]
     for tag in ("int8", "int4", "fp16"):
         if f".{tag}." in served.name:
             return tag
     return "fp32"
 
 
-def _context_tokens(checkpoint: Path) -> int:
+def context_tokens(checkpoint: Path) -> int:
     """The model's context window; 2048 when only a tokenizer directory (no config.json) came with the file."""
     if not (checkpoint / "config.json").is_file():
         return 2048
     config = json.loads((checkpoint / "config.json").read_text())
     return int(config.get("max_position_embeddings") or 2048)
+
+
+def _engine_sidecar(engine: Path) -> dict:
+    from sparsetrt.artifacts import read_json
+    from sparsetrt.build.engine import SIDECAR_FILE
+
+    return read_json(engine.parent / SIDECAR_FILE)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
+from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json, write_text_atomic
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.metrics import METRICS, ParityAccumulator
-from sparsetrt.runtime.report import html_report, junit_xml, write_text_atomic
+from sparsetrt.runtime.parity.metrics import METRICS, ParityAccumulator
+from sparsetrt.runtime.parity.report import html_report, junit_xml
 
 PARITY_MANIFEST = "parity.json"
 
@@ -117,7 +117,7 @@ def run_parity(
     `generate_tokens` tokens from PARITY_PROMPTS (0 = skip), token for token."""
     from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
     from sparsetrt.export.stage import EXPORT_MANIFEST
-    from sparsetrt.runtime.backends import OnnxRuntimeRunner, TorchRunner
+    from sparsetrt.runtime.backends import make_runner
 
     overrides = parse_tolerance_overrides(tolerances)
     onnx_dir = Path(onnx_dir)
@@ -131,18 +131,16 @@ def run_parity(
     if done:
         return done  # an identical run already finished here
 
-    reference = TorchRunner.from_checkpoint(Path(checkpoint))
+    reference = make_runner("pytorch", Path(checkpoint), device="cpu")
     text = load_corpus(corpus, "test")
     eval_windows = sequential_windows(tokenize_corpus(reference.tokenizer, text), seq_len, windows).numpy()
 
     generations = GenerationCheck(reference, generate_tokens)
     candidates = []
-    runners = [(OnnxRuntimeRunner(onnx_dir / info["onnx"]), precision, onnx_dir / info["onnx"])
+    runners = [(make_runner("onnxruntime", onnx_dir / info["onnx"], device="cpu"), precision, onnx_dir / info["onnx"])
                for precision, info in export["files"].items()]
     for engine in engines:
-        from sparsetrt.build.engine import TensorRTRunner
-
-        runner = TensorRTRunner(engine)
+        runner = make_runner("tensorrt", engine)
         runners.append((runner, _engine_precision(runner.sidecar), engine))
     for runner, precision, path in runners:
         metrics = compare_runners(reference, runner, eval_windows)
@@ -231,3 +229,39 @@ def write_parity_files(directory: Path, report: dict, stem: str = "parity") -> N
     write_text_atomic(directory / f"{stem}.html", html_report(report))
     write_text_atomic(directory / f"{stem}.junit.xml", junit_xml(report))
 
+
+def engines_to_compare(requested: list[str], onnx_dir: Path) -> tuple[list[Path], str | None]:
+    """The engines `--engine` names: 'auto' means every engines/*/model.engine of the artifacts tree `onnx_dir`
+    belongs to when TensorRT is available. Returns them and, when 'auto' found none, the reason to tell the user."""
+    from sparsetrt.build import tensorrt_status
+    from sparsetrt.runtime.deployables import ArtifactsTree
+
+    named = [Path(e) for e in requested if e != "auto"]
+    if "auto" not in requested:
+        return named, None
+    available, reason = tensorrt_status()
+    if not available:
+        return [], f"TensorRT: {reason}; comparing PyTorch with ONNX Runtime only"
+    tree = ArtifactsTree(Path(onnx_dir).parent)
+    found = tree.engines()
+    note = None if found else (f"no engines under {tree.root / 'engines'} (build one with `make engine`); comparing "
+                               "PyTorch with ONNX Runtime only")
+    return found + named, note
+
+
+def summary_lines(report: dict, out: Path) -> list[str]:
+    """What `sparsetrt parity` prints: a verdict per candidate (with the broken tolerances) and the report."""
+    lines = []
+    for cand in report["candidates"]:
+        failed = [c["metric"] for c in cand["checks"] if not c["passed"]]
+        lines.append(f"{cand['name']}: {'PASS' if cand['passed'] else 'FAIL (' + ', '.join(failed) + ')'}")
+    lines.append(f"report: {Path(out) / 'parity.html'}")
+    return lines
+
+
+def write_junit(report: dict, path: Path) -> Path:
+    """The JUnit report where a CI system collects test results (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, junit_xml(report))
+    return path

@@ -3,9 +3,9 @@
   POST /v1/completions   prompt, max_tokens, temperature, top_p, seed, stop, stream (server-sent events)
   GET  /v1/models        the one model served
   GET  /health           200 once the model is loaded and warmed up; 503 while loading, draining or failed
-  GET  /metrics          Prometheus text (sparsetrt.runtime.serve_metrics)
+  GET  /metrics          Prometheus text (sparsetrt.runtime.serve.metrics)
 
-Requests wait in a bounded queue in front of one model thread (sparsetrt.runtime.serve_worker): a full queue
+Requests wait in a bounded queue in front of one model thread (sparsetrt.runtime.serve.worker): a full queue
 answers 429 at once, a request that outlives --request-timeout gets 503 (still queued) or 504 (generating).
 Every error is JSON in OpenAI's shape, {"error": {"message", "type", "param", "code"}}. SIGTERM stops
 accepting connections, lets queued and running requests finish, then exits 0.
@@ -27,7 +27,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sparsetrt.runtime.generate import Sampling
-from sparsetrt.runtime.serve_worker import GenerationWorker, Job, ServeError, seed_for
+from sparsetrt.runtime.serve.worker import GenerationWorker, Job, ServeError, seed_for
 
 log = logging.getLogger("sparsetrt.serve")
 
@@ -79,11 +79,11 @@ def create_app(served, settings: ServeSettings, worker: GenerationWorker | None 
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     import sparsetrt
-    from sparsetrt.runtime.serve_metrics import ServeMetrics, nvml_energy_counter
+    from sparsetrt.runtime.serve.metrics import ServeMetrics, nvml_energy_counter
 
     energy, energy_note = nvml_energy_counter(served.backend)
     metrics = ServeMetrics(served.backend, served.name, served.precision, sparsetrt.__version__, energy)

@@ -44,7 +44,7 @@ class ModuleProbe:
 
 
 @dataclass
-class Probe:
+class ErrorProbe:
     sparsity: float
     nm: str
     modules: dict[str, ModuleProbe]
@@ -161,9 +161,9 @@ def outlier_ratio(scores: list[torch.Tensor], outlier_m: float) -> float:
     return float((flat > outlier_m * flat.mean()).float().mean())
 
 
-def probe_model(model: torch.nn.Module, calib_windows: torch.Tensor, modules: dict[str, torch.nn.Linear],
-                sparsity: float, nm: Pattern, damping: float = DEFAULT_DAMPING, outlier_m: float = 5.0,
-                batch_size: int = 8, sensitivity_windows: int = 0, progress: bool = True) -> Probe:
+def probe_errors(model: torch.nn.Module, calib_windows: torch.Tensor, modules: dict[str, torch.nn.Linear],
+                 sparsity: float, nm: Pattern, damping: float = DEFAULT_DAMPING, outlier_m: float = 5.0,
+                 batch_size: int = 8, sensitivity_windows: int = 0, progress: bool = True) -> ErrorProbe:
     """Estimate every target Linear's pruning error on the dense `model` (not modified). With
     `sensitivity_windows` > 0, also the loss-weighted errors (a backward pass over that many windows)."""
     from sparsetrt.prune.sequential import capture_first_layer_inputs, decoder_layers, layer_output, progress_bar
@@ -178,7 +178,7 @@ def probe_model(model: torch.nn.Module, calib_windows: torch.Tensor, modules: di
         bar = progress_bar(len(layers), "probe errors", progress)
         for index, layer in enumerate(layers):
             in_layer = {n: m for n, m in modules.items() if any(m is x for x in layer.modules())}
-            forwards = [lambda h=hidden, kw=kwargs: layer(h, **kw) for hidden, kwargs in cached]
+            forwards = [lambda h=hidden, kw=kwargs, layer=layer: layer(h, **kw) for hidden, kwargs in cached]
             stats, outputs = collect_input_stats(in_layer, forwards, want_hessian=True, stop_early=False,
                                                  share_inputs=True)
             wanda, inverse = [], {}  # inverse: one Cholesky factor per shared Hessian
@@ -201,4 +201,4 @@ def probe_model(model: torch.nn.Module, calib_windows: torch.Tensor, modules: di
             del stats, outputs
             bar.update(1)
         bar.close()
-    return Probe(sparsity=sparsity, nm=str(nm), modules=found, layer_outlier_ratio=outliers)
+    return ErrorProbe(sparsity=sparsity, nm=str(nm), modules=found, layer_outlier_ratio=outliers)

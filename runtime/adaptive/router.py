@@ -2,7 +2,7 @@
 
 AdaptiveRunner looks like one runner to the generation loop (step / empty_cache / synchronize), so the server,
 its streaming, limits and metrics stay as they are. Per request:
-1. the probe variant (the cheapest) prefills the prompt; its logits give the features (sparsetrt.runtime.signals);
+1. the probe variant (the cheapest) prefills the prompt; its logits give the features (sparsetrt.runtime.adaptive.features);
 2. the controller picks a variant; if it is the probe's, decoding continues from the probe's KV cache, otherwise
    the chosen variant prefills the prompt itself;
 3. with escalation on, a token whose predictive entropy crosses the learned threshold hands the rest of the
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.runtime.adaptive.controllers import Arms, ControllerSettings, load_controller
+from sparsetrt.runtime.adaptive.features import log_softmax, probe_features, token_stats
+from sparsetrt.runtime.adaptive.variant_set import CostModel, decision_costs
 from sparsetrt.runtime.backends import position_ids_for
-from sparsetrt.runtime.controllers import Arms, ControllerSettings, load_controller
-from sparsetrt.runtime.signals import log_softmax, probe_features, token_stats
-from sparsetrt.runtime.variant_set import CostModel, decision_costs
 
 log = logging.getLogger("sparsetrt.adaptive")
 
@@ -248,8 +248,8 @@ class AdaptiveServed:
 def resolve_adaptive(variants: str | Path, settings: ControllerSettings, name: str | None = None,
                      state_path: str | Path | None = None, max_prompt_tokens: int | None = None) -> AdaptiveServed:
     """Check the variant set and the controller settings before the server binds."""
-    from sparsetrt.runtime.serve_model import DEFAULT_MAX_PROMPT_TOKENS, _context_tokens
-    from sparsetrt.runtime.variant_set import VARIANT_MANIFEST, read_variant_set
+    from sparsetrt.runtime.adaptive.variant_set import VARIANT_MANIFEST, read_variant_set
+    from sparsetrt.runtime.serve.served_model import DEFAULT_MAX_PROMPT_TOKENS, context_tokens
 
     manifest = read_variant_set(Path(variants))
     manifest_path = Path(variants) if Path(variants).is_file() else Path(variants) / VARIANT_MANIFEST
@@ -260,7 +260,7 @@ def resolve_adaptive(variants: str | Path, settings: ControllerSettings, name: s
                              "artifacts/adaptive/controller-threshold.json (make bench-adaptive fits it), or use "
                              "linucb / thompson")
     state = Path(state_path) if state_path else manifest_path.parent / f"controller-{settings.policy}.json"
-    context = _context_tokens(Path(manifest["tokenizer"]))
+    context = context_tokens(Path(manifest["tokenizer"]))
     limit = max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS
     return AdaptiveServed(name=name or "adaptive", manifest_path=manifest_path,
                           manifest=manifest, settings=settings, state_path=state,

@@ -1,11 +1,10 @@
-"""adaptive.md and adaptive.png from adaptive.json (sparsetrt.runtime.adaptive_bench)."""
+"""adaptive.md and adaptive.png from adaptive.json (sparsetrt.runtime.bench.adaptive)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sparsetrt.artifacts import pyplot, save_figure
-from sparsetrt.runtime.report import write_text_atomic
+from sparsetrt.artifacts import pyplot, save_figure, write_text_atomic
 
 
 def _yes(flag: bool) -> str:
@@ -52,8 +51,9 @@ def markdown(report: dict) -> str:
               f"(max {acc['overhead']['max_decision_overhead_us']:.0f} µs vs limit {acc['overhead']['limit_us']:.0f} µs; "
               f"probe prefill median {acc['overhead']['cheapest_prefill_ms_median']:.1f} ms; feature extraction "
               f"{report['feature_us_mean']:.0f} µs, counted in the probe's cost)",
-              f"- Modelled GPU cost: {report['modelled_gpu_cost_note']}.", "",
-              "## λ sweep", "", "| policy | × dense cost | NLL | agreement | beats frontier |", "|---|---:|---:|---:|:---:|"]
+              f"- Modelled GPU cost: {report['modelled_gpu_cost_note']}.", ""]
+    lines += modelled_gpu_section(report.get("modelled_gpu"))
+    lines += ["## λ sweep", "", "| policy | × dense cost | NLL | agreement | beats frontier |", "|---|---:|---:|---:|:---:|"]
     for row in report["sweep"]:
         lines.append(f"| {row['policy']} | {row['relative_cost']:.3f} | {row['nll']:.3f} | "
                      f"{row['agreement_with_dense']:.3f} | {_yes(row['beats_static_frontier'])} |")
@@ -68,6 +68,29 @@ def markdown(report: dict) -> str:
               "dense audit pass on audited requests; all latencies measured on this machine, teacher-forced over "
               "the true continuation. Written by `make bench-adaptive` (`sparsetrt bench-adaptive`)."]
     return "\n".join(lines) + "\n"
+
+
+def modelled_gpu_section(gpu: dict | None) -> list[str]:
+    """The policies on GPU-modelled costs beside the measured ones (nothing when no gpu.json was given)."""
+    if not gpu:
+        return []
+    acc = gpu["acceptance"]
+    lines = ["## Modelled on GPU costs (a model, not a measurement)", "", gpu["note"] + f" (`{gpu['source']}`).", "",
+             "| variant | prefill time × | decode time × | from |", "|---|---:|---:|---|"]
+    lines += [f"| {name} | {f['prefill']:.3f} | {f['decode']:.3f} | {f['source']} |"
+              for name, f in gpu["factors"].items()]
+    lines += ["", "| policy | × dense cost (modelled) | NLL | agreement with dense | beats frontier |",
+              "|---|---:|---:|---:|:---:|"]
+    for row in gpu["policies"]:
+        static = row["policy"].startswith("static:")
+        lines.append(f"| {row['policy']} | {row['relative_cost']:.3f} | {row['nll']:.3f} | "
+                     f"{row['agreement_with_dense']:.3f} | {'(frontier)' if static else _yes(row['beats_static_frontier'])} |")
+    reach = acc["agreement_at_cost"]["cheapest_bandit_reaching_95"]
+    lines += ["", f"On the modelled costs: bandit below the static frontier **{_yes(acc['frontier']['passed'])}**; "
+                  f">= 95 % agreement at <= 60 % cost **{_yes(acc['agreement_at_cost']['passed'])}**"
+                  + ("" if not reach else f" (cheapest reaching 95 %: {reach['policy']} at "
+                                          f"{reach['relative_cost']:.3f}×)") + ".", ""]
+    return lines
 
 
 def plot(report: dict, path: Path) -> Path | None:

@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
-from sparsetrt.runtime.metrics import GENERATION_METRICS, METRICS
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from sparsetrt.runtime.parity.metrics import GENERATION_METRICS, METRICS
 
 
 def junit_xml(report: dict) -> str:

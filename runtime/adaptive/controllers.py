@@ -1,6 +1,6 @@
-"""Controllers that pick, per input, which variant of a model serves it (sparsetrt.runtime.variant_set).
+"""Controllers that pick, per input, which variant of a model serves it (sparsetrt.runtime.adaptive.variant_set).
 
-Every controller sees the probe's feature vector x (sparsetrt.runtime.signals) and each arm's predicted marginal
+Every controller sees the probe's feature vector x (sparsetrt.runtime.adaptive.features) and each arm's predicted marginal
 cost for this input relative to the dense variant (the probe's own variant reuses the probe's prefill), and
 returns an arm index. Reward = quality - lam * relative cost, where quality is minus the mean NLL per token of a
 reference continuation (the true text offline; the dense variant's own choices when serving). Quality is only
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.signals import FEATURES
+from sparsetrt.runtime.adaptive.features import FEATURES
 
 log = logging.getLogger("sparsetrt.adaptive")
 STATE_VERSION = 1

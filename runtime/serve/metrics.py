@@ -83,7 +83,7 @@ class ServeMetrics:
         self.running.set(running)
 
     def observe_completion(self, done) -> None:
-        """A finished request (serve_worker.Completion)."""
+        """A finished request (serve.worker.Completion)."""
         self.prompt_tokens.inc(done.prompt_tokens)
         self.generated_tokens.inc(done.completion_tokens)
         self.ttft.observe(done.ttft_s)

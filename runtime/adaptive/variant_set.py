@@ -107,7 +107,7 @@ PROBE_COST_TIE = 0.10  # variants within 10 % of the cheapest cost are a tie (ti
 
 def quality_nll(runner, windows: np.ndarray) -> float:
     """Mean next-token NLL of `windows` [n, seq] (calibration text): a quick quality reading for the manifest."""
-    from sparsetrt.runtime.signals import token_stats
+    from sparsetrt.runtime.adaptive.features import token_stats
 
     nll = [token_stats(runner.logits(w[None])[0, :-1], w[1:])["nll"].mean() for w in windows]
     return float(np.mean(nll))
@@ -126,11 +126,11 @@ def collect_variants(artifacts: Path, backend: str = "onnxruntime", schedules: P
                      progress: bool = True) -> list[dict]:
     """name/pattern/precision/path of every variant `artifacts` holds for `backend` (the layout `sparsetrt run` and
     `sparsetrt bench --dense` write), plus the hardware-mode schedules under `schedules` exported to ONNX."""
-    from sparsetrt.runtime.bench import discover_variants
+    from sparsetrt.runtime.deployables import discover_deployables
 
-    found = [v for v in discover_variants(artifacts) if v.backend == backend]
-    entries = [{"name": f"{v.pattern}-{v.precision}", "pattern": v.pattern, "precision": v.precision,
-                "backend": v.backend, "path": v.path} for v in found]
+    found = [d for d in discover_deployables(artifacts) if d.backend == backend]
+    entries = [{"name": f"{d.pattern}-{d.precision}", "pattern": d.pattern, "precision": d.precision,
+                "backend": d.backend, "path": d.path} for d in found]
     if schedules is not None and backend == "onnxruntime":
         from sparsetrt.export.stage import export_checkpoint
 
@@ -138,9 +138,9 @@ def collect_variants(artifacts: Path, backend: str = "onnxruntime", schedules: P
             if not (checkpoint / "sparsity.json").is_file():
                 continue
             onnx_dir = checkpoint / "onnx"
-            export_checkpoint(checkpoint, onnx_dir, precisions=["fp32"], reuse=True)
+            exported = export_checkpoint(checkpoint, onnx_dir, precisions=["fp32"], reuse=True)
             entries.append({"name": f"{checkpoint.name}-fp32", "pattern": checkpoint.name, "precision": "fp32",
-                            "backend": backend, "path": str(onnx_dir / "model.onnx")})
+                            "backend": backend, "path": str(onnx_dir / exported["files"]["fp32"]["onnx"])})
     return entries
 
 
@@ -149,12 +149,11 @@ def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", 
     """Run the pipeline for `configs` (finished stages are reused), add the dense baseline, time every variant and
     write out/variants.json. Returns the manifest."""
     from sparsetrt.artifacts import write_json
-    from sparsetrt.runtime.backends import make_runner
-    from sparsetrt.runtime.bench import files_bytes, prepare_dense
-    from sparsetrt.runtime.measure import device_info
-
     from sparsetrt.config import load_config
     from sparsetrt.pipeline import run_pipeline
+    from sparsetrt.runtime.backends import make_runner
+    from sparsetrt.runtime.deployables import ArtifactsTree, files_bytes, prepare_dense
+    from sparsetrt.runtime.measure import device_info
 
     artifacts, out = Path(artifacts), Path(out)
     for config_path in configs:
@@ -177,7 +176,7 @@ def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", 
     from sparsetrt.calibration.data import load_corpus, random_windows, tokenize_corpus
     from sparsetrt.models import load_tokenizer
 
-    tokenizer = load_tokenizer(artifacts / "pruned")
+    tokenizer = load_tokenizer(ArtifactsTree(artifacts).pruned)
     corpus = load_corpus("auto", "valid")  # never the evaluation split
     windows = random_windows(tokenize_corpus(tokenizer, corpus), QUALITY_WINDOWS, 128, seed=0).numpy()
     for index, entry in enumerate(entries, 1):
@@ -197,7 +196,7 @@ def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", 
         entry["relative_cost"] = entry["cost"]["reference_request_ms"] / dense_ms
     probe = choose_probe(entries)
     manifest = {"stage": "variants", "backend": backend, "artifacts": str(artifacts), "dense": "dense-fp32",
-                "probe": probe["name"], "tokenizer": str(artifacts / "pruned"),
+                "probe": probe["name"], "tokenizer": str(ArtifactsTree(artifacts).pruned),
                 "quality": f"mean next-token NLL of {QUALITY_WINDOWS} windows of 128 tokens, {corpus.description}",
                 "reference_request": {"prompt_tokens": REFERENCE_REQUEST[0], "new_tokens": REFERENCE_REQUEST[1]},
                 "machine": device_info("cpu" if backend == "onnxruntime" else "cuda"),
@@ -227,3 +226,14 @@ def read_variant_set(path: Path) -> dict:
             raise SparsetrtError(f"variant '{entry['name']}' points at {entry['path']}, which does not exist; "
                                  "rebuild the variant set")
     return manifest
+
+
+def summary_lines(manifest: dict, out: Path) -> list[str]:
+    """What `sparsetrt variants` prints: each variant's size, cost and quality, then the probe."""
+    lines = [f"{'variant':<22} {'MB':>7} {'prefill ms@128':>15} {'decode ms':>10} {'x dense':>8} {'NLL':>6}"]
+    for v in manifest["variants"]:
+        lines.append(f"{v['name']:<22} {v['file_bytes'] / 1e6:>7.0f} {v['cost']['prefill_ms']['128']:>15.1f} "
+                     f"{v['cost']['decode_ms']:>10.1f} {v['relative_cost']:>8.3f} {v['quality_nll']:>6.3f}")
+    lines.append(f"probe (cheapest; ties within 10 % to the lower NLL): {manifest['probe']}; wrote "
+                 f"{Path(out) / VARIANT_MANIFEST}")
+    return lines

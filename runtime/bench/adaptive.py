@@ -6,7 +6,7 @@ Method (also in the README):
    WikiText words shuffled (hard). Never the evaluation split. Each input is a prompt of random length and the
    true next `new_tokens` tokens; the stream is shuffled with the seed and split into a training and an
    evaluation half.
-2. Every variant of the variant set serves every input, teacher-forced (sparsetrt.runtime.variant_set
+2. Every variant of the variant set serves every input, teacher-forced (sparsetrt.runtime.adaptive.variant_set
    .measure_request): measured prefill and decode latency, the NLL of each true token, the argmax and entropy at
    each position. The probe variant also yields the prompt features, and the time to compute them.
 3. Policies replay the stream over that table in order: they learn on the training half (every request audited)
@@ -31,12 +31,20 @@ from pathlib import Path
 import numpy as np
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.controllers import Arms, ControllerSettings, fit_threshold, load_controller, timed_decision
-from sparsetrt.runtime.variant_set import CostModel, decision_costs
+from sparsetrt.runtime.adaptive.controllers import (
+    Arms,
+    ControllerSettings,
+    fit_threshold,
+    load_controller,
+    timed_decision,
+)
+from sparsetrt.runtime.adaptive.variant_set import CostModel, decision_costs
 
 SOURCES = ("wikitext-valid", "python-docs", "sparsetrt-source", "repetitive", "shuffled")
-GPU_COST_NOTE = ("no measured GPU 2:4 speedups: this machine has no GPU (NVML sees none), so only the measured "
-                 "latency on the current backend is reported")
+GPU_COST_NOTE = ("not modelled: pass --gpu-cost benchmarks/gpu.json (`make bench-gpu` on a CUDA GPU measures the "
+                 "dense / 2:4 ratios), else only the latency measured on the current backend is reported")
+# Which GEMM measurement of `sparsetrt bench-gpu` stands for a variant's precision.
+GPU_DTYPE_OF = {"fp32": "fp16", "fp16": "fp16", "int8": "int8"}
 
 
 @dataclass
@@ -69,7 +77,6 @@ class AdaptiveBenchSettings:
 def source_texts(seed: int) -> dict[str, tuple[str, str]]:
     """{source: (text, description)}."""
     import random
-
     from pydoc_data.topics import topics
 
     import sparsetrt
@@ -116,9 +123,9 @@ def measure_table(manifest: dict, inputs: list[dict], names: list[str], progress
     prompt features [n, d], feature_us [n]."""
     from tqdm import tqdm
 
+    from sparsetrt.runtime.adaptive.features import probe_features, token_stats
+    from sparsetrt.runtime.adaptive.variant_set import measure_request
     from sparsetrt.runtime.backends import make_runner
-    from sparsetrt.runtime.signals import probe_features, token_stats
-    from sparsetrt.runtime.variant_set import measure_request
 
     entries = {v["name"]: v for v in manifest["variants"]}
     table = {"variants": {}}
@@ -346,13 +353,114 @@ def frontier_nll(hull: list[tuple[float, float]], cost: float) -> float:
 
 
 # -- the benchmark -----------------------------------------------------------------------------------------------
+def gpu_time_factors(gpu_report: dict, variants: list[dict], prompt_tokens: float) -> dict[str, dict]:
+    """Per variant: the factors its prefill and decode times are multiplied by on the modelled GPU, i.e. the
+    measured 2:4 / dense time of one SmolLM2 decoder block's Linears (bench-gpu's block-weighted GEMMs) in the
+    variant's precision, at the measured token count nearest the stream's median prompt (prefill) and at M = 1
+    (decode). Dense variants keep 1.0; a precision with no measured 2:4 kernel (INT4) keeps 1.0 and says so."""
+    from sparsetrt.runtime.bench.gpu import block_speedups
+
+    speedups = gpu_report.get("summary", {}).get("block_speedups") or block_speedups(gpu_report.get("records", []))
+    measured: dict[str, dict[int, float]] = {}
+    for key, value in speedups.items():
+        model, dtype, tokens = key.split("|")
+        if model == "smollm2-135m":
+            measured.setdefault(dtype, {})[int(tokens)] = value
+    factors = {}
+    for v in variants:
+        dtype = GPU_DTYPE_OF.get(v["precision"])
+        if v["pattern"] == "dense":
+            factors[v["name"]] = {"prefill": 1.0, "decode": 1.0, "source": "dense: unchanged", "modelled": False}
+        elif v["pattern"] != "2:4" or dtype not in measured:
+            why = ("partly 2:4 (hardware schedule): not modelled" if v["pattern"] != "2:4" else
+                   f"no {v['precision']} 2:4 kernel measured (INT4 + 2:4 is not accelerated, TensorRT-LLM #1731)"
+                   if v["precision"] == "int4" else f"no {dtype} GEMM in the GPU report")
+            factors[v["name"]] = {"prefill": 1.0, "decode": 1.0, "source": f"{why}: unchanged", "modelled": False}
+        else:
+            cells = measured[dtype]
+            prefill_m = min(cells, key=lambda m: abs(np.log(m) - np.log(max(prompt_tokens, 1))))
+            decode_m = min(cells)
+            factors[v["name"]] = {"prefill": 1 / cells[prefill_m], "decode": 1 / cells[decode_m],
+                                  "source": f"{dtype} block GEMMs: 2:4/dense at M={prefill_m} (prefill), "
+                                            f"M={decode_m} (decode)", "modelled": True}
+    return factors
+
+
+def scaled_for_gpu(table: dict, manifest: dict, factors: dict[str, dict]) -> tuple[dict, dict]:
+    """The measured table and variant set with every variant's prefill and decode times (and cost models)
+    multiplied by its factors: the same stream, priced as the GPU ratios say."""
+    scaled = {**table, "variants": {}}
+    for name, rows in table["variants"].items():
+        f = factors.get(name, {"prefill": 1.0, "decode": 1.0})
+        scaled["variants"][name] = {**rows, "prefill_ms": rows["prefill_ms"] * f["prefill"],
+                                    "decode_ms": rows["decode_ms"] * f["decode"]}
+    variants = []
+    for v in manifest["variants"]:
+        f, cost = factors.get(v["name"], {"prefill": 1.0, "decode": 1.0}), dict(v["cost"])
+        cost["prefill_intercept_ms"] *= f["prefill"]
+        cost["prefill_per_token_ms"] *= f["prefill"]
+        cost["decode_ms"] *= f["decode"]
+        variants.append({**v, "cost": cost})
+    return scaled, {**manifest, "variants": variants}
+
+
+def policy_report(st: StreamTable, settings: AdaptiveBenchSettings, cost_unit: str, states: Path | None) -> dict:
+    """Every policy replayed over `st`, with relative costs, the static frontier and the acceptance checks."""
+    results = replay_all(st, settings, states=states)
+    rows = [r.row(st.names, cost_unit) for r in results["main"]]
+    sweep = [r.row(st.names, cost_unit) for r in results["sweep"]]
+    statics = [row for row in rows if row["policy"].startswith("static:")]
+    hull = lower_hull([(row["mean_cost"], row["nll"]) for row in statics])
+    dense_row = next(row for row in statics if row["policy"] == f"static:{st.names[st.arms.dense]}")
+    for row in rows + sweep:
+        row["relative_cost"] = row["mean_cost"] / dense_row["mean_cost"]
+        row["frontier_nll"] = frontier_nll(hull, row["mean_cost"])
+        row["beats_static_frontier"] = bool(row["nll"] < row["frontier_nll"])
+    prefill_probe = float(np.median(st.prefill[st.arms.probe, st.train:]))
+    return {"policies": rows, "sweep": sweep, "frontier": hull, "lam": results["lam"],
+            "acceptance": acceptance_checks(rows, sweep, dense_row, prefill_probe),
+            "probe_prefill_ms_median": prefill_probe}
+
+
+def read_gpu_report(path: Path) -> dict:
+    """A gpu.json written by `sparsetrt bench-gpu`, or a SparsetrtError saying what it is not."""
+    from sparsetrt.artifacts import read_json
+
+    report = read_json(path)
+    if not isinstance(report, dict) or not str(report.get("format", "")).startswith("sparsetrt.bench-gpu/"):
+        raise SparsetrtError(f"{path} is not a `sparsetrt bench-gpu` report (gpu.json); run `make bench-gpu` on a "
+                             "CUDA GPU and pass its gpu.json")
+    return report
+
+
+def modelled_gpu(table: dict, meta: dict, manifest: dict, names: list[str], settings: AdaptiveBenchSettings,
+                 gpu_report: dict, gpu_cost: Path) -> dict:
+    """The policies replayed on GPU-modelled costs (see gpu_time_factors): a model, labelled so everywhere."""
+    factors = gpu_time_factors(gpu_report, [v for v in manifest["variants"] if v["name"] in names],
+                               float(np.median(meta["prompt_lengths"])))
+    if not any(f["modelled"] for f in factors.values()):
+        raise SparsetrtError(f"{gpu_cost} holds no SmolLM2 GEMM speedup for any 2:4 variant of the set; nothing to "
+                             "model")
+    scaled_table, scaled_manifest = scaled_for_gpu(table, manifest, factors)
+    st = StreamTable(scaled_table, meta, scaled_manifest, names)
+    device = gpu_report.get("device", {})
+    unit = f"ms per request (modelled: measured CPU time x GPU 2:4/dense ratio of {device.get('name', 'a GPU')})"
+    return {"note": (f"modelled, not measured: each 2:4 variant's measured time scaled by the dense / 2:4 GEMM "
+                     f"ratios measured on {device.get('name', '?')} (SM "
+                     f"{''.join(map(str, device.get('compute_capability', [])))}) by `sparsetrt bench-gpu`; only "
+                     "the Linears speed up on a GPU, so the whole-request scaling is an upper bound on the gain"),
+            "source": str(gpu_cost), "device": device.get("name"), "factors": factors,
+            **policy_report(st, settings, unit, states=None)}
+
+
 def run_adaptive_bench(variant_set: Path, out: Path, work: Path, settings: AdaptiveBenchSettings | None = None,
-                       reuse_table: bool = True, progress: bool = True) -> dict:
+                       reuse_table: bool = True, progress: bool = True, gpu_cost: Path | None = None) -> dict:
     from sparsetrt.artifacts import write_json
     from sparsetrt.models import load_tokenizer
-    from sparsetrt.runtime.variant_set import read_variant_set
+    from sparsetrt.runtime.adaptive.variant_set import read_variant_set
 
     settings = (settings or AdaptiveBenchSettings()).validate()
+    gpu_report = read_gpu_report(gpu_cost) if gpu_cost else None  # a bad file fails before the long measurement
     manifest = read_variant_set(variant_set)
     all_names = [v["name"] for v in manifest["variants"]]
     names = list(settings.variants) or all_names
@@ -387,34 +495,40 @@ def run_adaptive_bench(variant_set: Path, out: Path, work: Path, settings: Adapt
     st = StreamTable(table, meta, manifest, names)
     machine = manifest.get("machine", {})
     cost_unit = f"ms per request (measured, {manifest['backend']} on {machine.get('cpu', 'this machine')})"
-    results = replay_all(st, settings, states=work)
-    rows = [r.row(names, cost_unit) for r in results["main"]]
-    sweep = [r.row(names, cost_unit) for r in results["sweep"]]
-    statics = [row for row in rows if row["policy"].startswith("static:")]
-    hull = lower_hull([(row["mean_cost"], row["nll"]) for row in statics])
-    dense_row = next(row for row in statics if row["policy"] == f"static:{manifest['dense']}")
-    for row in rows + sweep:
-        row["relative_cost"] = row["mean_cost"] / dense_row["mean_cost"]
-        row["frontier_nll"] = frontier_nll(hull, row["mean_cost"])
-        row["beats_static_frontier"] = bool(row["nll"] < row["frontier_nll"])
-        row["modelled_gpu_cost"] = None
-    prefill_probe = float(np.median(st.prefill[st.arms.probe, st.train:]))
-    acceptance = acceptance_checks(rows, sweep, dense_row, prefill_probe)
-    report = {"policies": rows, "sweep": sweep, "acceptance": acceptance, "frontier": hull, "lam": results["lam"],
-              "modelled_gpu_cost_note": GPU_COST_NOTE, "settings": asdict(settings), "variants": manifest["variants"],
+    measured = policy_report(st, settings, cost_unit, states=work)
+    gpu = modelled_gpu(table, meta, manifest, names, settings, gpu_report, gpu_cost) if gpu_report else None
+    modelled = {} if gpu is None else {row["policy"]: row["relative_cost"] for row in gpu["policies"]}
+    for row in measured["policies"]:
+        row["modelled_gpu_cost"] = modelled.get(row["policy"])
+    report = {"policies": measured["policies"], "sweep": measured["sweep"], "acceptance": measured["acceptance"],
+              "frontier": measured["frontier"], "lam": measured["lam"],
+              "modelled_gpu_cost_note": GPU_COST_NOTE if gpu is None else gpu["note"], "modelled_gpu": gpu,
+              "settings": asdict(settings), "variants": manifest["variants"],
               "dense": manifest["dense"], "probe": manifest["probe"], "machine": machine,
               "stream": {"inputs": st.n, "train": st.train, "evaluate": st.n - st.train, "sources": meta["sources"],
                          "per_source": {s: meta["source_of"].count(s) for s in meta["sources"]},
                          "new_tokens": st.new_tokens},
-              "probe_prefill_ms_median": prefill_probe,
+              "probe_prefill_ms_median": measured["probe_prefill_ms_median"],
               "feature_us_mean": float(np.mean(st.feature_us)),
               "per_source": per_source_table(st, meta)}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "adaptive.json", report)
-    from sparsetrt.runtime.adaptive_report import write_adaptive_report
+    from sparsetrt.runtime.bench.adaptive_report import write_adaptive_report
 
     write_adaptive_report(out, report)
     return report
+
+
+def summary_lines(report: dict, out: Path) -> list[str]:
+    """What `sparsetrt bench-adaptive` prints: each policy, the acceptance checks, the files."""
+    lines = [f"{row['policy']:<26} cost {row['relative_cost']:.3f}x dense  NLL {row['nll']:.3f}  agreement "
+             f"{row['agreement_with_dense']:.3f}  decision {row['decision_overhead_us']:.0f} us"
+             for row in report["policies"]]
+    acc = report["acceptance"]
+    lines.append(f"acceptance: frontier {acc['frontier']['passed']}, 95 % agreement at <= 60 % cost "
+                 f"{acc['agreement_at_cost']['passed']}, overhead {acc['overhead']['passed']}")
+    lines.append(f"wrote {Path(out) / 'adaptive.json'}, adaptive.md, adaptive.png")
+    return lines
 
 
 def replay_all(st: StreamTable, settings: AdaptiveBenchSettings, states: Path | None = None) -> dict:

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sparsetrt.artifacts import write_json
-from sparsetrt.runtime.report import write_text_atomic
+from sparsetrt.artifacts import write_json, write_text_atomic
 
 # Figures the project owner measured with neighbouring tools under the same protocol on this machine class
 # (issue #2). They are quoted, not re-measured by this benchmark.

@@ -15,9 +15,8 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sparsetrt.artifacts import fingerprint, pyplot, read_json, save_figure, write_json
+from sparsetrt.artifacts import fingerprint, pyplot, read_json, save_figure, write_json, write_text_atomic
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.report import write_text_atomic
 
 
 @dataclass
@@ -33,7 +32,7 @@ class ScheduleBenchSettings:
     seed: int = 0
 
 
-def variants(settings: ScheduleBenchSettings) -> list[dict]:
+def schedule_cases(settings: ScheduleBenchSettings) -> list[dict]:
     """[{name, pattern, schedule}] in report order."""
     out = []
     for target in settings.targets:
@@ -75,10 +74,10 @@ def schedule_benchmark(model: str, out: str | Path, work: str | Path, settings: 
                        progress: bool = True) -> dict:
     from sparsetrt.calibration.data import default_corpus, sequential_windows, tokenize_corpus
     from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint
-    from sparsetrt.runtime.quality import perplexity
+    from sparsetrt.runtime.bench.quality import perplexity
 
     settings = settings or ScheduleBenchSettings()
-    plan = variants(settings)
+    plan = schedule_cases(settings)
     names = [v["name"] for v in plan]
     to_distill = names if settings.distill == ["all"] else [] if settings.distill == ["none"] else settings.distill
     unknown = sorted(set(to_distill) - set(names))
@@ -116,7 +115,7 @@ def schedule_benchmark(model: str, out: str | Path, work: str | Path, settings: 
              **_prefixed(evaluate(checkpoint), "")}]
     log("dense", rows[0])
     for v in plan:
-        manifest = prune_variant(checkpoint, work, v, settings, progress)
+        manifest = prune_case(checkpoint, work, v, settings, progress)
         row = {"variant": v["name"], "pattern": v["pattern"], "mode": v["schedule"]["mode"],
                "measured_sparsity": manifest["schedule"]["measured_sparsity"],
                "coverage": manifest["schedule"].get("coverage"), "range": manifest["schedule"].get("range"),
@@ -124,7 +123,7 @@ def schedule_benchmark(model: str, out: str | Path, work: str | Path, settings: 
                **_prefixed(evaluate(work / v["name"]), "")}
         finished = _finished_distillation(work / f"{v['name']}-distilled")
         if v["name"] in to_distill or finished:  # one distilled earlier (another budget) is reported too
-            d = distill_variant(checkpoint, work, v["name"], settings, progress) if v["name"] in to_distill else finished
+            d = distill_case(checkpoint, work, v["name"], settings, progress) if v["name"] in to_distill else finished
             row.update(_prefixed(evaluate(work / f"{v['name']}-distilled"), "distilled_"),
                        distill_steps=d["steps"], distill_s=d["train_seconds"], distill_tokens=d["tokens_seen"],
                        distill_stopped_early=d["stopped_early"])
@@ -134,17 +133,17 @@ def schedule_benchmark(model: str, out: str | Path, work: str | Path, settings: 
     return _write(out, model, checkpoint, settings, calib_text, eval_text, other, rows)
 
 
-def prune_variant(checkpoint: Path, work: Path, variant: dict, settings: ScheduleBenchSettings, progress: bool) -> dict:
-    """`sparsetrt prune` of one variant into work/<name> (a finished identical run is reused)."""
+def prune_case(checkpoint: Path, work: Path, case: dict, settings: ScheduleBenchSettings, progress: bool) -> dict:
+    """`sparsetrt prune` of one schedule case into work/<name> (a finished identical run is reused)."""
     from sparsetrt.prune.stage import prune_checkpoint
 
-    return prune_checkpoint(str(checkpoint), work / variant["name"], method="sparsegpt", pattern=variant["pattern"],
+    return prune_checkpoint(str(checkpoint), work / case["name"], method="sparsegpt", pattern=case["pattern"],
                             calib="auto", calib_samples=settings.calib_samples, calib_seq_len=settings.seq_len,
-                            seed=settings.seed, schedule=variant["schedule"], reuse=True, overwrite=True,
+                            seed=settings.seed, schedule=case["schedule"], reuse=True, overwrite=True,
                             progress=progress)
 
 
-def distill_variant(checkpoint: Path, work: Path, name: str, settings: ScheduleBenchSettings, progress: bool) -> dict:
+def distill_case(checkpoint: Path, work: Path, name: str, settings: ScheduleBenchSettings, progress: bool) -> dict:
     """`sparsetrt distill` of work/<name> into work/<name>-distilled (reused, or resumed, when there)."""
     from sparsetrt.prune.distill import DistillSettings
     from sparsetrt.prune.distill_stage import distill_checkpoint

@@ -1,0 +1,9 @@
+"""`sparsetrt serve`: an OpenAI-compatible completions server over any backend.
+
+  app           FastAPI routes, limits, errors, SSE, logs (create_app, serve)
+  worker        the model thread and its bounded queue (GenerationWorker, Job)
+  served_model  what --model names, resolved before the server binds (ServedModel)
+  metrics       Prometheus metrics of the server (ServeMetrics)
+  loadtest      concurrent clients against a running server (`sparsetrt loadtest`)
+  process       a server as a child process: free port, start, wait until ready, SIGTERM
+"""

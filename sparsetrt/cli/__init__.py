@@ -1,0 +1,101 @@
+"""`sparsetrt <command>`: one CLI, one module per room, each command's parser beside its handler.
+
+  pipeline  run                                   the whole pipeline from a config file
+  prune     prune, verify, distill
+  export    export, quantize, lint
+  build     engine
+  runtime   generate, parity
+  serve     serve, loadtest
+  adaptive  variants
+  bench     bench, bench-quality (alias quality), bench-schedule, bench-serve, bench-adaptive
+
+A handler forwards to its room and prints what the room formats. Errors print as one line, exit code 2;
+Ctrl-C exits 130. A command whose optional dependency is missing is still listed in --help, says why, and
+refuses to run with that reason. Importing this package imports no heavy library (torch, onnxruntime): each
+room is imported when its command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sparsetrt.errors import SparsetrtError
+
+ROOMS = ("pipeline", "prune", "export", "build", "runtime", "serve", "adaptive", "bench")
+
+# How to get the optional dependencies commands may declare (module name -> install hint).
+INSTALL_HINTS = {
+    "fastapi": "pip install fastapi", "uvicorn": "pip install uvicorn", "httpx": "pip install httpx",
+    "prometheus_client": "pip install prometheus-client", "matplotlib": "pip install 'sparsetrt[plots]'",
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    needs: tuple[str, ...] = ()      # importable modules the command cannot run without
+    aliases: tuple[str, ...] = ()
+
+    def missing(self) -> str | None:
+        """Why this command cannot run here (the first missing module and how to get it), else None."""
+        for module in self.needs:
+            if importlib.util.find_spec(module) is None:
+                return f"needs {module}, which is not installed ({INSTALL_HINTS.get(module, 'pip install ' + module)})"
+        return None
+
+
+def commands() -> list[Command]:
+    """Every command of every room, in room order."""
+    return [c for room in ROOMS for c in importlib.import_module(f"sparsetrt.cli.{room}").COMMANDS]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparsetrt", description="2:4-sparse LLM deployment pipeline")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show library logs and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in commands():
+        reason = command.missing()
+        text = command.help + (f" [unavailable: {reason}]" if reason else "")
+        p = sub.add_parser(command.name, help=text, description=text, aliases=list(command.aliases))
+        command.arguments(p)
+        p.set_defaults(command_spec=command)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    command: Command = args.command_spec
+    try:
+        if reason := command.missing():
+            raise SparsetrtError(f"`sparsetrt {command.name}` {reason}")
+        return command.run(args)
+    except SparsetrtError as exc:
+        print(f"sparsetrt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsetrt: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        # transformers draws a bar for every checkpoint load; ours (per layer) are the ones that matter.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()

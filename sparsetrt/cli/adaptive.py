@@ -1,0 +1,34 @@
+"""The adaptive room: `sparsetrt variants` (the variant set `serve --adaptive` and `bench-adaptive` use)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparsetrt.cli import Command, options
+
+
+def variants_arguments(p):
+    p.add_argument("--artifacts", default="artifacts", help="artifacts directory the configs write to")
+    p.add_argument("--configs", nargs="*", default=["configs/demo-int8.toml", "configs/demo-int4.toml"],
+                   help="pipeline configs whose 2:4 runs form the set (finished stages are reused)")
+    p.add_argument("--no-dense", action="store_true", help="skip exporting/quantizing the dense baseline (it must "
+                                                            "exist already)")
+    p.add_argument("--schedules", help="also export the hardware-mode schedules found here (make bench-schedule's "
+                                       "artifacts/schedule)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--out", default="artifacts/variants")
+    options.progress(p)
+
+
+def variants(args) -> int:
+    from sparsetrt.runtime.adaptive.variant_set import build_variant_set, summary_lines
+
+    manifest = build_variant_set(Path(args.artifacts), Path(args.out), backend=args.backend, configs=args.configs,
+                                 dense=not args.no_dense, schedules=Path(args.schedules) if args.schedules else None,
+                                 progress=not args.no_progress)
+    print("\n".join(summary_lines(manifest, Path(args.out))))
+    return 0
+
+
+COMMANDS = [Command("variants", "build a family of variants of one model (dense, 2:4, 2:4+INT8, 2:4+INT4, ...) and "
+                                "time each on this backend (variants.json)", variants_arguments, variants)]

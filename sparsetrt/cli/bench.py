@@ -1,0 +1,200 @@
+"""The bench room: one command per make target (bench, bench-quality, bench-schedule, bench-serve, bench-adaptive)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sparsetrt.cli import Command, options
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.runtime.backends import BACKENDS
+from sparsetrt.runtime.serve.served_model import SERVE_PRECISIONS
+
+
+def bench_arguments(p):
+    p.add_argument("--artifacts", default="artifacts", help="directory written by `sparsetrt run` (make demo)")
+    p.add_argument("--dense", action="store_true",
+                   help="also export + quantize the dense model into ARTIFACTS/dense (the baseline for 2:4)")
+    p.add_argument("--out", default="benchmarks")
+    p.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", help="comma-separated substrings: keep deployables whose label contains one")
+    p.add_argument("--corpus", default="auto", help="prompt text, or 'auto' (WikiText-2 test / Python docs)")
+    options.progress(p)
+
+
+def bench(args) -> int:
+    from sparsetrt.runtime.bench.perf import BenchSettings, bench_artifacts
+    from sparsetrt.runtime.bench.perf_report import headline
+
+    settings = BenchSettings(batches=tuple(options.comma_list(args.batches, int)), prompt_tokens=args.prompt_tokens,
+                             new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats)
+    records = bench_artifacts(Path(args.artifacts), Path(args.out), settings, dense=args.dense, only=args.only,
+                              corpus=args.corpus, progress=not args.no_progress)
+    if line := headline(records):
+        print(line)
+    print(f"wrote {Path(args.out) / 'bench.json'}, bench.md and plots")
+    return 0
+
+
+def quality_arguments(p):
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt,sparsegpt+int8,sparsegpt+int4",
+                   help="comma-separated; METHOD+int8 / +int4 quantizes after pruning")
+    p.add_argument("--pattern", default="2:4")
+    p.add_argument("--out", default="benchmarks")
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--eval-windows", type=int, default=40)
+    options.seed(p)
+    options.progress(p)
+
+
+def quality(args) -> int:
+    from sparsetrt.runtime.bench.quality import quality_benchmark
+
+    result = quality_benchmark(args.model, args.out, methods=options.comma_list(args.methods), pattern=args.pattern,
+                               calib_samples=args.calib_samples, seq_len=args.seq_len, eval_windows=args.eval_windows,
+                               seed=args.seed, progress=not args.no_progress)
+    print(json.dumps({r["method"]: round(r["perplexity"], 2) for r in result["results"]}))
+    return 0
+
+
+def schedule_arguments(p):
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--work", default="artifacts/schedule", help="where the pruned and distilled models go (reused)")
+    p.add_argument("--targets", default="0.6,0.7,0.8", help="unstructured target sparsities")
+    p.add_argument("--coverages", default="0.9,0.75", help="hardware mode: fractions of Linear weights made 2:4")
+    p.add_argument("--distill", default="all", help="comma-separated schedule cases to distill, all, or none")
+    p.add_argument("--distill-minutes", type=float, default=30.0, help="budget per distilled case")
+    p.add_argument("--eval-windows", type=int, default=40)
+    options.progress(p)
+    p.add_argument("--out", default="benchmarks")
+
+
+def schedule(args) -> int:
+    from sparsetrt.runtime.bench.schedule import ScheduleBenchSettings, schedule_benchmark
+
+    try:
+        targets, coverages = options.comma_list(args.targets, float), options.comma_list(args.coverages, float)
+    except ValueError:
+        raise SparsetrtError("--targets and --coverages take comma-separated numbers, e.g. 0.6,0.7,0.8") from None
+    settings = ScheduleBenchSettings(targets=targets, coverages=coverages, distill=args.distill.split(","),
+                                     distill_minutes=args.distill_minutes, eval_windows=args.eval_windows)
+    schedule_benchmark(args.model, args.out, args.work, settings, progress=not args.no_progress)
+    print(f"report: {Path(args.out) / 'schedule.md'}")
+    return 0
+
+
+def serve_bench_arguments(p):
+    p.add_argument("--model", default="artifacts", help="what `serve --model` gets (default: the demo's artifacts)")
+    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    p.add_argument("--precision", default="auto", choices=SERVE_PRECISIONS)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of the load phase")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--overload-queue", type=int, default=4, help="queue limit of the overload phase")
+    p.add_argument("--overload-duration", type=float, default=20.0)
+    p.add_argument("--out", default="benchmarks")
+    p.add_argument("--work", default="artifacts/serve-bench", help="server logs")
+
+
+def serve_bench(args) -> int:
+    from sparsetrt.runtime.bench.serve import ServeBenchSettings, run_serve_bench, summary_lines
+
+    settings = ServeBenchSettings(model=args.model, backend=args.backend, precision=args.precision,
+                                  clients=args.clients, duration_s=args.duration, max_tokens=args.max_tokens,
+                                  overload_queue=args.overload_queue, overload_duration_s=args.overload_duration)
+    report = run_serve_bench(settings, Path(args.out), Path(args.work))
+    print("\n".join(summary_lines(report, Path(args.out))))
+    return 0
+
+
+def gpu_arguments(p):
+    from sparsetrt.runtime.bench.gpu import DTYPES, E2E_MODELS, GEMM_SHAPES
+
+    p.add_argument("--out", default="benchmarks", help="where gpu.json, gpu.md and gpu.png go")
+    p.add_argument("--tokens", default="1,16,128,1024,4096", help="GEMM: comma-separated token counts (M)")
+    p.add_argument("--dtypes", default=",".join(DTYPES), help=f"GEMM: comma-separated, of {', '.join(DTYPES)}")
+    p.add_argument("--gemm-models", default=",".join(GEMM_SHAPES),
+                   help=f"whose Linear shapes to time: {', '.join(GEMM_SHAPES)}")
+    p.add_argument("--e2e-models", default=",".join(E2E_MODELS),
+                   help=f"end-to-end models (random weights, made 2:4 on the GPU): {', '.join(E2E_MODELS)}; "
+                        "empty for none")
+    p.add_argument("--batches", default="1,8,32", help="end to end: comma-separated batch sizes")
+    p.add_argument("--samples", type=int, default=20, help="timed samples per GEMM cell (>= 20; the median)")
+    p.add_argument("--e2e-repeats", type=int, default=3, help="timed generations per end-to-end cell")
+    p.add_argument("--energy-window", type=float, default=1.0, help="seconds NVML energy is measured over")
+    options.progress(p)
+
+
+def gpu(args) -> int:
+    from sparsetrt.runtime.bench.gpu import GpuBenchSettings, run_gpu_bench
+
+    try:
+        settings = GpuBenchSettings(tokens=tuple(options.comma_list(args.tokens, int)),
+                                    dtypes=tuple(options.comma_list(args.dtypes)),
+                                    gemm_models=tuple(options.comma_list(args.gemm_models)),
+                                    e2e_models=tuple(options.comma_list(args.e2e_models)),
+                                    batches=tuple(options.comma_list(args.batches, int)), samples=args.samples,
+                                    e2e_repeats=args.e2e_repeats, energy_window_s=args.energy_window)
+    except ValueError:
+        raise SparsetrtError("--tokens and --batches take comma-separated integers, e.g. 1,16,128") from None
+    report = run_gpu_bench(Path(args.out), settings, progress=not args.no_progress)
+    summary = report["summary"]
+    print(f"{summary['gemm_cells']} GEMM cells ({summary['gemm_failed']} PyTorch could not run), "
+          f"{len(summary['end_to_end'])} end-to-end pairs in {report['seconds']} s; wrote "
+          f"{Path(args.out) / 'gpu.md'}, gpu.json, gpu.png")
+    return 0
+
+
+def adaptive_arguments(p):
+    p.add_argument("--variants", default="artifacts/variants", help="the variant set (from `sparsetrt variants`)")
+    p.add_argument("--only", help="comma-separated variant names to use (dense and the probe are always kept)")
+    p.add_argument("--inputs-per-source", type=int, default=40)
+    p.add_argument("--new-tokens", type=int, default=16, help="true continuation tokens scored per input")
+    p.add_argument("--min-prompt-tokens", type=int, default=24)
+    p.add_argument("--max-prompt-tokens", type=int, default=160)
+    p.add_argument("--lam", type=float, help="price of cost (nats per unit relative to dense); default: the "
+                                             "static frontier's slope between the probe variant and dense")
+    p.add_argument("--audit-fraction", type=float, default=0.1)
+    options.seed(p)
+    p.add_argument("--remeasure", action="store_true", help="time every variant again instead of reusing the table")
+    p.add_argument("--out", default="benchmarks")
+    p.add_argument("--work", default="artifacts/adaptive", help="the measured table (reused when settings match)")
+    p.add_argument("--gpu-cost", help="benchmarks/gpu.json from `sparsetrt bench-gpu`: also replay every policy on "
+                                      "costs scaled by the measured GPU dense / 2:4 ratios (reported as modelled)")
+    options.progress(p)
+
+
+def adaptive(args) -> int:
+    from sparsetrt.runtime.bench.adaptive import AdaptiveBenchSettings, run_adaptive_bench, summary_lines
+
+    settings = AdaptiveBenchSettings(inputs_per_source=args.inputs_per_source, new_tokens=args.new_tokens,
+                                     min_prompt_tokens=args.min_prompt_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                                     lam=args.lam, audit_fraction=args.audit_fraction, seed=args.seed,
+                                     variants=tuple(options.comma_list(args.only)) if args.only else ())
+    report = run_adaptive_bench(Path(args.variants), Path(args.out), Path(args.work), settings,
+                                reuse_table=not args.remeasure, progress=not args.no_progress,
+                                gpu_cost=Path(args.gpu_cost) if args.gpu_cost else None)
+    print("\n".join(summary_lines(report, Path(args.out))))
+    return 0
+
+
+COMMANDS = [
+    Command("bench", "decode speed, TTFT, latency percentiles, memory, energy of every deployable", bench_arguments,
+            bench),
+    Command("bench-quality", "WikiText-2 perplexity of dense vs pruned models (benchmark)", quality_arguments, quality,
+            aliases=("quality",)),
+    Command("bench-schedule", "perplexity of sparsity schedules (uniform / scheduled / OWL / hardware), before and "
+                              "after distillation, on two text domains", schedule_arguments, schedule),
+    Command("bench-serve", "start `sparsetrt serve`, load it (normal + overloaded queue), write serve.md/json/png",
+            serve_bench_arguments, serve_bench, needs=("fastapi", "uvicorn", "prometheus_client", "httpx")),
+    Command("bench-gpu", "dense vs 2:4 GEMMs and end-to-end generation on a CUDA GPU (gpu.json/md/png); refuses "
+                         "without one", gpu_arguments, gpu),
+    Command("bench-adaptive", "per-input variant choice (bandits, threshold, oracle) vs static variants on a mixed "
+                              "stream (adaptive.json/md/png)", adaptive_arguments, adaptive),
+]

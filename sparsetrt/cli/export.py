@@ -1,0 +1,89 @@
+"""The export room: `sparsetrt export`, `sparsetrt quantize`, `sparsetrt lint`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sparsetrt.cli import Command, options
+from sparsetrt.export import FLOAT_PRECISIONS, QUANT_PRECISIONS
+
+
+def export_arguments(p):
+    p.add_argument("--model", required=True, help="checkpoint directory (usually the output of `sparsetrt prune`)")
+    p.add_argument("--precision", action="append", choices=FLOAT_PRECISIONS,
+                   help="repeatable (default: fp32 and fp16)")
+    p.add_argument("--opset", type=int, default=21)
+    options.output(p)
+    options.trust_remote_code(p)
+
+
+def export(args) -> int:
+    from sparsetrt.export.stage import export_checkpoint, summary_lines
+
+    manifest = export_checkpoint(args.model, args.out, precisions=args.precision or list(FLOAT_PRECISIONS),
+                                 opset=args.opset, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    print("\n".join(summary_lines(manifest, Path(args.out))))
+    return 0
+
+
+def quantize_arguments(p):
+    p.add_argument("--model", required=True, help="the (pruned) checkpoint the ONNX files were exported from")
+    p.add_argument("--onnx-dir", required=True, help="directory written by `sparsetrt export`")
+    p.add_argument("--precision", required=True, choices=QUANT_PRECISIONS)
+    p.add_argument("--calibrator", default="max", help="INT8 activation ranges: max | percentile | entropy")
+    p.add_argument("--percentile", type=float, default=99.99)
+    p.add_argument("--smoothquant-alpha", type=float, default=-1.0,
+                   help="INT8: SmoothQuant strength (0 = off; default: 0.85 unless --gptq on)")
+    p.add_argument("--block-size", type=int, default=128, help="INT4: inputs per scale block (64 or 128)")
+    p.add_argument("--no-block-fallback", action="store_true",
+                   help="INT4: fail instead of using 64 when 128 does not divide the model's input sizes")
+    p.add_argument("--awq", action="store_true", help="INT4: AWQ-lite scale search (with --gptq off)")
+    p.add_argument("--gptq", default="auto", choices=["auto", "on", "off"],
+                   help="GPTQ weight rounding with the sparsity mask held (auto: on for INT4, off for INT8)")
+    p.add_argument("--activations", default="auto", choices=["auto", *FLOAT_PRECISIONS],
+                   help="graph that gets the Q/DQ nodes (auto: fp32 for INT8, fp16 for INT4)")
+    p.add_argument("--embeddings", default="auto", choices=["auto", "float", *QUANT_PRECISIONS],
+                   help="embedding + lm_head, weight-only (auto: int8, free in perplexity; int4 is smaller but costs "
+                        "perplexity on small models)")
+    p.add_argument("--tp", type=int, nargs="*", default=[1], help="TensorRT-LLM tensor-parallel sizes (none: skip)")
+    options.calibration(p)
+    options.eval_corpus(p)
+    options.progress(p)
+    options.output(p)
+
+
+def quantize(args) -> int:
+    from sparsetrt.export.quant_stage import quantize_checkpoint, summary_lines
+
+    settings = {"precision": args.precision, "calibrator": args.calibrator, "percentile": args.percentile,
+                "smoothquant_alpha": args.smoothquant_alpha, "block_size": args.block_size,
+                "block_fallback": not args.no_block_fallback, "awq": args.awq, "gptq": args.gptq,
+                "activations": args.activations, "embeddings": args.embeddings}
+    manifest = quantize_checkpoint(args.model, args.onnx_dir, args.out, settings, calib=args.calib,
+                                   calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, seed=args.seed,
+                                   tp_sizes=args.tp, parity_corpus=args.corpus, parity_windows=args.windows,
+                                   overwrite=args.overwrite, progress=not args.no_progress)
+    print("\n".join(summary_lines(Path(args.out), manifest)))
+    return 0 if manifest["passed"] else 1
+
+
+def lint_arguments(p):
+    p.add_argument("onnx", help="the .onnx file (its external data beside it)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def lint(args) -> int:
+    from sparsetrt.export.lint import lint_onnx
+
+    report = lint_onnx(args.onnx)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+    return 0 if report.ok else 1
+
+
+COMMANDS = [
+    Command("export", "export a (pruned) checkpoint to ONNX and verify the pattern survived", export_arguments, export),
+    Command("quantize", "INT8 (W8A8) / INT4 (W4A16) Q/DQ ONNX + TensorRT-LLM checkpoints, zeros kept",
+            quantize_arguments, quantize),
+    Command("lint", "check an ONNX file against what the TensorRT ONNX parser accepts", lint_arguments, lint),
+]

@@ -1,0 +1,112 @@
+"""The prune room: `sparsetrt prune`, `sparsetrt verify`, `sparsetrt distill`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparsetrt.cli import Command, options
+
+
+def prune_arguments(p):
+    p.add_argument("--model", required=True, help="checkpoint directory, 'smollm2-135m', or a hub id (online only)")
+    p.add_argument("--method", default="sparsegpt", help="magnitude | wanda | sparsegpt (default)")
+    p.add_argument("--pattern", default="2:4", help="N:M (N non-zeros of every M) or unstructured:RATIO")
+    options.calibration(p)
+    p.add_argument("--targets", nargs="+", default=["*"],
+                   help="glob(s) over module names (default: every Linear in the blocks)")
+    p.add_argument("--exclude", nargs="*", default=[], help="glob(s) of modules to leave dense")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
+    p.add_argument("--block-size", type=int, default=128, help="SparseGPT lazy-update block")
+    p.add_argument("--damping", type=float, default=0.01, help="SparseGPT dampening, fraction of mean diag(H)")
+    p.add_argument("--mask-selection", default="joint", help="SparseGPT N:M mask rule: joint | independent")
+    p.add_argument("--schedule", default="uniform",
+                   help="uniform | scheduled (log-level clusters of OBS error estimates) | owl | hardware (dense or N:M "
+                        "per Linear)")
+    p.add_argument("--levels", type=int, default=4, help="scheduled: number of error levels")
+    p.add_argument("--range", default="auto", help="scheduled: LO,HI sparsity range, or auto (from the error spread)")
+    p.add_argument("--error", default="loss", help="scheduled/hardware: rank modules by the OBS error weighted by the "
+                                                   "loss's sensitivity (loss, default), absolute, or relative")
+    p.add_argument("--probe-sparsity", type=float, default=0.0,
+                   help="scheduled: sparsity the errors are estimated at (default 0: the target)")
+    p.add_argument("--coverage", type=float, default=0.9,
+                   help="hardware: fraction of decoder Linear weights that must be N:M")
+    p.add_argument("--owl-lambda", type=float, default=0.08, help="owl: sparsities spread over target +- lambda")
+    options.output(p)
+    options.trust_remote_code(p)
+    options.progress(p)
+
+
+def prune(args) -> int:
+    from sparsetrt.prune.stage import prune_checkpoint, summary_line
+
+    schedule = {"mode": args.schedule, "levels": args.levels, "range": args.range, "error": args.error,
+                "probe_sparsity": args.probe_sparsity, "coverage": args.coverage, "owl_lambda": args.owl_lambda}
+    manifest = prune_checkpoint(
+        args.model, args.out, method=args.method, pattern=args.pattern, calib=args.calib,
+        calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, seed=args.seed, targets=args.targets,
+        exclude=args.exclude, batch_size=args.batch_size, overwrite=args.overwrite,
+        sparsegpt={"block_size": args.block_size, "damping": args.damping, "mask_selection": args.mask_selection},
+        schedule=schedule, trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+    )
+    print(summary_line(manifest, args.out))
+    return 0
+
+
+def verify_arguments(p):
+    p.add_argument("path", help="pruned checkpoint directory, or an .onnx file (then pass --checkpoint)")
+    p.add_argument("--checkpoint", help="with an .onnx file: the pruned checkpoint it came from")
+
+
+def verify(args) -> int:
+    from sparsetrt.prune.verify import verify_path
+
+    print(verify_path(Path(args.path), args.checkpoint).summary())
+    return 0
+
+
+def distill_arguments(p):
+    p.add_argument("--teacher", required=True,
+                   help="the dense checkpoint the student was pruned from ('smollm2-135m' ok)")
+    p.add_argument("--student", required=True,
+                   help="pruned checkpoint directory (with sparsity.json), or an artifacts directory (its pruned/)")
+    p.add_argument("--data", default="auto", help="training text: file, .txt directory, JSONL, or auto (calibration "
+                                                  "split; the evaluation split is refused)")
+    p.add_argument("--max-minutes", type=float, default=30.0, help="wall-clock budget of this invocation")
+    p.add_argument("--steps", type=int, default=0, help="optimizer steps (default 0: as many as fit the budget)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4, help="windows per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--hidden-weight", type=float, default=0.0, help="weight of the hidden-state MSE term (0 = off)")
+    p.add_argument("--train-embeddings", action="store_true", help="also train the embedding / tied lm_head")
+    options.seed(p)
+    p.add_argument("--checkpoint-every", type=int, default=20, help="steps between resume points")
+    options.progress(p)
+    options.output(p)
+
+
+def distill(args) -> int:
+    from sparsetrt.prune.distill import DistillSettings
+    from sparsetrt.prune.distill_stage import distill_checkpoint, summary_line
+    from sparsetrt.runtime.deployables import ArtifactsTree
+
+    settings = DistillSettings(steps=args.steps, max_minutes=args.max_minutes, seq_len=args.seq_len,
+                               batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                               temperature=args.temperature, hidden_weight=args.hidden_weight,
+                               train_embeddings=args.train_embeddings, seed=args.seed,
+                               checkpoint_every=args.checkpoint_every)
+    student = ArtifactsTree(args.student)
+    student = student.pruned if student.pruned.is_dir() else Path(args.student)
+    m = distill_checkpoint(args.teacher, student, args.out, data=args.data, settings=settings,
+                           overwrite=args.overwrite, progress=not args.no_progress)
+    print(summary_line(m, args.out))
+    return 0
+
+
+COMMANDS = [
+    Command("prune", "prune a checkpoint (N:M or unstructured) and write sparsity.json", prune_arguments, prune),
+    Command("verify", "check the sparsity pattern a sparsity.json claims", verify_arguments, verify),
+    Command("distill", "recover a pruned model by distilling the dense one into it, masks held fixed",
+            distill_arguments, distill),
+]
