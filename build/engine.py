@@ -92,8 +92,9 @@ def onnx_facts(path: Path) -> OnnxFacts:
     import onnx
 
     from sparsetrt.artifacts import file_sha256
+    from sparsetrt.export.onnx_io import load_onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx(path)
     inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     logits = next((o for o in model.graph.output if o.name == "logits"), model.graph.output[0])
     float_type = onnx.helper.tensor_dtype_to_np_dtype(logits.type.tensor_type.elem_type).name

@@ -25,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsetrt.errors import SparsetrtError
-
 TARGET = "TensorRT 10.15 ONNX parser"
 OPSET_MIN, OPSET_MAX = 9, 24
 # Operators marked supported ("Y") in onnx-tensorrt docs/operators.md (TensorRT 10.15).
@@ -90,15 +88,10 @@ class LintReport:
 
 
 def lint_onnx(path: str | Path) -> LintReport:
-    import onnx
+    from sparsetrt.export.onnx_io import load_onnx
 
     path = Path(path)
-    if not path.is_file():
-        raise SparsetrtError(f"{path} does not exist; pass an .onnx file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # a truncated or non-ONNX file
-        raise SparsetrtError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0]}") from None
+    model = load_onnx(path)
     report = LintReport(str(path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}

@@ -31,7 +31,10 @@ from sparsetrt.errors import SparsetrtError
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 DEFAULT_OPSET = 21  # blocked DequantizeLinear (INT4) needs >= 21; TensorRT 10 parses opset 21
-GRAPH_FORMAT = "decoder-kv/1"  # part of the export fingerprint: artifacts of an older graph layout are redone
+MIN_OPSET = 18      # torch.onnx's dynamo exporter writes nothing older (asked for less, it writes 18 and warns)
+# Part of the export fingerprint: artifacts of an older graph layout are redone (/2: full-length presents on
+# sliding-window layers).
+GRAPH_FORMAT = "decoder-kv/2"
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -69,7 +72,11 @@ class DecoderWithCache(torch.nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, *past):
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        # Full-length cache layers on every layer, sliding-window ones included: the graph's contract is present =
+        # past + new (the runners grow attention_mask by one column per step), and the sliding window is applied
+        # by the attention mask, as transformers does during a prefill. DynamicCache(config=...) would crop the
+        # sliding layers' presents to window - 1, out of step with the mask (issue #19: Gemma2 crashed past 256).
+        cache = DynamicCache()
         for layer in range(self.num_layers):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -78,6 +85,24 @@ class DecoderWithCache(torch.nn.Module):
         for layer in out.past_key_values.layers[: self.num_layers]:
             presents += [layer.keys, layer.values]
         return (out.logits, *presents)
+
+
+def check_opset(opset: int) -> int:
+    """Refuse, before any work, an opset this exporter cannot write."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise SparsetrtError(f"opset {opset} cannot be written: torch.onnx's exporter writes opsets {MIN_OPSET} to "
+                             f"{newest} (INT4 quantization needs >= 21); pass --opset {DEFAULT_OPSET}")
+    return opset
+
+
+def file_opset(path: Path) -> int:
+    """The default-domain opset an ONNX file declares."""
+    from sparsetrt.export.onnx_io import load_onnx
+
+    return next(o.version for o in load_onnx(path).opset_import if o.domain in ("", "ai.onnx"))
 
 
 def onnx_file_name(precision: str) -> str:

@@ -17,6 +17,7 @@ import platform
 import time
 from pathlib import Path
 
+from sparsetrt.architectures import check_length
 from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.quantize import QuantSettings
@@ -106,12 +107,18 @@ def quantize_checkpoint(
         raise SparsetrtError(f"the ONNX files in {onnx_dir} were exported from another checkpoint than {checkpoint}; "
                              "export this checkpoint first")
     hf_config = AutoConfig.from_pretrained(checkpoint)
+    check_length(hf_config, calib_seq_len, "a calibration window", "--calib-seq-len")
+    check_length(hf_config, parity_seq_len, "a parity window", "--seq-len")
 
     lm, tokenizer = load_model(checkpoint)
     modules = target_linears(lm)
     if settings.precision == "int4":
         settings = dataclasses.replace(settings, block_size=model_block_size(modules, settings.block_size,
                                                                             settings.block_fallback))
+    trtllm_skipped = trtllm.unsupported_reason(hf_config) if tp_sizes else None
+    if trtllm_skipped:  # the ONNX is the main product: write it, and say why there is no TensorRT-LLM checkpoint
+        print(f"note: no TensorRT-LLM checkpoint for this model: {trtllm_skipped}", flush=True)
+        tp_sizes = []
     for tp in tp_sizes:  # refuse impossible splits before any work
         trtllm.check_tp(hf_config, tp, settings.precision, settings.block_size if settings.precision == "int4" else None)
 
@@ -154,6 +161,7 @@ def quantize_checkpoint(
             directory = tmp / f"trtllm-tp{tp}"
             print(f"writing TensorRT-LLM checkpoint tp={tp} ...", flush=True)
             trtllm.write_trtllm_checkpoint(lm, directory, tp)
+            trtllm.complete_config(directory, hf_config)
             check = trtllm.validate_checkpoint(directory, hf_config, tp, settings.precision, sparse_layers)
             command = trtllm.build_command(str(out / directory.name), str(out / f"trtllm-engine-tp{tp}"))
             (directory / "build.sh").write_text(f"#!/bin/sh\n# needs {trtllm.TRTLLM_RELEASE} (legacy TensorRT flow)\n"
@@ -184,8 +192,9 @@ def quantize_checkpoint(
             "embeddings": {name: {"precision": settings.embeddings, "block": lq.block, "shared_by": lq.extra["shared_by"]}
                            for name, lq in tables.items()},
             "onnx": {"file": onnx_name, "source": str(src_onnx), **graph, "sparsity_verification": verification,
-                     "lint": lint.to_json()},
+                     "lint": {**lint.to_json(), "path": onnx_name}},  # the final file, relative to `out`
             "trtllm": {str(tp): info for tp, info in checkpoints.items()},
+            "trtllm_skipped": trtllm_skipped,
             "parity": {"passed": parity["passed"], "report": "parity.html",
                        "candidates": {c["name"]: {"passed": c["passed"], "gated": bool(c["checks"]),
                                                   "top1": c["metrics"]["top1_agreement"],
@@ -226,6 +235,8 @@ def _modelopt_version() -> str:
 
 def _parity(modelopt_model, quants, tables, tokenizer, checkpoint, sparsity, onnx_path, precision, corpus, windows,
             seq_len) -> dict:
+    """The quantized file's parity against its references; the report (beside the file) names it relative to
+    its own directory, which is the quantize output once the staged directory is renamed."""
     from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
     from sparsetrt.export.quantize import NoiseFloorRunner, tensorrt_fake_quant
     from sparsetrt.models import load_model
@@ -246,14 +257,15 @@ def _parity(modelopt_model, quants, tables, tokenizer, checkpoint, sparsity, onn
     if any(lq.input_scale is not None for lq in quants.values()):  # activations rounded: measure the floor
         floor = compare_runners(references["fake-quant"], NoiseFloorRunner(fake_quant), eval_windows)
     rules = fidelity_rules(None if floor is None else floor["top1_agreement"])
+    named = Path(onnx_path).name
     pruned_name = "pruned fp32" if sparsity else "fp32"
     candidates = [
-        candidate(f"{precision}-fidelity", precision, onnx_path, metrics["fake-quant"], rules,
+        candidate(f"{precision}-fidelity", precision, named, metrics["fake-quant"], rules,
                   "PyTorch fake-quant in TensorRT's Q/DQ semantics, same integers and scales"
                   + ("" if floor is None else f"; bar: 0.99, or noise floor - {NOISE_FLOOR_MARGIN} below it")),
-        candidate(f"{precision}-vs-modelopt", precision, onnx_path, metrics["modelopt"], {},
+        candidate(f"{precision}-vs-modelopt", precision, named, metrics["modelopt"], {},
                   "Model Optimizer's fake-quant model (reported, not gated: see TensorRTFakeQuantLinear)"),
-        candidate(f"{precision}-vs-{pruned_name.replace(' ', '-')}", precision, onnx_path, metrics["fp32"],
+        candidate(f"{precision}-vs-{pruned_name.replace(' ', '-')}", precision, named, metrics["fp32"],
                   QUANTIZATION_RULES[precision], f"PyTorch {pruned_name} (quantization error alone)"),
     ]
     if floor is not None:
@@ -262,7 +274,7 @@ def _parity(modelopt_model, quants, tables, tokenizer, checkpoint, sparsity, onn
                                        "before each INT8 rounding: what any correct implementation can reach "
                                        "(reported, sets the fidelity bar)", backend="pytorch"))
     if "dense" in metrics:
-        candidates.append(candidate(f"{precision}-vs-dense-fp32", precision, onnx_path, metrics["dense"], {},
+        candidates.append(candidate(f"{precision}-vs-dense-fp32", precision, named, metrics["dense"], {},
                                     "PyTorch dense fp32 before pruning (total error; reported, not gated)"))
     report = {
         "format": "sparsetrt.parity/1",
@@ -327,6 +339,8 @@ def summary_lines(directory: Path, q: dict) -> list[str]:
         lines.append(f"  trtllm tp={tp}   {directory / info['directory']} ({info['bytes'] / 2**20:.0f} MiB), "
                      f"{info['validation']['sparse_linears_checked']} sparse Linears verified; build: "
                      f"{directory / info['directory'] / 'build.sh'}")
+    if q.get("trtllm_skipped"):
+        lines.append(f"  trtllm       none: {q['trtllm_skipped']}")
     for name, c in q["parity"]["candidates"].items():
         verdict = ("pass" if c["passed"] else "FAIL") if c.get("gated", True) else "info"
         lines.append(f"  parity {name:<22} {verdict}: top-1 {c['top1']:.4f}, "

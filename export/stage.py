@@ -11,6 +11,8 @@ from sparsetrt.export.onnx_export import (
     GRAPH_FORMAT,
     PRECISIONS,
     cache_geometry,
+    check_opset,
+    file_opset,
     onnx_file_name,
     onnx_files,
     timed_export,
@@ -38,6 +40,7 @@ def export_checkpoint(
             raise SparsetrtError(f"unknown precision '{p}'; use one of {', '.join(PRECISIONS)}")
     if not precisions:
         raise SparsetrtError("no precision to export; pass --precision fp32 and/or fp16")
+    check_opset(opset)
     checkpoint = resolve_checkpoint(checkpoint, trust_remote_code)
     sparsity = read_json(checkpoint / SPARSITY_MANIFEST) if (checkpoint / SPARSITY_MANIFEST).is_file() else None
     upstream = sparsity["fingerprint"] if sparsity else str(checkpoint)
@@ -55,6 +58,8 @@ def export_checkpoint(
             path = tmp / onnx_file_name(precision)
             print(f"exporting {precision} ONNX ...", flush=True)
             seconds = timed_export(model, path, precision, opset)
+            if (written := file_opset(path)) != opset:  # the exporter may fall back without failing
+                raise SparsetrtError(f"asked for opset {opset}, the exporter wrote {written}; pass --opset {written}")
             verification = verify_onnx(path, sparsity, checkpoint).raise_if_failed().to_json() if sparsity else None
             if verification:
                 verification["where"] = f"ONNX {out / path.name}"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from sparsetrt.architectures import FAMILIES, max_positions, sliding_window
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.verify import check_pattern
 
@@ -27,11 +28,47 @@ TRTLLM_RELEASE = "tensorrt_llm==0.20.0"  # a release with trtllm-build --weight_
 DOCUMENTED_QUANT_ALGOS = {"W8A16", "W4A16", "W4A16_AWQ", "W4A8_AWQ", "W4A16_GPTQ", "FP8", "W8A8_SQ_PER_CHANNEL"}
 MANDATORY_CONFIG = ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidden_layers",
                     "num_attention_heads", "hidden_act")
-DECODER_TYPES = {"llama": "llama", "mistral": "llama"}
+# HF model type -> Model Optimizer's decoder type, from the one table of supported families.
+DECODER_TYPES = {model_type: family.trtllm for model_type, family in FAMILIES.items() if family.trtllm}
 # HF Llama module -> TensorRT-LLM layer name (q, k, v are fused into qkv; gate_proj is `fc`, up_proj `gate`).
 LAYER_NAMES = {"self_attn.q_proj": "attention.qkv", "self_attn.k_proj": "attention.qkv",
                "self_attn.v_proj": "attention.qkv", "self_attn.o_proj": "attention.dense",
                "mlp.gate_proj": "mlp.fc", "mlp.up_proj": "mlp.gate", "mlp.down_proj": "mlp.proj"}
+
+
+def unsupported_reason(config) -> str | None:
+    """Why no TensorRT-LLM checkpoint can be written for this model (None: it can), known before any work."""
+    model_type = getattr(config, "model_type", "")
+    if model_type not in DECODER_TYPES:
+        return (f"Model Optimizer's TensorRT-LLM exporter is wired here for {', '.join(sorted(DECODER_TYPES))} "
+                f"decoders, not '{model_type}'")
+    window = sliding_window(config)
+    if window is not None and window < (max_positions(config) or window + 1):
+        return (f"its layers attend over a sliding window of {window} tokens, which the checkpoint format has no "
+                "field for (an engine built from it would attend over the whole context)")
+    return None
+
+
+def rope_settings(config) -> dict:
+    """TensorRT-LLM's rotary settings for an HF config: rotary_base (rope_theta) and, for a non-default rope
+    (llama3, linear, dynamic, yarn ...), rotary_scaling as the HF config states it."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    theta = params.pop("rope_theta", None) or getattr(config, "rope_theta", None) or 10000.0
+    scaling = params if params.get("rope_type", "default") != "default" else getattr(config, "rope_scaling", None)
+    if scaling and "rope_type" in scaling and "type" not in scaling:
+        scaling = {"type": scaling["rope_type"], **scaling}
+    return {"rotary_base": float(theta), "rotary_scaling": scaling or None}
+
+
+def complete_config(directory: Path, config) -> dict:
+    """Add to the checkpoint's config.json the rotary settings the exporter leaves out (they change every
+    attention score of a llama3-rope model); returns what was added."""
+    path = directory / "config.json"
+    written = json.loads(path.read_text())
+    added = {k: v for k, v in rope_settings(config).items() if v is not None and written.get(k) != v}
+    if added:
+        path.write_text(json.dumps({**written, **added}, indent=2) + "\n")
+    return added
 
 
 def check_tp(config, tp: int, precision: str, group_size: int | None) -> None:
@@ -110,6 +147,8 @@ def validate_checkpoint(directory: Path, config, tp: int, precision: str, sparse
 
     cfg = json.loads((directory / "config.json").read_text())
     problems = [f"config.json lacks '{k}'" for k in MANDATORY_CONFIG if k not in cfg]
+    problems += [f"config.json has {key} {cfg.get(key)!r}, the model {value!r}"
+                 for key, value in rope_settings(config).items() if value is not None and cfg.get(key) != value]
     mapping = cfg.get("mapping", {})
     if mapping.get("world_size") != tp or mapping.get("tp_size", 1) != tp:
         problems.append(f"mapping {mapping} does not say world_size = tp_size = {tp}")

@@ -6,6 +6,7 @@ import platform
 import time
 from pathlib import Path
 
+from sparsetrt.architectures import check_length
 from sparsetrt.artifacts import prepare_output, staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.error_probe import probe_errors
@@ -45,7 +46,7 @@ def prune_checkpoint(
     import torch
 
     from sparsetrt.calibration.data import calibration_windows
-    from sparsetrt.models import load_model, resolve_checkpoint
+    from sparsetrt.models import load_model, resolve_checkpoint, validate_checkpoint
 
     if method not in METHODS:
         raise SparsetrtError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
@@ -71,6 +72,9 @@ def prune_checkpoint(
     timings = {}
     start = time.perf_counter()
     checkpoint = resolve_checkpoint(model, trust_remote_code)
+    if method != "magnitude" or plan.mode != "uniform":  # these calibrate: windows must fit the positions
+        check_length(validate_checkpoint(checkpoint, trust_remote_code), calib_seq_len, "a calibration window",
+                     "--calib-seq-len")
     lm, tokenizer = load_model(checkpoint, trust_remote_code=trust_remote_code)
     timings["load_s"] = time.perf_counter() - start
     candidates = target_linears(lm, targets, exclude)

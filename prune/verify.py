@@ -125,10 +125,11 @@ def verify_checkpoint(checkpoint: Path, manifest: dict | None = None) -> VerifyR
 
 def verify_onnx(onnx_path: Path, manifest: dict, checkpoint: Path) -> VerifyResult:
     """Check the claimed pattern on the ONNX initializers that carry each pruned module's weight."""
-    import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(onnx_path), load_external_data=True)
+    from sparsetrt.export.onnx_io import load_onnx
+
+    model = load_onnx(onnx_path, external_data=True)
     graph = model.graph
     modules = manifest["modules"]
     reference = checkpoint_weights(checkpoint, modules)

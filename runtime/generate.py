@@ -177,9 +177,17 @@ def encode_prompts(tokenizer, texts: list[str], chat: bool = False) -> list[list
     return [tokenizer(t)["input_ids"] for t in texts]
 
 
-def generate_text(runner, tokenizer, texts: list[str], sampling: Sampling, chat: bool = False) -> dict:
-    """Generate for text prompts (one left-padded batch): what `sparsetrt generate` reports, as data."""
-    result = generate(runner, encode_prompts(tokenizer, texts, chat=chat), sampling, pad_id=tokenizer.pad_token_id or 0)
+def generate_text(runner, tokenizer, texts: list[str], sampling: Sampling, chat: bool = False,
+                  max_positions: int | None = None) -> dict:
+    """Generate for text prompts (one left-padded batch): what `sparsetrt generate` reports, as data. Refuses,
+    before any step, prompts that with max_new_tokens would run past the model's `max_positions`."""
+    prompts = encode_prompts(tokenizer, texts, chat=chat)
+    longest = max(len(p) for p in prompts)
+    if max_positions and longest + sampling.max_new_tokens > max_positions:
+        raise SparsetrtError(f"the longest prompt ({longest} tokens) + --max-new-tokens {sampling.max_new_tokens} is "
+                             f"more than the model's {max_positions} positions; lower --max-new-tokens to "
+                             f"{max(max_positions - longest, 0)} or shorten the prompt")
+    result = generate(runner, prompts, sampling, pad_id=tokenizer.pad_token_id or 0)
     outputs = [{"prompt": p, "tokens": t, "text": tokenizer.decode(t, skip_special_tokens=True)}
                for p, t in zip(texts, result.tokens)]
     return {"backend": runner.backend, "outputs": outputs, "ttft_ms": round(result.ttft_s * 1000, 2),

@@ -78,8 +78,41 @@ def check_output_dir(out: Path, manifest_name: str, stage: str, run_fingerprint:
         kind = {"run": "pipeline"}.get(old.get("stage"), old.get("stage", "unknown"))
         what = f"a different {kind} run (fingerprint {old.get('fingerprint')})"
     else:
-        what = "files that sparsetrt did not write"
+        what = f"files that sparsetrt did not write ({_foreign(out)})"
     raise SparsetrtError(f"output directory {out} already holds {what}; pass --overwrite to replace it or choose another --out")
+
+
+def written_by_sparsetrt(path: Path, depth: int = 3) -> bool:
+    """Whether `path` is sparsetrt's own output: a run manifest, one of our temporaries, a folder holding a stage
+    manifest (a JSON naming its stage or a sparsetrt format), or a folder of only such things (an artifacts tree
+    whose runs sit in sub-folders, like the parity gate's artifacts/ci)."""
+    path = Path(path)
+    if path.name.startswith(".") and (".tmp-" in path.name or ".old-" in path.name):
+        return True
+    if path.is_file():
+        return path.suffix == ".json" and path.name.startswith("run") and _is_manifest(path)
+    if not path.is_dir():
+        return False
+    entries = list(path.iterdir())
+    if any(e.suffix == ".json" and e.is_file() and _is_manifest(e) for e in entries):
+        return True
+    return depth > 0 and bool(entries) and all(written_by_sparsetrt(e, depth - 1) for e in entries)
+
+
+def _is_manifest(path: Path) -> bool:
+    if path.stat().st_size > 1 << 20:
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and ("stage" in data or str(data.get("format", "")).startswith("sparsetrt."))
+
+
+def _foreign(out: Path) -> str:
+    """The entries of `out` that are not sparsetrt's, for the refusal message."""
+    names = sorted(e.name for e in Path(out).iterdir() if not written_by_sparsetrt(e, 2))
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "") if names else "no stage manifest"
 
 
 def prepare_output(out: Path, manifest_name: str, stage: str, settings: dict, overwrite: bool,
@@ -92,6 +125,7 @@ def prepare_output(out: Path, manifest_name: str, stage: str, settings: dict, ov
     if reuse and (done := reusable_manifest(out, manifest_name, stage, run_fingerprint)):
         return run_fingerprint, done
     check_output_dir(out, manifest_name, stage, run_fingerprint, overwrite)
+    check_replaceable(out)
     return run_fingerprint, None
 
 
@@ -108,13 +142,60 @@ def reusable_manifest(out: Path, manifest_name: str, stage: str, run_fingerprint
     return manifest if same else None
 
 
+def _temporary_prefix(out: Path, kind: str) -> str:
+    """`.NAME.tmp-PID-` / `.NAME.old-PID-`: beside `out`, hidden, and naming the process that owns it."""
+    return f".{out.name}.{kind}-{os.getpid()}-"
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete the temporaries of `out` (our own naming) that a process no longer alive left behind: a run killed
+    by SIGKILL, or a machine that went down, cannot clean up after itself. Returns what was removed."""
+    removed = []
+    for path in Path(out).parent.glob(f".{Path(out).name}.*-*-*"):
+        kind, _, rest = path.name[len(Path(out).name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def check_replaceable(out: Path) -> None:
+    """Fail before the work when an existing `out` could not be replaced at the end (an immutable or otherwise
+    locked directory): rename it aside and back, the very operation the finished stage needs."""
+    out = Path(out).resolve()
+    if not out.exists():
+        return
+    probe = out.parent / f"{_temporary_prefix(out, 'old')}probe"
+    try:
+        os.replace(out, probe)
+    except OSError as exc:
+        raise SparsetrtError(f"output directory {out} cannot be replaced ({exc.strerror or exc}); make it writable "
+                             "or choose another --out") from None
+    os.replace(probe, out)
+
+
 @contextlib.contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside `out`; on success it replaces `out`, on failure it vanishes."""
+    """Yield a fresh temporary directory beside `out`; on success it replaces `out`, on failure (an exception,
+    Ctrl-C, SIGTERM through the CLI) it vanishes. A replacement that fails at the end leaves `out` as it was and
+    says why."""
     out = Path(out).resolve()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        remove_stale_temporaries(out)
+        tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(out, "tmp"), dir=out.parent))
     except OSError as exc:
         raise SparsetrtError(f"cannot write output directory {out}: {exc.strerror or exc}; choose another --out") from None
     try:
@@ -123,10 +204,20 @@ def staged_dir(out: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
+    try:
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=_temporary_prefix(out, "old"), dir=out.parent))
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except OSError as exc:
+        if old is not None:
+            if out.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, out)  # put the previous result back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SparsetrtError(f"could not put the finished result at {out} ({exc.strerror or exc}); it was removed and "
+                             f"{out} is as it was; make it writable or choose another --out") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

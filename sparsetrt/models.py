@@ -71,16 +71,20 @@ def validate_checkpoint(path: Path, trust_remote_code: bool = False) -> dict:
         raise SparsetrtError(f"{path} needs custom code from the checkpoint; pass --trust-remote-code if you trust it")
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    from sparsetrt.architectures import check_family, supported_names
+
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
+    causal_heads = ("ForCausalLM", "LMHeadModel")
     is_causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and (
-        not architectures or any(a.endswith("ForCausalLM") for a in architectures)
+        not architectures or any(a.endswith(causal_heads) for a in architectures)
     )
     if not is_causal and not (trust_remote_code and any(a.endswith("ForCausalLM") for a in architectures)):
         raise SparsetrtError(
             f"{path} holds a '{model_type}' model ({', '.join(architectures) or 'no architectures'}), "
-            "not a causal language model; sparsetrt prunes decoder-only LMs (Llama, Mistral, Qwen2, ...)"
+            f"not a causal language model; sparsetrt prunes decoder-only LMs of these families: {supported_names()}"
         )
+    check_family(config, path, trust_remote_code)
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
     if not weights:
         raise SparsetrtError(f"{path} has a config but no weight files (*.safetensors or *.bin); the checkpoint is incomplete")

@@ -16,7 +16,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from sparsetrt.artifacts import check_output_dir, ensure_writable_parent, fingerprint, write_json
+from sparsetrt.artifacts import check_output_dir, ensure_writable_parent, fingerprint, write_json, written_by_sparsetrt
 from sparsetrt.config import PipelineConfig
 from sparsetrt.errors import SparsetrtError
 
@@ -91,9 +91,13 @@ def _check_artifacts_dir(out: Path, manifest_name: str, run_fingerprint: str, ov
         raise SparsetrtError(f"output path {out} exists and is not a directory; choose another --out")
     if not out.exists() or overwrite or not any(out.iterdir()):
         return
-    if not any(out.glob("run*.json")):
-        raise SparsetrtError(f"output directory {out} already holds files that sparsetrt did not write; "
-                             "pass --overwrite to replace it or choose another --out")
+    # What sparsetrt itself wrote may stay: the stages of an interrupted run (no run*.json yet) and other runs'
+    # trees inside this one (`make test` leaves the parity gate's artifacts/ci before `make demo` writes artifacts/).
+    foreign = [] if any(out.glob("run*.json")) else sorted(e.name for e in out.iterdir() if not written_by_sparsetrt(e))
+    if foreign:
+        raise SparsetrtError(f"output directory {out} already holds files that sparsetrt did not write "
+                             f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); pass --overwrite to "
+                             "replace it or choose another --out")
     if (out / manifest_name).is_file():
         check_output_dir(out, manifest_name, "run", run_fingerprint, overwrite)
 

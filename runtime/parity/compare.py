@@ -28,6 +28,7 @@ DEFAULT_TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
         "kl_divergence": ("<=", 1e-6),
         "perplexity_rel_diff": ("<=", 1e-4),
         "generation_identical": (">=", 1.0),  # greedy tokens identical on every parity prompt
+        "long_generation_identical": (">=", 1.0),  # and past the sliding window, where the model has one
     },
     "fp16": {  # SmolLM2-135M 2:4 measured top-1 0.997, top-5 0.998, KL 9e-6, ppl diff 1e-5: ~10x margin
         "top1_agreement": (">=", 0.99),
@@ -36,6 +37,14 @@ DEFAULT_TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
         "perplexity_rel_diff": ("<=", 1e-3),
     },
 }
+
+
+# A top-1 flip counts only where the reference's top-2 margin exceeds this (the precision's logit tolerance: fp32's
+# max |Δlogit| bar); fp16 has no logit bar, so every fp16 position counts.
+TIE_MARGINS = {"fp32": DEFAULT_TOLERANCES["fp32"]["max_abs_error"][1]}
+LONG_CONTEXT_NEW_TOKENS = 16
+# Part of the parity fingerprint: reports made before near-ties and the long-context check are redone.
+CHECKS_VERSION = 2
 
 
 def parse_tolerance_overrides(items) -> dict[str, dict[str, float]]:
@@ -55,7 +64,7 @@ def parse_tolerance_overrides(items) -> dict[str, dict[str, float]]:
 
 
 def tolerances_for(precision: str, overrides: dict[str, dict[str, float]]) -> dict[str, tuple[str, float]]:
-    known = set(METRICS) | {"generation_identical"}
+    known = set(METRICS) | {"generation_identical", "long_generation_identical"}
     rules = dict(DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp16"]))
     for metric, value in overrides.get(precision, {}).items():
         if metric not in known:
@@ -66,28 +75,28 @@ def tolerances_for(precision: str, overrides: dict[str, dict[str, float]]) -> di
 
 
 _HIGHER_IS_BETTER = {"top1_agreement", "top5_agreement", "cosine_similarity", "min_cosine_similarity",
-                     "generation_identical"}
+                     "generation_identical", "long_generation_identical"}
 
 
 def evaluate_checks(metrics: dict, rules: dict[str, tuple[str, float]]) -> list[dict]:
     checks = []
     for metric, (op, threshold) in rules.items():
-        if metric.startswith("generation_") and metric not in metrics:
-            continue  # generation was not run (generate_tokens = 0)
+        if metric.startswith(("generation_", "long_generation_")) and metric not in metrics:
+            continue  # that generation was not run (generate_tokens = 0, or no sliding window)
         value = metrics[metric]
         passed = value >= threshold if op == ">=" else value <= threshold
         checks.append({"metric": metric, "op": op, "threshold": threshold, "value": value, "passed": bool(passed)})
     return checks
 
 
-def compare_runners(reference, candidate, windows: np.ndarray) -> dict:
+def compare_runners(reference, candidate, windows: np.ndarray, tie_margin: float = 0.0) -> dict:
     """Metrics of `candidate` against `reference` over `windows` [n, seq_len], one window at a time."""
-    return compare_against({"reference": reference}, candidate, windows)["reference"]
+    return compare_against({"reference": reference}, candidate, windows, tie_margin)["reference"]
 
 
-def compare_against(references: dict, candidate, windows: np.ndarray) -> dict[str, dict]:
+def compare_against(references: dict, candidate, windows: np.ndarray, tie_margin: float = 0.0) -> dict[str, dict]:
     """Metrics of `candidate` against each of `references` (name -> runner), running the candidate once."""
-    accs = {name: ParityAccumulator() for name in references}
+    accs = {name: ParityAccumulator(tie_margin) for name in references}
     start = time.perf_counter()
     for window in windows:
         ids = np.asarray(window, dtype=np.int64)[None]
@@ -115,6 +124,7 @@ def run_parity(
     """Compare the checkpoint (PyTorch fp32) with every ONNX file listed in onnx_dir/export.json (ONNX Runtime)
     and with each TensorRT engine in `engines`: logits on the evaluation windows, then greedy generation of
     `generate_tokens` tokens from PARITY_PROMPTS (0 = skip), token for token."""
+    from sparsetrt.architectures import check_length
     from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
     from sparsetrt.export.stage import EXPORT_MANIFEST
     from sparsetrt.runtime.backends import make_runner
@@ -122,8 +132,11 @@ def run_parity(
     overrides = parse_tolerance_overrides(tolerances)
     onnx_dir = Path(onnx_dir)
     export = read_json(onnx_dir / EXPORT_MANIFEST)
+    positions = {"max_position_embeddings": export["graph"].get("max_positions")}
+    check_length(positions, seq_len, "a parity window", "--seq-len")
     engines = [Path(e) for e in engines]
-    settings = {"export": export["fingerprint"], "corpus": corpus, "windows": windows, "seq_len": seq_len,
+    settings = {"checks": CHECKS_VERSION, "export": export["fingerprint"], "corpus": corpus, "windows": windows,
+                "seq_len": seq_len,
                 "tolerances": overrides, "generate_tokens": generate_tokens,
                 "engines": {str(e): _engine_hash(e) for e in engines}}
     out = Path(out)
@@ -133,9 +146,11 @@ def run_parity(
 
     reference = make_runner("pytorch", Path(checkpoint), device="cpu")
     text = load_corpus(corpus, "test")
-    eval_windows = sequential_windows(tokenize_corpus(reference.tokenizer, text), seq_len, windows).numpy()
+    eval_tokens = tokenize_corpus(reference.tokenizer, text)
+    eval_windows = sequential_windows(eval_tokens, seq_len, windows).numpy()
 
     generations = GenerationCheck(reference, generate_tokens)
+    long_context = LongContextCheck.for_model(reference, eval_tokens)
     candidates = []
     runners = [(make_runner("onnxruntime", onnx_dir / info["onnx"], device="cpu"), precision, onnx_dir / info["onnx"])
                for precision, info in export["files"].items()]
@@ -143,8 +158,10 @@ def run_parity(
         runner = make_runner("tensorrt", engine)
         runners.append((runner, _engine_precision(runner.sidecar), engine))
     for runner, precision, path in runners:
-        metrics = compare_runners(reference, runner, eval_windows)
+        metrics = compare_runners(reference, runner, eval_windows, TIE_MARGINS.get(precision, 0.0))
         metrics.update(generations.compare(runner))
+        if long_context is not None:
+            metrics.update(long_context.compare(runner))
         candidates.append(candidate(f"{runner.backend}-{precision}", precision, path, metrics,
                                     tolerances_for(precision, overrides), backend=runner.backend))
     verification = {str(onnx_dir / i["onnx"]): i["sparsity_verification"]
@@ -159,6 +176,7 @@ def run_parity(
         "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}"
                    + ("" if engines else ", CPU only"),
         "generation": generations.describe(),
+        "long_context": None if long_context is None else long_context.describe(),
         "candidates": candidates,
         "sparsity_verification": verification,
         "passed": all(c["passed"] for c in candidates) and all(v["ok"] for v in verification.values()),
@@ -198,6 +216,50 @@ class GenerationCheck:
 
     def describe(self) -> dict:
         return {"prompts": len(self.prompts), "new_tokens": self.new_tokens, "decoding": "greedy, one left-padded batch"}
+
+
+class LongContextCheck:
+    """One greedy generation from a prompt longer than the model's sliding window, reference vs candidate: a
+    decoder whose sliding-window layers mishandle the cache passes short prompts and breaks here (issue #19)."""
+
+    def __init__(self, reference, prompt: list[int], window: int, new_tokens: int = LONG_CONTEXT_NEW_TOKENS):
+        self.reference, self.prompt, self.window, self.new_tokens = reference, prompt, window, new_tokens
+        self._reference_tokens = None
+
+    @classmethod
+    def for_model(cls, reference, eval_tokens) -> "LongContextCheck | None":
+        """The check for `reference`'s model, or None when no layer has a sliding window (or the positions end
+        before one can be passed). The prompt is the start of the evaluation text, repeated if short."""
+        from sparsetrt.architectures import max_positions, sliding_window
+
+        config = reference.model.config
+        window = sliding_window(config)
+        limit = max_positions(config) or 1 << 30
+        if window is None or window + LONG_CONTEXT_NEW_TOKENS >= limit:
+            return None
+        length = min(window + LONG_CONTEXT_NEW_TOKENS, limit - LONG_CONTEXT_NEW_TOKENS)
+        tokens = np.asarray(eval_tokens).reshape(-1)
+        tokens = np.tile(tokens, -(-length // max(len(tokens), 1)))[:length]
+        return cls(reference, tokens.tolist(), window)
+
+    def _generate(self, runner) -> list[list[int]]:
+        from sparsetrt.runtime.generate import Sampling, generate
+
+        return generate(runner, [self.prompt], Sampling(max_new_tokens=self.new_tokens, ignore_stop=True)).tokens
+
+    def compare(self, runner) -> dict:
+        from sparsetrt.runtime.generate import compare_generations
+
+        if self._reference_tokens is None:
+            self._reference_tokens = self._generate(self.reference)
+        result = compare_generations(self._reference_tokens, self._generate(runner))
+        return {"long_generation_identical": result["generation_identical"],
+                "long_generation_first_divergence": result["generation_first_divergence"],
+                "long_generation_tokens": len(self.prompt) + self.new_tokens}
+
+    def describe(self) -> dict:
+        return {"sliding_window": self.window, "prompt_tokens": len(self.prompt), "new_tokens": self.new_tokens,
+                "decoding": "greedy, one prompt longer than the window"}
 
 
 def _engine_hash(engine: Path) -> str:

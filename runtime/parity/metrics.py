@@ -3,6 +3,10 @@
 Per output position: absolute error, cosine similarity, top-1 agreement, top-5 overlap
 (|top5(ref) ∩ top5(cand)| / 5), KL(reference ‖ candidate); per run: perplexity of each on the next tokens.
 Everything is computed in float64 from float32 logits.
+
+Top-1 agreement counts only the positions where the reference's top-2 margin exceeds `tie_margin` (the
+precision's logit tolerance): at a near-tie any correct implementation may pick either token, so a flip there
+measures the model's ties, not the export. Near-ties and the flips among them are reported separately.
 """
 
 from __future__ import annotations
@@ -24,14 +28,20 @@ def top_k(x: np.ndarray, k: int) -> np.ndarray:
 
 # Every metric `ParityAccumulator.result()` reports, in report order.
 METRICS = ("positions", "max_abs_error", "mean_abs_error", "cosine_similarity", "min_cosine_similarity",
-           "top1_agreement", "top5_agreement", "kl_divergence", "max_kl_divergence", "perplexity_reference",
-           "perplexity_candidate", "perplexity_rel_diff")
-# Greedy generation from the same prompts (sparsetrt.runtime.generate.compare_generations), when run.
-GENERATION_METRICS = ("generation_identical", "generation_first_divergence", "generation_prompts", "generation_tokens")
+           "top1_agreement", "top1_near_ties", "top1_near_tie_flips", "top5_agreement", "kl_divergence",
+           "max_kl_divergence", "perplexity_reference", "perplexity_candidate", "perplexity_rel_diff")
+# Greedy generation from the same prompts (sparsetrt.runtime.generate.compare_generations), when run; the long_
+# ones from a prompt longer than the model's sliding window, when it has one.
+GENERATION_METRICS = ("generation_identical", "generation_first_divergence", "generation_prompts", "generation_tokens",
+                      "long_generation_identical", "long_generation_first_divergence", "long_generation_tokens")
 
 
 class ParityAccumulator:
-    def __init__(self) -> None:
+    def __init__(self, tie_margin: float = 0.0) -> None:
+        self.tie_margin = tie_margin
+        self.decisive = 0
+        self.near_ties = 0
+        self.near_tie_flips = 0
         self.positions = 0
         self.max_abs = 0.0
         self.sum_abs = 0.0
@@ -60,7 +70,13 @@ class ParityAccumulator:
             np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1) + 1e-30)
         self.sum_cos += float(cos.sum())
         self.min_cos = min(self.min_cos, float(cos.min()))
-        self.top1 += int((ref.argmax(-1) == cand.argmax(-1)).sum())
+        agree = ref.argmax(-1) == cand.argmax(-1)
+        top2 = np.partition(ref, -2, axis=-1)[:, -2:]
+        decisive = (top2[:, 1] - top2[:, 0]) > self.tie_margin
+        self.top1 += int((agree & decisive).sum())
+        self.decisive += int(decisive.sum())
+        self.near_ties += int((~decisive).sum())
+        self.near_tie_flips += int((~agree & ~decisive).sum())
         t5r, t5c = np.sort(top_k(ref, 5), -1), top_k(cand, 5)
         self.top5 += float(sum(np.isin(t5c[i], t5r[i]).sum() for i in range(len(t5r))) / 5)
         lp_ref, lp_cand = log_softmax(ref), log_softmax(cand)
@@ -86,7 +102,9 @@ class ParityAccumulator:
             "mean_abs_error": self.sum_abs / self.elements,
             "cosine_similarity": self.sum_cos / self.positions,
             "min_cosine_similarity": self.min_cos,
-            "top1_agreement": self.top1 / self.positions,
+            "top1_agreement": self.top1 / self.decisive if self.decisive else 1.0,
+            "top1_near_ties": self.near_ties,
+            "top1_near_tie_flips": self.near_tie_flips,
             "top5_agreement": self.top5 / self.positions,
             "kl_divergence": self.sum_kl / self.positions,
             "max_kl_divergence": self.max_kl,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import time
 import uuid
@@ -54,6 +55,10 @@ class ServeSettings:
         if not 0 <= self.port < 65536:
             raise SparsetrtError(f"--port {self.port} is not a TCP port (0-65535)")
         return self
+
+
+# JSON allows "\ud800" escapes that decode to half a UTF-16 pair: no tokenizer or UTF-8 encoder accepts them.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class CompletionRequest(BaseModel):
@@ -113,6 +118,12 @@ def create_app(served, settings: ServeSettings, worker: GenerationWorker | None 
     async def invalid_request(request: Request, err: RequestValidationError):
         return error_response(validation_error(err.errors()))
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception):  # a bug of ours: still the JSON error shape, logged
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return error_response(ServeError(500, f"internal error ({type(err).__name__}); see the server log",
+                                         kind="server_error", code="internal_error"))
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):  # 404 path, 405 method: same JSON shape
         return error_response(ServeError(err.status_code, f"{request.method} {request.url.path}: {err.detail}",
@@ -171,6 +182,10 @@ def make_job(body: CompletionRequest, served, settings: ServeSettings, worker, l
     if len(prompts) != 1:
         raise ServeError(400, f"one prompt per request, got a list of {len(prompts)}", param="prompt")
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    for param, texts in (("prompt", prompts), ("stop", stops), ("user", [body.user or ""])):
+        if lone := next((m.group() for t in texts if (m := LONE_SURROGATE.search(t))), None):
+            raise ServeError(400, f"{param} holds a lone UTF-16 surrogate (U+{ord(lone):04X}), which is not Unicode "
+                                  "text; send valid UTF-8", param=param, code="invalid_text")
     if len(stops) > 4 or any(not s for s in stops):
         raise ServeError(400, "stop takes at most 4 non-empty strings", param="stop")
     if not prompts[0]:

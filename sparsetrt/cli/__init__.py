@@ -10,7 +10,8 @@
   bench     bench, bench-quality (alias quality), bench-schedule, bench-serve, bench-adaptive
 
 A handler forwards to its room and prints what the room formats. Errors print as one line, exit code 2;
-Ctrl-C exits 130. A command whose optional dependency is missing is still listed in --help, says why, and
+Ctrl-C exits 130 and SIGTERM 143, both after every temporary output is removed (staged directories clean up on
+the exception the signal raises). A command whose optional dependency is missing is still listed in --help, says why, and
 refuses to run with that reason. Importing this package imports no heavy library (torch, onnxruntime): each
 room is imported when its command runs.
 """
@@ -22,7 +23,9 @@ import importlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -72,10 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so the way out runs every cleanup (as KeyboardInterrupt does for
+    SIGINT). A BaseException: no `except Exception` on the way may swallow it."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     command: Command = args.command_spec
+    main_thread = threading.current_thread() is threading.main_thread()  # signals can be caught there only
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None  # `serve` sets its own
     try:
         if reason := command.missing():
             raise SparsetrtError(f"`sparsetrt {command.name}` {reason}")
@@ -86,6 +100,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("sparsetrt: interrupted; no partial output was kept", file=sys.stderr)
         return 130
+    except Terminated:
+        print("sparsetrt: terminated (SIGTERM); no partial output was kept", file=sys.stderr)
+        return 143
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -63,6 +63,7 @@ def quantize(args) -> int:
     manifest = quantize_checkpoint(args.model, args.onnx_dir, args.out, settings, calib=args.calib,
                                    calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, seed=args.seed,
                                    tp_sizes=args.tp, parity_corpus=args.corpus, parity_windows=args.windows,
+                                   parity_seq_len=args.seq_len,
                                    overwrite=args.overwrite, progress=not args.no_progress)
     print("\n".join(summary_lines(Path(args.out), manifest)))
     return 0 if manifest["passed"] else 1

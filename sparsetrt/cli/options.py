@@ -34,9 +34,10 @@ def trust_remote_code(p: argparse.ArgumentParser) -> None:
 
 
 def eval_corpus(p: argparse.ArgumentParser, windows: int = 4) -> None:
-    """The evaluation text parity runs on (never the calibration split)."""
+    """The evaluation text parity runs on (never the calibration split), in windows of --seq-len tokens."""
     p.add_argument("--corpus", default="auto", help="evaluation text, or 'auto' (WikiText-2 test / Python docs)")
     p.add_argument("--windows", type=int, default=windows, help="evaluation windows")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per evaluation window")
 
 
 def comma_list(value: str, kind=str) -> list:

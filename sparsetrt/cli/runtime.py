@@ -35,11 +35,13 @@ def generate(args) -> int:
 
     if not args.prompt:
         raise SparsetrtError("pass at least one --prompt")
-    tokenizer = load_tokenizer(Path(args.tokenizer) if args.tokenizer else tokenizer_dir_for(Path(args.model)))
-    runner = make_runner(args.backend, args.model, device=args.device)
+    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else tokenizer_dir_for(Path(args.model))
+    tokenizer = load_tokenizer(tokenizer_dir)
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, seed=args.seed, stop_tokens=stop_tokens_of(tokenizer))
-    result = generate_text(runner, tokenizer, args.prompt, sampling, chat=args.chat)
+                        top_p=args.top_p, seed=args.seed, stop_tokens=stop_tokens_of(tokenizer)).validate()
+    runner = make_runner(args.backend, args.model, device=args.device)
+    result = generate_text(runner, tokenizer, args.prompt, sampling, chat=args.chat,
+                           max_positions=max_positions_of(tokenizer_dir))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -50,13 +52,20 @@ def generate(args) -> int:
     return 0
 
 
+def max_positions_of(checkpoint: Path) -> int | None:
+    """The max positions the checkpoint's config.json declares (None without one: a bare tokenizer folder)."""
+    from sparsetrt.architectures import max_positions
+
+    config = checkpoint / "config.json"
+    return max_positions(json.loads(config.read_text())) if config.is_file() else None
+
+
 def parity_arguments(p):
     p.add_argument("--artifacts", help="an artifacts directory (make demo): its pruned/ checkpoint and onnx/ files, "
                                        "instead of --model and --onnx-dir")
     p.add_argument("--model", help="the checkpoint the ONNX files were exported from")
     p.add_argument("--onnx-dir", help="directory written by `sparsetrt export`")
     options.eval_corpus(p)
-    p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--tol", action="append", default=[], metavar="PRECISION.METRIC=VALUE",
                    help="override a tolerance, e.g. fp16.max_abs_error=0.5 (repeatable)")
     p.add_argument("--generate-tokens", type=int, default=32,
