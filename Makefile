@@ -18,7 +18,7 @@ ARTIFACTS   ?= artifacts
 # Whether a demo run has finished there (every `sparsetrt run` writes a run*.json at the top).
 DEMO_DONE    = $(wildcard $(ARTIFACTS)/run*.json)
 
-.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule bench-serve bench-adaptive bench-gpu distill engine \
+.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule bench-serve bench-adaptive bench-gpu bench-engine distill engine \
 	parity serve \
 	docker-lint docker-build docker-runtime docker-cpu clean distclean help
 
@@ -28,7 +28,8 @@ help:
 	@echo "make lint ONNX=f    check an ONNX file against what the TensorRT parser accepts"
 	@echo "make test           parity gate on the embedded model (JUnit in reports/junit), then the test suite"
 	@echo "make test-fast      unit tests only (tiny random models, seconds)"
-	@echo "make engine         TensorRT engine with 2:4 sparse weights (needs TensorRT + a CUDA GPU; PRECISION=int8|int4)"
+	@echo "make engine         TensorRT-RTX engine here (TensorRT on a GPU) with 2:4 sparse weights (PRECISION=int8|int4)"
+	@echo "make bench-engine   fp16/INT8/INT4 engines: ONNX + build time, peak RSS, bytes, layer precisions (benchmarks/)"
 	@echo "make parity         PyTorch vs ONNX Runtime (and engines where TensorRT is), JUnit for CI; fails on a broken tolerance"
 	@echo "make serve          OpenAI-compatible server on 127.0.0.1:$(PORT) (MODEL=artifacts|smollm2-135m|dir, BACKEND=...)"
 	@echo "make bench-adaptive variant set (dense, 2:4, 2:4+INT8/INT4) timed here; bandits vs static variants on a mixed stream"
@@ -114,6 +115,12 @@ bench-adaptive: setup
 	$(BIN)/sparsetrt bench-adaptive --variants $(VARIANTS) --out benchmarks $(if $(GPU_COST),--gpu-cost $(GPU_COST)) \
 		$(ARGS)
 
+# The 2:4 INT8 and INT4 demo runs (reused), then an engine of each decoder (fp16, INT8, INT4) built in one run.
+bench-engine: setup
+	$(BIN)/sparsetrt run --config configs/demo-int8.toml --no-progress
+	$(BIN)/sparsetrt run --config configs/demo-int4.toml --no-progress
+	$(BIN)/sparsetrt bench-engine --artifacts $(ARTIFACTS) --out benchmarks --work $(ARTIFACTS)/bench-engine $(ARGS)
+
 # Dense vs 2:4 GEMMs and end-to-end generation on a CUDA GPU (refuses without one, with the reason). On a machine
 # where nothing can be installed, `sh benchmarks/gpu-device.sh OUT` runs the same with the system's python3.
 bench-gpu: setup
@@ -127,8 +134,12 @@ docker-lint: setup
 	$(BIN)/hadolint docker/Dockerfile.build docker/Dockerfile.runtime docker/Dockerfile.cpu
 	$(BIN)/shellcheck docker/entrypoint.sh benchmarks/gpu-device.sh
 
+# BUILDER=rtx (TensorRT-RTX, CPU-only build servers) or tensorrt (NVIDIA's TensorRT container, on a GPU).
+BUILDER ?= rtx
+
 docker-build: docker-lint
-	docker build -f docker/Dockerfile.build -t sparsetrt-build:$(IMAGE_TAG) .
+	docker build -f docker/Dockerfile.build --target $(BUILDER) \
+		-t sparsetrt-build:$(IMAGE_TAG)$(if $(filter tensorrt,$(BUILDER)),-tensorrt) .
 
 docker-runtime: docker-lint
 	docker build -f docker/Dockerfile.runtime $(if $(BAKE),--target baked --build-arg MODEL_DIR=$(BAKE),--target runtime) \

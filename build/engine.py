@@ -1,28 +1,34 @@
-"""TensorRT engines from our ONNX decoders, through Polygraphy's API. The only module that imports TensorRT.
+"""TensorRT engines from our ONNX decoders, through Polygraphy's API, in two flavours (sparsetrt.build): TensorRT
+proper (in this process, on the GPU it builds for) and TensorRT-RTX (ahead of time, no GPU needed, in a process
+of its own: sparsetrt.build.rtx). The only modules that import TensorRT.
 
-  plan_engine(onnx, options)    -> EnginePlan: profiles, precision mode, CreateConfig arguments, trtexec command
-                                   (pure Python: what we would ask TensorRT for, unit-tested without it)
-  build_engine(onnx, out, opts) -> NetworkFromOnnxPath -> CreateConfig -> EngineFromNetwork -> SaveEngine, then
-                                   a JSON sidecar, the engine inspector's layer report and the build log's sparsity
-                                   verdict beside the engine
+  plan_engine(onnx, options)    -> EnginePlan: profiles, precision mode, CreateConfig(RTX) arguments, targets,
+                                   trtexec command (pure Python: what we would ask TensorRT for, unit-tested)
+  build_engine(onnx, out, opts) -> our lint first, then the build, then beside the engine: engine.json (flavour,
+                                   version, targets, flags, profiles, ONNX sha256, seconds, peak RSS, bytes),
+                                   layers.json (per-layer precisions), build.log and the sparsity verdict
 
-Precision follows the field's turn (shared/research/field-notes.md): TensorRT 11 builds strongly typed networks
-only, so precision comes from the ONNX (fp16 graph, Q/DQ nodes); TensorRT 10 still takes fp16/bf16 builder flags,
-used only when the user asks for a precision the ONNX does not carry. A Q/DQ graph is always strongly typed.
+Precision follows the field's turn (shared/research/field-notes.md): TensorRT 11 and TensorRT-RTX build strongly
+typed networks only, so precision comes from the ONNX (fp16 graph, Q/DQ nodes); TensorRT 10 still takes fp16/bf16
+builder flags, used only when the user asks for a precision the ONNX does not carry. A Q/DQ graph is always
+strongly typed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import shlex
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sparsetrt.build import ENGINE_PRECISIONS
-from sparsetrt.errors import SparsetrtError
+from sparsetrt.build import BUILDERS, ENGINE_PRECISIONS
+from sparsetrt.errors import EngineBuildError, SparsetrtError
 from sparsetrt.export.onnx_export import decoder_geometry
 
 SPARSE_MIN_SM = (8, 0)  # sparse tensor cores: Ampere and later
@@ -44,6 +50,8 @@ class EngineOptions:
     workspace_mb: int | None = None  # None: TensorRT's default (the GPU's memory)
     timing_cache: str | None = None  # read if present, written after the build
     allow_dense_fallback: bool = False
+    builder: str = "auto"            # auto | tensorrt | rtx (sparsetrt.build.choose_builder)
+    targets: tuple[str, ...] = ()    # TensorRT-RTX compute capabilities, "sm80" ... (default sm80 + sm86)
 
     def validate(self) -> "EngineOptions":
         if self.precision not in ENGINE_PRECISIONS:
@@ -56,6 +64,9 @@ class EngineOptions:
             raise SparsetrtError("builder optimization level must be 0..5")
         if self.workspace_mb is not None and self.workspace_mb < 1:
             raise SparsetrtError("workspace must be >= 1 MiB")
+        if self.builder not in BUILDERS:
+            raise SparsetrtError(f"unknown builder '{self.builder}'; use one of {', '.join(BUILDERS)}")
+        self.targets = tuple(self.targets)
         return self
 
 
@@ -76,6 +87,8 @@ class EnginePlan:
     engine: str
     tensorrt_version: str
     strongly_typed: bool
+    flavour: str                     # "tensorrt" | "rtx"
+    targets: list[str]               # compute capabilities built for ("sm80", ...)
     precision: str                   # what the engine computes in, in words
     builder_flags: list[str]         # precision flags for TensorRT 10 weakly typed builds
     profiles: list[dict]             # [{"name": phase, "shapes": {input: [min, opt, max]}}]
@@ -141,9 +154,11 @@ def trt_major(version: str) -> int:
     return int(match.group(1))
 
 
-def precision_mode(facts: OnnxFacts, requested: str, version: str) -> tuple[bool, list[str], str]:
-    """(strongly_typed, TensorRT 10 builder flags, description) for a requested precision on this ONNX."""
-    major = trt_major(version)
+def precision_mode(facts: OnnxFacts, requested: str, version: str, flavour: str = "tensorrt"
+                   ) -> tuple[bool, list[str], str]:
+    """(strongly_typed, TensorRT 10 builder flags, description) for a requested precision on this ONNX.
+    TensorRT-RTX (whatever its 1.x version number) behaves as TensorRT 11 here: strongly typed, no flags."""
+    major = 11 if flavour == "rtx" else trt_major(version)
     carried = {"float16": "fp16", "bfloat16": "bf16"}.get(facts.float_type, "fp32")
     quant = "int4" if facts.int4 else ("int8" if facts.qdq else None)
     if requested in ("int8", "int4") and quant != requested:
@@ -159,19 +174,28 @@ def precision_mode(facts: OnnxFacts, requested: str, version: str) -> tuple[bool
         return carried != "fp32" or major >= 11, [], f"{carried} from the ONNX types" + (
             ", strongly typed" if carried != "fp32" or major >= 11 else "")
     if major >= 11:
-        raise SparsetrtError(f"TensorRT {version} builds strongly typed networks only (no precision flags): "
+        name = f"TensorRT-RTX {version}" if flavour == "rtx" else f"TensorRT {version}"
+        raise SparsetrtError(f"{name} builds strongly typed networks only (no precision flags): "
                              f"export the {requested} ONNX (`sparsetrt export --precision {requested}`) and build that")
     if carried != "fp32":
         raise SparsetrtError(f"this ONNX is {carried}; build it as {carried} (--precision auto)")
     return False, [requested], f"{requested} builder flag over the fp32 ONNX (TensorRT {major}, weakly typed)"
 
 
+def compute_capability(target: str) -> tuple[int, int]:
+    """"sm86" -> (8, 6), "sm120" -> (12, 0)."""
+    digits = target.lower().removeprefix("sm")
+    return int(digits[:-1]), int(digits[-1])
+
+
 def plan_engine(onnx_path: Path, engine_path: Path, options: EngineOptions, tensorrt_version: str,
-                facts: OnnxFacts | None = None) -> EnginePlan:
-    """Everything the build will ask TensorRT for, as data: testable here, recorded in the sidecar."""
+                facts: OnnxFacts | None = None, flavour: str = "tensorrt", targets: list[str] | None = None
+                ) -> EnginePlan:
+    """Everything the build will ask TensorRT (or TensorRT-RTX) for, as data: testable here, recorded in the
+    sidecar. TensorRT-RTX takes its targets as compute capabilities; TensorRT proper builds for its GPU."""
     options.validate()
     facts = facts or onnx_facts(onnx_path)
-    strongly_typed, flags, description = precision_mode(facts, options.precision, tensorrt_version)
+    strongly_typed, flags, description = precision_mode(facts, options.precision, tensorrt_version, flavour)
     profiles = decoder_profiles(facts.inputs, options)
     create_config = {"profiles": profiles, "sparse_weights": options.sparse,
                      "builder_optimization_level": options.optimization_level,
@@ -179,13 +203,18 @@ def plan_engine(onnx_path: Path, engine_path: Path, options: EngineOptions, tens
     create_config.update({flag: True for flag in flags})
     if options.workspace_mb:
         create_config["memory_pool_limits"] = {"WORKSPACE": options.workspace_mb << 20}
-    if options.timing_cache:
+    targets = list(targets or [])
+    if flavour == "rtx":
+        create_config["compute_capabilities"] = [list(compute_capability(t)) for t in targets]
+    elif options.timing_cache:  # an AOT build on a CPU times nothing: the cache is TensorRT proper's
         create_config["load_timing_cache"] = options.timing_cache
     network = {"strongly_typed": True} if strongly_typed else {}
     plan = EnginePlan(onnx=str(onnx_path), engine=str(engine_path), tensorrt_version=tensorrt_version,
-                      strongly_typed=strongly_typed, precision=description, builder_flags=flags, profiles=profiles,
-                      create_config=create_config, network=network, timing_cache=options.timing_cache)
-    plan.trtexec = trtexec_args(plan, Path(engine_path).parent / LAYERS_FILE)
+                      strongly_typed=strongly_typed, flavour=flavour, targets=targets, precision=description,
+                      builder_flags=flags, profiles=profiles, create_config=create_config, network=network,
+                      timing_cache=options.timing_cache if flavour == "tensorrt" else None)
+    if flavour == "tensorrt":  # TensorRT-RTX is driven through its API here; trtexec is TensorRT proper's tool
+        plan.trtexec = trtexec_args(plan, Path(engine_path).parent / LAYERS_FILE)
     return plan
 
 
@@ -279,56 +308,185 @@ def gpu_facts() -> dict:
             "cuda": torch.version.cuda}
 
 
+RTX_SPARSITY_VERDICT = ("not determinable at AOT build time: TensorRT-RTX chooses every kernel, a sparse tactic "
+                        "included, just in time on the target GPU; the ONNX's 2:4 verification is the gate")
+
+
 def build_engine(onnx_path: str | Path, out: str | Path, options: EngineOptions | None = None,
-                 overwrite: bool = False) -> dict:
-    """Build `out`/model.engine from `onnx_path`; beside it engine.json, layers.json, build.log, trtexec.sh."""
-    from sparsetrt.artifacts import staged_dir, write_json
+                 overwrite: bool = False, reuse: bool = False, progress: bool = True) -> dict:
+    """Build `out`/model.engine from `onnx_path` with the flavour `options.builder` picks; beside it engine.json,
+    layers.json, build.log (and trtexec.sh for TensorRT proper). Our lint runs first: a graph it fails is refused
+    with its lines. A graph the builder rejects raises EngineBuildError with the builder's own lines (exit 1).
+    `reuse`: an identical finished build in `out` is returned as it is."""
+    from sparsetrt.artifacts import prepare_output, staged_dir
+    from sparsetrt.build import choose_builder, installed_tensorrt_version, parse_targets
+    from sparsetrt.export.lint import lint_onnx
 
     options = (options or EngineOptions()).validate()
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise SparsetrtError(f"{onnx_path} does not exist; pass an .onnx file written by `sparsetrt export` or "
                              "`sparsetrt quantize`")
+    lint = lint_onnx(onnx_path)
+    if not lint.ok:
+        raise SparsetrtError(f"{onnx_path} fails the TensorRT lint, so no engine was built:\n{lint.text()}")
+    flavour = choose_builder(options.builder)
+    targets = parse_targets(flavour, options.targets)
+    facts = onnx_facts(onnx_path)
+    version = installed_tensorrt_version(flavour) or "?"
+    plan = plan_engine(onnx_path, Path(out) / ENGINE_FILE, options, version, facts, flavour, targets)
+    settings = {"onnx_sha256": facts.sha256, "options": asdict(options), "flavour": flavour, "version": version,
+                "targets": targets}
+    out = Path(out)
+    run_fingerprint, done = prepare_output(out, SIDECAR_FILE, "engine", settings, overwrite, reuse)
+    if done:
+        return done
+    with staged_dir(out) as tmp:
+        if flavour == "rtx":
+            built = _build_rtx(plan, onnx_path, tmp, progress)
+        else:
+            built = _build_tensorrt(plan, options, onnx_path, tmp)
+        sidecar = engine_sidecar(plan, options, facts, built)
+        sidecar.update(stage="engine", fingerprint=run_fingerprint, settings=settings)
+        from sparsetrt.artifacts import write_json
+
+        write_json(tmp / SIDECAR_FILE, sidecar)
+    return sidecar
+
+
+def _build_tensorrt(plan: EnginePlan, options: EngineOptions, onnx_path: Path, tmp: Path) -> dict:
+    """TensorRT proper, in this process, for the GPU it runs on: the engine, its inspector report, the log."""
+    from sparsetrt.artifacts import write_json
+
     trt = import_tensorrt()
     gpu = gpu_facts()
     warning = check_gpu_for_sparse(gpu["capability"], options)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SparsetrtError(f"{out} is not empty; pass --overwrite to replace it")
     from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
     from polygraphy.logger import G_LOGGER
 
-    with staged_dir(out) as tmp:
-        facts = onnx_facts(onnx_path)
-        plan = plan_engine(onnx_path, out / ENGINE_FILE, options, trt.__version__, facts)
-        config = dict(plan.create_config)
-        config["profiles"] = [_to_profile(Profile, p) for p in plan.profiles]
-        config["profiling_verbosity"] = getattr(trt.ProfilingVerbosity, config["profiling_verbosity"])
-        if "memory_pool_limits" in config:
-            config["memory_pool_limits"] = {getattr(trt.MemoryPoolType, k): v
-                                            for k, v in config["memory_pool_limits"].items()}
-        save_cache = {"save_timing_cache": options.timing_cache} if options.timing_cache else {}
-        # TensorRT logs the "(Sparsity)" verdict at INFO, which Polygraphy forwards at VERBOSE: capture it.
-        previous = (G_LOGGER.module_severity, G_LOGGER.log_file)
-        G_LOGGER.module_severity = G_LOGGER.VERBOSE
-        G_LOGGER.log_file = str(tmp / BUILD_LOG)
-        start = time.perf_counter()
-        try:
-            network = NetworkFromOnnxPath(str(onnx_path), **plan.network)
-            engine = EngineFromNetwork(network, config=CreateConfig(**config), **save_cache)()
-            SaveEngine(engine, str(tmp / ENGINE_FILE))()
-        finally:
-            G_LOGGER.module_severity, G_LOGGER.log_file = previous
-        seconds = time.perf_counter() - start
-        inspector = engine.create_engine_inspector()
-        layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-        write_json(tmp / LAYERS_FILE, layers)
-        log_sparsity = sparsity_from_log((tmp / BUILD_LOG).read_text(errors="replace"))
-        (tmp / "trtexec.sh").write_text(f"#!/bin/sh\n# the same build with trtexec\nset -e\n{plan.trtexec_command()}\n")
-        sidecar = engine_sidecar(plan, options, gpu, trt.__version__, facts, seconds,
-                                 log_sparsity, sparse_layers_from_inspector(layers), warning)
-        write_json(tmp / SIDECAR_FILE, sidecar)
-    return sidecar
+    config = dict(plan.create_config)
+    config["profiles"] = [_to_profile(Profile, p) for p in plan.profiles]
+    config["profiling_verbosity"] = getattr(trt.ProfilingVerbosity, config["profiling_verbosity"])
+    if "memory_pool_limits" in config:
+        config["memory_pool_limits"] = {getattr(trt.MemoryPoolType, k): v
+                                        for k, v in config["memory_pool_limits"].items()}
+    save_cache = {"save_timing_cache": options.timing_cache} if options.timing_cache else {}
+    # TensorRT logs the "(Sparsity)" verdict at INFO, which Polygraphy forwards at VERBOSE: capture it.
+    previous = (G_LOGGER.module_severity, G_LOGGER.log_file)
+    G_LOGGER.module_severity = G_LOGGER.VERBOSE
+    G_LOGGER.log_file = str(tmp / BUILD_LOG)
+    start = time.perf_counter()
+    try:
+        network = NetworkFromOnnxPath(str(onnx_path), **plan.network)
+        engine = EngineFromNetwork(network, config=CreateConfig(**config), **save_cache)()
+        SaveEngine(engine, str(tmp / ENGINE_FILE))()
+    except Exception as exc:
+        raise EngineBuildError(_rejection(plan, tmp / BUILD_LOG, exc)) from None
+    finally:
+        G_LOGGER.module_severity, G_LOGGER.log_file = previous
+    seconds = time.perf_counter() - start
+    inspector = engine.create_engine_inspector()
+    layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    write_json(tmp / LAYERS_FILE, layers)
+    log_sparsity = sparsity_from_log((tmp / BUILD_LOG).read_text(errors="replace"))
+    (tmp / "trtexec.sh").write_text(f"#!/bin/sh\n# the same build with trtexec\nset -e\n{plan.trtexec_command()}\n")
+    inspector_sparse = sparse_layers_from_inspector(layers)
+    return {"version": trt.__version__, "gpu": gpu, "seconds": seconds, "peak_rss_mb": _self_peak_rss_mb(),
+            "bytes": (tmp / ENGINE_FILE).stat().st_size, "layers_summary": None,
+            "sparsity": {**log_sparsity, "inspector_sparse_tactics": inspector_sparse,
+                         "in_effect": bool(log_sparsity["picked"] or inspector_sparse), "warning": warning,
+                         "verdict": None}}
+
+
+def _build_rtx(plan: EnginePlan, onnx_path: Path, tmp: Path, progress: bool) -> dict:
+    """TensorRT-RTX ahead of time, in a process of its own (sparsetrt.build.rtx), no GPU needed: the engine, the
+    layer precisions from its build log, the child's own peak RSS."""
+    from sparsetrt.artifacts import write_json
+    from sparsetrt.build.layers import parse_layer_dump, precision_summary
+
+    spec = {"onnx": str(onnx_path), "engine": str(tmp / ENGINE_FILE), "log": str(tmp / BUILD_LOG),
+            "result": str(tmp / ".result.json"), "create_config": plan.create_config}
+    (tmp / ".spec.json").write_text(json.dumps(spec))
+    what = f"TensorRT-RTX {plan.tensorrt_version} engine for {'+'.join(plan.targets)} ({plan.precision})"
+    if progress:
+        print(f"building {what} ...", flush=True)
+    status, rss_kb, seconds = _run_child([sys.executable, "-m", "sparsetrt.build.rtx", str(tmp / ".spec.json")],
+                                         progress)
+    result = json.loads((tmp / ".result.json").read_text()) if (tmp / ".result.json").is_file() else {"ok": False}
+    for scratch in (".spec.json", ".result.json"):
+        (tmp / scratch).unlink(missing_ok=True)
+    if status != 0 or not result.get("ok"):
+        raise EngineBuildError(_rejection(plan, tmp / BUILD_LOG, result.get("error") or f"exit status {status}"))
+    layers = parse_layer_dump((tmp / BUILD_LOG).read_text(errors="replace"))
+    summary = precision_summary(layers)
+    write_json(tmp / LAYERS_FILE, {"source": "TensorRT-RTX build log (VERBOSE layer dump)", "summary": summary,
+                                   "layers": layers})
+    return {"version": result["version"], "gpu": None, "seconds": result["seconds"], "wall_s": seconds,
+            "peak_rss_mb": rss_kb / 1024, "bytes": result["bytes"], "layers_summary": summary,
+            "sparsity": {"eligible": [], "picked": [], "eligible_not_picked": [], "inspector_sparse_tactics": [],
+                         "in_effect": None, "warning": None, "verdict": RTX_SPARSITY_VERDICT}}
+
+
+def rtx_accepts(onnx_path: Path, targets=("sm80",)) -> tuple[bool, list[str]]:
+    """Whether TensorRT-RTX parses and builds `onnx_path` (any graph: Polygraphy's default profile for its dynamic
+    inputs), and its error lines when not. Nothing is kept: the check behind `sparsetrt lint --build`."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sparsetrt-rtx-check-") as scratch:
+        tmp = Path(scratch)
+        spec = {"onnx": str(onnx_path), "engine": str(tmp / ENGINE_FILE), "log": str(tmp / BUILD_LOG),
+                "result": str(tmp / "result.json"),
+                "create_config": {"sparse_weights": True, "profiling_verbosity": "DETAILED",
+                                  "compute_capabilities": [list(compute_capability(t)) for t in targets]}}
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        status, _, _ = _run_child([sys.executable, "-m", "sparsetrt.build.rtx", str(tmp / "spec.json")], False)
+        result = json.loads((tmp / "result.json").read_text()) if (tmp / "result.json").is_file() else {}
+        if status == 0 and result.get("ok"):
+            return True, []
+        log = (tmp / BUILD_LOG).read_text(errors="replace") if (tmp / BUILD_LOG).is_file() else ""
+        errors = [line.strip() for line in log.splitlines() if line.startswith("[E]")]
+        return False, list(dict.fromkeys(errors)) or [str(result.get("error") or f"exit status {status}")]
+
+
+def _run_child(command: list[str], progress: bool, every_s: float = 15.0) -> tuple[int, int, float]:
+    """Run `command` (output discarded: its log is a file), saying every `every_s` that it still runs; (exit
+    status, peak RSS in kB of that child alone, wall seconds). A signal to us takes the child down too."""
+    start = time.monotonic()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    said = start
+    try:
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                child.returncode = os.waitstatus_to_exitcode(status)
+                return child.returncode, usage.ru_maxrss, time.monotonic() - start
+            if progress and time.monotonic() - said >= every_s:
+                said = time.monotonic()
+                print(f"  ... still building, {said - start:.0f} s", flush=True)
+            time.sleep(0.2)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            child.wait()
+
+
+def _rejection(plan: EnginePlan, log: Path, error) -> str:
+    """The builder's own error lines (node, op), for a graph it rejected."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.startswith("[E]")] \
+        if log.is_file() else []
+    name = "TensorRT-RTX" if plan.flavour == "rtx" else "TensorRT"
+    shown = "\n".join(dict.fromkeys(lines[:8])) or str(error)
+    return f"{name} {plan.tensorrt_version} rejected {plan.onnx}:\n{shown}"
+
+
+def _self_peak_rss_mb() -> float | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _to_profile(profile_cls, profile: dict):
@@ -338,25 +496,29 @@ def _to_profile(profile_cls, profile: dict):
     return built
 
 
-def engine_sidecar(plan: EnginePlan, options: EngineOptions, gpu: dict, version: str, facts: OnnxFacts,
-                   seconds: float, log_sparsity: dict, inspector_sparse: list[str], warning: str | None) -> dict:
+def engine_sidecar(plan: EnginePlan, options: EngineOptions, facts: OnnxFacts, built: dict) -> dict:
     return {
-        "format": "sparsetrt.engine/1",
+        "format": "sparsetrt.engine/2",
         "engine": Path(plan.engine).name,
-        "tensorrt": version,
-        "gpu": gpu,
+        "flavour": "tensorrt-rtx" if plan.flavour == "rtx" else "tensorrt",
+        "tensorrt": built["version"],
+        "targets": plan.targets,
+        "gpu": built["gpu"],
         "host": platform.node(),
-        "source_onnx": {"path": plan.onnx, "sha256": facts.sha256, "float_type": facts.float_type, "qdq": facts.qdq},
+        "source_onnx": {"path": plan.onnx, "sha256": facts.sha256, "float_type": facts.float_type, "qdq": facts.qdq,
+                        "int4": facts.int4},
         "options": asdict(options),
         "precision": plan.precision,
         "strongly_typed": plan.strongly_typed,
         "flags": (["SPARSE_WEIGHTS"] if options.sparse else []) + [f.upper() for f in plan.builder_flags],
         "profiles": plan.profiles,
         "graph": decoder_geometry(facts.inputs),
-        "sparsity": {**log_sparsity, "inspector_sparse_tactics": inspector_sparse,
-                     "in_effect": bool(log_sparsity["picked"] or inspector_sparse), "warning": warning},
-        "trtexec": plan.trtexec_command(),
-        "build_s": round(seconds, 1),
+        "layers": built["layers_summary"],
+        "sparsity": built["sparsity"],
+        "trtexec": plan.trtexec_command() if plan.trtexec else None,
+        "build_s": round(built["seconds"], 1),
+        "peak_rss_mb": None if built["peak_rss_mb"] is None else round(built["peak_rss_mb"], 1),
+        "bytes": built["bytes"],
     }
 
 
@@ -375,6 +537,16 @@ def trtexec_preview(onnx_path: Path, out: Path, options: EngineOptions) -> str:
 def summary_lines(sidecar: dict, out: Path) -> list[str]:
     """What `sparsetrt engine` prints after a build."""
     sparsity = sidecar["sparsity"]
-    return [f"engine: {Path(out) / sidecar['engine']} ({sidecar['precision']}, {sidecar['build_s']} s)",
-            f"sparse layers: {len(sparsity['picked'])} picked of {len(sparsity['eligible'])} eligible"
-            + (f"; WARNING: {sparsity['warning']}" if sparsity["warning"] else "")]
+    targets = f" for {'+'.join(sidecar['targets'])}" if sidecar.get("targets") else ""
+    lines = [f"engine: {Path(out) / sidecar['engine']} ({sidecar.get('flavour', 'tensorrt')} {sidecar['tensorrt']}"
+             f"{targets}, {sidecar['precision']}, {sidecar['build_s']} s, {sidecar.get('bytes', 0) / 2**20:.0f} MiB, "
+             f"peak RSS {sidecar.get('peak_rss_mb') or 0:.0f} MB)"]
+    if sidecar.get("layers"):
+        matmuls = ", ".join(f"{n} {p}" for p, n in sidecar["layers"]["matmuls"].items())
+        lines.append(f"weight matmuls: {matmuls or 'none found in the layer dump'}")
+    if sparsity.get("verdict"):
+        lines.append(f"2:4 sparsity: {sparsity['verdict']}")
+    else:
+        lines.append(f"sparse layers: {len(sparsity['picked'])} picked of {len(sparsity['eligible'])} eligible"
+                     + (f"; WARNING: {sparsity['warning']}" if sparsity["warning"] else ""))
+    return lines

@@ -174,6 +174,7 @@ def quantize_checkpoint(
         parity = _parity(lm, quants, tables, tokenizer, checkpoint, sparsity, tmp / onnx_name, settings.precision,
                          parity_corpus, parity_windows, parity_seq_len)
         timings["parity_s"] = time.perf_counter() - start
+        unified = _unified_checkpoint(lm, tmp, out, settings.precision, sparsity)  # last: the exporter packs lm's weights
 
         sizes = _sizes(onnx_dir, export, tmp, onnx_name, checkpoints, settings.precision, source, sparsity)
         manifest = {
@@ -195,6 +196,7 @@ def quantize_checkpoint(
                      "lint": {**lint.to_json(), "path": onnx_name}},  # the final file, relative to `out`
             "trtllm": {str(tp): info for tp, info in checkpoints.items()},
             "trtllm_skipped": trtllm_skipped,
+            "hf_unified": unified,
             "parity": {"passed": parity["passed"], "report": "parity.html",
                        "candidates": {c["name"]: {"passed": c["passed"], "gated": bool(c["checks"]),
                                                   "top1": c["metrics"]["top1_agreement"],
@@ -209,6 +211,35 @@ def quantize_checkpoint(
         }
         write_json(tmp / QUANT_MANIFEST, manifest)
     return manifest
+
+
+HF_UNIFIED_DIR = "hf-unified"
+
+
+def _unified_checkpoint(lm, tmp: Path, out: Path, precision: str, sparsity: dict | None) -> dict:
+    """The TensorRT-LLM 1.x route: Model Optimizer's unified HF checkpoint in hf-unified/, checked against its
+    documented layout, with serve.sh beside it; or why it could not be written (the ONNX stays the product)."""
+    from sparsetrt.export import trtllm
+
+    directory = tmp / HF_UNIFIED_DIR
+    start = time.perf_counter()
+    try:
+        trtllm.write_hf_checkpoint(lm, directory)
+        check = trtllm.validate_hf_checkpoint(directory, precision, sparsity)
+    except SparsetrtError:  # written, but wrong (a lost zero, a bad layout): that is a failure, not a skip
+        raise
+    except Exception as exc:  # Model Optimizer's exporter refuses some families and layouts
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"note: no unified (TensorRT-LLM 1.x) checkpoint: {reason}", flush=True)
+        return {"directory": None, "skipped": reason}
+    command = trtllm.serve_command(str(out / HF_UNIFIED_DIR))
+    (directory / "serve.sh").write_text(f"#!/bin/sh\n# TensorRT-LLM 1.x, PyTorch backend. {trtllm.NO_SPARSE_KERNELS_NOTE}.\n"
+                                        f"set -e\n{command}\n")
+    return {"directory": HF_UNIFIED_DIR, "bytes": trtllm.directory_bytes(directory), "validation": check,
+            "serve": command, "export_s": round(time.perf_counter() - start, 2)}
 
 
 def _scheme(settings: QuantSettings) -> str:
@@ -341,6 +372,13 @@ def summary_lines(directory: Path, q: dict) -> list[str]:
                      f"{directory / info['directory'] / 'build.sh'}")
     if q.get("trtllm_skipped"):
         lines.append(f"  trtllm       none: {q['trtllm_skipped']}")
+    unified = q.get("hf_unified") or {}
+    if unified.get("directory"):
+        lines.append(f"  trtllm 1.x   {directory / unified['directory']} ({unified['validation']['quant_algo']}, "
+                     f"{unified['bytes'] / 2**20:.0f} MiB), {unified['validation']['sparse_linears_checked']} sparse "
+                     f"Linears verified; serve: {directory / unified['directory'] / 'serve.sh'}")
+    elif unified:
+        lines.append(f"  trtllm 1.x   none: {unified['skipped']}")
     for name, c in q["parity"]["candidates"].items():
         verdict = ("pass" if c["passed"] else "FAIL") if c.get("gated", True) else "info"
         lines.append(f"  parity {name:<22} {verdict}: top-1 {c['top1']:.4f}, "

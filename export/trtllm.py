@@ -108,6 +108,79 @@ def write_trtllm_checkpoint(model, out: Path, tp: int, dtype: torch.dtype = torc
                                        inference_tensor_parallel=tp)
 
 
+HF_QUANT_ALGOS = {"int8": ("W8A8_SQ_PER_CHANNEL", "INT8_SQ", "W8A8"), "int4": ("W4A16_AWQ", "W4A16", "INT4_AWQ")}
+NO_SPARSE_KERNELS_NOTE = ("TensorRT-LLM's PyTorch backend loads this checkpoint (trtllm-serve, LLM(model=...)); no "
+                          "2:4 kernels are documented on that path, so the zeros are kept but not accelerated there")
+
+
+def write_hf_checkpoint(model, out: Path, verbose: bool = False) -> None:
+    """Model Optimizer's unified Hugging Face checkpoint (config.json, hf_quant_config.json, safetensors): what
+    TensorRT-LLM 1.x loads since its TensorRT engine backend was removed (mid-2026)."""
+    from sparsetrt.export.quantize import import_modelopt
+
+    import_modelopt()
+    from modelopt.torch.export import export_hf_checkpoint
+
+    sink = io.StringIO()
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(sink)
+    hush = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(sink)
+    with quiet, hush, torch.no_grad():
+        export_hf_checkpoint(model, dtype=torch.float16, export_dir=str(out))
+
+
+def validate_hf_checkpoint(directory: Path, precision: str, sparsity: dict | None = None) -> dict:
+    """Check `directory` against the unified checkpoint's documented layout (Model Optimizer's deployment docs:
+    a loadable HF config.json, hf_quant_config.json naming the producer and a quant_algo TensorRT-LLM knows,
+    safetensors weights), and that every pruned module's integers still hold its pattern (INT8 as (out, in);
+    INT4 packed two output rows per byte, as in the TensorRT-LLM checkpoint). Returns a summary, raises with what
+    is wrong."""
+    from safetensors import safe_open
+
+    problems = []
+    for name in ("config.json", "hf_quant_config.json"):
+        if not (directory / name).is_file():
+            problems.append(f"{name} is missing")
+    weights = sorted(directory.glob("*.safetensors"))
+    if not weights:
+        problems.append("no *.safetensors weights")
+    quant = {}
+    if (directory / "hf_quant_config.json").is_file():
+        quant_config = json.loads((directory / "hf_quant_config.json").read_text())
+        quant = quant_config.get("quantization") or {}
+        if (quant_config.get("producer") or {}).get("name") != "modelopt":
+            problems.append("hf_quant_config.json does not name modelopt as its producer")
+        if quant.get("quant_algo") not in HF_QUANT_ALGOS[precision]:
+            problems.append(f"quant_algo {quant.get('quant_algo')!r} is not one of {HF_QUANT_ALGOS[precision]} for "
+                            f"{precision}")
+    if (directory / "config.json").is_file() and "model_type" not in json.loads((directory / "config.json").read_text()):
+        problems.append("config.json has no model_type (transformers could not load it)")
+    checked = 0
+    claims = {f"{name}.weight": info["pattern"] for name, info in ((sparsity or {}).get("modules") or {}).items()}
+    for path in weights:
+        with safe_open(str(path), framework="pt") as f:
+            for key in claims.keys() & set(f.keys()):
+                w = f.get_tensor(key)
+                if w.dtype not in (torch.int8, torch.uint8):
+                    problems.append(f"{key} is {w.dtype}, expected integers")
+                    continue
+                values = unpack_int4_rows(w) if precision == "int4" else w.to(torch.int16)
+                checked += 1
+                if problem := check_pattern(key, values.numpy(), claims[key], axis=1):
+                    problems.append(problem)
+    if claims and not checked:
+        problems.append("none of the pruned modules' weights is in the checkpoint")
+    if problems:
+        raise SparsetrtError(f"unified checkpoint {directory} does not match the documented layout: "
+                             f"{'; '.join(problems)}")
+    return {"quant_algo": quant.get("quant_algo"), "group_size": quant.get("group_size"),
+            "files": [w.name for w in weights], "sparse_linears_checked": checked, "note": NO_SPARSE_KERNELS_NOTE}
+
+
+def serve_command(checkpoint_dir: str) -> str:
+    return " ".join(shlex.quote(a) for a in ["trtllm-serve", checkpoint_dir, "--backend", "pytorch", "--host",
+                                             "127.0.0.1", "--port", "8000"])
+
+
 def build_command(checkpoint_dir: str, engine_dir: str, max_batch_size: int = 8, max_input_len: int = 512,
                   max_seq_len: int = 1024) -> str:
     args = ["trtllm-build", "--checkpoint_dir", checkpoint_dir, "--output_dir", engine_dir, "--weight_sparsity",

@@ -36,11 +36,16 @@ def read_json(path: Path) -> dict:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write text atomically: a temporary file in the same folder, then a rename over `path`."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write bytes atomically: a temporary file in the same folder, then a rename over `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

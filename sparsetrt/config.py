@@ -77,6 +77,16 @@ class ParitySection:
 
 
 @dataclass
+class EngineSection:
+    precisions: list = field(default_factory=list)  # engines to build: fp16 | fp32 | int8 | int4 ([] = none)
+    builder: str = "auto"                           # auto | tensorrt (GPU) | rtx (TensorRT-RTX, no GPU needed)
+    targets: list = field(default_factory=list)     # TensorRT-RTX compute capabilities ([] = sm80, sm86)
+    max_batch: int = 4
+    max_input_len: int = 512
+    max_output_len: int = 128
+
+
+@dataclass
 class PipelineConfig:
     out: str = "artifacts"
     model: ModelSection = field(default_factory=ModelSection)
@@ -85,6 +95,7 @@ class PipelineConfig:
     export: ExportSection = field(default_factory=ExportSection)
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
     parity: ParitySection = field(default_factory=ParitySection)
+    engine: EngineSection = field(default_factory=EngineSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -5,6 +5,7 @@ Layout of `out` (default artifacts/):
   onnx/        model.onnx (+ .data), model.fp16.onnx (+ .data), export.json
   parity/      parity.json, parity.html, parity.junit.xml
   int8/, int4/ quantized ONNX, TensorRT-LLM checkpoints, their parity and quantize.json ([quantize] precision)
+  engines/<p>/ TensorRT(-RTX) engines of the [engine] precisions: model.engine, engine.json, layers.json, build.log
   run.json     the config, each stage's fingerprint and timing, the verdict (run-int8.json, run-int4.json
                for quantized runs, so the float and quantized demos share one artifacts directory)
 A stage whose directory already holds the identical run is reused, so re-running is cheap.
@@ -40,6 +41,7 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
     quant_settings = {f.name: getattr(qc, f.name) for f in dataclasses.fields(QuantSettings) if hasattr(qc, f.name)}
     if precision != "none":
         QuantSettings(**quant_settings).validate()  # a bad [quantize] value fails now, not after pruning
+    engine_options = _engine_plan(config)  # so does an engine that cannot be built here
     manifest_name = RUN_MANIFEST if precision == "none" else f"run-{precision}.json"
     run_fingerprint = fingerprint(config.to_dict())
     ensure_writable_parent(out)
@@ -72,6 +74,13 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
                           calib_seq_len=c.seq_len, seed=c.seed, batch_size=qc.batch_size, tp_sizes=qc.tp,
                           parity_corpus=config.parity.corpus, parity_windows=config.parity.windows,
                           parity_seq_len=config.parity.seq_len, progress=progress)
+    engines = {}
+    for engine_precision in config.engine.precisions:
+        from sparsetrt.build.engine import build_engine
+
+        engines[engine_precision] = stage(f"engine {engine_precision}", build_engine,
+                                          onnx_path=tree.onnx(engine_precision), out=tree.engine_dir(engine_precision),
+                                          options=engine_options, progress=progress)
     summary = {
         "stage": "run",
         "fingerprint": run_fingerprint,
@@ -80,8 +89,32 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
         "passed": parity["passed"] and (quantized is None or quantized["passed"]),
     }
     write_json(out / manifest_name, summary)
-    print(summary_screen(tree, pruned, exported, parity, quantized))
+    print(summary_screen(tree, pruned, exported, parity, quantized, engines))
     return summary
+
+
+def _engine_plan(config: PipelineConfig):
+    """The [engine] section checked before any work: known precisions whose ONNX this run writes, a builder and
+    targets this machine can use. Returns the EngineOptions every engine of the run is built with."""
+    section = config.engine
+    if not section.precisions:
+        return None
+    from sparsetrt.build import choose_builder, parse_targets
+    from sparsetrt.build.engine import EngineOptions
+
+    for p in section.precisions:
+        if p in ("fp32", "fp16"):
+            if p not in config.export.precisions:
+                raise SparsetrtError(f"[engine] precision {p} needs {p} in [export] precisions")
+        elif p in ("int8", "int4"):
+            if config.quantize.precision != p:
+                raise SparsetrtError(f"[engine] precision {p} needs [quantize] precision = \"{p}\" in the same config")
+        else:
+            raise SparsetrtError(f"[engine] precision '{p}' unknown; use fp16, fp32, int8 or int4")
+    options = EngineOptions(builder=section.builder, targets=tuple(section.targets), max_batch=section.max_batch,
+                            max_input_len=section.max_input_len, max_output_len=section.max_output_len).validate()
+    parse_targets(choose_builder(options.builder), options.targets)
+    return options
 
 
 def _check_artifacts_dir(out: Path, manifest_name: str, run_fingerprint: str, overwrite: bool) -> None:
@@ -102,7 +135,8 @@ def _check_artifacts_dir(out: Path, manifest_name: str, run_fingerprint: str, ov
         check_output_dir(out, manifest_name, "run", run_fingerprint, overwrite)
 
 
-def summary_screen(tree, pruned: dict, exported: dict, parity: dict, quantized: dict | None = None) -> str:
+def summary_screen(tree, pruned: dict, exported: dict, parity: dict, quantized: dict | None = None,
+                   engines: dict | None = None) -> str:
     """The screen `sparsetrt run` ends with; `tree` is the run's ArtifactsTree."""
     s = pruned["summary"]
     calib = pruned.get("calibration") or {}
@@ -134,4 +168,9 @@ def summary_screen(tree, pruned: dict, exported: dict, parity: dict, quantized: 
         from sparsetrt.export.quant_stage import summary_lines
 
         lines += summary_lines(tree.quant_dir(quantized["precision"]), quantized)
+    for engine_precision, sidecar in (engines or {}).items():
+        matmuls = ", ".join(f"{n} {p}" for p, n in ((sidecar.get("layers") or {}).get("matmuls") or {}).items())
+        lines.append(f"  engine {engine_precision:<5} {tree.engine(engine_precision)} ({sidecar['flavour']} "
+                     f"{sidecar['tensorrt']}, {'+'.join(sidecar['targets'])}, {sidecar['bytes'] / 2**20:.0f} MiB, "
+                     f"{sidecar['build_s']} s){'; matmuls: ' + matmuls if matmuls else ''}")
     return "\n".join(lines)

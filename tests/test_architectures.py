@@ -117,6 +117,9 @@ def test_family_through_the_pipeline(family, capsys, calib_file, tmp_path):
             reason = manifest["trtllm_skipped"]
             assert manifest["trtllm"] == {} and ("sliding window" in reason if FAMILIES[family].trtllm else
                                                   f"'{family}'" in reason)
+        unified = manifest["hf_unified"]  # TensorRT-LLM 1.x's checkpoint: written and verified, or skipped with why
+        assert (unified["validation"]["sparse_linears_checked"] > 0 and (out_dir / "hf-unified" / "serve.sh").is_file()
+                if unified["directory"] else bool(unified["skipped"]))
         assert ".tmp-" not in (out_dir / "quantize.json").read_text() + (out_dir / "parity.json").read_text()
         assert run(capsys, "lint", out_dir / f"model.{precision}.onnx")[0] == 0
 

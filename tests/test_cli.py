@@ -245,7 +245,7 @@ def test_engine_prints_trtexec_and_refuses_without_tensorrt(capsys, exported_tin
     assert not (tmp_path / "e").exists()
     if tensorrt_status()[0]:
         pytest.skip("TensorRT is available here")
-    code, _, err = run_cli(capsys, "engine", out / "model.onnx", "--out", tmp_path / "e")
+    code, _, err = run_cli(capsys, "engine", out / "model.onnx", "--out", tmp_path / "e", "--builder", "tensorrt")
     assert_one_line_error(code, err, "TensorRT is not importable")
     assert_nothing_written(tmp_path / "e")
 

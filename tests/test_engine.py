@@ -172,7 +172,7 @@ def test_build_without_tensorrt_says_why(exported_tiny, tmp_path):
         pytest.skip("TensorRT is available here; the refusal path is not reachable")
     out, _ = exported_tiny
     with pytest.raises(SparsetrtError, match="TensorRT"):
-        build_engine(out / "model.onnx", tmp_path / "engine")
+        build_engine(out / "model.onnx", tmp_path / "engine", EngineOptions(builder="tensorrt"))
     assert not (tmp_path / "engine").exists()
     with pytest.raises(SparsetrtError, match="does not exist"):
         build_engine(tmp_path / "missing.onnx", tmp_path / "engine")

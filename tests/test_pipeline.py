@@ -71,3 +71,30 @@ def test_quantized_run_shares_the_float_stages(tmp_path, calib_file, capsys):
     config.quantize.precision = "int3"
     with pytest.raises(SparsetrtError, match="precision must be none, int8 or int4"):
         run_pipeline(config, progress=False)
+
+
+def test_pipeline_ends_with_an_engine_and_checks_the_engine_section_first(tiny_checkpoint, calib_file, tmp_path,
+                                                                          capsys):
+    """[engine] builds the decoder's engine as the last stage (TensorRT-RTX here, no GPU), reused on a rerun; an
+    engine the run cannot make is refused before the pruning starts."""
+    out = tmp_path / "artifacts"
+    bad = tiny_config(tiny_checkpoint, calib_file, out)
+    bad.engine.precisions = ["int8"]
+    with pytest.raises(SparsetrtError, match=r'needs \[quantize\] precision = "int8"'):
+        run_pipeline(bad, progress=False)
+    bad.engine.precisions, bad.engine.targets = ["fp32"], ["sm90"]
+    with pytest.raises(SparsetrtError, match="need TensorRT 10/11"):
+        run_pipeline(bad, progress=False)
+    assert not out.exists()
+
+    config = tiny_config(tiny_checkpoint, calib_file, out)
+    config.engine.precisions = ["fp32"]
+    config.engine.builder, config.engine.max_input_len, config.engine.max_output_len = "rtx", 64, 32
+    summary = run_pipeline(config, progress=False)
+    sidecar = json.loads((out / "engines" / "fp32" / "engine.json").read_text())
+    assert summary["passed"] and "engine fp32" in summary["stages"]
+    assert sidecar["flavour"] == "tensorrt-rtx" and (out / "engines" / "fp32" / "model.engine").is_file()
+    assert "engine fp32" in capsys.readouterr().out
+    stamp = (out / "engines" / "fp32" / "model.engine").stat().st_mtime_ns
+    run_pipeline(config, progress=False)
+    assert (out / "engines" / "fp32" / "model.engine").stat().st_mtime_ns == stamp  # reused

@@ -1,17 +1,59 @@
-"""A built TensorRT engine behind the decoder interface, on Polygraphy's TrtRunner. The engine comes from
-sparsetrt.build.engine (the one seam that imports TensorRT); its sidecar engine.json says what the engine is."""
+"""A built engine behind the decoder interface, on Polygraphy's TrtRunner: TensorRT proper's, or TensorRT-RTX's
+(whose kernels compile just in time on the GPU it runs on, kept in a runtime cache file beside the engine so the
+next start skips the compilation). The engine comes from sparsetrt.build.engine; its sidecar engine.json says
+which flavour built it and for which GPUs."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sparsetrt.build import gpu_capability, tensorrt_rtx_status
 from sparsetrt.build.engine import SIDECAR_FILE, import_tensorrt
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.runtime.backends.base import GraphRunner
+
+RUNTIME_CACHE_FILE = "runtime.cache"
+
+
+def runnable_here(sidecar: dict) -> tuple[bool, str]:
+    """Whether this machine can run the engine `sidecar` describes, and why not: TensorRT proper needs itself and
+    a GPU; a TensorRT-RTX engine needs TensorRT-RTX and a GPU of one of the compute capabilities it was built for
+    (no RTX engine runs on SM90/SM100: those GPUs take TensorRT proper's)."""
+    if sidecar.get("flavour") != "tensorrt-rtx":
+        from sparsetrt.build import tensorrt_status
+
+        return tensorrt_status()
+    ok, reason = tensorrt_rtx_status()
+    if not ok:
+        return False, reason
+    capability = gpu_capability()
+    if capability is None:
+        return False, ("TensorRT-RTX engines run on an NVIDIA GPU (their kernels are compiled just in time there); "
+                       "none is visible here")
+    here = f"sm{capability[0]}{capability[1]}"
+    if here not in sidecar.get("targets", []):
+        return False, f"this GPU is {here}; the engine was built for {'+'.join(sidecar.get('targets', []))}"
+    return True, f"TensorRT-RTX on {here}"
+
+
+def use_polygraphy_for(flavour: str) -> None:
+    """Make Polygraphy drive TensorRT-RTX (or TensorRT proper). It picks its TensorRT module when its TensorRT
+    backend is first imported, so a process that loaded the other one cannot switch: say so."""
+    rtx = flavour == "tensorrt-rtx"
+    if "polygraphy.backend.trt" not in sys.modules:
+        os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1" if rtx else "0"
+        if "polygraphy.config" in sys.modules:
+            sys.modules["polygraphy.config"].USE_TENSORRT_RTX = rtx
+        return
+    if bool(sys.modules["polygraphy.config"].USE_TENSORRT_RTX) != rtx:
+        raise SparsetrtError(f"this process already loaded Polygraphy for {'TensorRT' if rtx else 'TensorRT-RTX'}; "
+                             f"run the {flavour} engine in a process of its own")
 
 
 class TensorRTRunner(GraphRunner):
@@ -21,19 +63,52 @@ class TensorRTRunner(GraphRunner):
     backend = "tensorrt"
 
     def __init__(self, engine_path: Path):
-        import_tensorrt()
-        from polygraphy.backend.common import BytesFromPath
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
         sidecar_path = Path(engine_path).parent / SIDECAR_FILE
         if not sidecar_path.is_file():
             raise SparsetrtError(f"{sidecar_path} is missing; build engines with `sparsetrt engine`")
         self.sidecar = json.loads(sidecar_path.read_text())
+        self.flavour = self.sidecar.get("flavour", "tensorrt")
+        ok, reason = runnable_here(self.sidecar)
+        if not ok:
+            raise SparsetrtError(f"cannot run {engine_path}: {reason}")
+        use_polygraphy_for(self.flavour)
+        from polygraphy.backend.trt import TrtRunner
+
         super().__init__(self.sidecar["graph"])
         self.cache_dtype = torch.float16 if self.sidecar["source_onnx"]["float_type"] == "float16" else torch.float32
-        self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path))))
+        self.cache_path = Path(engine_path).parent / RUNTIME_CACHE_FILE
+        self.runtime_cache = None
+        self.runner = TrtRunner(self._context(Path(engine_path)))
         self.runner.activate()
         self.profile = 0
+
+    def _context(self, engine_path: Path):
+        """An execution context; for TensorRT-RTX one whose JIT-compiled kernels go to (and come from) the runtime
+        cache file beside the engine."""
+        if self.flavour != "tensorrt-rtx":
+            import_tensorrt()
+            from polygraphy.backend.common import BytesFromPath
+            from polygraphy.backend.trt import EngineFromBytes
+
+            return EngineFromBytes(BytesFromPath(str(engine_path)))()
+        import tensorrt_rtx as trt
+
+        engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine_path.read_bytes())
+        config = engine.create_runtime_config()
+        self.runtime_cache = config.create_runtime_cache()
+        if self.cache_path.is_file():
+            self.runtime_cache.deserialize(self.cache_path.read_bytes())
+        config.set_runtime_cache(self.runtime_cache)
+        return engine.create_execution_context(config)
+
+    def save_runtime_cache(self) -> Path | None:
+        """Write the kernels compiled so far beside the engine (atomically), so the next start reuses them."""
+        if self.runtime_cache is None:
+            return None
+        from sparsetrt.artifacts import write_bytes_atomic
+
+        write_bytes_atomic(self.cache_path, bytes(self.runtime_cache.serialize()))
+        return self.cache_path
 
     def _ids(self, array):
         return torch.as_tensor(np.asarray(array), dtype=torch.int64, device="cuda")

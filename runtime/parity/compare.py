@@ -294,20 +294,24 @@ def write_parity_files(directory: Path, report: dict, stem: str = "parity") -> N
 
 def engines_to_compare(requested: list[str], onnx_dir: Path) -> tuple[list[Path], str | None]:
     """The engines `--engine` names: 'auto' means every engines/*/model.engine of the artifacts tree `onnx_dir`
-    belongs to when TensorRT is available. Returns them and, when 'auto' found none, the reason to tell the user."""
-    from sparsetrt.build import tensorrt_status
+    belongs to that this machine can run (TensorRT proper with a GPU; TensorRT-RTX on a GPU it was built for).
+    Returns them and what to tell the user about the ones left out."""
+    from sparsetrt.build.engine import SIDECAR_FILE
+    from sparsetrt.runtime.backends.trt import runnable_here
     from sparsetrt.runtime.deployables import ArtifactsTree
 
     named = [Path(e) for e in requested if e != "auto"]
     if "auto" not in requested:
         return named, None
-    available, reason = tensorrt_status()
-    if not available:
-        return [], f"TensorRT: {reason}; comparing PyTorch with ONNX Runtime only"
     tree = ArtifactsTree(Path(onnx_dir).parent)
-    found = tree.engines()
-    note = None if found else (f"no engines under {tree.root / 'engines'} (build one with `make engine`); comparing "
-                               "PyTorch with ONNX Runtime only")
+    found, left_out = [], []
+    for engine in tree.engines():
+        ok, reason = runnable_here(read_json(engine.parent / SIDECAR_FILE))
+        (found if ok else left_out).append(engine if ok else f"{engine.parent.name} ({reason})")
+    if not found and not left_out:
+        return named, (f"no engines under {tree.root / 'engines'} (build one with `make engine`); comparing PyTorch "
+                       "with ONNX Runtime only")
+    note = f"engines not compared here: {'; '.join(left_out)}" if left_out else None
     return found + named, note
 
 

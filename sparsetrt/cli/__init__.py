@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         return command.run(args)
     except SparsetrtError as exc:
         print(f"sparsetrt: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("sparsetrt: interrupted; no partial output was kept", file=sys.stderr)
         return 130

@@ -151,6 +151,27 @@ def gpu(args) -> int:
     return 0
 
 
+def engine_arguments(p):
+    from sparsetrt.build import BUILDERS
+
+    p.add_argument("--artifacts", default="artifacts", help="the tree `make demo PRECISION=int8|int4` wrote")
+    p.add_argument("--precisions", default="fp16,int8,int4", help="comma-separated decoders to build engines of")
+    p.add_argument("--builder", default="auto", choices=BUILDERS)
+    p.add_argument("--out", default="benchmarks")
+    p.add_argument("--work", default="artifacts/bench-engine", help="where the engines of this run go")
+    options.progress(p)
+
+
+def engine(args) -> int:
+    from sparsetrt.runtime.bench.engine import run_engine_bench, summary_lines
+
+    report = run_engine_bench(Path(args.artifacts), Path(args.out), Path(args.work),
+                              precisions=tuple(options.comma_list(args.precisions)), builder=args.builder,
+                              progress=not args.no_progress)
+    print("\n".join(summary_lines(report, Path(args.out))))
+    return 0
+
+
 def adaptive_arguments(p):
     p.add_argument("--variants", default="artifacts/variants", help="the variant set (from `sparsetrt variants`)")
     p.add_argument("--only", help="comma-separated variant names to use (dense and the probe are always kept)")
@@ -193,6 +214,8 @@ COMMANDS = [
                               "after distillation, on two text domains", schedule_arguments, schedule),
     Command("bench-serve", "start `sparsetrt serve`, load it (normal + overloaded queue), write serve.md/json/png",
             serve_bench_arguments, serve_bench, needs=("fastapi", "uvicorn", "prometheus_client", "httpx")),
+    Command("bench-engine", "ONNX and engine build time, peak RSS, bytes and layer precisions per decoder "
+                            "(engine.json/md)", engine_arguments, engine),
     Command("bench-gpu", "dense vs 2:4 GEMMs and end-to-end generation on a CUDA GPU (gpu.json/md/png); refuses "
                          "without one", gpu_arguments, gpu),
     Command("bench-adaptive", "per-input variant choice (bandits, threshold, oracle) vs static variants on a mixed "

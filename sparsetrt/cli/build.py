@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparsetrt.build import ENGINE_PRECISIONS
-from sparsetrt.cli import Command
+from sparsetrt.build import BUILDERS, ENGINE_PRECISIONS, RTX_DEFAULT_TARGETS, RTX_TARGETS
+from sparsetrt.cli import Command, options
 from sparsetrt.errors import SparsetrtError
 
 
@@ -16,6 +16,11 @@ def engine_arguments(p):
                                  "artifacts directory: its engines/<precision>)")
     p.add_argument("--precision", default="auto", choices=ENGINE_PRECISIONS,
                    help="auto: what the ONNX carries (TensorRT 11 allows nothing else)")
+    p.add_argument("--builder", default="auto", choices=BUILDERS,
+                   help="tensorrt (TensorRT 10/11, on the GPU it builds for), rtx (TensorRT-RTX, ahead of time, no GPU "
+                        "needed), auto: TensorRT where it can build, else TensorRT-RTX")
+    p.add_argument("--target", default="", help=f"TensorRT-RTX targets, comma-separated, of {', '.join(RTX_TARGETS)} "
+                                                f"(default {','.join(RTX_DEFAULT_TARGETS)}); SM90/SM100 need TensorRT")
     p.add_argument("--dense", action="store_true", help="build without SPARSE_WEIGHTS (the comparison engine)")
     p.add_argument("--max-batch", type=int, default=4)
     p.add_argument("--opt-batch", type=int, default=1)
@@ -28,6 +33,7 @@ def engine_arguments(p):
                    help="build a sparse engine on a GPU older than Ampere (it will not accelerate)")
     p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
     p.add_argument("--overwrite", action="store_true")
+    options.progress(p)
 
 
 def engine_source(source: Path, precision: str, out: str | None) -> tuple[Path, Path]:
@@ -53,19 +59,20 @@ def engine_source(source: Path, precision: str, out: str | None) -> tuple[Path, 
 def engine(args) -> int:
     from sparsetrt.build.engine import EngineOptions, build_engine, summary_lines, trtexec_preview
 
-    options = EngineOptions(precision=args.precision, sparse=not args.dense, max_batch=args.max_batch,
-                            opt_batch=args.opt_batch, max_input_len=args.max_input_len,
-                            max_output_len=args.max_output_len, optimization_level=args.optimization_level,
-                            workspace_mb=args.workspace_mb, timing_cache=args.timing_cache,
-                            allow_dense_fallback=args.allow_dense_fallback).validate()
+    settings = EngineOptions(precision=args.precision, sparse=not args.dense, max_batch=args.max_batch,
+                             opt_batch=args.opt_batch, max_input_len=args.max_input_len,
+                             max_output_len=args.max_output_len, optimization_level=args.optimization_level,
+                             workspace_mb=args.workspace_mb, timing_cache=args.timing_cache,
+                             allow_dense_fallback=args.allow_dense_fallback, builder=args.builder,
+                             targets=tuple(options.comma_list(args.target))).validate()
     onnx, out = engine_source(Path(args.onnx), args.precision, args.out)
     if args.print_trtexec:
-        print(trtexec_preview(onnx, out, options))
+        print(trtexec_preview(onnx, out, settings))
         return 0
-    sidecar = build_engine(onnx, out, options, overwrite=args.overwrite)
+    sidecar = build_engine(onnx, out, settings, overwrite=args.overwrite, progress=not args.no_progress)
     print("\n".join(summary_lines(sidecar, out)))
     return 0
 
 
-COMMANDS = [Command("engine", "build a TensorRT engine with 2:4 sparse weights from an exported ONNX",
+COMMANDS = [Command("engine", "build a TensorRT or TensorRT-RTX engine with 2:4 sparse weights from an exported ONNX",
                     engine_arguments, engine)]

@@ -72,14 +72,27 @@ def quantize(args) -> int:
 def lint_arguments(p):
     p.add_argument("onnx", help="the .onnx file (its external data beside it)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--build", action="store_true", help="also parse and build it with TensorRT-RTX (no GPU needed) "
+                                                        "and report the builder's verdict")
 
 
 def lint(args) -> int:
     from sparsetrt.export.lint import lint_onnx
 
     report = lint_onnx(args.onnx)
-    print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
-    return 0 if report.ok else 1
+    verdict = None
+    if args.build:
+        from sparsetrt.build.engine import rtx_accepts
+
+        builds, errors = rtx_accepts(Path(args.onnx))
+        verdict = {"builder": "TensorRT-RTX", "builds": builds, "errors": errors}
+    if args.json:
+        print(json.dumps({**report.to_json(), **({"build": verdict} if verdict else {})}, indent=2))
+    else:
+        print(report.text())
+        if verdict:
+            print(f"TensorRT-RTX: {'builds it' if builds else 'rejects it'}" + "".join(f"\n  {e}" for e in errors))
+    return 0 if report.ok and (verdict is None or verdict["builds"]) else 1
 
 
 COMMANDS = [
