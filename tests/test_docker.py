@@ -55,8 +55,8 @@ def test_base_images_are_pinned():
         for line in text.splitlines():
             if line.startswith(("FROM ", "ARG CUDA_IMAGE")):
                 image = line.split()[1].split("=")[-1]
-                if image.startswith("${") or image in stage_names:
-                    continue  # the pinned ARG, or an earlier stage of this file
+                if image.startswith("${") or image in stage_names or image == "scratch":
+                    continue  # the pinned ARG, an earlier stage of this file, or the empty image (no versions)
                 assert re.search(r":\d[\w.-]*$", image), f"{dockerfile.name}: {line} is not pinned to a version tag"
 
 
