@@ -542,8 +542,9 @@ def summary_lines(sidecar: dict, out: Path) -> list[str]:
              f"{targets}, {sidecar['precision']}, {sidecar['build_s']} s, {sidecar.get('bytes', 0) / 2**20:.0f} MiB, "
              f"peak RSS {sidecar.get('peak_rss_mb') or 0:.0f} MB)"]
     if sidecar.get("layers"):
-        matmuls = ", ".join(f"{n} {p}" for p, n in sidecar["layers"]["matmuls"].items())
-        lines.append(f"weight matmuls: {matmuls or 'none found in the layer dump'}")
+        from sparsetrt.build.layers import matmul_text
+
+        lines.append(f"weight matmuls: {matmul_text(sidecar['layers']) or 'none found in the layer dump'}")
     if sparsity.get("verdict"):
         lines.append(f"2:4 sparsity: {sparsity['verdict']}")
     else:

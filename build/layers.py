@@ -127,3 +127,8 @@ def precision_summary(layers: list[dict]) -> dict:
 # The exporter's names for the nodes that multiply by a weight (node_linear_12, node_MatMul_40, node_Gemm_3); the
 # Q/DQ nodes the quantize stage adds around them carry module paths and are not counted.
 _WEIGHT_NODE = re.compile(r"(node_)?(linear|matmul|gemm)(_\d+)?$", re.IGNORECASE)
+
+
+def matmul_text(summary: dict | None) -> str:
+    """"14 INT8xINT8, 1 INT8 weight-only (...)": a precision summary's matmul counts, for reports."""
+    return ", ".join(f"{n} {p}" for p, n in ((summary or {}).get("matmuls") or {}).items())

@@ -90,6 +90,17 @@ def check_tp(config, tp: int, precision: str, group_size: int | None) -> None:
         raise SparsetrtError(f"cannot write a tp={tp} TensorRT-LLM checkpoint: {'; '.join(problems)}; use --tp 1")
 
 
+@contextlib.contextmanager
+def _quiet_unless(verbose: bool):
+    """Model Optimizer's exporters print progress and warnings on both streams: keep them off the user's screen."""
+    if verbose:
+        yield
+        return
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
+
+
 def write_trtllm_checkpoint(model, out: Path, tp: int, dtype: torch.dtype = torch.float16, verbose: bool = False) -> None:
     from sparsetrt.export.quantize import import_modelopt
 
@@ -100,10 +111,7 @@ def write_trtllm_checkpoint(model, out: Path, tp: int, dtype: torch.dtype = torc
     if model_type not in DECODER_TYPES:
         raise SparsetrtError(f"TensorRT-LLM checkpoint export supports {', '.join(DECODER_TYPES)} models, "
                              f"not '{model_type}'")
-    sink = io.StringIO()
-    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(sink)
-    hush = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(sink)
-    with quiet, hush, torch.no_grad():
+    with _quiet_unless(verbose), torch.no_grad():
         export_tensorrt_llm_checkpoint(model, DECODER_TYPES[model_type], dtype, export_dir=str(out),
                                        inference_tensor_parallel=tp)
 
@@ -121,10 +129,7 @@ def write_hf_checkpoint(model, out: Path, verbose: bool = False) -> None:
     import_modelopt()
     from modelopt.torch.export import export_hf_checkpoint
 
-    sink = io.StringIO()
-    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(sink)
-    hush = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(sink)
-    with quiet, hush, torch.no_grad():
+    with _quiet_unless(verbose), torch.no_grad():
         export_hf_checkpoint(model, dtype=torch.float16, export_dir=str(out))
 
 

@@ -88,6 +88,14 @@ def max_positions(config) -> int | None:
     return int(value) if value else None
 
 
+def max_positions_of(checkpoint: Path) -> int | None:
+    """The max positions the config.json in `checkpoint` declares (None without one: a bare tokenizer folder)."""
+    import json
+
+    config = Path(checkpoint) / "config.json"
+    return max_positions(json.loads(config.read_text())) if config.is_file() else None
+
+
 def check_length(config, tokens: int, what: str, option: str) -> None:
     """Refuse `tokens` positions beyond the model's max positions, before any work."""
     limit = max_positions(config)

@@ -168,8 +168,10 @@ def summary_screen(tree, pruned: dict, exported: dict, parity: dict, quantized: 
         from sparsetrt.export.quant_stage import summary_lines
 
         lines += summary_lines(tree.quant_dir(quantized["precision"]), quantized)
+    from sparsetrt.build.layers import matmul_text
+
     for engine_precision, sidecar in (engines or {}).items():
-        matmuls = ", ".join(f"{n} {p}" for p, n in ((sidecar.get("layers") or {}).get("matmuls") or {}).items())
+        matmuls = matmul_text(sidecar.get("layers"))
         lines.append(f"  engine {engine_precision:<5} {tree.engine(engine_precision)} ({sidecar['flavour']} "
                      f"{sidecar['tensorrt']}, {'+'.join(sidecar['targets'])}, {sidecar['bytes'] / 2**20:.0f} MiB, "
                      f"{sidecar['build_s']} s){'; matmuls: ' + matmuls if matmuls else ''}")

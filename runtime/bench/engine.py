@@ -68,12 +68,14 @@ def run_engine_bench(artifacts: Path, out: Path, work: Path, precisions=PRECISIO
 
 
 def markdown(report: dict) -> str:
+    from sparsetrt.build.layers import matmul_text
+
     lines = ["# sparsetrt bench-engine: from the 2:4 model to engines", "", f"Machine: {report['machine']}.", "",
              "| decoder | ONNX made in | ONNX MiB | engine builder | targets | build s | peak RSS MB | engine MiB "
              "| engine / ONNX | weight matmuls (layer dump) |",
              "|---|---:|---:|---|---|---:|---:|---:|---:|---|"]
     for r in report["rows"]:
-        matmuls = ", ".join(f"{n} {p}" for p, n in (r["matmuls"] or {}).items()) or "n/a"
+        matmuls = matmul_text({"matmuls": r["matmuls"]}) or "n/a"
         lines.append(f"| {r['precision']} | {r['onnx_s']:.0f} s | {r['onnx_bytes'] / 2**20:.0f} | {r['flavour']} "
                      f"{r['version']} | {'+'.join(r['targets'])} | {r['build_s']:.0f} | {r['peak_rss_mb']:.0f} | "
                      f"{r['engine_bytes'] / 2**20:.0f} | {r['engine_to_onnx']:.2f} | {matmuls} |")

@@ -149,8 +149,8 @@ def run_parity(
     eval_tokens = tokenize_corpus(reference.tokenizer, text)
     eval_windows = sequential_windows(eval_tokens, seq_len, windows).numpy()
 
-    generations = GenerationCheck(reference, generate_tokens)
-    long_context = LongContextCheck.for_model(reference, eval_tokens)
+    generations = parity_prompt_check(reference, generate_tokens)
+    long_context = long_context_check(reference, eval_tokens)
     candidates = []
     runners = [(make_runner("onnxruntime", onnx_dir / info["onnx"], device="cpu"), precision, onnx_dir / info["onnx"])
                for precision, info in export["files"].items()]
@@ -187,13 +187,13 @@ def run_parity(
 
 
 class GenerationCheck:
-    """Greedy generations of the reference, made once, compared with each candidate's."""
+    """Greedy generations of the reference from `prompts`, made once, compared token for token with each
+    candidate's. `prefix` names its metrics ("generation_identical" ...)."""
 
-    def __init__(self, reference, new_tokens: int):
-        from sparsetrt.runtime.generate import PARITY_PROMPTS, encode_prompts
-
-        self.reference, self.new_tokens = reference, new_tokens
-        self.prompts = encode_prompts(reference.tokenizer, list(PARITY_PROMPTS)) if new_tokens else []
+    def __init__(self, reference, prompts: list[list[int]], new_tokens: int, prefix: str = "generation_",
+                 about: dict | None = None):
+        self.reference, self.prompts, self.new_tokens, self.prefix = reference, prompts, new_tokens, prefix
+        self.about = about or {"decoding": "greedy, one left-padded batch"}
         tokenizer = reference.tokenizer
         self.pad = (tokenizer.pad_token_id if tokenizer is not None else None) or 0
         self._reference_tokens = None
@@ -212,54 +212,39 @@ class GenerationCheck:
             return {}
         if self._reference_tokens is None:
             self._reference_tokens = self._generate(self.reference)
-        return compare_generations(self._reference_tokens, self._generate(runner))
-
-    def describe(self) -> dict:
-        return {"prompts": len(self.prompts), "new_tokens": self.new_tokens, "decoding": "greedy, one left-padded batch"}
-
-
-class LongContextCheck:
-    """One greedy generation from a prompt longer than the model's sliding window, reference vs candidate: a
-    decoder whose sliding-window layers mishandle the cache passes short prompts and breaks here (issue #19)."""
-
-    def __init__(self, reference, prompt: list[int], window: int, new_tokens: int = LONG_CONTEXT_NEW_TOKENS):
-        self.reference, self.prompt, self.window, self.new_tokens = reference, prompt, window, new_tokens
-        self._reference_tokens = None
-
-    @classmethod
-    def for_model(cls, reference, eval_tokens) -> "LongContextCheck | None":
-        """The check for `reference`'s model, or None when no layer has a sliding window (or the positions end
-        before one can be passed). The prompt is the start of the evaluation text, repeated if short."""
-        from sparsetrt.architectures import max_positions, sliding_window
-
-        config = reference.model.config
-        window = sliding_window(config)
-        limit = max_positions(config) or 1 << 30
-        if window is None or window + LONG_CONTEXT_NEW_TOKENS >= limit:
-            return None
-        length = min(window + LONG_CONTEXT_NEW_TOKENS, limit - LONG_CONTEXT_NEW_TOKENS)
-        tokens = np.asarray(eval_tokens).reshape(-1)
-        tokens = np.tile(tokens, -(-length // max(len(tokens), 1)))[:length]
-        return cls(reference, tokens.tolist(), window)
-
-    def _generate(self, runner) -> list[list[int]]:
-        from sparsetrt.runtime.generate import Sampling, generate
-
-        return generate(runner, [self.prompt], Sampling(max_new_tokens=self.new_tokens, ignore_stop=True)).tokens
-
-    def compare(self, runner) -> dict:
-        from sparsetrt.runtime.generate import compare_generations
-
-        if self._reference_tokens is None:
-            self._reference_tokens = self._generate(self.reference)
         result = compare_generations(self._reference_tokens, self._generate(runner))
-        return {"long_generation_identical": result["generation_identical"],
-                "long_generation_first_divergence": result["generation_first_divergence"],
-                "long_generation_tokens": len(self.prompt) + self.new_tokens}
+        return {key.replace("generation_", self.prefix, 1): value for key, value in result.items()}
 
     def describe(self) -> dict:
-        return {"sliding_window": self.window, "prompt_tokens": len(self.prompt), "new_tokens": self.new_tokens,
-                "decoding": "greedy, one prompt longer than the window"}
+        return {"prompts": len(self.prompts), "new_tokens": self.new_tokens, **self.about}
+
+
+def parity_prompt_check(reference, new_tokens: int) -> GenerationCheck:
+    """The ten PARITY_PROMPTS for `new_tokens` tokens (0: no generation check)."""
+    from sparsetrt.runtime.generate import PARITY_PROMPTS, encode_prompts
+
+    prompts = encode_prompts(reference.tokenizer, list(PARITY_PROMPTS)) if new_tokens else []
+    return GenerationCheck(reference, prompts, new_tokens)
+
+
+def long_context_check(reference, eval_tokens) -> GenerationCheck | None:
+    """One greedy generation from a prompt longer than the model's sliding window: a decoder whose sliding-window
+    layers mishandle the cache passes short prompts and breaks here (issue #19). None when no layer has a window
+    (or the positions end before one can be passed). The prompt is the start of the evaluation text, repeated if
+    short."""
+    from sparsetrt.architectures import max_positions, sliding_window
+
+    config = reference.model.config
+    window = sliding_window(config)
+    limit = max_positions(config) or 1 << 30
+    if window is None or window + LONG_CONTEXT_NEW_TOKENS >= limit:
+        return None
+    length = min(window + LONG_CONTEXT_NEW_TOKENS, limit - LONG_CONTEXT_NEW_TOKENS)
+    tokens = np.asarray(eval_tokens).reshape(-1)
+    prompt = np.tile(tokens, -(-length // max(len(tokens), 1)))[:length].tolist()
+    return GenerationCheck(reference, [prompt], LONG_CONTEXT_NEW_TOKENS, prefix="long_generation_",
+                           about={"sliding_window": window, "prompt_tokens": length,
+                                  "decoding": "greedy, one prompt longer than the window"})
 
 
 def _engine_hash(engine: Path) -> str:

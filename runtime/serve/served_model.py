@@ -8,7 +8,6 @@ before the server binds, so a wrong path fails at once with the reason, not on t
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,10 +148,9 @@ def _precision_of(served: Path, backend: str) -> str:
 
 def context_tokens(checkpoint: Path) -> int:
     """The model's context window; 2048 when only a tokenizer directory (no config.json) came with the file."""
-    if not (checkpoint / "config.json").is_file():
-        return 2048
-    config = json.loads((checkpoint / "config.json").read_text())
-    return int(config.get("max_position_embeddings") or 2048)
+    from sparsetrt.architectures import max_positions_of
+
+    return max_positions_of(checkpoint) or 2048
 
 
 def _engine_sidecar(engine: Path) -> dict:

@@ -28,6 +28,7 @@ def generate_arguments(p):
 
 
 def generate(args) -> int:
+    from sparsetrt.architectures import max_positions_of
     from sparsetrt.models import load_tokenizer
     from sparsetrt.runtime.backends import make_runner
     from sparsetrt.runtime.deployables import tokenizer_dir_for
@@ -50,14 +51,6 @@ def generate(args) -> int:
     print(f"[{args.backend}] TTFT {result['ttft_ms']} ms, decode {result['decode_tokens_per_s']} tok/s",
           file=sys.stderr)
     return 0
-
-
-def max_positions_of(checkpoint: Path) -> int | None:
-    """The max positions the checkpoint's config.json declares (None without one: a bare tokenizer folder)."""
-    from sparsetrt.architectures import max_positions
-
-    config = checkpoint / "config.json"
-    return max_positions(json.loads(config.read_text())) if config.is_file() else None
 
 
 def parity_arguments(p):
