@@ -17,7 +17,6 @@ strongly typed.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
 import shlex
@@ -391,7 +390,9 @@ def _build_tensorrt(plan: EnginePlan, options: EngineOptions, onnx_path: Path, t
     log_sparsity = sparsity_from_log((tmp / BUILD_LOG).read_text(errors="replace"))
     (tmp / "trtexec.sh").write_text(f"#!/bin/sh\n# the same build with trtexec\nset -e\n{plan.trtexec_command()}\n")
     inspector_sparse = sparse_layers_from_inspector(layers)
-    return {"version": trt.__version__, "gpu": gpu, "seconds": seconds, "peak_rss_mb": _self_peak_rss_mb(),
+    from sparsetrt.build.rtx import peak_rss_mb
+
+    return {"version": trt.__version__, "gpu": gpu, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
             "bytes": (tmp / ENGINE_FILE).stat().st_size, "layers_summary": None,
             "sparsity": {**log_sparsity, "inspector_sparse_tactics": inspector_sparse,
                          "in_effect": bool(log_sparsity["picked"] or inspector_sparse), "warning": warning,
@@ -410,7 +411,7 @@ def _build_rtx(plan: EnginePlan, onnx_path: Path, tmp: Path, progress: bool) -> 
     what = f"TensorRT-RTX {plan.tensorrt_version} engine for {'+'.join(plan.targets)} ({plan.precision})"
     if progress:
         print(f"building {what} ...", flush=True)
-    status, rss_kb, seconds = _run_child([sys.executable, "-m", "sparsetrt.build.rtx", str(tmp / ".spec.json")],
+    status, seconds = _run_child([sys.executable, "-m", "sparsetrt.build.rtx", str(tmp / ".spec.json")],
                                          progress)
     result = json.loads((tmp / ".result.json").read_text()) if (tmp / ".result.json").is_file() else {"ok": False}
     for scratch in (".spec.json", ".result.json"):
@@ -422,7 +423,7 @@ def _build_rtx(plan: EnginePlan, onnx_path: Path, tmp: Path, progress: bool) -> 
     write_json(tmp / LAYERS_FILE, {"source": "TensorRT-RTX build log (VERBOSE layer dump)", "summary": summary,
                                    "layers": layers})
     return {"version": result["version"], "gpu": None, "seconds": result["seconds"], "wall_s": seconds,
-            "peak_rss_mb": rss_kb / 1024, "bytes": result["bytes"], "layers_summary": summary,
+            "peak_rss_mb": result["peak_rss_mb"], "bytes": result["bytes"], "layers_summary": summary,
             "sparsity": {"eligible": [], "picked": [], "eligible_not_picked": [], "inspector_sparse_tactics": [],
                          "in_effect": None, "warning": None, "verdict": RTX_SPARSITY_VERDICT}}
 
@@ -439,7 +440,7 @@ def rtx_accepts(onnx_path: Path, targets=("sm80",)) -> tuple[bool, list[str]]:
                 "create_config": {"sparse_weights": True, "profiling_verbosity": "DETAILED",
                                   "compute_capabilities": [list(compute_capability(t)) for t in targets]}}
         (tmp / "spec.json").write_text(json.dumps(spec))
-        status, _, _ = _run_child([sys.executable, "-m", "sparsetrt.build.rtx", str(tmp / "spec.json")], False)
+        status, _ = _run_child([sys.executable, "-m", "sparsetrt.build.rtx", str(tmp / "spec.json")], False)
         result = json.loads((tmp / "result.json").read_text()) if (tmp / "result.json").is_file() else {}
         if status == 0 and result.get("ok"):
             return True, []
@@ -448,22 +449,19 @@ def rtx_accepts(onnx_path: Path, targets=("sm80",)) -> tuple[bool, list[str]]:
         return False, list(dict.fromkeys(errors)) or [str(result.get("error") or f"exit status {status}")]
 
 
-def _run_child(command: list[str], progress: bool, every_s: float = 15.0) -> tuple[int, int, float]:
+def _run_child(command: list[str], progress: bool, every_s: float = 15.0) -> tuple[int, float]:
     """Run `command` (output discarded: its log is a file), saying every `every_s` that it still runs; (exit
-    status, peak RSS in kB of that child alone, wall seconds). A signal to us takes the child down too."""
+    status, wall seconds). A signal to us takes the child down too."""
     start = time.monotonic()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     said = start
     try:
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                child.returncode = os.waitstatus_to_exitcode(status)
-                return child.returncode, usage.ru_maxrss, time.monotonic() - start
+        while child.poll() is None:
             if progress and time.monotonic() - said >= every_s:
                 said = time.monotonic()
                 print(f"  ... still building, {said - start:.0f} s", flush=True)
             time.sleep(0.2)
+        return child.returncode, time.monotonic() - start
     finally:
         if child.returncode is None:
             child.kill()
@@ -477,16 +475,6 @@ def _rejection(plan: EnginePlan, log: Path, error) -> str:
     name = "TensorRT-RTX" if plan.flavour == "rtx" else "TensorRT"
     shown = "\n".join(dict.fromkeys(lines[:8])) or str(error)
     return f"{name} {plan.tensorrt_version} rejected {plan.onnx}:\n{shown}"
-
-
-def _self_peak_rss_mb() -> float | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def _to_profile(profile_cls, profile: dict):

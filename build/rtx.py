@@ -19,6 +19,18 @@ import traceback
 from pathlib import Path
 
 
+def peak_rss_mb() -> float | None:
+    """This process's own peak resident memory (VmHWM; a fresh address space starts at exec, whereas ru_maxrss
+    would carry the parent's peak over fork + exec), None where there is no procfs."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def build(spec: dict) -> dict:
     os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"  # before Polygraphy's TensorRT backend is imported
     import tensorrt_rtx as trt
@@ -46,7 +58,7 @@ def build(spec: dict) -> dict:
     engine = EngineBytesFromNetwork(network, config=create)()
     SaveBytes(engine, spec["engine"])()
     return {"ok": True, "seconds": time.perf_counter() - start, "version": trt.__version__,
-            "bytes": Path(spec["engine"]).stat().st_size}
+            "bytes": Path(spec["engine"]).stat().st_size, "peak_rss_mb": peak_rss_mb()}
 
 
 def main(argv: list[str]) -> int:
