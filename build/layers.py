@@ -110,6 +110,7 @@ def precision_summary(layers: list[dict]) -> dict:
     matmuls: dict[str, int] = {}
     types: dict[str, int] = {}
     seen: set[str] = set()
+    int8_out = 0
     for layer in layers:
         types[layer["type"]] = types.get(layer["type"], 0) + 1
         weight = weight_of(layer, producers)
@@ -121,7 +122,9 @@ def precision_summary(layers: list[dict]) -> dict:
         if fresh:
             precision = matmul_precision(layer, weight)
             matmuls[precision] = matmuls.get(precision, 0) + len(fresh)
-    return {"layers": len(layers), "layer_types": types, "matmuls": matmuls}
+            int8_out += len(fresh) if [t["dtype"] for t in layer["outputs"]][:1] == ["Int8"] else 0
+    # int8_out_matmuls: GEMMs whose result leaves the kernel as INT8 (INT8 in *and* out)
+    return {"layers": len(layers), "layer_types": types, "matmuls": matmuls, "int8_out_matmuls": int8_out}
 
 
 # The exporter's names for the nodes that multiply by a weight (node_linear_12, node_MatMul_40, node_Gemm_3); the

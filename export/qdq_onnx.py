@@ -108,7 +108,7 @@ def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], referen
     first = located[next(iter(located))] if located else next(iter(located_tables.values()))[0]
     np_float = helper.tensor_dtype_to_np_dtype(next(i.data_type for i in graph.initializer if i.name == first))
 
-    new_inits, before = [], {}  # before[id(node)] = nodes to insert in front of it
+    new_inits, before, after = [], {}, {}  # before/after[id(node)] = nodes to insert in front of / behind it
     retired = set()
     for module, lq in quants.items():
         init_name = located[module]
@@ -141,6 +141,21 @@ def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], referen
             node.input[0] = x
             node.input[1] = dq_out
             before.setdefault(id(node), []).extend(inserted)
+            if lq.output_scale is not None:  # INT8 out: Q/DQ on the MatMul's result, every reader rewired to it
+                ys, yz = f"{module}.output_scale", f"{module}.output_zero_point"
+                if node is users[0][0]:
+                    new_inits.append(numpy_helper.from_array(np.array(lq.output_scale, dtype=np_float), ys))
+                    new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.int8), yz))
+                y = node.output[0]
+                yq, ydq = f"{module}/{node.name}/output_q", f"{module}/{node.name}/output_dq"
+                for reader, index in consumers.get(y, []):
+                    reader.input[index] = ydq
+                graph_outputs = [o for o in graph.output if o.name == y]
+                after.setdefault(id(node), []).extend([
+                    helper.make_node("QuantizeLinear", [y, ys, yz], [yq], name=f"{module}/{node.name}/output_q"),
+                    helper.make_node("DequantizeLinear", [yq, ys, yz], [ydq], name=f"{module}/{node.name}/output_dq")])
+                if graph_outputs:
+                    raise SparsetrtError(f"{module}: its MatMul output {y} is a graph output; it cannot be requantized")
         retired.add(init_name)
 
     table_summary = {}
@@ -165,6 +180,7 @@ def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], referen
     for node in graph.node:
         nodes.extend(before.get(id(node), []))
         nodes.append(node)
+        nodes.extend(after.get(id(node), []))
     del graph.node[:]
     graph.node.extend(nodes)
 
@@ -175,6 +191,8 @@ def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], referen
     onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
     return {"quantized_matmuls": sum(len(consumers[located[m]]) for m in quants), "float_type": str(np_float),
+            "requantized_outputs": sum(len(consumers[located[m]]) for m, lq in quants.items()
+                                       if lq.output_scale is not None),
             "retired_initializers": len(retired), "tables": table_summary}
 
 

@@ -39,6 +39,10 @@ class QuantSettings:
     gptq: str = "auto"                  # GPTQ rounding with the mask held: on | off | auto (on for INT4)
     activations: str = "auto"           # exported graph that carries the Q/DQ: fp16 | fp32 | auto (see validate)
     embeddings: str = "auto"            # input embedding + lm_head, weight-only: float | int8 | int4 | auto (int8)
+    # INT8: also quantize every GEMM's output (Q/DQ after each MatMul): INT8 in *and* out, the layout TensorRT's
+    # sparse INT8 kernels are reported to need (TensorRT #4694; Model Optimizer PR #1664). Off by default: its
+    # cost is measured in the README.
+    gemm_outputs: bool = False
 
     def validate(self) -> "QuantSettings":
         if self.precision not in QUANT_PRECISIONS:
@@ -72,6 +76,8 @@ class QuantSettings:
             # INT8 per row costs nothing measurable and halves the largest tensor of small models; INT4 costs
             # perplexity (export/embeddings.py), so it is opt-in.
             self.embeddings = "int8"
+        if self.gemm_outputs and self.precision != "int8":
+            raise SparsetrtError("--int8-gemm-outputs quantizes INT8 GEMMs' outputs; it needs --precision int8")
         if "int4" in (self.precision, self.embeddings) and self.block_size not in qmath.TENSORRT_INT4_BLOCK_SIZES:
             raise SparsetrtError(f"INT4 block size {self.block_size} is not one TensorRT supports "
                                  f"({', '.join(map(str, qmath.TENSORRT_INT4_BLOCK_SIZES))})")
@@ -82,7 +88,10 @@ class QuantSettings:
         return self.gptq == "on"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        settings = asdict(self)
+        if not self.gemm_outputs:  # the fingerprints of runs made before the option existed stay what they were
+            settings.pop("gemm_outputs")
+        return settings
 
 
 @dataclass
@@ -96,6 +105,7 @@ class LinearQuant:
     input_scale: float | None            # INT8 per-tensor activation scale (amax / 127); None for W4A16
     pre_scale: torch.Tensor | None       # [in] multiplier applied to the input first (SmoothQuant / AWQ)
     mask_fixes: int = 0                  # integers that had to be forced back to 0 (0 unless the math changed)
+    output_scale: float | None = None    # INT8 GEMM outputs (--int8-gemm-outputs): the result's per-tensor scale
     extra: dict = field(default_factory=dict)
 
 
@@ -106,6 +116,8 @@ def quantizer_config(settings: QuantSettings, modules: dict[str, torch.nn.Linear
         if settings.precision == "int8":
             entries.append({"quantizer_name": f"{name}.weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}})
             entries.append({"quantizer_name": f"{name}.input_quantizer", "cfg": {"num_bits": 8, "axis": None}})
+            if settings.gemm_outputs:
+                entries.append({"quantizer_name": f"{name}.output_quantizer", "cfg": {"num_bits": 8, "axis": None}})
         else:
             block = qmath.int4_block_size(module.in_features, settings.block_size, settings.block_fallback)
             entries.append({"quantizer_name": f"{name}.weight_quantizer",
@@ -251,7 +263,13 @@ def extract(modules: dict[str, torch.nn.Module], settings: QuantSettings,
             q, scale = qmath.quantize_blockwise(weight, amax, block)
             input_scale = None
         q, fixes = qmath.keep_mask_zeros(q, None if masks is None else masks.get(name))
-        out[name] = LinearQuant(name, q, scale, block, input_scale, pre, fixes)
+        output_scale = None
+        if settings.gemm_outputs:
+            out_amax = module.output_quantizer.amax
+            if out_amax is None:
+                raise SparsetrtError(f"{name}: no output range was calibrated (empty calibration data?)")
+            output_scale = float(qmath.scale_from_amax(out_amax.reshape(()), qmath.INT8_MAX))
+        out[name] = LinearQuant(name, q, scale, block, input_scale, pre, fixes, output_scale=output_scale)
     return out
 
 
@@ -311,7 +329,8 @@ def fake_quant_state(modules: dict[str, torch.nn.Module], quants: dict[str, Line
 
 class TensorRTFakeQuantLinear(torch.nn.Module):
     """A Linear computing exactly what the Q/DQ graph specifies, in TensorRT's documented semantics:
-    x' = x * pre_scale; x_q = round_half_even(clip(x' / s_x, -128, 127)) * s_x; y = x_q @ (q_w * s_w)ᵀ.
+    x' = x * pre_scale; x_q = round_half_even(clip(x' / s_x, -128, 127)) * s_x; y = x_q @ (q_w * s_w)ᵀ, and with
+    INT8 GEMM outputs y_q = round_half_even(clip(y / s_y, -128, 127)) * s_y.
 
     Model Optimizer's fake quant is numerically close but not bit-equal (it multiplies by 127/amax and
     clamps to +-127); W8A8 turns last-ulp differences into different activation integers, which compound
@@ -325,6 +344,7 @@ class TensorRTFakeQuantLinear(torch.nn.Module):
         self.bias = bias
         self.pre_scale = lq.pre_scale
         self.input_scale = lq.input_scale
+        self.output_scale = lq.output_scale
         self.jitter: torch.Generator | None = None  # set by NoiseFloorRunner only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -335,7 +355,10 @@ class TensorRTFakeQuantLinear(torch.nn.Module):
             x = x * (1 + ULP_FP32 * torch.randn(x.shape, generator=self.jitter))
         if self.input_scale is not None:
             x = torch.clamp(torch.round(x / self.input_scale), -128, 127) * self.input_scale
-        return torch.nn.functional.linear(x, self.weight, self.bias)
+        y = torch.nn.functional.linear(x, self.weight, self.bias)
+        if self.output_scale is not None:  # INT8 out of the GEMM, as the Q/DQ after its MatMul specifies
+            y = torch.clamp(torch.round(y / self.output_scale), -128, 127) * self.output_scale
+        return y
 
 
 def tensorrt_fake_quant(model: torch.nn.Module, quants: dict[str, LinearQuant],

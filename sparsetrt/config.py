@@ -64,6 +64,7 @@ class QuantizeSection:
     activations: str = "auto"           # exported graph that gets the Q/DQ nodes: auto (fp32 INT8, fp16 INT4) | fp16 | fp32
     embeddings: str = "auto"            # embedding + lm_head, weight-only: auto (int8) | float | int8 | int4
     tp: list = field(default_factory=lambda: [1])  # TensorRT-LLM checkpoints, one per tensor-parallel size
+    gemm_outputs: bool = False          # INT8: Q/DQ after every GEMM too (INT8 in and out; see the README)
     batch_size: int = 4
 
 

@@ -31,7 +31,8 @@ class OnnxRuntimeRunner(GraphRunner):
         model = fold_table_dequantization(Path(onnx_path), graph)
         self.folded_tables = model is not None
         source = str(onnx_path) if model is None else model.SerializeToString()
-        self.session = ort.InferenceSession(source, options, providers=chosen)
+        self.session = ort.InferenceSession(source, options, providers=chosen,
+                                            disabled_optimizers=broken_optimizers(graph))
         self.providers = self.session.get_providers()
         past = next(i for i in self.session.get_inputs() if i.name == self.past_names[0])
         self.cache_dtype = np.float16 if "float16" in past.type else np.float32
@@ -49,6 +50,18 @@ class OnnxRuntimeRunner(GraphRunner):
     @staticmethod
     def _to_numpy(array):
         return np.asarray(array).astype(np.float32, copy=False)
+
+
+def broken_optimizers(graph) -> list[str]:
+    """ORT graph transformers that break this graph. ORT 1.32 fails to load a graph whose MatMul outputs are
+    requantized (INT8 GEMM outputs, --int8-gemm-outputs): QDQS8ToU8 turns the int8 Q/DQ into uint8, and
+    QDQPropagation then copies a QuantizeLinear past the Reshape after q_proj with an int8 output type and a uint8
+    zero point ("output_dtype INT8 does not match y_zero_point type UINT8"). Without the propagation the graph
+    runs as written; graphs without requantized outputs keep every optimization."""
+    producers = {o: n for n in graph.node for o in n.output}
+    requantized = any(n.op_type == "QuantizeLinear" and getattr(producers.get(n.input[0]), "op_type", "") == "MatMul"
+                      for n in graph.node)
+    return ["QDQPropagationTransformer"] if requantized else []
 
 
 def fold_table_dequantization(onnx_path: Path, graph=None):

@@ -46,6 +46,9 @@ def quantize_arguments(p):
     p.add_argument("--embeddings", default="auto", choices=["auto", "float", *QUANT_PRECISIONS],
                    help="embedding + lm_head, weight-only (auto: int8, free in perplexity; int4 is smaller but costs "
                         "perplexity on small models)")
+    p.add_argument("--int8-gemm-outputs", action="store_true",
+                   help="INT8: quantize every GEMM's output too (INT8 in and out, the layout sparse INT8 tactics are "
+                        "reported to need); costs fidelity, see the README")
     p.add_argument("--tp", type=int, nargs="*", default=[1], help="TensorRT-LLM tensor-parallel sizes (none: skip)")
     options.calibration(p)
     options.eval_corpus(p)
@@ -59,7 +62,8 @@ def quantize(args) -> int:
     settings = {"precision": args.precision, "calibrator": args.calibrator, "percentile": args.percentile,
                 "smoothquant_alpha": args.smoothquant_alpha, "block_size": args.block_size,
                 "block_fallback": not args.no_block_fallback, "awq": args.awq, "gptq": args.gptq,
-                "activations": args.activations, "embeddings": args.embeddings}
+                "activations": args.activations, "embeddings": args.embeddings,
+                "gemm_outputs": args.int8_gemm_outputs}
     manifest = quantize_checkpoint(args.model, args.onnx_dir, args.out, settings, calib=args.calib,
                                    calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, seed=args.seed,
                                    tp_sizes=args.tp, parity_corpus=args.corpus, parity_windows=args.windows,
