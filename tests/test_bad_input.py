@@ -230,3 +230,11 @@ def test_a_copied_pruned_checkpoint_is_still_verified(capsys, pruned_tiny, tmp_p
     shutil.copytree(pruned_tiny, copy)
     code = main(["verify", str(copy)])
     assert code == 0 and "have their claimed pattern" in capsys.readouterr().out
+
+
+def test_int8_gemm_outputs_need_int8(capsys, pruned_tiny, exported_tiny, tmp_path):
+    onnx_dir, _ = exported_tiny
+    out = tmp_path / "q"
+    one_line(*run(capsys, "quantize", "--model", pruned_tiny, "--onnx-dir", onnx_dir, "--precision", "int4",
+                  "--int8-gemm-outputs", "--out", out), "--int8-gemm-outputs quantizes INT8 GEMMs' outputs")
+    assert leftovers(out) == []
