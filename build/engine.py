@@ -380,7 +380,7 @@ def _build_tensorrt(plan: EnginePlan, options: EngineOptions, onnx_path: Path, t
         engine = EngineFromNetwork(network, config=CreateConfig(**config), **save_cache)()
         SaveEngine(engine, str(tmp / ENGINE_FILE))()
     except Exception as exc:
-        raise EngineBuildError(_rejection(plan, tmp / BUILD_LOG, exc)) from None
+        raise EngineBuildError(_rejection(plan, _error_lines(tmp / BUILD_LOG) or [str(exc)])) from None
     finally:
         G_LOGGER.module_severity, G_LOGGER.log_file = previous
     seconds = time.perf_counter() - start
@@ -405,24 +405,17 @@ def _build_rtx(plan: EnginePlan, onnx_path: Path, tmp: Path, progress: bool) -> 
     from sparsetrt.artifacts import write_json
     from sparsetrt.build.layers import parse_layer_dump, precision_summary
 
-    spec = {"onnx": str(onnx_path), "engine": str(tmp / ENGINE_FILE), "log": str(tmp / BUILD_LOG),
-            "result": str(tmp / ".result.json"), "create_config": plan.create_config}
-    (tmp / ".spec.json").write_text(json.dumps(spec))
     what = f"TensorRT-RTX {plan.tensorrt_version} engine for {'+'.join(plan.targets)} ({plan.precision})"
     if progress:
         print(f"building {what} ...", flush=True)
-    status, seconds = _run_child([sys.executable, "-m", "sparsetrt.build.rtx", str(tmp / ".spec.json")],
-                                         progress)
-    result = json.loads((tmp / ".result.json").read_text()) if (tmp / ".result.json").is_file() else {"ok": False}
-    for scratch in (".spec.json", ".result.json"):
-        (tmp / scratch).unlink(missing_ok=True)
-    if status != 0 or not result.get("ok"):
-        raise EngineBuildError(_rejection(plan, tmp / BUILD_LOG, result.get("error") or f"exit status {status}"))
+    result = _run_rtx(onnx_path, plan.create_config, tmp, progress)
+    if not result["ok"]:
+        raise EngineBuildError(_rejection(plan, result["errors"]))
     layers = parse_layer_dump((tmp / BUILD_LOG).read_text(errors="replace"))
     summary = precision_summary(layers)
     write_json(tmp / LAYERS_FILE, {"source": "TensorRT-RTX build log (VERBOSE layer dump)", "summary": summary,
                                    "layers": layers})
-    return {"version": result["version"], "gpu": None, "seconds": result["seconds"], "wall_s": seconds,
+    return {"version": result["version"], "gpu": None, "seconds": result["seconds"],
             "peak_rss_mb": result["peak_rss_mb"], "bytes": result["bytes"], "layers_summary": summary,
             "sparsity": {"eligible": [], "picked": [], "eligible_not_picked": [], "inspector_sparse_tactics": [],
                          "in_effect": None, "warning": None, "verdict": RTX_SPARSITY_VERDICT}}
@@ -433,20 +426,30 @@ def rtx_accepts(onnx_path: Path, targets=("sm80",)) -> tuple[bool, list[str]]:
     inputs), and its error lines when not. Nothing is kept: the check behind `sparsetrt lint --build`."""
     import tempfile
 
+    config = {"sparse_weights": True, "profiling_verbosity": "DETAILED",
+              "compute_capabilities": [list(compute_capability(t)) for t in targets]}
     with tempfile.TemporaryDirectory(prefix="sparsetrt-rtx-check-") as scratch:
-        tmp = Path(scratch)
-        spec = {"onnx": str(onnx_path), "engine": str(tmp / ENGINE_FILE), "log": str(tmp / BUILD_LOG),
-                "result": str(tmp / "result.json"),
-                "create_config": {"sparse_weights": True, "profiling_verbosity": "DETAILED",
-                                  "compute_capabilities": [list(compute_capability(t)) for t in targets]}}
-        (tmp / "spec.json").write_text(json.dumps(spec))
-        status, _ = _run_child([sys.executable, "-m", "sparsetrt.build.rtx", str(tmp / "spec.json")], False)
-        result = json.loads((tmp / "result.json").read_text()) if (tmp / "result.json").is_file() else {}
-        if status == 0 and result.get("ok"):
-            return True, []
-        log = (tmp / BUILD_LOG).read_text(errors="replace") if (tmp / BUILD_LOG).is_file() else ""
-        errors = [line.strip() for line in log.splitlines() if line.startswith("[E]")]
-        return False, list(dict.fromkeys(errors)) or [str(result.get("error") or f"exit status {status}")]
+        result = _run_rtx(Path(onnx_path), config, Path(scratch), progress=False)
+    return result["ok"], result["errors"]
+
+
+def _run_rtx(onnx_path: Path, create_config: dict, tmp: Path, progress: bool) -> dict:
+    """One TensorRT-RTX build in its own process (sparsetrt.build.rtx) into `tmp` (model.engine, build.log): the
+    worker's result, with "errors", the builder's own [E] lines (or the worker's error), when it failed."""
+    spec_path, result_path = tmp / ".spec.json", tmp / ".result.json"
+    spec_path.write_text(json.dumps({"onnx": str(onnx_path), "engine": str(tmp / ENGINE_FILE),
+                                     "log": str(tmp / BUILD_LOG), "result": str(result_path),
+                                     "create_config": create_config}))
+    status, _ = _run_child([sys.executable, "-m", "sparsetrt.build.rtx", str(spec_path)], progress)
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    spec_path.unlink(missing_ok=True)
+    result_path.unlink(missing_ok=True)
+    result["ok"] = status == 0 and bool(result.get("ok"))
+    if not result["ok"]:
+        result["errors"] = _error_lines(tmp / BUILD_LOG) or [str(result.get("error") or f"exit status {status}")]
+    else:
+        result["errors"] = []
+    return result
 
 
 def _run_child(command: list[str], progress: bool, every_s: float = 15.0) -> tuple[int, float]:
@@ -468,13 +471,18 @@ def _run_child(command: list[str], progress: bool, every_s: float = 15.0) -> tup
             child.wait()
 
 
-def _rejection(plan: EnginePlan, log: Path, error) -> str:
+def _error_lines(log: Path) -> list[str]:
+    """The error lines ("[E] ...", node and op included) of a Polygraphy build log, each once."""
+    if not log.is_file():
+        return []
+    return list(dict.fromkeys(line.strip() for line in log.read_text(errors="replace").splitlines()
+                              if line.startswith("[E]")))
+
+
+def _rejection(plan: EnginePlan, errors: list[str]) -> str:
     """The builder's own error lines (node, op), for a graph it rejected."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.startswith("[E]")] \
-        if log.is_file() else []
     name = "TensorRT-RTX" if plan.flavour == "rtx" else "TensorRT"
-    shown = "\n".join(dict.fromkeys(lines[:8])) or str(error)
-    return f"{name} {plan.tensorrt_version} rejected {plan.onnx}:\n{shown}"
+    return f"{name} {plan.tensorrt_version} rejected {plan.onnx}:\n" + "\n".join(errors[:8])
 
 
 def _to_profile(profile_cls, profile: dict):
