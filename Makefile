@@ -34,7 +34,7 @@ help:
 	@echo "make serve          OpenAI-compatible server on 127.0.0.1:$(PORT) (MODEL=artifacts|smollm2-135m|dir, BACKEND=...)"
 	@echo "make bench-adaptive variant set (dense, 2:4, 2:4+INT8/INT4) timed here; bandits vs static variants on a mixed stream"
 	@echo "make serve ADAPTIVE=linucb      route each request to a variant of artifacts/variants (thompson|threshold too)"
-	@echo "make bench-serve    32 clients x 60 s against make serve, plus an overloaded queue (benchmarks/serve.md)"
+	@echo "make bench-serve    32 clients x 60 s, batched vs one at a time, fp32 + INT8, plus overload (benchmarks/serve.md)"
 	@echo "make bench-gpu      dense vs 2:4 GEMMs + end-to-end generation on a CUDA GPU (benchmarks/gpu.md)"
 	@echo "make docker-cpu     ONNX Runtime serving image; docker-runtime: TensorRT serving; docker-build: engine toolchain"
 	@echo "make bench          decode tok/s, TTFT, ITL p50/95/99, RSS, energy: PyTorch vs ORT fp32/INT8/INT4, dense vs 2:4"
@@ -101,8 +101,11 @@ serve: setup
 	$(BIN)/sparsetrt serve --model $(MODEL) --backend $(BACKEND) --port $(PORT) \
 		$(if $(ADAPTIVE),--adaptive $(ADAPTIVE) --variants $(VARIANTS)) $(ARGS)
 
+# Batched (--max-batch 8) and unbatched (--max-batch 1) servers per precision, fp32 and INT8 (the INT8 demo's
+# stages are run first when missing; finished ones are reused).
 bench-serve: setup
 	$(if $(DEMO_DONE),,$(MAKE) demo)
+	$(if $(wildcard $(ARTIFACTS)/int8/quantize.json),,$(MAKE) demo PRECISION=int8)
 	$(BIN)/sparsetrt bench-serve --model $(ARTIFACTS) --backend $(BACKEND) --out benchmarks $(ARGS)
 
 # The variant set from the INT8/INT4 demo configs plus the dense baseline (finished stages are reused), each timed

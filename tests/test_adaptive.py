@@ -422,6 +422,43 @@ def test_serve_adaptive_routes_requests_and_counts_decisions(tiny_variants):
     assert sum(json.loads((root / "state.json").read_text())["decisions"]) == 6
 
 
+def test_serve_adaptive_batches_per_variant_and_moves_escalated_rows(tiny_variants):
+    """Concurrent requests batched per variant (some escalated mid-generation into dense's batch) produce what each
+    gets served alone. The escalation rule is patched to a deterministic function of the token's entropy, so the
+    same tokens escalate however requests are batched."""
+    import concurrent.futures
+
+    import httpx
+    from serve_support import LiveServer
+
+    root, _ = tiny_variants
+    prompts = [f"def f{i}(x):" + " return x" * i for i in range(8)]
+
+    def serve_all(max_batch: int):
+        (root / "state.json").unlink(missing_ok=True)
+        served = adaptive_served(root, policy="static", static_arm="2:4-fp32", escalation=True, audit_fraction=0.0)
+        with LiveServer(served, max_batch=max_batch) as live:
+            controller = live.app.state.worker.runner.controller
+            controller.escalate = lambda arm, entropy: arm != controller.arms.dense and int(entropy * 10) % 3 == 0
+
+            def call(i):
+                time.sleep(0.03 * i)
+                body = {"prompt": prompts[i], "max_tokens": 12, "temperature": 0}
+                return httpx.post(f"{live.url}/v1/completions", json=body, timeout=120).json()["choices"][0]["text"]
+
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                texts = list(pool.map(call, range(8)))
+            return texts, live.metric("sparsetrt_adaptive_escalations_total"), \
+                live.metric("sparsetrt_batch_size_sum") / live.metric("sparsetrt_batch_size_count")
+
+    alone, escalated_alone, _ = serve_all(1)
+    batched, escalated, mean_batch = serve_all(8)
+    assert batched == alone and escalated == escalated_alone
+    # a third of the tokens escalate: a request escalates at its prompt's last position (inside open_request) one
+    # time in three, so most of the escalations moved a decoding row into dense's batch
+    assert escalated >= 4 and mean_batch > 1.5
+
+
 def test_serve_adaptive_with_a_corrupt_state_starts_fresh(tiny_variants, caplog):
     from serve_support import LiveServer
 

@@ -118,7 +118,8 @@ def test_run_pipeline_on_smollm2(smollm2_artifacts, tmp_path):
 @needs_embedded
 def test_serve_finishes_in_flight_requests_on_sigterm_and_exits_0(smollm2_artifacts):
     """`sparsetrt serve` on the real model (ONNX Runtime, the artifacts' fp32 ONNX): SIGTERM while two streamed
-    requests run and one waits in the queue; all three finish with [DONE], new connections are refused, exit 0."""
+    requests run in the batch (--max-batch 2) and one waits in the queue; all three finish with [DONE], new
+    connections are refused, exit 0."""
     import concurrent.futures
     import signal
     import time
@@ -128,7 +129,8 @@ def test_serve_finishes_in_flight_requests_on_sigterm_and_exits_0(smollm2_artifa
 
     port = free_port()
     exe = Path(sys.executable).with_name("sparsetrt")
-    server = subprocess.Popen([str(exe), "serve", "--model", str(smollm2_artifacts), "--port", str(port)],
+    server = subprocess.Popen([str(exe), "serve", "--model", str(smollm2_artifacts), "--port", str(port),
+                               "--max-batch", "2"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -149,7 +151,7 @@ def test_serve_finishes_in_flight_requests_on_sigterm_and_exits_0(smollm2_artifa
 
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             results = [pool.submit(stream, i) for i in range(3)]
-            first_chunk[0].result(timeout=120)  # the first request is generating; the others are queued
+            first_chunk[0].result(timeout=120)  # the first request is generating; the third waits for a row
             server.send_signal(signal.SIGTERM)
             time.sleep(0.5)
             with pytest.raises(httpx.TransportError):

@@ -10,7 +10,10 @@ its streaming, limits and metrics stay as they are. Per request:
 4. after the request, an audited one (the controller's audit fraction) is run once through the dense variant,
    teacher-forced over prompt + output: quality = minus the mean NLL the serving variant gave to dense's own
    choices, for the chosen arm and for dense; the state file is then saved (atomically).
-One model thread serves one request at a time (GenerationWorker), so the runner holds one request's state.
+The server batches continuously with one batch per variant (sparsetrt.runtime.serve.scheduler): it calls
+open_request / after_token / close_request with each request's own state. The single-request interface
+(begin_request, empty_cache, step, finish_request: the generation loop's, used by the server's warm-up and by
+`generate`-style callers) keeps one request's state on the runner.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ class _Request:
     logp_rows: list = field(default_factory=list)    # audited: log-probs of every served position
     entropies: list = field(default_factory=list)    # entropy of each served position before any escalation
     argmaxes: list = field(default_factory=list)
-    model_s: float = 0.0                             # every forward pass of this request
+    model_s: float = 0.0                             # every forward pass of this request (its share of a batch)
     probe_s: float = 0.0                             # the probe's prefill and features
+    live: bool = False                               # a client's request (the warm-up decides and learns nothing)
 
 
 class AdaptiveRunner:
@@ -68,8 +72,9 @@ class AdaptiveRunner:
 
     def empty_cache(self, batch: int):
         if batch != 1:
-            raise SparsetrtError("adaptive serving routes one request at a time (batch 1)")
-        self.request = _Request(self.default_new_tokens)
+            raise SparsetrtError("this interface routes one request at a time (batch 1); batches route per request "
+                                 "through open_request")
+        self.request = _Request(self.default_new_tokens, live=self.live)
         return self.request
 
     def synchronize(self) -> None:
@@ -89,6 +94,30 @@ class AdaptiveRunner:
         request.model_s += time.perf_counter() - start
         return logits, request
 
+    # -- the batching scheduler's interface: the request's state travels with its row -----------------------------
+    def open_request(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[_Request, np.ndarray]:
+        """Route a new request: (its state, with .arm and .cache of the chosen variant's prefill; the logits of the
+        prompt's last position [1, vocab])."""
+        request = _Request(max_new_tokens, live=True)
+        ids = np.asarray([prompt_ids], dtype=np.int64)
+        start = time.perf_counter()
+        logits = self._prefill(request, ids, np.ones_like(ids))
+        request.model_s += time.perf_counter() - start
+        return request, logits
+
+    def after_token(self, request: _Request, fed: int, logits: np.ndarray, step_share_s: float) -> np.ndarray:
+        """After a batched decode step that fed `fed`: record, maybe escalate (then .arm is dense's and .cache the
+        dense prefill of everything so far, and the logits are dense's). `step_share_s`: this row's share of the
+        step, what the cost feedback counts for it."""
+        request.ids.append(fed)
+        start = time.perf_counter()
+        logits = self._after_step(request, logits)
+        request.model_s += step_share_s + time.perf_counter() - start
+        return logits
+
+    def close_request(self, request: _Request, tokens: list[int]) -> None:
+        self._finish(request, tokens)
+
     # -- routing ------------------------------------------------------------------------------------------------
     def predicted_relative(self, prompt_tokens: int, new_tokens: int) -> np.ndarray:
         return decision_costs(self.cost_models, self.arms.dense, self.arms.probe, prompt_tokens, new_tokens)
@@ -101,7 +130,7 @@ class AdaptiveRunner:
         prompt_logits, probe_cache = probe.prefill(ids, mask)
         request.features = probe_features(prompt_logits[0], ids[0])
         request.probe_s = time.perf_counter() - start
-        if not self.live:  # warm-up: run every variant once (ORT optimises on first use), decide and learn nothing
+        if not request.live:  # warm-up: run every variant once (ORT optimises on first use), decide and learn nothing
             for runner in self.runners:
                 runner.prefill(ids, mask)
             request.arm = request.first_arm = self.arms.probe
@@ -143,6 +172,9 @@ class AdaptiveRunner:
     def finish_request(self, tokens: list[int]) -> None:
         """After the loop: audit (when drawn), learn, save the state. `tokens`: what was served."""
         request, self.request, self.live = self.request, None, False
+        self._finish(request, tokens)
+
+    def _finish(self, request: _Request | None, tokens: list[int]) -> None:
         if request is None or request.arm is None or not tokens:
             return
         new = len(tokens)

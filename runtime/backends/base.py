@@ -67,3 +67,62 @@ def graph_interface(graph) -> dict:
 
     return decoder_geometry({i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
                              for i in graph.input})
+
+
+# -- rows of a KV cache: what continuous batching (sparsetrt.runtime.serve.scheduler) does between steps ----------
+# A cache is a list of [batch, kv_heads, past, head_dim] arrays (numpy for ONNX Runtime, torch on the GPU for
+# TensorRT) or a transformers DynamicCache (PyTorch). Rows are right-aligned: a row's real positions are the last
+# ones, the columns before them are left padding that its attention mask zeroes. Padding K/V with zeros is exact:
+# a masked position gets exactly zero weight in the softmax, whatever it holds.
+
+def cache_tensors(cache) -> list:
+    """The cache's arrays in a fixed order (keys and values of every layer)."""
+    if isinstance(cache, list):
+        return cache
+    return [t for layer in cache.layers for t in (layer.keys, layer.values)]
+
+
+def _with_tensors(cache, tensors: list):
+    """`cache` holding `tensors` instead (a list is rebuilt; a DynamicCache's layers are updated in place)."""
+    if isinstance(cache, list):
+        return tensors
+    for layer, keys, values in zip(cache.layers, tensors[::2], tensors[1::2], strict=True):
+        layer.keys, layer.values = keys, values
+    return cache
+
+
+def _left_pad(array, columns: int):
+    if columns == 0:
+        return array
+    if isinstance(array, np.ndarray):
+        return np.pad(array, ((0, 0), (0, 0), (columns, 0), (0, 0)))
+    import torch.nn.functional as F
+
+    return F.pad(array, (0, 0, columns, 0))
+
+
+def _concat(arrays: list):
+    if isinstance(arrays[0], np.ndarray):
+        return np.concatenate(arrays, axis=0)
+    import torch
+
+    return torch.cat(arrays, dim=0)
+
+
+def join_caches(first, first_past: int, second, second_past: int):
+    """One cache holding the rows of `first` then those of `second`, the shorter past left-padded to the longer."""
+    width = max(first_past, second_past)
+    joined = [_concat([_left_pad(a, width - first_past), _left_pad(b, width - second_past)])
+              for a, b in zip(cache_tensors(first), cache_tensors(second), strict=True)]
+    return _with_tensors(first, joined)
+
+
+def select_cache_rows(cache, rows: list[int], drop_columns: int = 0):
+    """The cache of `rows` only, without its first `drop_columns` past columns (padding no kept row needs)."""
+    if isinstance(cache_tensors(cache)[0], np.ndarray):
+        index = np.asarray(rows)
+    else:
+        import torch
+
+        index = torch.as_tensor(rows, device=cache_tensors(cache)[0].device)
+    return _with_tensors(cache, [a[index][:, :, drop_columns:] for a in cache_tensors(cache)])

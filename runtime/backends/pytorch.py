@@ -57,7 +57,9 @@ class TorchRunner:
     def empty_cache(self, batch: int):
         from transformers import DynamicCache
 
-        return DynamicCache(config=self.model.config)
+        # Full-length layers, as the export traces them: a sliding-window layer crops its past, which rows joined
+        # into a running batch (serve's continuous batching) cannot be; the attention mask applies the window.
+        return DynamicCache()
 
     def step(self, input_ids, attention_mask, position_ids, cache):
         def tensor(a):

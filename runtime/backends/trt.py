@@ -61,6 +61,7 @@ class TensorRTRunner(GraphRunner):
     The KV cache stays on the GPU as torch tensors; profile 0 serves prefill (empty past), profile 1 decode."""
 
     backend = "tensorrt"
+    chunked_prefill = False  # the decode profile takes one token: a prompt is prefilled whole (profile 0)
 
     def __init__(self, engine_path: Path):
         sidecar_path = Path(engine_path).parent / SIDECAR_FILE
@@ -75,6 +76,7 @@ class TensorRTRunner(GraphRunner):
         from polygraphy.backend.trt import TrtRunner
 
         super().__init__(self.sidecar["graph"])
+        self.max_batch = self.sidecar["options"]["max_batch"]  # the profiles' largest batch: serving caps at it
         self.cache_dtype = torch.float16 if self.sidecar["source_onnx"]["float_type"] == "float16" else torch.float32
         self.cache_path = Path(engine_path).parent / RUNTIME_CACHE_FILE
         self.runtime_cache = None

@@ -5,8 +5,10 @@
   GET  /health           200 once the model is loaded and warmed up; 503 while loading, draining or failed
   GET  /metrics          Prometheus text (sparsetrt.runtime.serve.metrics)
 
-Requests wait in a bounded queue in front of one model thread (sparsetrt.runtime.serve.worker): a full queue
-answers 429 at once, a request that outlives --request-timeout gets 503 (still queued) or 504 (generating).
+Requests wait in a bounded queue in front of one model thread (sparsetrt.runtime.serve.worker), which batches
+them continuously (sparsetrt.runtime.serve.scheduler: admitted at step boundaries, --max-batch rows within
+--max-batch-tokens of KV cache, prompts prefilled in --prefill-chunk pieces). A full queue answers 429 at once;
+a request that outlives --request-timeout gets 503 (still queued) or 504 (generating).
 Every error is JSON in OpenAI's shape, {"error": {"message", "type", "param", "code"}}. SIGTERM stops
 accepting connections, lets queued and running requests finish, then exits 0.
 """
@@ -28,7 +30,9 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sparsetrt.runtime.generate import Sampling
-from sparsetrt.runtime.serve.worker import GenerationWorker, Job, ServeError, seed_for
+from sparsetrt.runtime.serve.errors import ServeError
+from sparsetrt.runtime.serve.scheduler import BatchLimits
+from sparsetrt.runtime.serve.worker import GenerationWorker, Job, seed_for
 
 log = logging.getLogger("sparsetrt.serve")
 
@@ -38,6 +42,9 @@ class ServeSettings:
     host: str = "127.0.0.1"            # loopback unless told otherwise: exposing a model is a deliberate act
     port: int = 8000
     max_queue: int = 64                # requests waiting for the model thread; one more gets 429
+    max_batch: int = 8                 # rows decoded together (1 = one request at a time)
+    max_batch_tokens: int = 16384      # KV-cache positions of the running batch (rows x widest prompt+max_tokens)
+    prefill_chunk: int = 256           # prompt tokens prefilled per scheduler turn (0 = whole prompts)
     request_timeout_s: float = 120.0   # queue wait + generation
     max_tokens_limit: int = 256        # largest max_tokens a request may ask for
     max_body_bytes: int = 256 * 1024
@@ -47,14 +54,19 @@ class ServeSettings:
     def validate(self) -> "ServeSettings":
         from sparsetrt.errors import SparsetrtError
 
-        for name in ("max_queue", "max_tokens_limit", "max_body_bytes"):
+        for name in ("max_queue", "max_tokens_limit", "max_body_bytes", "max_batch", "max_batch_tokens"):
             if getattr(self, name) < 1:
                 raise SparsetrtError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.prefill_chunk < 0:
+            raise SparsetrtError("--prefill-chunk must be >= 0 (0 = whole prompts)")
         if self.request_timeout_s <= 0:
             raise SparsetrtError("--request-timeout must be > 0 seconds")
         if not 0 <= self.port < 65536:
             raise SparsetrtError(f"--port {self.port} is not a TCP port (0-65535)")
         return self
+
+    def batch_limits(self) -> BatchLimits:
+        return BatchLimits(self.max_batch, self.max_batch_tokens, self.prefill_chunk)
 
 
 # JSON allows "\ud800" escapes that decode to half a UTF-16 pair: no tokenizer or UTF-8 encoder accepts them.
@@ -92,7 +104,7 @@ def create_app(served, settings: ServeSettings, worker: GenerationWorker | None 
 
     energy, energy_note = nvml_energy_counter(served.backend)
     metrics = ServeMetrics(served.backend, served.name, served.precision, sparsetrt.__version__, energy)
-    worker = worker or GenerationWorker(served, settings.max_queue)
+    worker = worker or GenerationWorker(served, settings.max_queue, limits=settings.batch_limits())
     worker.metrics, worker.on_failure = metrics, on_failure
 
     @asynccontextmanager
@@ -134,7 +146,7 @@ def create_app(served, settings: ServeSettings, worker: GenerationWorker | None 
     async def health():
         body = {"status": worker.state, **served.describe(),
                 "max_tokens_limit": settings.max_tokens_limit, "queued": worker.queued(),
-                "max_queue": settings.max_queue, "energy": energy_note}
+                "max_queue": settings.max_queue, "batch": worker.load(), "energy": energy_note}
         if worker.failure:
             body["error"] = worker.failure
         return JSONResponse(body, status_code=200 if worker.state == "ready" else 503)
@@ -203,6 +215,10 @@ def make_job(body: CompletionRequest, served, settings: ServeSettings, worker, l
         raise ServeError(400, f"prompt ({len(ids)} tokens) + max_tokens ({body.max_tokens}) is over the model's "
                               f"context of {served.max_context_tokens} tokens", param="max_tokens",
                          code="context_length_exceeded")
+    if len(ids) + body.max_tokens > settings.max_batch_tokens:
+        raise ServeError(400, f"prompt ({len(ids)} tokens) + max_tokens ({body.max_tokens}) is over this server's "
+                              f"--max-batch-tokens of {settings.max_batch_tokens}", param="max_tokens",
+                         code="batch_tokens_exceeded")
     sampling = Sampling(max_new_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
                         seed=seed_for(body.seed))
     return Job(prompt_ids=list(ids), sampling=sampling, stop_texts=tuple(stops),

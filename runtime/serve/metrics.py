@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily
 # Seconds; TTFT on a CPU reaches seconds under load, inter-token latency is milliseconds.
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 class ServeMetrics:
@@ -46,8 +47,15 @@ class ServeMetrics:
                                        "because the client disconnected", names, registry=self.registry))
         self.queue_depth = bound(Gauge("sparsetrt_queue_depth", "Requests waiting for the model thread", names,
                                        registry=self.registry))
-        self.running = bound(Gauge("sparsetrt_running_requests", "Requests the model thread is generating for",
-                                   names, registry=self.registry))
+        self.running = bound(Gauge("sparsetrt_running_requests", "Requests in the running batch (prefilling or "
+                                   "decoding)", names, registry=self.registry))
+        self.batch_size = bound(Histogram("sparsetrt_batch_size", "Rows in each decode step of the running batch",
+                                          names, buckets=BATCH_BUCKETS, registry=self.registry))
+        self.batch_tokens = bound(Gauge("sparsetrt_batch_kv_tokens", "KV-cache positions the running batch holds "
+                                        "(rows x widest past, padding included)", names, registry=self.registry))
+        self.repack = bound(Gauge("sparsetrt_batch_repack_seconds", "Model-thread seconds spent joining new rows "
+                                  "into the batch's KV cache and compacting it when rows retire (since start)",
+                                  names, registry=self.registry))
         Info("sparsetrt_server", "What this server serves", registry=self.registry).info(
             {**labels, "precision": precision, "version": version})
         if energy_counter is not None:
@@ -78,9 +86,13 @@ class ServeMetrics:
     def count_error(self, code: int, kind: str) -> None:
         self._errors.labels(**self._labels, code=str(code), type=kind).inc()
 
-    def set_load(self, queued: int, running: int) -> None:
+    def set_load(self, queued: int, running: int | None = None, batch_tokens: int | None = None,
+                 repack_s: float | None = None) -> None:
+        """What changed: the queue always, the batch's gauges when the model thread reports them."""
         self.queue_depth.set(queued)
-        self.running.set(running)
+        for gauge, value in ((self.running, running), (self.batch_tokens, batch_tokens), (self.repack, repack_s)):
+            if value is not None:
+                gauge.set(value)
 
     def observe_completion(self, done) -> None:
         """A finished request (serve.worker.Completion)."""
@@ -135,3 +147,27 @@ def scrape_counts(text: str) -> dict:
             elif sample.name == "sparsetrt_generated_tokens_total":
                 counts["generated_tokens"] += sample.value
     return counts
+
+
+def scrape_batching(text: str) -> dict:
+    """From a /metrics page: decode steps, mean rows per step, the cumulative batch-size buckets {upper edge:
+    steps}, mean inter-token latency and the model thread's re-packing seconds."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {"sparsetrt_batch_size_count": 0.0, "sparsetrt_batch_size_sum": 0.0,
+              "sparsetrt_inter_token_seconds_count": 0.0, "sparsetrt_inter_token_seconds_sum": 0.0,
+              "sparsetrt_batch_repack_seconds": 0.0}
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sparsetrt_batch_size_bucket" and sample.labels["le"] != "+Inf":
+                edge = float(sample.labels["le"])
+                buckets[edge] = buckets.get(edge, 0.0) + sample.value
+            elif sample.name in values:
+                values[sample.name] += sample.value
+    steps = values["sparsetrt_batch_size_count"]
+    tokens = values["sparsetrt_inter_token_seconds_count"]
+    return {"steps": steps, "mean_batch": values["sparsetrt_batch_size_sum"] / steps if steps else float("nan"),
+            "batch_buckets": buckets,
+            "itl_mean_s": values["sparsetrt_inter_token_seconds_sum"] / tokens if tokens else float("nan"),
+            "repack_s": values["sparsetrt_batch_repack_seconds"]}

@@ -1,9 +1,10 @@
-"""The server's one model thread: a bounded queue of jobs in front of a single runner.
+"""The server's one model thread: a bounded queue of jobs in front of a single runner, batched continuously.
 
 Why one thread: every backend runner (an ORT session, a TensorRT execution context) is driven from one place
-and already uses the machine's cores (or the GPU) inside a step, so a second concurrent generation would only
-split them. The HTTP side stays on the event loop and never blocks on the model; a job hands its events (text
-deltas, then one `done` or `error`) back to the loop with call_soon_threadsafe.
+and already uses the machine's cores (or the GPU) inside a step, so a second concurrent step would only split
+them; concurrency comes from batching rows into each step instead (sparsetrt.runtime.serve.scheduler). The HTTP
+side stays on the event loop and never blocks on the model; a job hands its events (text deltas, then one `done`
+or `error`) back to the loop with call_soon_threadsafe.
 """
 
 from __future__ import annotations
@@ -18,23 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sparsetrt.runtime.generate import Sampling, stop_tokens_of, token_stream
+from sparsetrt.runtime.serve.errors import ServeError
+from sparsetrt.runtime.serve.scheduler import END, BatchLimits, BatchScheduler
 
 log = logging.getLogger("sparsetrt.serve")
 
 WARMUP_PROMPT = "The capital of France is"
-
-
-class ServeError(Exception):
-    """An error with the HTTP status and OpenAI error type it is reported with."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 @dataclass
@@ -99,13 +89,15 @@ class GenerationWorker:
     """state: loading -> ready -> draining -> stopped (or failed). submit() raises ServeError when the job cannot
     be queued; everything after that arrives as events on the job."""
 
-    def __init__(self, served, max_queue: int, metrics=None, warmup_tokens: int = 4):
+    def __init__(self, served, max_queue: int, metrics=None, warmup_tokens: int = 4,
+                 limits: BatchLimits | None = None):
         self.served, self.metrics, self.warmup_tokens = served, metrics, warmup_tokens
+        self.limits = limits or BatchLimits()
         self.jobs: queue.Queue = queue.Queue(maxsize=max_queue)
         self.max_queue = max_queue
         self.state = "loading"
         self.failure: str | None = None
-        self.running = 0
+        self.scheduler: BatchScheduler | None = None
         self.tokenizer = None
         self.request_tokenizer = None  # the HTTP side's own copy: a tokenizer is not shared across threads
         self.on_failure = None         # called (from the model thread) when the model cannot be loaded
@@ -115,12 +107,13 @@ class GenerationWorker:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish the queue, then end the thread (the HTTP server has stopped taking requests by now). A model
-        still loading is not waited for: nothing can be queued yet, and the thread dies with the process."""
+        """Finish the queue and the running batch, then end the thread (the HTTP server has stopped taking
+        requests by now). A model still loading is not waited for: nothing can be queued yet, and the thread dies
+        with the process."""
         if self.state in ("loading", "failed"):
             return
         self.drain()
-        self.jobs.put(None)  # blocks only while the queue is full, i.e. until the worker takes the next job
+        self.jobs.put(END)  # blocks only while the queue is full, i.e. until the scheduler takes the next job
         self._thread.join(timeout)
         if self.state != "failed":
             self.state = "stopped"
@@ -141,14 +134,22 @@ class GenerationWorker:
         except queue.Full:
             raise ServeError(429, f"server busy: {self.max_queue} requests are already queued; retry later",
                              "rate_limit_exceeded", code="queue_full", headers={"Retry-After": "1"}) from None
-        self._gauge()
+        self.gauge()
 
     def queued(self) -> int:
-        return self.jobs.qsize()
+        return self.scheduler.queued() if self.scheduler else self.jobs.qsize()
 
-    def _gauge(self) -> None:
+    def load(self) -> dict:
+        """What /health shows of the running batch."""
+        if self.scheduler is None:
+            return {"running": 0, "batch_tokens": 0, "peak_batch_tokens": 0, **vars(self.limits)}
+        return {"running": self.scheduler.active_rows(), "batch_tokens": self.scheduler.batch_tokens(),
+                "peak_batch_tokens": self.scheduler.peak_batch_tokens, **vars(self.scheduler.limits)}
+
+    def gauge(self, running: int | None = None, batch_tokens: int | None = None) -> None:
         if self.metrics:
-            self.metrics.set_load(self.jobs.qsize(), self.running)
+            self.metrics.set_load(self.queued(), running, batch_tokens,
+                                  self.scheduler.repack_s if self.scheduler else None)
 
     def _main(self) -> None:
         try:
@@ -163,8 +164,9 @@ class GenerationWorker:
             ids = self.tokenizer(WARMUP_PROMPT)["input_ids"]
             for _ in token_stream(self.runner, [ids], Sampling(max_new_tokens=self.warmup_tokens), self.pad_id):
                 pass
+            self.scheduler = BatchScheduler(self, self.limits)
             log.info("model ready", extra={"event": "ready", "load_s": round(time.monotonic() - start, 2),
-                                           "model": self.served.describe()})
+                                           "model": self.served.describe(), "batching": vars(self.scheduler.limits)})
             self.state = "ready"
         except Exception as exc:  # reported by /health and every request, never a silent dead thread
             self.failure = f"{type(exc).__name__}: {exc}"
@@ -173,88 +175,22 @@ class GenerationWorker:
             if self.on_failure:
                 self.on_failure()
             return
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            self.running = 1
-            self._gauge()
-            try:
-                self._run(job)
-            except Exception as exc:  # a failing request must not take the worker down with it
-                log.exception("generation failed", extra={"event": "generation_failed"})
-                job.emit("error", ServeError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error"))
-            finally:
-                self.running = 0
-                self._gauge()
+        self.scheduler.run()
 
-    def _run(self, job: Job) -> None:
-        started = time.monotonic()
-        if job.cancelled.is_set():
-            self._cancelled(0)
-            return  # the client went away while queued
-        if started > job.deadline:
-            job.emit("error", ServeError(503, f"request timed out after {started - job.submitted:.1f} s in the "
-                                              "queue; retry later or raise --request-timeout", "timeout",
-                                         code="queue_timeout", headers={"Retry-After": "1"}))
-            return
-        sampling = Sampling(max_new_tokens=job.sampling.max_new_tokens, temperature=job.sampling.temperature,
-                            top_p=job.sampling.top_p, seed=job.sampling.seed, stop_tokens=self.stop_ids)
-        text = TextAssembler(self.tokenizer, job.stop_texts)
-        finish, produced, first, last = "length", 0, None, None
-        served_tokens: list[int] = []
-        ended_normally = False
-        routed = hasattr(self.runner, "finish_request")  # adaptive serving learns from each finished request
-        if routed:
-            self.runner.begin_request(sampling.max_new_tokens)
-        steps = token_stream(self.runner, [job.prompt_ids], sampling, self.pad_id)
-        try:
-            for token_row in steps:
-                now = time.monotonic()
-                if first is None:
-                    first = now
-                elif self.metrics:
-                    self.metrics.inter_token.observe(now - last)
-                last = now
-                token = int(token_row[0])
-                produced += 1
-                served_tokens.append(token)
-                if token in self.stop_ids:
-                    finish = "stop"
-                    break
-                delta, stopped = text.add(token)
-                if delta:
-                    job.emit("text", delta)
-                if stopped:
-                    finish = "stop"
-                    break
-                if job.cancelled.is_set():
-                    self._cancelled(produced)
-                    return
-                if now > job.deadline and produced < sampling.max_new_tokens:
-                    job.emit("error", ServeError(504, f"request timed out after {now - job.submitted:.1f} s with "
-                                                      f"{produced} tokens generated; ask for fewer tokens or raise "
-                                                      "--request-timeout", "timeout", code="generation_timeout"))
-                    return
-            ended_normally = True
-        finally:
-            steps.close()
-            if routed and not ended_normally:  # cancelled, timed out or failed: still close the routed request
-                self.runner.finish_request(served_tokens)
-        if finish == "length":
-            tail = text.flush()
-            if tail:
-                job.emit("text", tail)
-        completion = Completion(finish, len(job.prompt_ids), produced, queue_s=started - job.submitted,
-                                ttft_s=(first or time.monotonic()) - job.submitted)
-        job.emit("done", completion)
-        if self.metrics:
-            self.metrics.observe_completion(completion)
-        if routed:  # after "done": the client does not wait for an audit's dense pass
-            self.runner.finish_request(served_tokens)
+    # -- what the scheduler asks of the server --------------------------------------------------------------------
+    def sampling_for(self, job: Job) -> Sampling:
+        return Sampling(max_new_tokens=job.sampling.max_new_tokens, temperature=job.sampling.temperature,
+                        top_p=job.sampling.top_p, seed=job.sampling.seed, stop_tokens=self.stop_ids)
 
+    def assembler_for(self, job: Job) -> TextAssembler:
+        return TextAssembler(self.tokenizer, job.stop_texts)
 
-    def _cancelled(self, produced: int) -> None:
+    @staticmethod
+    def completion(job: Job, finish: str, produced: int, started: float, first: float) -> Completion:
+        return Completion(finish, len(job.prompt_ids), produced, queue_s=started - job.submitted,
+                          ttft_s=first - job.submitted)
+
+    def cancelled(self, job: Job, produced: int) -> None:
         log.info("client left; request dropped", extra={"event": "cancelled", "tokens_generated": produced})
         if self.metrics:
             self.metrics.cancelled.inc()

@@ -92,7 +92,9 @@ def schedule(args) -> int:
 def serve_bench_arguments(p):
     p.add_argument("--model", default="artifacts", help="what `serve --model` gets (default: the demo's artifacts)")
     p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
-    p.add_argument("--precision", default="auto", choices=SERVE_PRECISIONS)
+    p.add_argument("--precisions", default="fp32,int8",
+                   help=f"comma-separated, of {', '.join(SERVE_PRECISIONS[1:])}: a batched and an unbatched server each")
+    p.add_argument("--max-batch", type=int, default=8, help="the batching servers' --max-batch")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--duration", type=float, default=60.0, help="seconds of the load phase")
     p.add_argument("--max-tokens", type=int, default=32)
@@ -105,8 +107,15 @@ def serve_bench_arguments(p):
 def serve_bench(args) -> int:
     from sparsetrt.runtime.bench.serve import ServeBenchSettings, run_serve_bench, summary_lines
 
-    settings = ServeBenchSettings(model=args.model, backend=args.backend, precision=args.precision,
-                                  clients=args.clients, duration_s=args.duration, max_tokens=args.max_tokens,
+    precisions = tuple(options.comma_list(args.precisions))
+    if not precisions or any(p not in SERVE_PRECISIONS[1:] for p in precisions):
+        raise SparsetrtError(f"--precisions {args.precisions}: use a comma-separated list of "
+                             f"{', '.join(SERVE_PRECISIONS[1:])}")
+    if args.max_batch < 2:
+        raise SparsetrtError("--max-batch must be >= 2 (the unbatched server, --max-batch 1, is run beside it)")
+    settings = ServeBenchSettings(model=args.model, backend=args.backend, precisions=precisions,
+                                  max_batch=args.max_batch, clients=args.clients, duration_s=args.duration,
+                                  max_tokens=args.max_tokens,
                                   overload_queue=args.overload_queue, overload_duration_s=args.overload_duration)
     report = run_serve_bench(settings, Path(args.out), Path(args.work))
     print("\n".join(summary_lines(report, Path(args.out))))

@@ -24,6 +24,15 @@ def serve_arguments(p):
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; 0.0.0.0 in containers)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting for the model; one more gets 429")
+    batching = p.add_argument_group("continuous batching")
+    batching.add_argument("--max-batch", type=int, default=8,
+                          help="requests decoded together; new ones join at step boundaries (1 = one at a time)")
+    batching.add_argument("--max-batch-tokens", type=int, default=16384,
+                          help="KV-cache positions the running batch may hold: rows x the largest prompt + "
+                               "max_tokens among them (bounds its memory)")
+    batching.add_argument("--prefill-chunk", type=int, default=256,
+                          help="prompt tokens prefilled per step, between decode steps of the running batch, so a "
+                               "long prompt does not stall the streams (0 = whole prompts)")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per request, queue wait included")
     p.add_argument("--max-tokens-limit", type=int, default=256, help="largest max_tokens a request may ask for")
     p.add_argument("--max-prompt-tokens", type=int,
@@ -57,7 +66,8 @@ def serve(args) -> int:
     from sparsetrt.runtime.serve.app import ServeSettings, serve
     from sparsetrt.runtime.serve.served_model import resolve_served_model
 
-    settings = ServeSettings(host=args.host, port=args.port, max_queue=args.max_queue,
+    settings = ServeSettings(host=args.host, port=args.port, max_queue=args.max_queue, max_batch=args.max_batch,
+                             max_batch_tokens=args.max_batch_tokens, prefill_chunk=args.prefill_chunk,
                              request_timeout_s=args.request_timeout, max_tokens_limit=args.max_tokens_limit,
                              max_body_bytes=args.max_body_bytes, graceful_timeout_s=args.graceful_timeout,
                              log_level=args.log_level).validate()
