@@ -1,4 +1,5 @@
-"""Pruning: N:M and unstructured masks by magnitude, Wanda and SparseGPT, applied layer by layer."""
+"""Pruning: N:M and unstructured masks by magnitude, Wanda and SparseGPT, applied layer by layer; structured
+width/depth pruning into smaller dense checkpoints (shrink, with its estimators in importance)."""
 
 from sparsetrt.prune.magnitude import magnitude_prune
 from sparsetrt.prune.masks import Pattern, nm_violations, parse_pattern, zero_fraction

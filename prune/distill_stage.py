@@ -34,7 +34,8 @@ STATE_SIDECAR = "state.json"  # fingerprint and progress of state.pt, readable w
 def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data: str = "auto",
                        settings: DistillSettings | None = None, overwrite: bool = False, reuse: bool = False,
                        progress: bool = True, stop_after: int | None = None) -> dict:
-    """Distill `teacher` into the pruned `student` directory; write the result into `out`.
+    """Distill `teacher` into the `student` directory (pruned: its zeros held fixed; or shrunk: dense and smaller);
+    write the result into `out`.
 
     `stop_after` ends the run after that many steps of this invocation, leaving a resume state, as a kill
     would (used by the tests and by anyone splitting a run over sessions)."""
@@ -45,7 +46,7 @@ def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data:
 
     settings = (settings or DistillSettings()).validate()
     student = Path(student)
-    sparsity = load_manifest(student)
+    manifest_name, sparsity = student_manifest(student)
     refuse_evaluation_split(data)
     corpus = load_corpus(data, "valid")
     run_settings = {"teacher": str(teacher), "student": str(student), "student_fingerprint": sparsity.get("fingerprint"),
@@ -63,11 +64,11 @@ def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data:
     started = time.perf_counter()
     teacher_lm, _ = load_model(resolve_checkpoint(teacher))
     student_lm, tokenizer = load_model(student)
-    check_same_shapes(teacher_lm, student_lm)
+    check_compatible(teacher_lm, student_lm, settings.hidden_weight)
     teacher_lm.eval()
     student_lm.train()
     tokens = tokenize_corpus(tokenizer, corpus)
-    masks = masks_of(student_lm, sparsity["modules"])
+    masks = masks_of(student_lm, sparsity.get("modules", {}))  # a shrunk, dense student holds no zeros
     params = trainable_parameters(student_lm, settings.train_embeddings)
     for p in teacher_lm.parameters():
         p.requires_grad_(False)
@@ -141,11 +142,12 @@ def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data:
     with staged_dir(out) as tmp:
         student_lm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / SPARSITY_MANIFEST, {**sparsity, "distilled": {"teacher": str(teacher), "steps": len(log),
-                                                                       "distill_fingerprint": run_fingerprint}})
-        verification = verify_checkpoint(tmp, sparsity)
-        manifest["verification"] = verification.to_json()
-        verification.raise_if_failed()
+        write_json(tmp / manifest_name, {**sparsity, "distilled": {"teacher": str(teacher), "steps": len(log),
+                                                                   "distill_fingerprint": run_fingerprint}})
+        if manifest_name == SPARSITY_MANIFEST:
+            verification = verify_checkpoint(tmp, sparsity)
+            manifest["verification"] = verification.to_json()
+            verification.raise_if_failed()
         (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
         write_json(tmp / DISTILL_MANIFEST, manifest)
         plot_loss(tmp / "loss.png", log, title=f"distillation: {len(log)} steps, {manifest['tokens_seen']:,} tokens")
@@ -182,12 +184,35 @@ def refuse_evaluation_split(data: str) -> None:
                              "such as WikiText-2 valid (--data auto)")
 
 
-def check_same_shapes(teacher, student) -> None:
-    t, s = teacher.state_dict(), student.state_dict()
-    mismatched = [k for k in s if k in t and t[k].shape != s[k].shape] + [k for k in s if k not in t]
-    if mismatched:
-        raise SparsetrtError(f"teacher and student differ at {mismatched[:3]}; the teacher must be the dense model "
-                             "the student was pruned from")
+def student_manifest(student: Path) -> tuple[str, dict]:
+    """(file name, manifest) of the student: a pruned one's sparsity.json (its zeros are held fixed), else a shrunk
+    one's structure.json (`sparsetrt shrink`: dense, smaller than the teacher)."""
+    from sparsetrt.prune.shrink import STRUCTURE_MANIFEST
+
+    if not (student / SPARSITY_MANIFEST).is_file() and (student / STRUCTURE_MANIFEST).is_file():
+        return STRUCTURE_MANIFEST, read_json(student / STRUCTURE_MANIFEST)
+    return SPARSITY_MANIFEST, load_manifest(student)
+
+
+def check_compatible(teacher, student, hidden_weight: float) -> None:
+    """The student must read and write what the teacher does (vocabulary, hidden size). A pruned student has the
+    teacher's shapes exactly; a shrunk one (fewer channels, heads or blocks) may differ inside the blocks, and then
+    the hidden-state term needs the same number of blocks to pair them."""
+    t, s = teacher.config, student.config
+    if (t.vocab_size, t.hidden_size) != (s.vocab_size, s.hidden_size):
+        raise SparsetrtError(f"teacher and student differ in vocabulary or hidden size ({t.vocab_size}/{t.hidden_size} "
+                             f"vs {s.vocab_size}/{s.hidden_size}); the teacher must be the model the student came from")
+    if hidden_weight > 0 and t.num_hidden_layers != s.num_hidden_layers:
+        raise SparsetrtError(f"--hidden-weight pairs the blocks' hidden states, but the student has "
+                             f"{s.num_hidden_layers} blocks and the teacher {t.num_hidden_layers}; use --hidden-weight 0")
+    shrunk = any(getattr(t, k) != getattr(s, k) for k in ("intermediate_size", "num_attention_heads",
+                                                          "num_key_value_heads", "num_hidden_layers"))
+    if not shrunk:
+        tw, sw = teacher.state_dict(), student.state_dict()
+        mismatched = [k for k in sw if k in tw and tw[k].shape != sw[k].shape] + [k for k in sw if k not in tw]
+        if mismatched:
+            raise SparsetrtError(f"teacher and student differ at {mismatched[:3]}; the teacher must be the dense model "
+                                 "the student was pruned from")
 
 
 def save_state(resume_dir: Path, run_fingerprint: str, student, optimizer, log: list[dict], total: int) -> None:

@@ -37,6 +37,11 @@ class ArtifactsTree:
         return self.root / "pruned"
 
     @property
+    def shrunk(self) -> Path:
+        """The structurally pruned checkpoint `prune` starts from when the config has a [shrink] stage."""
+        return self.root / "shrunk"
+
+    @property
     def onnx_dir(self) -> Path:
         return self.root / "onnx"
 

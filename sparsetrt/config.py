@@ -36,6 +36,23 @@ class SparseGPTSection:
 
 
 @dataclass
+class ShrinkSection:
+    """Structured pruning before `prune` (sparsetrt.prune.shrink): a fraction keeps that share, an integer sets the
+    size; all "1.0" = no shrink stage."""
+    SIZES = ("mlp", "heads", "kv_heads", "layers")  # numbers in the file (0.75, 26), held as text
+
+    mlp: str = "1.0"
+    heads: str = "1.0"
+    kv_heads: str = "1.0"
+    layers: str = "1.0"
+    importance: str = "activation"      # activation | taylor | magnitude
+    depth_importance: str = "cosine"    # cosine | loss
+
+    def enabled(self) -> bool:
+        return any(getattr(self, k) not in ("1.0", "1") for k in self.SIZES)
+
+
+@dataclass
 class PruneSection:
     method: str = "sparsegpt"
     pattern: str = "2:4"
@@ -92,6 +109,7 @@ class PipelineConfig:
     out: str = "artifacts"
     model: ModelSection = field(default_factory=ModelSection)
     calibration: CalibrationSection = field(default_factory=CalibrationSection)
+    shrink: ShrinkSection = field(default_factory=ShrinkSection)
     prune: PruneSection = field(default_factory=PruneSection)
     export: ExportSection = field(default_factory=ExportSection)
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
@@ -99,7 +117,10 @@ class PipelineConfig:
     engine: EngineSection = field(default_factory=EngineSection)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not self.shrink.enabled():  # configs without a shrink stage keep the fingerprint they always had
+            data.pop("shrink")
+        return data
 
 
 def load_config(path: str | Path) -> PipelineConfig:
@@ -179,6 +200,8 @@ def from_dict(cls, data: dict, where: str):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise SparsetrtError(f"{key} must be a list of strings, not {value!r}")
             values[name] = value
+        elif name in getattr(cls, "SIZES", ()) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[name] = str(value)  # 0.75 keeps a share, 26 sets the size: kept as written
         else:
             if not isinstance(value, str):
                 raise SparsetrtError(f"{key} must be a string, not {value!r}")

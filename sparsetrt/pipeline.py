@@ -1,4 +1,4 @@
-"""`sparsetrt run`: prune -> export -> parity [-> quantize] from one config file, into one artifacts directory.
+"""`sparsetrt run`: [shrink ->] prune -> export -> parity [-> quantize] from one config file, into one artifacts directory.
 
 Layout of `out` (default artifacts/):
   pruned/      HF checkpoint with the zeros + sparsity.json
@@ -57,7 +57,19 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
         return manifest
 
     c, p = config.calibration, config.prune
-    pruned = stage("prune", prune_checkpoint, model=config.model.source, out=tree.pruned, method=p.method,
+    source = config.model.source
+    if config.shrink.enabled():
+        from sparsetrt.prune.shrink import ShrinkSettings, shrink_checkpoint
+
+        sh = config.shrink
+        settings = ShrinkSettings(mlp=str(sh.mlp), heads=str(sh.heads), kv_heads=str(sh.kv_heads),
+                                  layers=str(sh.layers), importance=sh.importance,
+                                  depth_importance=sh.depth_importance)
+        stage("shrink", shrink_checkpoint, model=source, out=tree.shrunk, settings=settings, calib=c.corpus,
+              calib_samples=c.samples, calib_seq_len=c.seq_len, seed=c.seed,
+              trust_remote_code=config.model.trust_remote_code)
+        source = str(tree.shrunk)
+    pruned = stage("prune", prune_checkpoint, model=source, out=tree.pruned, method=p.method,
                    pattern=p.pattern, calib=c.corpus, calib_samples=c.samples, calib_seq_len=c.seq_len, seed=c.seed,
                    targets=p.targets, exclude=p.exclude, sparsegpt=vars(p.sparsegpt), schedule=vars(p.schedule),
                    batch_size=p.batch_size,

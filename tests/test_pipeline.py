@@ -98,3 +98,21 @@ def test_pipeline_ends_with_an_engine_and_checks_the_engine_section_first(tiny_c
     stamp = (out / "engines" / "fp32" / "model.engine").stat().st_mtime_ns
     run_pipeline(config, progress=False)
     assert (out / "engines" / "fp32" / "model.engine").stat().st_mtime_ns == stamp  # reused
+
+
+def test_a_shrink_stage_runs_before_prune_and_keeps_old_fingerprints(tiny_checkpoint, calib_file, tmp_path):
+    from sparsetrt.config import load_config
+
+    plain = tiny_config(tiny_checkpoint, calib_file, tmp_path / "plain")
+    assert "shrink" not in plain.to_dict()  # configs without [shrink] fingerprint as before
+    config_file = tmp_path / "shrink.toml"
+    config_file.write_text('[shrink]\nmlp = 0.5\nlayers = 1\n')
+    config = tiny_config(tiny_checkpoint, calib_file, tmp_path / "shrunk-run")
+    config.shrink = load_config(config_file).shrink
+    assert (config.shrink.mlp, config.shrink.layers) == ("0.5", "1") and config.shrink.enabled()
+    summary = run_pipeline(config, progress=False)
+    assert summary["passed"] and list(summary["stages"])[:2] == ["shrink", "prune"]
+    pruned = json.loads((tmp_path / "shrunk-run" / "pruned" / "config.json").read_text())
+    assert (pruned["intermediate_size"], pruned["num_hidden_layers"]) == (64, 1)
+    assert json.loads((tmp_path / "shrunk-run" / "shrunk" / "structure.json").read_text())["after"][
+        "num_hidden_layers"] == 1

@@ -1,4 +1,4 @@
-"""The prune room: `sparsetrt prune`, `sparsetrt verify`, `sparsetrt distill`."""
+"""The prune room: `sparsetrt prune`, `sparsetrt shrink`, `sparsetrt verify`, `sparsetrt distill`."""
 
 from __future__ import annotations
 
@@ -48,6 +48,36 @@ def prune(args) -> int:
         sparsegpt={"block_size": args.block_size, "damping": args.damping, "mask_selection": args.mask_selection},
         schedule=schedule, trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
     )
+    print(summary_line(manifest, args.out))
+    return 0
+
+
+def shrink_arguments(p):
+    # no choices= from sparsetrt.prune.importance: building the parser must not import torch; ShrinkSettings
+    # refuses an unknown name with the list
+    p.add_argument("--model", required=True, help="checkpoint directory, 'smollm2-135m', or a hub id (online only)")
+    sizes = p.add_argument_group("sizes (a fraction keeps that share, an integer sets the size)")
+    sizes.add_argument("--mlp", default="1.0", help="MLP intermediate channels, e.g. 0.75 or 1152")
+    sizes.add_argument("--heads", default="1.0", help="query heads (a multiple of the kept KV heads)")
+    sizes.add_argument("--kv-heads", default="1.0", help="KV heads: whole groups of query heads go with them")
+    sizes.add_argument("--layers", default="1.0", help="decoder blocks, e.g. 26")
+    p.add_argument("--importance", default="activation",
+                   help="how channels and heads are ranked (activation: Minitron's; taylor: |w * grad|; magnitude)")
+    p.add_argument("--depth-importance", default="cosine",
+                   help="how blocks are ranked: cosine (1 - cos(input, output)) or loss (its increase when skipped)")
+    options.calibration(p)
+    options.output(p)
+    options.trust_remote_code(p)
+
+
+def shrink(args) -> int:
+    from sparsetrt.prune.shrink import ShrinkSettings, shrink_checkpoint, summary_line
+
+    settings = ShrinkSettings(mlp=args.mlp, heads=args.heads, kv_heads=args.kv_heads, layers=args.layers,
+                              importance=args.importance, depth_importance=args.depth_importance)
+    manifest = shrink_checkpoint(args.model, args.out, settings, calib=args.calib, calib_samples=args.calib_samples,
+                                 calib_seq_len=args.calib_seq_len, seed=args.seed, overwrite=args.overwrite,
+                                 trust_remote_code=args.trust_remote_code)
     print(summary_line(manifest, args.out))
     return 0
 
@@ -106,6 +136,8 @@ def distill(args) -> int:
 
 COMMANDS = [
     Command("prune", "prune a checkpoint (N:M or unstructured) and write sparsity.json", prune_arguments, prune),
+    Command("shrink", "structured pruning: remove MLP channels, heads, KV groups or blocks into a smaller dense "
+                      "checkpoint (structure.json)", shrink_arguments, shrink),
     Command("verify", "check the sparsity pattern a sparsity.json claims", verify_arguments, verify),
     Command("distill", "recover a pruned model by distilling the dense one into it, masks held fixed",
             distill_arguments, distill),

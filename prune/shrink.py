@@ -1,0 +1,368 @@
+"""`sparsetrt shrink`: a checkpoint in, a smaller dense checkpoint of the same architecture out (structure.json).
+
+Width: MLP intermediate channels, query heads, KV heads; depth: whole decoder blocks. Scores come from
+sparsetrt.prune.importance; the tensors are then sliced into a new state dict and loaded into a model built from
+the new config, so the output is what `AutoModelForCausalLM.from_pretrained` loads as the plain architecture, no
+custom code. Hugging Face configs hold one width for every layer, so widths stay uniform across layers (each layer
+keeps its own best channels, the same number of them), as Minitron does.
+
+Sizes: a fraction keeps that share (`--mlp 0.75`), an integer sets the size (`--mlp 384`); `--layers` likewise.
+Everything is checked before the model is loaded. Families with fused projections (phi3's qkv_proj/gate_up_proj)
+and mixture-of-experts models are refused.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.prune import importance
+
+STRUCTURE_MANIFEST = "structure.json"
+MANIFEST_FORMAT = "sparsetrt.structure/1"
+SLICEABLE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+FLOPS_CONTEXT = 512  # the context length the attention part of FLOPs per token is given at
+
+
+@dataclass(frozen=True)
+class ShrinkSettings:
+    mlp: str = "1.0"             # keep fraction ("0.75") or intermediate size ("384")
+    heads: str = "1.0"           # query heads
+    kv_heads: str = "1.0"        # KV heads (whole groups)
+    layers: str = "1.0"          # decoder blocks
+    importance: str = "activation"
+    depth_importance: str = "cosine"
+
+    def validate(self) -> "ShrinkSettings":
+        if self.importance not in importance.WIDTH_IMPORTANCE:
+            raise SparsetrtError(f"unknown --importance '{self.importance}'; use one of "
+                                 f"{', '.join(importance.WIDTH_IMPORTANCE)}")
+        if self.depth_importance not in importance.DEPTH_IMPORTANCE:
+            raise SparsetrtError(f"unknown --depth-importance '{self.depth_importance}'; use one of "
+                                 f"{', '.join(importance.DEPTH_IMPORTANCE)}")
+        for option in ("mlp", "heads", "kv_heads", "layers"):
+            parse_size(getattr(self, option), option, 10**9)  # the form; the model's sizes are checked in plan()
+        return self
+
+
+def parse_size(text: str, option: str, full: int) -> int:
+    """A fraction in (0, 1] keeps that share of `full` (at least 1); an integer in [1, full] is the size."""
+    flag = "--" + option.replace("_", "-")
+    try:
+        value = float(text) if "." in str(text) else int(text)
+    except ValueError:
+        raise SparsetrtError(f"{flag} {text}: give a fraction to keep (0.75) or a size (384)") from None
+    if isinstance(value, float):
+        if not 0 < value <= 1:
+            raise SparsetrtError(f"{flag} {text}: a fraction to keep must be in (0, 1]")
+        return max(1, round(value * full))
+    if not 1 <= value <= full:
+        raise SparsetrtError(f"{flag} {text}: the size must be between 1 and the model's {full}")
+    return value
+
+
+@dataclass(frozen=True)
+class Plan:
+    intermediate: int
+    heads: int
+    kv_heads: int
+    layers: int
+    head_dim: int
+
+    def removes_nothing(self, config) -> bool:
+        return (self.intermediate, self.heads, self.kv_heads, self.layers) == (
+            config.intermediate_size, config.num_attention_heads, config.num_key_value_heads, config.num_hidden_layers)
+
+
+def plan(config, settings: ShrinkSettings) -> Plan:
+    """The target sizes, or one line saying why they cannot be."""
+    if config.model_type not in SLICEABLE:
+        why = "its fused qkv_proj / gate_up_proj" if config.model_type == "phi3" else "its blocks"
+        raise SparsetrtError(f"shrink cannot slice '{config.model_type}' ({why} are not sliced yet); it slices "
+                             f"{', '.join(SLICEABLE)}")
+    heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    keep_kv = parse_size(settings.kv_heads, "kv_heads", kv)
+    keep_heads = parse_size(settings.heads, "heads", heads)
+    if "." in settings.heads:  # a fraction of query heads: the same share of every kept group
+        keep_heads = max(1, round(float(settings.heads) * heads // kv)) * keep_kv
+    elif keep_heads % keep_kv:
+        raise SparsetrtError(f"--heads {keep_heads} does not divide into {keep_kv} KV groups: each KV head serves the "
+                             "same number of query heads; use a multiple of the kept KV heads")
+    if keep_heads // keep_kv > heads // kv:
+        raise SparsetrtError(f"--heads {keep_heads} with {keep_kv} KV heads would need {keep_heads // keep_kv} query "
+                             f"heads per group; the model has {heads // kv}")
+    if config.hidden_size % keep_heads:
+        raise SparsetrtError(f"--heads {keep_heads}: transformers' {config.model_type} config requires the hidden size "
+                             f"({config.hidden_size}) to be a multiple of the head count; keep a divisor of it")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return Plan(intermediate=parse_size(settings.mlp, "mlp", config.intermediate_size), heads=keep_heads,
+                kv_heads=keep_kv, layers=parse_size(settings.layers, "layers", config.num_hidden_layers),
+                head_dim=head_dim)
+
+
+# -- statistics ---------------------------------------------------------------------------------------------------
+
+def gather(model, windows: torch.Tensor, settings: ShrinkSettings, plan_: Plan, batch: int = 4) -> dict:
+    """What the estimators read, per layer: activation sums of squares (down_proj and o_proj inputs), |w * grad|
+    (taylor), block influence (cosine) and, for depth by loss, the calibration loss with each block skipped."""
+    layers = model.model.layers
+    stats = {"act_mlp": [None] * len(layers), "act_heads": [None] * len(layers), "influence": [0.0] * len(layers)}
+    handles = []
+
+    def add(key, i, value):
+        stats[key][i] = value if stats[key][i] is None else stats[key][i] + value
+
+    for i, layer in enumerate(layers):
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(
+            lambda m, a, i=i: add("act_mlp", i, a[0].detach().float().pow(2).reshape(-1, a[0].shape[-1]).sum(0))))
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(
+            lambda m, a, i=i: add("act_heads", i, a[0].detach().float().pow(2).reshape(-1, a[0].shape[-1]).sum(0))))
+        handles.append(layer.register_forward_hook(
+            lambda m, a, k, out, i=i: stats["influence"].__setitem__(i, stats["influence"][i] + importance.block_influence(
+                (a[0] if a else k["hidden_states"]).reshape(-1, layers[0].mlp.down_proj.out_features),
+                (out[0] if isinstance(out, tuple) else out).reshape(-1, layers[0].mlp.down_proj.out_features))),
+            with_kwargs=True))
+    taylor = settings.importance == "taylor"
+    saliency: dict[str, torch.Tensor] = {}
+    try:
+        chunks = windows.split(batch)
+        for chunk in chunks:
+            if taylor:
+                model.zero_grad(set_to_none=True)
+                loss = model(input_ids=chunk, labels=chunk).loss
+                loss.backward()
+                for name, p in model.model.layers.named_parameters():
+                    if p.grad is not None and p.ndim == 2:
+                        saliency[name] = saliency.get(name, 0) + (p.detach() * p.grad).abs()
+            else:
+                with torch.no_grad():
+                    model(input_ids=chunk)
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    stats["influence"] = [v / len(chunks) for v in stats["influence"]]
+    stats["saliency"] = saliency
+    if plan_.layers < len(layers) and settings.depth_importance == "loss":
+        stats["skip_loss"] = skip_losses(model, windows, batch)
+    return stats
+
+
+def skip_losses(model, windows: torch.Tensor, batch: int) -> list[float]:
+    """Calibration loss increase when each block in turn is skipped (its output replaced by its input)."""
+    def loss() -> float:
+        with torch.no_grad():
+            return sum(float(model(input_ids=c, labels=c).loss) for c in windows.split(batch)) / len(windows.split(batch))
+
+    base = loss()
+    increases = []
+    for layer in model.model.layers:
+        handle = layer.register_forward_hook(skip_block, with_kwargs=True)
+        try:
+            increases.append(loss() - base)
+        finally:
+            handle.remove()
+    return increases
+
+
+def skip_block(module, args, kwargs, output):
+    """A forward hook that makes a decoder block return its input: the block is skipped."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+# -- choosing ---------------------------------------------------------------------------------------------------
+
+def choose(model, stats: dict, settings: ShrinkSettings, p: Plan) -> dict:
+    """Per kept layer: MLP channels, query heads and KV heads to keep; and the blocks kept."""
+    config = model.config
+    heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    if p.layers < config.num_hidden_layers:
+        depth = stats["skip_loss"] if settings.depth_importance == "loss" else stats["influence"]
+        kept_layers = importance.keep_channels(torch.tensor(depth), p.layers)
+    else:
+        kept_layers = list(range(config.num_hidden_layers))
+    choice = {"layers": kept_layers, "mlp": {}, "heads": {}, "kv_heads": {}, "scores": {}}
+    for i in kept_layers:
+        layer = model.model.layers[i]
+        prefix = f"{i}."
+        if settings.importance == "activation":
+            mlp = stats["act_mlp"][i].sqrt()
+            attn = importance.head_scores(stats["act_heads"][i], heads, p.head_dim)
+        elif settings.importance == "taylor":
+            s = {k.split(".")[-2]: v for k, v in stats["saliency"].items() if k.startswith(prefix)}
+            mlp, attn = importance.mlp_taylor(s), importance.attention_taylor(s, heads, p.head_dim)
+        else:
+            mlp = importance.mlp_magnitude(layer.mlp.gate_proj.weight.detach(), layer.mlp.up_proj.weight.detach(),
+                                           layer.mlp.down_proj.weight.detach())
+            attn = importance.attention_magnitude(layer.self_attn.q_proj.weight.detach(),
+                                                  layer.self_attn.o_proj.weight.detach(), heads, p.head_dim)
+        choice["mlp"][i] = importance.keep_channels(mlp, p.intermediate)
+        choice["heads"][i], choice["kv_heads"][i] = importance.keep_heads(attn, kv, p.heads, p.kv_heads)
+        choice["scores"][i] = {"heads": [round(float(x), 6) for x in attn]}
+    return choice
+
+
+# -- slicing ----------------------------------------------------------------------------------------------------
+
+def head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
+    return torch.tensor([h * head_dim + d for h in heads for d in range(head_dim)], dtype=torch.long)
+
+
+def sliced_state_dict(model, choice: dict, head_dim: int) -> dict[str, torch.Tensor]:
+    """The model's state dict with removed blocks dropped (the rest renumbered) and each kept block's tensors cut to
+    its chosen channels and heads."""
+    state = model.state_dict()
+    out = {k: v for k, v in state.items() if not k.startswith("model.layers.")}
+    for new, old in enumerate(choice["layers"]):
+        mlp = torch.tensor(choice["mlp"][old], dtype=torch.long)
+        q_rows = head_rows(choice["heads"][old], head_dim)
+        kv_rows = head_rows(choice["kv_heads"][old], head_dim)
+        cuts = {"mlp.gate_proj.weight": (0, mlp), "mlp.up_proj.weight": (0, mlp), "mlp.down_proj.weight": (1, mlp),
+                "self_attn.q_proj.weight": (0, q_rows), "self_attn.q_proj.bias": (0, q_rows),
+                "self_attn.k_proj.weight": (0, kv_rows), "self_attn.k_proj.bias": (0, kv_rows),
+                "self_attn.v_proj.weight": (0, kv_rows), "self_attn.v_proj.bias": (0, kv_rows),
+                "self_attn.o_proj.weight": (1, q_rows)}
+        prefix = f"model.layers.{old}."
+        for key, value in state.items():
+            if key.startswith(prefix):
+                rest = key[len(prefix):]
+                if rest in cuts:
+                    dim, index = cuts[rest]
+                    value = value.index_select(dim, index)
+                out[f"model.layers.{new}.{rest}"] = value.clone()
+    return out
+
+
+def shrunk_config(config, p: Plan, kept_layers: list[int]):
+    new = config.__class__.from_dict(config.to_dict())
+    new.intermediate_size, new.num_attention_heads, new.num_key_value_heads = p.intermediate, p.heads, p.kv_heads
+    new.num_hidden_layers = p.layers
+    new.head_dim = p.head_dim  # explicit: Llama's default (hidden / heads) would change with the head count
+    if getattr(config, "layer_types", None):  # per-layer sliding/full attention (gemma2, qwen3, ...)
+        new.layer_types = [config.layer_types[i] for i in kept_layers]
+    return new
+
+
+def build_shrunk(model, choice: dict, p: Plan):
+    """A fresh model of the plain architecture at the new sizes, holding the sliced weights."""
+    from transformers import AutoModelForCausalLM
+
+    config = shrunk_config(model.config, p, choice["layers"])
+    shrunk = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    missing, unexpected = shrunk.load_state_dict(sliced_state_dict(model, choice, p.head_dim), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise SparsetrtError(f"the sliced weights do not fit the new config (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]}); this architecture's blocks are not sliceable")
+    if config.tie_word_embeddings:
+        shrunk.tie_weights()
+    return shrunk.eval()
+
+
+# -- sizes ------------------------------------------------------------------------------------------------------
+
+def decoder_linear_params(config) -> int:
+    heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    attention = config.hidden_size * head_dim * (2 * heads + 2 * kv)
+    mlp = 3 * config.hidden_size * config.intermediate_size
+    return config.num_hidden_layers * (attention + mlp)
+
+
+def flops_per_token(config, context: int = FLOPS_CONTEXT) -> int:
+    """2 x every Linear weight (decoder + head) + attention scores and values over `context` positions."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    linear = decoder_linear_params(config) + config.hidden_size * config.vocab_size
+    return 2 * linear + config.num_hidden_layers * 4 * heads * head_dim * context
+
+
+def sizes(config) -> dict:
+    return {"intermediate_size": config.intermediate_size, "num_attention_heads": config.num_attention_heads,
+            "num_key_value_heads": config.num_key_value_heads, "num_hidden_layers": config.num_hidden_layers,
+            "hidden_size": config.hidden_size, "decoder_linear_params": decoder_linear_params(config),
+            f"flops_per_token_at_{FLOPS_CONTEXT}": flops_per_token(config)}
+
+
+def shrink_checkpoint(model: str, out: str | Path, settings: ShrinkSettings, calib: str = "auto",
+                      calib_samples: int = 32, calib_seq_len: int = 512, seed: int = 0, overwrite: bool = False,
+                      reuse: bool = False, trust_remote_code: bool = False) -> dict:
+    """Shrink `model` into `out` (a checkpoint directory with structure.json); checks everything it can first."""
+    from sparsetrt.architectures import check_length
+    from sparsetrt.artifacts import prepare_output, staged_dir, write_json
+    from sparsetrt.calibration.data import calibration_windows
+    from sparsetrt.models import load_model, resolve_checkpoint, validate_checkpoint
+
+    settings.validate()
+    if calib_samples < 1 or calib_seq_len < 2:
+        raise SparsetrtError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
+    checkpoint = resolve_checkpoint(model, trust_remote_code)
+    config = validate_checkpoint(checkpoint, trust_remote_code)
+    from transformers import AutoConfig
+
+    hf_config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+    target = plan(hf_config, settings)
+    if target.removes_nothing(hf_config):
+        raise SparsetrtError("nothing to remove: every size is the model's own; give --mlp, --heads, --kv-heads or "
+                             "--layers below it")
+    needs_data = settings.importance != "magnitude" or target.layers < hf_config.num_hidden_layers
+    if needs_data:
+        check_length(config, calib_seq_len, "a calibration window", "--calib-seq-len")
+    run_settings = {"model": str(model), **asdict(settings), "calib": calib, "calib_samples": calib_samples,
+                    "calib_seq_len": calib_seq_len, "seed": seed}
+    out = Path(out)
+    fingerprint, done = prepare_output(out, STRUCTURE_MANIFEST, "shrink", run_settings, overwrite, reuse)
+    if done:
+        return done  # an identical run already finished here
+
+    start = time.perf_counter()
+    lm, tokenizer = load_model(checkpoint, trust_remote_code=trust_remote_code)
+    corpus = None
+    windows = torch.zeros(0, 2, dtype=torch.long)
+    if needs_data:
+        windows, corpus, _ = calibration_windows(tokenizer, calib, calib_samples, calib_seq_len, seed)
+    torch.manual_seed(seed)
+    stats = gather(lm, windows, settings, target) if needs_data else {}
+    choice = choose(lm, stats, settings, target)
+    shrunk = build_shrunk(lm, choice, target)
+    before, after = sizes(lm.config), sizes(shrunk.config)
+    removed_layers = [i for i in range(lm.config.num_hidden_layers) if i not in choice["layers"]]
+    manifest = {
+        "format": MANIFEST_FORMAT, "stage": "shrink", "fingerprint": fingerprint, "settings": run_settings,
+        "source_checkpoint": str(checkpoint),
+        "calibration": None if corpus is None else {"corpus": corpus.description, "samples": calib_samples,
+                                                    "seq_len": calib_seq_len, "seed": seed},
+        "before": before, "after": after,
+        "decoder_linear_removed": round(1 - after["decoder_linear_params"] / before["decoder_linear_params"], 6),
+        "uniform_widths": "Hugging Face configs hold one width for all layers: every kept layer keeps the same "
+                          "number of channels and heads (its own best ones)",
+        "removed": {
+            "layers": removed_layers,
+            "layer_scores": {"cosine_influence": [round(x, 6) for x in stats.get("influence", [])],
+                             "skip_loss_increase": [round(x, 6) for x in stats.get("skip_loss", [])]},
+            "per_layer": {str(new): {"source_layer": old,
+                                     "mlp_channels_removed": lm.config.intermediate_size - len(choice["mlp"][old]),
+                                     "query_heads_kept": choice["heads"][old], "kv_heads_kept": choice["kv_heads"][old],
+                                     "head_scores": choice["scores"][old]["heads"]}
+                          for new, old in enumerate(choice["layers"])},
+        },
+        "timings": {"shrink_s": round(time.perf_counter() - start, 3)},
+    }
+    with staged_dir(out) as tmp:
+        shrunk.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / STRUCTURE_MANIFEST, manifest)
+    return manifest
+
+
+def summary_line(m: dict, out: Path) -> str:
+    b, a = m["before"], m["after"]
+    return (f"shrunk {b['num_hidden_layers']}->{a['num_hidden_layers']} layers, MLP {b['intermediate_size']}->"
+            f"{a['intermediate_size']}, heads {b['num_attention_heads']}/{b['num_key_value_heads']}->"
+            f"{a['num_attention_heads']}/{a['num_key_value_heads']} ({m['decoder_linear_removed']:.1%} of decoder "
+            f"Linear weights removed, {m['settings']['importance']}) -> {out}")

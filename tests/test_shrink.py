@@ -1,0 +1,186 @@
+"""`sparsetrt shrink` (structured width/depth pruning) on tiny random Llamas: removing what is already zero changes
+nothing, GQA groups are kept consistent, the output loads as the plain architecture, depth removal is skipping the
+block, the result exports and passes parity, and bad sizes are refused before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_tiny_llama
+
+from sparsetrt.cli import main
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.prune.importance import keep_heads
+from sparsetrt.prune.shrink import ShrinkSettings, plan, shrink_checkpoint, skip_block
+
+
+def load(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+IDS = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def gqa_checkpoint(tmp_path):
+    """8 query heads in 4 KV groups, so heads and groups can both be removed."""
+    return make_tiny_llama(tmp_path / "gqa", hidden=64, intermediate=128, layers=2, heads=8, kv_heads=4)
+
+
+def zero_structures(path, out):
+    """A copy of the checkpoint where MLP channels 64.., the second query head of every group and KV groups 2 and 3
+    contribute nothing (their down_proj columns / o_proj columns are zero), saved to `out`."""
+    model = load(path)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight[:, 64:] = 0
+            layer.mlp.gate_proj.weight[64:] = 0
+            layer.mlp.up_proj.weight[64:] = 0
+            o = layer.self_attn.o_proj.weight
+            q = layer.self_attn.q_proj.weight
+            for head in [1, 3, 4, 5, 6, 7]:  # the second head of every group, and all of groups 2 and 3
+                o[:, head * 8:(head + 1) * 8] = 0
+                q[head * 8:(head + 1) * 8] = 0
+    model.save_pretrained(out)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(path).save_pretrained(out)
+    return out, model
+
+
+def test_removing_zero_channels_and_heads_leaves_the_logits(gqa_checkpoint, tmp_path):
+    source, model = zero_structures(gqa_checkpoint, tmp_path / "zeroed")
+    out = tmp_path / "shrunk"
+    manifest = shrink_checkpoint(str(source), out, ShrinkSettings(mlp="64", heads="2", kv_heads="2",
+                                                                   importance="magnitude"))
+    shrunk = load(out)
+    assert (shrunk.config.intermediate_size, shrunk.config.num_attention_heads, shrunk.config.num_key_value_heads) == \
+        (64, 2, 2)
+    assert shrunk.config.head_dim == 8
+    assert torch.allclose(logits(shrunk, IDS), logits(model, IDS), atol=1e-5)
+    per_layer = manifest["removed"]["per_layer"]["0"]
+    assert per_layer["kv_heads_kept"] == [0, 1] and per_layer["query_heads_kept"] == [0, 2]
+    assert manifest["after"]["decoder_linear_params"] < manifest["before"]["decoder_linear_params"]
+    assert 0 < manifest["decoder_linear_removed"] < 1
+    assert json.loads((out / "structure.json").read_text())["after"] == manifest["after"]
+
+
+@pytest.mark.parametrize("kv_heads", [2, 4])
+def test_query_heads_are_ranked_within_their_kv_group(kv_heads):
+    scores = torch.arange(8, dtype=torch.float32).flip(0)  # head 0 best, head 7 worst
+    heads, groups = keep_heads(scores, kv_heads, keep_heads_total=kv_heads, keep_kv=kv_heads)
+    per_group = 8 // kv_heads
+    assert groups == list(range(kv_heads))
+    assert heads == [g * per_group for g in range(kv_heads)]  # the best head of every group, one each
+    heads, groups = keep_heads(scores, kv_heads, keep_heads_total=8 // 2, keep_kv=kv_heads // 2)
+    assert groups == list(range(kv_heads // 2)) and len(heads) == 4
+    assert all(h // per_group in groups for h in heads)  # whole groups go: no kept head outside a kept group
+
+
+def test_the_output_round_trips_through_from_pretrained(tiny_checkpoint, calib_file, tmp_path):
+    out = tmp_path / "shrunk"
+    shrink_checkpoint(str(tiny_checkpoint), out, ShrinkSettings(mlp="0.5", heads="0.5"), calib=str(calib_file),
+                      calib_samples=4, calib_seq_len=32)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and "auto_map" not in config
+    assert (config["intermediate_size"], config["num_attention_heads"], config["num_key_value_heads"]) == (64, 2, 2)
+    shrunk = load(out)
+    assert sum(p.numel() for p in shrunk.parameters()) < sum(p.numel() for p in load(tiny_checkpoint).parameters())
+    assert torch.isfinite(logits(shrunk, IDS)).all()
+
+
+@pytest.mark.parametrize("depth_importance", ["cosine", "loss"])
+def test_removing_a_block_equals_skipping_it(tiny_checkpoint, calib_file, tmp_path, depth_importance):
+    out = tmp_path / "shallow"
+    manifest = shrink_checkpoint(str(tiny_checkpoint), out, ShrinkSettings(layers="1",
+                                                                           depth_importance=depth_importance),
+                                 calib=str(calib_file), calib_samples=4, calib_seq_len=32)
+    (removed,) = manifest["removed"]["layers"]
+    scores = manifest["removed"]["layer_scores"]
+    ranked = scores["skip_loss_increase"] if depth_importance == "loss" else scores["cosine_influence"]
+    assert ranked[removed] == min(ranked)  # the least important block went
+    original = load(tiny_checkpoint)
+    handle = original.model.layers[removed].register_forward_hook(skip_block, with_kwargs=True)
+    try:
+        skipped = logits(original, IDS)
+    finally:
+        handle.remove()
+    assert torch.allclose(logits(load(out), IDS), skipped, atol=1e-5)
+
+
+@pytest.mark.parametrize("importance", ["activation", "taylor"])
+def test_the_shrunk_model_exports_and_passes_fp32_parity(tiny_checkpoint, calib_file, tmp_path, importance):
+    from sparsetrt.export.stage import export_checkpoint
+    from sparsetrt.runtime.parity.compare import run_parity
+
+    out = tmp_path / "shrunk"
+    shrink_checkpoint(str(tiny_checkpoint), out, ShrinkSettings(mlp="0.75", heads="0.5", importance=importance),
+                      calib=str(calib_file), calib_samples=4, calib_seq_len=32)
+    export_checkpoint(out, tmp_path / "onnx", precisions=["fp32"])
+    report = run_parity(out, tmp_path / "onnx", tmp_path / "parity", corpus=str(calib_file), windows=2, seq_len=32,
+                        generate_tokens=8)
+    assert report["passed"], report
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mlp", "1.5"], "--mlp 1.5: a fraction to keep must be in (0, 1]"),
+    (["--mlp", "0"], "--mlp 0: the size must be between 1"),
+    (["--layers", "0"], "--layers 0: the size must be between 1"),
+    (["--layers", "9"], "--layers 9: the size must be between 1 and the model's 2"),
+    (["--heads", "3"], "--heads 3 does not divide into 2 KV groups"),
+    (["--heads", "4", "--kv-heads", "1"], "--heads 4 with 1 KV heads would need 4 query heads per group"),
+    (["--mlp", "wide"], "--mlp wide: give a fraction to keep"),
+    ([], "nothing to remove"),
+])
+def test_bad_sizes_are_refused_before_any_work(tiny_checkpoint, tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    assert main(["shrink", "--model", str(tiny_checkpoint), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_families_it_cannot_slice_are_refused(tiny_checkpoint):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_checkpoint)
+    config.model_type = "phi3"
+    with pytest.raises(SparsetrtError, match="fused qkv_proj / gate_up_proj"):
+        plan(config, ShrinkSettings(mlp="0.5"))
+
+
+def test_a_shrunk_student_is_distilled_from_its_dense_teacher(tiny_checkpoint, calib_file, tmp_path):
+    from sparsetrt.prune.distill import DistillSettings
+    from sparsetrt.prune.distill_stage import distill_checkpoint
+
+    student = tmp_path / "shrunk"
+    shrink_checkpoint(str(tiny_checkpoint), student, ShrinkSettings(mlp="0.5", layers="1"), calib=str(calib_file),
+                      calib_samples=4, calib_seq_len=32)
+    small = {"seq_len": 32, "batch_size": 2, "lr": 1e-3}
+    with pytest.raises(SparsetrtError, match="student has 1 blocks and the teacher 2"):
+        distill_checkpoint(str(tiny_checkpoint), student, tmp_path / "h", data=str(calib_file),
+                           settings=DistillSettings(steps=2, hidden_weight=1.0, **small), progress=False)
+    before = load(student).state_dict()
+    m = distill_checkpoint(str(tiny_checkpoint), student, tmp_path / "distilled", data=str(calib_file),
+                           settings=DistillSettings(steps=3, **small), progress=False)
+    assert m["steps"] == 3 and m["loss"]["last"] < m["loss"]["first"] * 1.5
+    distilled = load(tmp_path / "distilled")
+    assert distilled.config.intermediate_size == 64 and distilled.config.num_hidden_layers == 1
+    assert any(not torch.equal(before[k], v) for k, v in distilled.state_dict().items())  # it trained
+    structure = json.loads((tmp_path / "distilled" / "structure.json").read_text())
+    assert structure["distilled"]["steps"] == 3 and not (tmp_path / "distilled" / "sparsity.json").exists()
+
+
+def test_an_unknown_estimator_is_refused_with_the_list(tiny_checkpoint, tmp_path, capsys):
+    assert main(["shrink", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "x"), "--mlp", "0.5",
+                 "--importance", "fisher"]) == 2
+    assert "unknown --importance 'fisher'; use one of activation, taylor, magnitude" in capsys.readouterr().err
