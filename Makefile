@@ -18,7 +18,7 @@ ARTIFACTS   ?= artifacts
 # Whether a demo run has finished there (every `sparsetrt run` writes a run*.json at the top).
 DEMO_DONE    = $(wildcard $(ARTIFACTS)/run*.json)
 
-.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule bench-serve bench-adaptive bench-gpu bench-engine distill engine \
+.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule bench-serve bench-adaptive bench-gpu bench-engine bench-structured distill engine \
 	parity serve \
 	docker-lint docker-build docker-runtime docker-cpu clean distclean help
 
@@ -35,6 +35,7 @@ help:
 	@echo "make bench-adaptive variant set (dense, 2:4, 2:4+INT8/INT4) timed here; bandits vs static variants on a mixed stream"
 	@echo "make serve ADAPTIVE=linucb      route each request to a variant of artifacts/variants (thompson|threshold too)"
 	@echo "make bench-serve    32 clients x 60 s, batched vs one at a time, fp32 + INT8, plus overload (benchmarks/serve.md)"
+	@echo "make bench-structured  shrunk SmolLM2 variants vs dense and 2:4: perplexity vs ORT speed (benchmarks/structured.md)"
 	@echo "make bench-gpu      dense vs 2:4 GEMMs + end-to-end generation on a CUDA GPU (benchmarks/gpu.md)"
 	@echo "make docker-cpu     ONNX Runtime serving image; docker-runtime: TensorRT serving; docker-build: engine toolchain"
 	@echo "make bench          decode tok/s, TTFT, ITL p50/95/99, RSS, energy: PyTorch vs ORT fp32/INT8/INT4, dense vs 2:4"
@@ -176,6 +177,13 @@ DISTILL ?= all
 bench-schedule: setup
 	$(BIN)/sparsetrt bench-schedule --out benchmarks --work artifacts/schedule --distill $(DISTILL) \
 		--distill-minutes $(MINUTES) $(ARGS)
+
+# Structured variants of SmolLM2 (sparsetrt shrink) against dense and the demo's 2:4: perplexity on WikiText-2 and a
+# second domain, ONNX Runtime fp32 speed; mlp-25 also distilled for 30 min (DISTILL=, MINUTES= override).
+bench-structured: setup
+	$(if $(DEMO_DONE),,$(MAKE) demo)
+	$(BIN)/sparsetrt bench-structured --out benchmarks --work artifacts/structured \
+		$(if $(DISTILL_STRUCTURED),--distill $(DISTILL_STRUCTURED)) --distill-minutes $(MINUTES) $(ARGS)
 
 clean:
 	rm -rf artifacts reports .setuptools-build *.egg-info .pytest_cache .hypothesis

@@ -184,3 +184,24 @@ def test_an_unknown_estimator_is_refused_with_the_list(tiny_checkpoint, tmp_path
     assert main(["shrink", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "x"), "--mlp", "0.5",
                  "--importance", "fisher"]) == 2
     assert "unknown --importance 'fisher'; use one of activation, taylor, magnitude" in capsys.readouterr().err
+
+
+def test_bench_structured_reports_every_variant_against_dense(pruned_tiny, tiny_checkpoint, tmp_path):
+    """`sparsetrt bench-structured` end to end on the tiny model (windows of 32 tokens, seconds of distillation)."""
+    from sparsetrt.runtime.bench.structured import StructuredBenchSettings, markdown, run_structured_bench
+
+    settings = StructuredBenchSettings(model=str(tiny_checkpoint), pruned_2to4=str(pruned_tiny),
+                                       variants={"mlp-25": {"mlp": "0.5"}, "depth": {"layers": "1"}},
+                                       calib_samples=4, seq_len=32, eval_windows=2, second_domain_windows=2,
+                                       distill=("mlp-25",), distill_minutes=0.05, batches=(1,), prompt_tokens=8,
+                                       new_tokens=4, repeats=1)
+    report = run_structured_bench(settings, tmp_path / "out", tmp_path / "work")
+    names = [r["variant"] for r in report["rows"]]
+    assert names == ["dense", "2:4", "mlp-25", "mlp-25+distill", "depth"]
+    for r in report["rows"]:
+        assert r["ppl"]["wikitext"] > 1 and r["ort_fp32"]["1"]["decode_tokens_per_s"] > 0 and r["onnx_bytes"] > 0
+    by = {r["variant"]: r for r in report["rows"]}
+    assert by["depth"]["sizes"]["layers"] == 1 and by["mlp-25"]["sizes"]["intermediate"] == 64
+    assert by["mlp-25"]["flops_per_token"] < by["dense"]["flops_per_token"]
+    assert report["targets"]["evaluated_on"] == "mlp-25+distill" and isinstance(report["targets"]["met"], bool)
+    assert "| mlp-25+distill |" in markdown(report) and (tmp_path / "out" / "structured.png").is_file()

@@ -89,6 +89,41 @@ def schedule(args) -> int:
     return 0
 
 
+def structured_arguments(p):
+    from sparsetrt.runtime.bench.structured import SMOLLM2_VARIANTS
+
+    p.add_argument("--model", default="smollm2-135m", help="the dense model (the variants' sizes are SmolLM2's)")
+    p.add_argument("--variants", default=",".join(SMOLLM2_VARIANTS),
+                   help=f"comma-separated, of {', '.join(SMOLLM2_VARIANTS)}")
+    p.add_argument("--pruned", default="artifacts/pruned", help="a 2:4 checkpoint to compare with ('' = none)")
+    p.add_argument("--distill", default="mlp-25", help="comma-separated variants also distilled ('' = none)")
+    p.add_argument("--distill-minutes", type=float, default=30.0, help="budget per distilled variant")
+    p.add_argument("--eval-windows", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=3, help="timed generations per batch size")
+    p.add_argument("--work", default="artifacts/structured", help="where the variants go (finished ones reused)")
+    p.add_argument("--out", default="benchmarks")
+
+
+def structured(args) -> int:
+    from sparsetrt.runtime.bench.structured import SMOLLM2_VARIANTS, StructuredBenchSettings, run_structured_bench
+
+    names = options.comma_list(args.variants)
+    unknown = [n for n in names if n not in SMOLLM2_VARIANTS]
+    distill = options.comma_list(args.distill)
+    if unknown or any(d not in names for d in distill):
+        raise SparsetrtError(f"--variants/--distill name {', '.join(unknown or distill)}; use "
+                             f"{', '.join(SMOLLM2_VARIANTS)} (a distilled one must be among --variants)")
+    settings = StructuredBenchSettings(model=args.model, variants={n: SMOLLM2_VARIANTS[n] for n in names},
+                                       pruned_2to4=args.pruned or None, eval_windows=args.eval_windows,
+                                       distill=tuple(distill), distill_minutes=args.distill_minutes,
+                                       repeats=args.repeats)
+    report = run_structured_bench(settings, Path(args.out), Path(args.work))
+    t = report["targets"]
+    print(f"wrote {Path(args.out) / 'structured.md'}; target "
+          + ("not evaluated" if t["met"] is None else "met" if t["met"] else "not met"))
+    return 0
+
+
 def serve_bench_arguments(p):
     p.add_argument("--model", default="artifacts", help="what `serve --model` gets (default: the demo's artifacts)")
     p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
@@ -223,6 +258,9 @@ COMMANDS = [
                               "after distillation, on two text domains", schedule_arguments, schedule),
     Command("bench-serve", "start `sparsetrt serve`, load it (normal + overloaded queue), write serve.md/json/png",
             serve_bench_arguments, serve_bench, needs=("fastapi", "uvicorn", "prometheus_client", "httpx")),
+    Command("bench-structured", "structured variants (width, heads, depth, mixed; one-shot and distilled) vs dense "
+                                "and 2:4: perplexity and ONNX Runtime speed (structured.json/md/png)",
+            structured_arguments, structured),
     Command("bench-engine", "ONNX and engine build time, peak RSS, bytes and layer precisions per decoder "
                             "(engine.json/md)", engine_arguments, engine),
     Command("bench-gpu", "dense vs 2:4 GEMMs and end-to-end generation on a CUDA GPU (gpu.json/md/png); refuses "

@@ -1,0 +1,208 @@
+"""`make bench-structured`: structured variants (MLP width, heads, depth, a mixed Minitron-style choice) against the
+dense model and 2:4 -> benchmarks/structured.{json,md,png}.
+
+Protocol (the quality benchmark's): calibration 32 random 512-token windows of WikiText-2 valid, seed 0; evaluation
+the first 40 512-token windows of WikiText-2 test, and windows of a second domain (Python docs). Per variant:
+`sparsetrt shrink` one-shot (activation importance; depth by block influence), optionally distilled from the dense
+model for --distill-minutes, perplexity on both domains (PyTorch fp32), then exported to fp32 ONNX and timed on ONNX
+Runtime (decode tokens/s and TTFT at batch 1 and 4, each in its own process), file size, FLOPs per token. The plot
+is perplexity against decode tokens/s at batch 1: the frontier.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sparsetrt.artifacts import save_figure, write_json, write_text_atomic
+
+# name: (shrink sizes, what it removes) for SmolLM2-135M (30 blocks, 9 heads in 3 KV groups, MLP 1536): the
+# shares of decoder Linear weights removed are computed and reported, these are only the knobs.
+SMOLLM2_VARIANTS = {
+    "mlp-25": {"mlp": "1024"},
+    "mlp-40": {"mlp": "704"},
+    "heads-12": {"heads": "3"},                       # the most heads can give: one query head per KV group
+    "depth-25": {"layers": "23"},
+    "depth-40": {"layers": "18"},
+    "mixed-25": {"mlp": "1152", "heads": "6"},        # Minitron-style: some MLP, some heads
+    "mixed-40": {"mlp": "896", "heads": "6", "layers": "27"},
+}
+TARGET_PPL_RATIO, TARGET_SPEEDUP = 1.5, 1.25  # 25 % width + 30 min distillation: <= 1.5x dense ppl, >= 1.25x tok/s
+
+
+@dataclass
+class StructuredBenchSettings:
+    model: str = "smollm2-135m"
+    variants: dict = field(default_factory=lambda: dict(SMOLLM2_VARIANTS))
+    pruned_2to4: str | None = "artifacts/pruned"   # the demo's 2:4 checkpoint, for comparison (None: skip)
+    calib_samples: int = 32
+    seq_len: int = 512
+    eval_windows: int = 40
+    second_domain_windows: int = 10
+    distill: tuple[str, ...] = ()                  # variants also distilled
+    distill_minutes: float = 30.0
+    batches: tuple[int, ...] = (1, 4)
+    prompt_tokens: int = 128
+    new_tokens: int = 64
+    repeats: int = 3
+
+
+def evaluate_checkpoint(name: str, checkpoint: Path, work: Path, evaluation: dict, prompts, settings, tokenizer,
+                        extra: dict) -> dict:
+    """Perplexities, then the fp32 ONNX export timed on ONNX Runtime; one row of the report."""
+    from sparsetrt.export.stage import export_checkpoint
+    from sparsetrt.models import load_model
+    from sparsetrt.prune.shrink import decoder_linear_params, flops_per_token
+    from sparsetrt.runtime.bench.perf import BenchSettings, run_in_subprocess
+    from sparsetrt.runtime.bench.quality import perplexity
+    from sparsetrt.runtime.deployables import Deployable, files_bytes
+
+    lm, _ = load_model(checkpoint)
+    ppl = {domain: perplexity(lm, windows) for domain, windows in evaluation.items()}
+    config = lm.config
+    del lm
+    onnx_dir = work / name / "onnx"
+    exported = export_checkpoint(checkpoint, onnx_dir, precisions=["fp32"], reuse=True)
+    onnx = onnx_dir / exported["files"]["fp32"]["onnx"]
+    bench = BenchSettings(batches=settings.batches, prompt_tokens=settings.prompt_tokens,
+                          new_tokens=settings.new_tokens, repeats=settings.repeats).validate()
+    records = run_in_subprocess(Deployable("onnxruntime", "fp32", name, str(onnx)), prompts, bench,
+                                tokenizer.pad_token_id or 0)
+    row = {"variant": name, **extra, "ppl": ppl, "decoder_linear_params": decoder_linear_params(config),
+           "flops_per_token": flops_per_token(config), "onnx_bytes": files_bytes(onnx),
+           "sizes": {"layers": config.num_hidden_layers, "intermediate": config.intermediate_size,
+                     "heads": config.num_attention_heads, "kv_heads": config.num_key_value_heads},
+           "ort_fp32": {str(r["batch"]): {"decode_tokens_per_s": r["decode_tokens_per_s"], "ttft_ms": r["ttft_ms"]}
+                        for r in records}}
+    print(f"{name:>16}: ppl {ppl['wikitext']:.2f} / {ppl['second_domain']:.2f}, decode "
+          + ", ".join(f"b{b} {v['decode_tokens_per_s']:.1f} tok/s" for b, v in row["ort_fp32"].items()), flush=True)
+    return row
+
+
+def run_structured_bench(settings: StructuredBenchSettings, out: Path, work: Path) -> dict:
+    from sparsetrt.calibration.data import default_corpus, sequential_windows, tokenize_corpus
+    from sparsetrt.models import load_tokenizer, resolve_checkpoint
+    from sparsetrt.prune.distill import DistillSettings
+    from sparsetrt.prune.distill_stage import distill_checkpoint
+    from sparsetrt.prune.shrink import ShrinkSettings, shrink_checkpoint
+    from sparsetrt.runtime.bench.perf import bench_prompts
+    from sparsetrt.runtime.bench.schedule import second_domain
+    from sparsetrt.runtime.measure import cpu_name
+
+    out, work = Path(out), Path(work)
+    dense = resolve_checkpoint(settings.model)
+    tokenizer = load_tokenizer(dense)
+    calib_text, eval_text = default_corpus("valid"), default_corpus("test")
+    other = second_domain(calib_text.description)
+    evaluation = {"wikitext": sequential_windows(tokenize_corpus(tokenizer, eval_text), settings.seq_len,
+                                                 settings.eval_windows),
+                  "second_domain": sequential_windows(tokenize_corpus(tokenizer, other), settings.seq_len,
+                                                      settings.second_domain_windows)}
+    prompts, _ = bench_prompts(tokenizer, "auto", max(settings.batches), settings.prompt_tokens)
+    started = time.perf_counter()
+
+    def row(name, checkpoint, **extra):
+        return evaluate_checkpoint(name, Path(checkpoint), work, evaluation, prompts, settings, tokenizer, extra)
+
+    rows = [row("dense", dense, kind="dense")]
+    if settings.pruned_2to4 and Path(settings.pruned_2to4, "sparsity.json").is_file():
+        rows.append(row("2:4", settings.pruned_2to4, kind="2:4 (SparseGPT, the demo's)"))
+    for name, sizes in settings.variants.items():
+        shrunk = work / name / "shrunk"
+        start = time.perf_counter()
+        manifest = shrink_checkpoint(str(dense), shrunk, ShrinkSettings(**sizes), calib="auto",
+                                     calib_samples=settings.calib_samples, calib_seq_len=settings.seq_len,
+                                     reuse=True)
+        shrink_s = time.perf_counter() - start
+        removed = manifest["decoder_linear_removed"]
+        rows.append(row(name, shrunk, kind="one-shot", removed=removed, shrink=sizes, shrink_s=round(shrink_s, 1)))
+        if name in settings.distill:
+            distilled = work / name / "distilled"
+            d = distill_checkpoint(str(dense), shrunk, distilled, data="auto", reuse=True, progress=False,
+                                   settings=DistillSettings(max_minutes=settings.distill_minutes))
+            rows.append(row(f"{name}+distill", distilled, kind=f"distilled {settings.distill_minutes:g} min",
+                            removed=removed, shrink=sizes, distill_steps=d["steps"],
+                            distill_tokens=d["tokens_seen"], distill_s=d["train_seconds"]))
+    report = {"format": "sparsetrt.structured-bench/1", "settings": asdict(settings), "model": str(dense),
+              "protocol": {"calibration": f"{settings.calib_samples} x {settings.seq_len} of {calib_text.description}, "
+                                          "seed 0",
+                           "wikitext": f"first {len(evaluation['wikitext'])} x {settings.seq_len} of "
+                                       f"{eval_text.description}",
+                           "second_domain": f"first {len(evaluation['second_domain'])} x {settings.seq_len} of "
+                                            f"{other.description}"},
+              "machine": f"{cpu_name()} ({os.cpu_count()} CPUs), {platform.platform()}",
+              "wall_s": round(time.perf_counter() - started, 1), "rows": rows, "targets": targets(rows)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "structured.json", report)
+    write_text_atomic(out / "structured.md", markdown(report))
+    plot(out / "structured.png", rows)
+    return report
+
+
+def targets(rows: list[dict]) -> dict:
+    """The issue's target cell: a ~25 % MLP-width variant distilled, against dense ppl and batch-1 decode speed."""
+    dense = rows[0]
+    cell = next((r for r in rows if r["variant"] == "mlp-25+distill"), None)
+    result = {"dense_ppl": dense["ppl"]["wikitext"], "ppl_limit": TARGET_PPL_RATIO * dense["ppl"]["wikitext"],
+              "speedup_needed": TARGET_SPEEDUP, "evaluated_on": None}
+    if cell is None:
+        return {**result, "met": None, "why_not_evaluated": "mlp-25 was not distilled in this run"}
+    speedup = cell["ort_fp32"]["1"]["decode_tokens_per_s"] / dense["ort_fp32"]["1"]["decode_tokens_per_s"]
+    return {**result, "evaluated_on": cell["variant"], "distill_minutes": cell.get("distill_s", 0) / 60,
+            "ppl": cell["ppl"]["wikitext"], "speedup": speedup,
+            "met": cell["ppl"]["wikitext"] <= result["ppl_limit"] and speedup >= TARGET_SPEEDUP}
+
+
+def markdown(report: dict) -> str:
+    rows, dense = report["rows"], report["rows"][0]
+    base = {b: v["decode_tokens_per_s"] for b, v in dense["ort_fp32"].items()}
+    lines = ["# Structured pruning: smaller dense models vs dense and 2:4", "",
+             f"Model: {report['model']}. Machine: {report['machine']}. Run: {report['wall_s'] / 60:.1f} min.", "",
+             f"Calibration: {report['protocol']['calibration']}. Perplexity (PyTorch fp32): "
+             f"{report['protocol']['wikitext']}; second domain {report['protocol']['second_domain']}. Speed: ONNX "
+             "Runtime fp32, one process per model, decode tokens/s (median of the repeats) and TTFT at "
+             f"{report['settings']['prompt_tokens']} prompt tokens.", "",
+             "| variant | kind | layers / MLP / heads / KV | decoder Linear removed | WikiText ppl | 2nd-domain ppl "
+             "| b1 tok/s (x dense) | b4 tok/s (x dense) | b1 TTFT ms | GFLOPs/token | ONNX MB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        s, o = r["sizes"], r["ort_fp32"]
+        removed = f"{r['removed']:.1%}" if "removed" in r else ("50 % zeros" if r["variant"] == "2:4" else "-")
+        speed = " | ".join(f"{o[b]['decode_tokens_per_s']:.1f} ({o[b]['decode_tokens_per_s'] / base[b]:.2f}x)"
+                           if b in o else "-" for b in ("1", "4"))
+        lines.append(f"| {r['variant']} | {r['kind']} | {s['layers']} / {s['intermediate']} / {s['heads']} / "
+                     f"{s['kv_heads']} | {removed} | {r['ppl']['wikitext']:.2f} | {r['ppl']['second_domain']:.2f} "
+                     f"| {speed} | {o['1']['ttft_ms']:.1f} | {r['flops_per_token'] / 1e9:.3f} "
+                     f"| {r['onnx_bytes'] / 1e6:.0f} |")
+    t = report["targets"]
+    lines += ["", f"Target: ~25 % MLP width removed + 30 min distillation at <= {TARGET_PPL_RATIO}x dense WikiText "
+                  f"perplexity (<= {t['ppl_limit']:.1f}) with >= {TARGET_SPEEDUP}x dense decode tokens/s at batch 1."]
+    if t["met"] is None:
+        lines.append(f"Not evaluated in this run: {t['why_not_evaluated']}.")
+    else:
+        lines.append(f"{t['evaluated_on']} ({t['distill_minutes']:.1f} min of distillation): ppl {t['ppl']:.2f}, "
+                     f"{t['speedup']:.2f}x: **{'met' if t['met'] else 'not met'}**.")
+    lines += ["", "![perplexity against decode speed](structured.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    from sparsetrt.artifacts import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for r in rows:
+        x, y = r["ort_fp32"]["1"]["decode_tokens_per_s"], r["ppl"]["wikitext"]
+        marker = {"dense": "*", "one-shot": "o"}.get(r["kind"], "s" if r["kind"].startswith("distilled") else "^")
+        ax.scatter([x], [y], marker=marker, s=70)
+        ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("decode tokens/s, ONNX Runtime fp32, batch 1")
+    ax.set_ylabel("WikiText-2 perplexity")
+    ax.set_yscale("log")
+    ax.set_title("structured variants: quality against speed (down and right is better)")
+    save_figure(fig, path)
