@@ -197,7 +197,7 @@ def test_bench_structured_reports_every_variant_against_dense(pruned_tiny, tiny_
                                        new_tokens=4, repeats=1)
     report = run_structured_bench(settings, tmp_path / "out", tmp_path / "work")
     names = [r["variant"] for r in report["rows"]]
-    assert names == ["dense", "2:4", "mlp-25", "mlp-25+distill", "depth"]
+    assert names == ["dense", "2:4", "mlp-25", "depth", "mlp-25+distill"]  # distillation last
     for r in report["rows"]:
         assert r["ppl"]["wikitext"] > 1 and r["ort_fp32"]["1"]["decode_tokens_per_s"] > 0 and r["onnx_bytes"] > 0
     by = {r["variant"]: r for r in report["rows"]}

@@ -11,6 +11,7 @@ is perplexity against decode tokens/s at batch 1: the frontier.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -104,42 +105,54 @@ def run_structured_bench(settings: StructuredBenchSettings, out: Path, work: Pat
     prompts, _ = bench_prompts(tokenizer, "auto", max(settings.batches), settings.prompt_tokens)
     started = time.perf_counter()
 
-    def row(name, checkpoint, **extra):
-        return evaluate_checkpoint(name, Path(checkpoint), work, evaluation, prompts, settings, tokenizer, extra)
+    rows: list[dict] = []
+    protocol = {"calibration": f"{settings.calib_samples} x {settings.seq_len} of {calib_text.description}, seed 0",
+                "wikitext": f"first {len(evaluation['wikitext'])} x {settings.seq_len} of {eval_text.description}",
+                "second_domain": f"first {len(evaluation['second_domain'])} x {settings.seq_len} of "
+                                 f"{other.description}"}
 
-    rows = [row("dense", dense, kind="dense")]
+    def row(name, checkpoint, **extra) -> dict:
+        """Evaluate one model, then rewrite the report with every row so far (a long run shows progress and an
+        interrupted one keeps what it measured)."""
+        rows.append(evaluate_checkpoint(name, Path(checkpoint), work, evaluation, prompts, settings, tokenizer, extra))
+        pending = [n for n in settings.variants if n not in {r["variant"] for r in rows}]
+        save(out, {"format": "sparsetrt.structured-bench/1", "settings": asdict(settings), "model": str(dense),
+                   "protocol": protocol, "machine": f"{cpu_name()} ({os.cpu_count()} CPUs), {platform.platform()}",
+                   "wall_s": round(time.perf_counter() - started, 1), "complete": False, "not_yet_run": pending,
+                   "rows": rows, "targets": targets(rows)})
+        return rows[-1]
+
+    row("dense", dense, kind="dense")
     if settings.pruned_2to4 and Path(settings.pruned_2to4, "sparsity.json").is_file():
-        rows.append(row("2:4", settings.pruned_2to4, kind="2:4 (SparseGPT, the demo's)"))
+        row("2:4", settings.pruned_2to4, kind="2:4 (SparseGPT, the demo's)")
+    shrunk = {}
     for name, sizes in settings.variants.items():
-        shrunk = work / name / "shrunk"
+        shrunk[name] = work / name / "shrunk"
         start = time.perf_counter()
-        manifest = shrink_checkpoint(str(dense), shrunk, ShrinkSettings(**sizes), calib="auto",
+        manifest = shrink_checkpoint(str(dense), shrunk[name], ShrinkSettings(**sizes), calib="auto",
                                      calib_samples=settings.calib_samples, calib_seq_len=settings.seq_len,
                                      reuse=True)
-        shrink_s = time.perf_counter() - start
-        removed = manifest["decoder_linear_removed"]
-        rows.append(row(name, shrunk, kind="one-shot", removed=removed, shrink=sizes, shrink_s=round(shrink_s, 1)))
-        if name in settings.distill:
-            distilled = work / name / "distilled"
-            d = distill_checkpoint(str(dense), shrunk, distilled, data="auto", reuse=True, progress=False,
-                                   settings=DistillSettings(max_minutes=settings.distill_minutes))
-            rows.append(row(f"{name}+distill", distilled, kind=f"distilled {settings.distill_minutes:g} min",
-                            removed=removed, shrink=sizes, distill_steps=d["steps"],
-                            distill_tokens=d["tokens_seen"], distill_s=d["train_seconds"]))
-    report = {"format": "sparsetrt.structured-bench/1", "settings": asdict(settings), "model": str(dense),
-              "protocol": {"calibration": f"{settings.calib_samples} x {settings.seq_len} of {calib_text.description}, "
-                                          "seed 0",
-                           "wikitext": f"first {len(evaluation['wikitext'])} x {settings.seq_len} of "
-                                       f"{eval_text.description}",
-                           "second_domain": f"first {len(evaluation['second_domain'])} x {settings.seq_len} of "
-                                            f"{other.description}"},
-              "machine": f"{cpu_name()} ({os.cpu_count()} CPUs), {platform.platform()}",
-              "wall_s": round(time.perf_counter() - started, 1), "rows": rows, "targets": targets(rows)}
+        row(name, shrunk[name], kind="one-shot", removed=manifest["decoder_linear_removed"], shrink=sizes,
+            shrink_s=round(time.perf_counter() - start, 1))
+    for name in settings.distill:  # last: the one-shot rows are on record even if a long distillation is cut short
+        distilled = work / name / "distilled"
+        d = distill_checkpoint(str(dense), shrunk[name], distilled, data="auto", reuse=True, progress=False,
+                               settings=DistillSettings(max_minutes=settings.distill_minutes))
+        removed = next(r["removed"] for r in rows if r["variant"] == name)
+        row(f"{name}+distill", distilled, kind=f"distilled {settings.distill_minutes:g} min", removed=removed,
+            shrink=settings.variants[name], distill_steps=d["steps"], distill_tokens=d["tokens_seen"],
+            distill_s=d["train_seconds"])
+    report = json.loads((out / "structured.json").read_text())
+    report.update(complete=True, wall_s=round(time.perf_counter() - started, 1))
+    save(out, report)
+    return report
+
+
+def save(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "structured.json", report)
     write_text_atomic(out / "structured.md", markdown(report))
-    plot(out / "structured.png", rows)
-    return report
+    plot(out / "structured.png", report["rows"])
 
 
 def targets(rows: list[dict]) -> dict:
@@ -160,7 +173,9 @@ def markdown(report: dict) -> str:
     rows, dense = report["rows"], report["rows"][0]
     base = {b: v["decode_tokens_per_s"] for b, v in dense["ort_fp32"].items()}
     lines = ["# Structured pruning: smaller dense models vs dense and 2:4", "",
-             f"Model: {report['model']}. Machine: {report['machine']}. Run: {report['wall_s'] / 60:.1f} min.", "",
+             f"Model: {report['model']}. Machine: {report['machine']}. Run: {report['wall_s'] / 60:.1f} min"
+             + ("." if report.get("complete") else f", **incomplete** (not yet run: "
+                f"{', '.join(report.get('not_yet_run', [])) or 'the distillation'}).") , "",
              f"Calibration: {report['protocol']['calibration']}. Perplexity (PyTorch fp32): "
              f"{report['protocol']['wikitext']}; second domain {report['protocol']['second_domain']}. Speed: ONNX "
              "Runtime fp32, one process per model, decode tokens/s (median of the repeats) and TTFT at "
