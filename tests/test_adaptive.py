@@ -431,6 +431,17 @@ def test_serve_adaptive_batches_per_variant_and_moves_escalated_rows(tiny_varian
     import httpx
     from serve_support import LiveServer
 
+    class Delayed:  # each decode step 30 ms later, so requests overlap even on a busy machine
+        def __init__(self, runner):
+            self.runner = runner
+
+        def step(self, *args):
+            time.sleep(0.03)
+            return self.runner.step(*args)
+
+        def __getattr__(self, name):
+            return getattr(self.runner, name)
+
     root, _ = tiny_variants
     prompts = [f"def f{i}(x):" + " return x" * i for i in range(8)]
 
@@ -438,8 +449,12 @@ def test_serve_adaptive_batches_per_variant_and_moves_escalated_rows(tiny_varian
         (root / "state.json").unlink(missing_ok=True)
         served = adaptive_served(root, policy="static", static_arm="2:4-fp32", escalation=True, audit_fraction=0.0)
         with LiveServer(served, max_batch=max_batch) as live:
-            controller = live.app.state.worker.runner.controller
+            worker = live.app.state.worker
+            controller = worker.runner.controller
             controller.escalate = lambda arm, entropy: arm != controller.arms.dense and int(entropy * 10) % 3 == 0
+            for lane in worker.scheduler.lanes:
+                lane.runner = Delayed(lane.runner)
+            worker.runner.runners[:] = [lane.runner for lane in worker.scheduler.lanes]
 
             def call(i):
                 time.sleep(0.03 * i)
