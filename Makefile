@@ -83,7 +83,8 @@ PARITY_ARTIFACTS ?= artifacts/ci
 
 parity: setup
 ifeq ($(PARITY_ARTIFACTS),artifacts/ci)
-	$(BIN)/sparsetrt run --config configs/ci.toml --out $(PARITY_ARTIFACTS) --no-progress
+	@# --overwrite: artifacts/ci is the gate's own scratch; a tree from an older sparsetrt (another fingerprint) is rebuilt
+	$(BIN)/sparsetrt run --config configs/ci.toml --out $(PARITY_ARTIFACTS) --no-progress --overwrite
 endif
 	$(BIN)/sparsetrt parity --artifacts $(PARITY_ARTIFACTS) --engine auto \
 		--out $(PARITY_ARTIFACTS)/parity-gate --overwrite --junit $(JUNIT_DIR)/parity.xml $(PARITY_ARGS)
