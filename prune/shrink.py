@@ -109,8 +109,8 @@ def plan(config, settings: ShrinkSettings) -> Plan:
 def gather(model, windows: torch.Tensor, settings: ShrinkSettings, plan_: Plan, batch: int = 4) -> dict:
     """What the estimators read, per layer: activation sums of squares (down_proj and o_proj inputs), |w * grad|
     (taylor), block influence (cosine) and, for depth by loss, the calibration loss with each block skipped."""
-    layers = model.model.layers
-    stats = {"act_mlp": [None] * len(layers), "act_heads": [None] * len(layers), "influence": [0.0] * len(layers)}
+    layers, hidden = model.model.layers, model.config.hidden_size
+    stats = {"act_mlp": [None] * len(layers), "act_heads": [None] * len(layers), "influence": [None] * len(layers)}
     handles = []
 
     def add(key, i, value):
@@ -122,9 +122,9 @@ def gather(model, windows: torch.Tensor, settings: ShrinkSettings, plan_: Plan, 
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(
             lambda m, a, i=i: add("act_heads", i, a[0].detach().float().pow(2).reshape(-1, a[0].shape[-1]).sum(0))))
         handles.append(layer.register_forward_hook(
-            lambda m, a, k, out, i=i: stats["influence"].__setitem__(i, stats["influence"][i] + importance.block_influence(
-                (a[0] if a else k["hidden_states"]).reshape(-1, layers[0].mlp.down_proj.out_features),
-                (out[0] if isinstance(out, tuple) else out).reshape(-1, layers[0].mlp.down_proj.out_features))),
+            lambda m, a, k, out, i=i: add("influence", i, importance.block_influence(
+                (a[0] if a else k["hidden_states"]).reshape(-1, hidden),
+                (out[0] if isinstance(out, tuple) else out).reshape(-1, hidden))),
             with_kwargs=True))
     taylor = settings.importance == "taylor"
     saliency: dict[str, torch.Tensor] = {}
@@ -154,9 +154,11 @@ def gather(model, windows: torch.Tensor, settings: ShrinkSettings, plan_: Plan, 
 
 def skip_losses(model, windows: torch.Tensor, batch: int) -> list[float]:
     """Calibration loss increase when each block in turn is skipped (its output replaced by its input)."""
+    chunks = windows.split(batch)
+
     def loss() -> float:
         with torch.no_grad():
-            return sum(float(model(input_ids=c, labels=c).loss) for c in windows.split(batch)) / len(windows.split(batch))
+            return sum(float(model(input_ids=c, labels=c).loss) for c in chunks) / len(chunks)
 
     base = loss()
     increases = []

@@ -252,9 +252,7 @@ class BatchScheduler:
         """Adaptive serving: the controller picks the row's variant (prefilling it there); the row joins that batch."""
         row.route, logits = self.runner.open_request(row.job.prompt_ids, row.sampling.max_new_tokens)
         lane = self.lanes[row.route.arm]
-        cache, row.route.cache = row.route.cache, None  # the batch holds it from now on
-        self.repack_s += lane.join([row], np.ones((1, len(row.job.prompt_ids)), dtype=np.int64), cache,
-                                   self._choose([row], logits))
+        self._join_routed(lane, row, self._choose([row], logits))
         self._note_peak()
         self._deliver(lane, first=len(lane.rows) - 1)
 
@@ -301,9 +299,13 @@ class BatchScheduler:
         leaving = [(lane.rows[i], int(lane.next_tokens[i])) for i in moved]
         self.repack_s += lane.keep([i for i in range(len(lane.rows)) if i not in moved])
         for row, token in leaving:
-            cache, row.route.cache = row.route.cache, None
-            self.repack_s += self.lanes[row.route.arm].join(
-                [row], np.ones((1, len(row.route.ids)), dtype=np.int64), cache, np.array([token], dtype=np.int64))
+            self._join_routed(self.lanes[row.route.arm], row, np.array([token], dtype=np.int64))
+
+    def _join_routed(self, lane: Batch, row: Row, token: np.ndarray) -> None:
+        """A routed row joins `lane` with the cache its variant prefilled for it (every position so far is real);
+        the lane holds that cache from now on."""
+        cache, row.route.cache = row.route.cache, None
+        self.repack_s += lane.join([row], np.ones((1, len(row.route.ids)), dtype=np.int64), cache, token)
 
     def _choose(self, rows: list[Row], logits: np.ndarray) -> np.ndarray:
         """Each row's next token from its own logits, settings and generator (what a batch of one would pick)."""
