@@ -18,7 +18,7 @@ ARTIFACTS   ?= artifacts
 # Whether a demo run has finished there (every `sparsetrt run` writes a run*.json at the top).
 DEMO_DONE    = $(wildcard $(ARTIFACTS)/run*.json)
 
-.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule bench-serve bench-adaptive bench-gpu bench-engine bench-structured distill engine \
+.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule bench-serve bench-adaptive bench-gpu bench-engine bench-structured bench-scale distill engine \
 	parity serve \
 	docker-lint docker-build docker-runtime docker-cpu clean distclean help
 
@@ -35,6 +35,7 @@ help:
 	@echo "make bench-adaptive variant set (dense, 2:4, 2:4+INT8/INT4) timed here; bandits vs static variants on a mixed stream"
 	@echo "make serve ADAPTIVE=linucb      route each request to a variant of artifacts/variants (thompson|threshold too)"
 	@echo "make bench-serve    32 clients x 60 s, batched vs one at a time, fp32 + INT8, plus overload (benchmarks/serve.md)"
+	@echo "make bench-scale       peak memory/time of prune (whole vs --stream) and export vs model size, up to 8B shapes"
 	@echo "make bench-structured  shrunk SmolLM2 variants vs dense and 2:4: perplexity vs ORT speed (benchmarks/structured.md)"
 	@echo "make bench-gpu      dense vs 2:4 GEMMs + end-to-end generation on a CUDA GPU (benchmarks/gpu.md)"
 	@echo "make docker-cpu     ONNX Runtime serving image; docker-runtime: TensorRT serving; docker-build: engine toolchain"
@@ -110,13 +111,17 @@ bench-serve: setup
 	$(if $(wildcard $(ARTIFACTS)/int8/quantize.json),,$(MAKE) demo PRECISION=int8)
 	$(BIN)/sparsetrt bench-serve --model $(ARTIFACTS) --backend $(BACKEND) --out benchmarks $(ARGS)
 
-# The variant set from the INT8/INT4 demo configs plus the dense baseline (finished stages are reused), each timed
+# The variant set from the INT8/INT4 demo configs plus the dense baseline (finished stages are reused), and the
+# structured variants STRUCTURED of `make bench-structured` (fp32 + INT8) when its artifacts exist, each timed
 # on this backend; then every controller replayed over a mixed stream (benchmarks/adaptive.{json,md,png}).
 # GPU_COST=benchmarks/gpu.json (from `make bench-gpu`) also replays the policies on GPU-modelled costs.
 GPU_COST ?=
+STRUCTURED ?= $(if $(wildcard $(ARTIFACTS)/structured/*/shrunk/structure.json),mlp-25+distill$(COMMA)mlp-40$(COMMA)depth-40)
+COMMA := ,
 
 bench-adaptive: setup
-	$(BIN)/sparsetrt variants --out $(VARIANTS) --no-progress
+	$(if $(STRUCTURED),,@echo "note: no structured variants (run make bench-structured first to add them)")
+	$(BIN)/sparsetrt variants --out $(VARIANTS) --no-progress $(if $(STRUCTURED),--structured $(STRUCTURED))
 	$(BIN)/sparsetrt bench-adaptive --variants $(VARIANTS) --out benchmarks $(if $(GPU_COST),--gpu-cost $(GPU_COST)) \
 		$(ARGS)
 
@@ -185,6 +190,11 @@ bench-structured: setup
 	$(if $(DEMO_DONE),,$(MAKE) demo)
 	$(BIN)/sparsetrt bench-structured --out benchmarks --work artifacts/structured \
 		$(if $(DISTILL_STRUCTURED),--distill $(DISTILL_STRUCTURED)) --distill-minutes $(MINUTES) $(ARGS)
+
+# Peak RSS and wall time of prune (whole model and --stream) and export against model size: random-weight Llamas
+# of SmolLM2-135M/360M, TinyLlama-1.1B and Llama-3-8B shapes (8B with 1 and 2 blocks) -> benchmarks/scale.*
+bench-scale: setup
+	$(BIN)/sparsetrt bench-scale --out benchmarks --work $(ARTIFACTS)/scale $(ARGS)
 
 clean:
 	rm -rf artifacts reports .setuptools-build *.egg-info .pytest_cache .hypothesis

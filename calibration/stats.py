@@ -33,6 +33,9 @@ class InputStats:
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
+        if self.n_tokens == 0:  # accumulate where the inputs are (the GPU when a block is processed there)
+            self.hessian = None if self.hessian is None else self.hessian.to(x.device)
+            self.sq_norm = None if self.sq_norm is None else self.sq_norm.to(x.device)
         n_new = x.shape[0]
         total = self.n_tokens + n_new
         if self.hessian is not None:

@@ -101,6 +101,7 @@ def prune_model(
     batch_size: int = 8,
     sparsegpt_options: dict | None = None,
     progress: bool = True,
+    hooks: LayerHooks | None = None,
 ) -> list[ModuleReport]:
     """Prune `model` in place; return one report per pruned module.
 
@@ -119,8 +120,16 @@ def prune_model(
     else:
         patterns = {n: pattern for n in modules}
     check_prunable(modules, patterns)
-    if method == "magnitude":  # needs no data: prune every target directly
-        return [_prune_module(name, mod, method, patterns[name], None) for name, mod in modules.items()]
+    if method == "magnitude":  # needs no data: prune every target directly, one block after the other
+        hooks = hooks or LayerHooks("cpu")
+        hooks.captured()  # nothing to capture
+        reports = []
+        for index, layer in enumerate(decoder_layers(model)):
+            hooks.load(index, layer)
+            reports += [_prune_module(name, mod, method, patterns[name], None) for name, mod in modules.items()
+                        if any(mod is m for m in layer.modules())]
+            hooks.done(index, layer)
+        return reports
     if calib_windows is None or len(calib_windows) == 0:
         raise SparsetrtError(f"method '{method}' needs calibration windows")
 
@@ -128,26 +137,49 @@ def prune_model(
     return sequential_update(model, calib_windows, modules,
                              lambda group, stats: _prune_group(group, method, patterns, stats, sparsegpt_options or {}),
                              want_hessian=(method == "sparsegpt"), batch_size=batch_size, progress=progress,
-                             desc=f"{method} {described}")
+                             desc=f"{method} {described}", hooks=hooks)
+
+
+class LayerHooks:
+    """Where each decoder block lives while it is processed. The default keeps the whole model where it is and
+    moves only the block being worked on to `device` (the rest stays on the host); layer streaming
+    (sparsetrt.prune.streaming) reads the block from the checkpoint instead and writes it out afterwards."""
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+
+    def captured(self) -> None:
+        """The first block's inputs are captured: what only the capture needed can go."""
+
+    def load(self, index: int, layer: torch.nn.Module) -> None:
+        layer.to(self.device)
+
+    def done(self, index: int, layer: torch.nn.Module) -> None:
+        layer.to("cpu")
 
 
 def sequential_update(model: torch.nn.Module, calib_windows: torch.Tensor, modules: dict[str, torch.nn.Linear],
                       update_group, want_hessian: bool, batch_size: int = 8, progress: bool = True,
-                      desc: str = "sequential") -> list:
+                      desc: str = "sequential", hooks: LayerHooks | None = None) -> list:
     """Walk the decoder blocks in order; in each, hand every group of Linears that share one input to
     `update_group(group, stats)` (which rewrites their weights and returns a list of reports) with
-    statistics of inputs that already reflect every earlier update. Used by pruning and by GPTQ."""
+    statistics of inputs that already reflect every earlier update. Used by pruning and by GPTQ. `hooks` say
+    where each block is while it is processed (LayerHooks: on its device; streaming: read and written out)."""
+    hooks = hooks or LayerHooks("cpu")
     layers = decoder_layers(model)
     with torch.no_grad():
-        cached = capture_first_layer_inputs(model, layers, calib_windows, batch_size)
+        cached = to_device(capture_first_layer_inputs(model, layers, calib_windows, batch_size), hooks.device)
+        hooks.captured()
         reports = []
         bar = progress_bar(len(layers), desc, progress)
         name_of = {id(m): n for n, m in modules.items()}
         first_groups = None  # (layer index, groups) of the first block, reused for identical blocks
         for index, layer in enumerate(layers):
+            hooks.load(index, layer)
             in_layer = {name_of[id(m)]: m for m in layer.modules() if id(m) in name_of}
             if not in_layer:
                 cached = _propagate(layer, cached)
+                hooks.done(index, layer)
                 bar.update(1)
                 continue
             groups = _same_groups(first_groups, in_layer, index) or _linear_groups(layer, cached[0], in_layer)
@@ -171,10 +203,26 @@ def sequential_update(model: torch.nn.Module, calib_windows: torch.Tensor, modul
                 reports += update_group(group, stats[rep_name])
                 bar.set_postfix_str(f"layer {index}: {', '.join(n.rsplit('.', 1)[-1] for n in group)}")
             cached = _propagate_last_group(layer, cached, outputs, stats[rep_name].inputs, group, old)
-            del stats, outputs
+            del stats, outputs, old, forwards, memo
+            hooks.done(index, layer)
             bar.update(1)
         bar.close()
     return reports
+
+
+def to_device(cached: list, device: torch.device) -> list:
+    """The captured (hidden states, layer kwargs) moved to the device the blocks are processed on."""
+    if device.type == "cpu":
+        return cached
+
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, tuple):
+            return tuple(move(v) for v in value)
+        return value
+
+    return [(hidden.to(device), {k: move(v) for k, v in kwargs.items()}) for hidden, kwargs in cached]
 
 
 @contextlib.contextmanager
@@ -319,11 +367,13 @@ def capture_first_layer_inputs(model, layers, windows: torch.Tensor, batch_size:
 
 def _linear_groups(layer, first_batch, modules: dict[str, torch.nn.Linear]) -> list[dict[str, torch.nn.Linear]]:
     """Group the layer's target Linears by the input tensor they read, in call order."""
-    calls: list[tuple[str, int]] = []
+    calls: list[tuple[str, torch.Tensor]] = []
     by_id = {id(m): n for n, m in modules.items()}
 
     def record(module, args):
-        calls.append((by_id[id(module)], id(args[0])))
+        # keep the input itself, not its id(): a freed input's address (and so its id) can be reused by the
+        # next one, which would merge o_proj into q/k/v's group depending on the allocator
+        calls.append((by_id[id(module)], args[0]))
 
     handles = [m.register_forward_pre_hook(record) for m in modules.values()]
     try:
@@ -334,13 +384,13 @@ def _linear_groups(layer, first_batch, modules: dict[str, torch.nn.Linear]) -> l
             h.remove()
     groups: list[dict[str, torch.nn.Linear]] = []
     last_input = None
-    for name, input_id in calls:
+    for name, tensor in calls:
         if name in {n for g in groups for n in g}:
             continue  # a module called twice keeps its first position
-        if input_id != last_input or not groups:
+        if tensor is not last_input or not groups:
             groups.append({})
         groups[-1][name] = modules[name]
-        last_input = input_id
+        last_input = tensor
     missed = [n for n in modules if all(n not in g for g in groups)]
     if missed:  # never called in forward: prune them last, data-free statistics are meaningless
         raise SparsetrtError(f"modules {missed[:3]} are not used in the forward pass; exclude them")

@@ -12,7 +12,7 @@ from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.error_probe import probe_errors
 from sparsetrt.prune.masks import parse_pattern
 from sparsetrt.prune.schedule import ScheduleSettings, plan_schedule
-from sparsetrt.prune.sequential import METHODS, check_prunable, prune_model, target_linears
+from sparsetrt.prune.sequential import METHODS, LayerHooks, check_prunable, prune_model, target_linears
 from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, MASK_SELECTIONS
 from sparsetrt.prune.verify import SPARSITY_MANIFEST, verify_checkpoint
 
@@ -37,11 +37,16 @@ def prune_checkpoint(
     reuse: bool = False,
     trust_remote_code: bool = False,
     progress: bool = True,
+    stream: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Prune `model` (directory, embedded name or hub id) and write the result into `out`.
 
     `schedule` (ScheduleSettings fields) spreads the pattern's sparsity over the modules: "scheduled" (log-level
     clustering of OBS error estimates), "owl", or "hardware" (dense or N:M per Linear under a coverage budget).
+    `stream` reads one decoder block at a time from the checkpoint and writes it out when pruned (bounded memory,
+    same tensors); `device` is where the block being pruned and its statistics live (cpu, cuda, auto).
+    Neither changes the result, so neither enters the run's fingerprint.
     """
     import torch
 
@@ -57,6 +62,10 @@ def prune_checkpoint(
         raise SparsetrtError(f"unknown mask selection '{selection}'; use one of {', '.join(MASK_SELECTIONS)}")
     if calib_samples < 1 or calib_seq_len < 2:
         raise SparsetrtError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
+    device = resolve_device(device)
+    if stream and plan.mode != "uniform":
+        raise SparsetrtError(f"--stream prunes one block at a time; the {plan.mode} schedule probes the whole model "
+                             "first: run it without --stream")
     settings = {
         "model": str(model), "method": method, "pattern": str(parsed), "calib": str(calib),
         "calib_samples": calib_samples, "calib_seq_len": calib_seq_len, "seed": seed,
@@ -75,7 +84,16 @@ def prune_checkpoint(
     if method != "magnitude" or plan.mode != "uniform":  # these calibrate: windows must fit the positions
         check_length(validate_checkpoint(checkpoint, trust_remote_code), calib_seq_len, "a calibration window",
                      "--calib-seq-len")
-    lm, tokenizer = load_model(checkpoint, trust_remote_code=trust_remote_code)
+    if stream:
+        from sparsetrt.models import load_tokenizer, validate_checkpoint
+        from sparsetrt.prune.streaming import StreamedModel
+
+        validate_checkpoint(checkpoint, trust_remote_code)
+        streamed = StreamedModel(checkpoint, device, trust_remote_code=trust_remote_code)
+        lm, tokenizer = streamed.model, load_tokenizer(checkpoint, trust_remote_code)
+    else:
+        streamed = None
+        lm, tokenizer = load_model(checkpoint, trust_remote_code=trust_remote_code)
     timings["load_s"] = time.perf_counter() - start
     candidates = target_linears(lm, targets, exclude)
     check_prunable(candidates, parsed)
@@ -97,9 +115,46 @@ def prune_checkpoint(
                             sensitivity_windows=plan.sensitivity_windows if plan.error == "loss" and plan.mode != "owl" else 0)
         timings["probe_s"] = time.perf_counter() - start
     patterns, schedule_info = plan_schedule(plan, parsed, probe, list(candidates))
-    start = time.perf_counter()
-    reports = prune_model(lm, windows, method, patterns, targets, exclude, batch_size, sparsegpt, progress)
-    timings["prune_s"] = time.perf_counter() - start
+    with staged_dir(out) as tmp:
+        start = time.perf_counter()
+        hooks = streamed.hooks(tmp) if streamed else LayerHooks(device)
+        reports = prune_model(lm, windows, method, patterns, targets, exclude, batch_size, sparsegpt, progress, hooks)
+        timings["prune_s"] = time.perf_counter() - start
+        manifest = _manifest(run_fingerprint, settings, checkpoint, method, parsed, corpus, corpus_tokens,
+                             calib_samples, calib_seq_len, seed, reports, candidates, patterns, schedule_info,
+                             sparsegpt, timings, device, stream)
+        start = time.perf_counter()
+        if streamed:
+            streamed.finish(tmp)
+        else:
+            lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        timings["save_s"] = time.perf_counter() - start
+        write_json(tmp / SPARSITY_MANIFEST, manifest)
+        verify_checkpoint(tmp, manifest).raise_if_failed()  # a broken pattern never lands
+        if probe is not None:
+            _plot(tmp / "schedule.png", candidates, probe, reports, schedule_info, method, parsed)
+    return manifest
+
+
+def resolve_device(device: str) -> str:
+    """cpu | cuda | cuda:N | auto (cuda when one is there) -> the device, refused when it is not there."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SparsetrtError(f"--device {device}: this machine has no CUDA GPU that PyTorch can use "
+                             f"(torch {torch.__version__}); use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SparsetrtError(f"unknown --device '{device}'; use cpu, cuda, cuda:N or auto")
+    return device
+
+
+def _manifest(run_fingerprint, settings, checkpoint, method, parsed, corpus, corpus_tokens, calib_samples,
+              calib_seq_len, seed, reports, candidates, patterns, schedule_info, sparsegpt, timings, device,
+              stream) -> dict:
+    import torch
 
     pruned_params = sum(r.shape[0] * r.shape[1] for r in reports)
     zeros = sum(r.zero_fraction * r.shape[0] * r.shape[1] for r in reports)
@@ -131,17 +186,9 @@ def prune_checkpoint(
         "timings": timings,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "execution": {"device": device, "streamed": stream},
         "modules": {r.name: r.to_json() for r in reports},
     }
-    start = time.perf_counter()
-    with staged_dir(out) as tmp:
-        lm.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        timings["save_s"] = time.perf_counter() - start
-        write_json(tmp / SPARSITY_MANIFEST, manifest)
-        verify_checkpoint(tmp, manifest).raise_if_failed()  # a broken pattern never lands
-        if probe is not None:
-            _plot(tmp / "schedule.png", candidates, probe, reports, schedule_info, method, parsed)
     return manifest
 
 

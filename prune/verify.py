@@ -91,12 +91,12 @@ def load_manifest(directory: Path) -> dict:
     return manifest
 
 
-def checkpoint_weights(checkpoint: Path, names) -> dict[str, np.ndarray]:
-    """Read `<module>.weight` tensors from a checkpoint's safetensors files (sharded or not)."""
+def iter_checkpoint_weights(checkpoint: Path, names):
+    """(module, fp32 array) for each `<module>.weight` in a checkpoint's safetensors files (sharded or not), one at
+    a time: an 8B checkpoint is checked without holding it."""
     from safetensors import safe_open
 
     wanted = {f"{n}.weight": n for n in names}
-    found = {}
     files = sorted(Path(checkpoint).glob("*.safetensors"))
     if not files:
         raise SparsetrtError(f"{checkpoint} has no .safetensors files to verify")
@@ -104,22 +104,25 @@ def checkpoint_weights(checkpoint: Path, names) -> dict[str, np.ndarray]:
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
                 if key in wanted:
-                    found[wanted[key]] = f.get_tensor(key).float().numpy()
-    return found
+                    yield wanted[key], f.get_tensor(key).float().numpy()
+
+
+def checkpoint_weights(checkpoint: Path, names) -> dict[str, np.ndarray]:
+    """Every `<module>.weight` of `names` at once (the ONNX verifier matches initializers against all of them)."""
+    return dict(iter_checkpoint_weights(checkpoint, names))
 
 
 def verify_checkpoint(checkpoint: Path, manifest: dict | None = None) -> VerifyResult:
     manifest = manifest or load_manifest(checkpoint)
     modules = manifest["modules"]
-    weights = checkpoint_weights(checkpoint, modules)
     result = VerifyResult(where=f"checkpoint {checkpoint}")
-    for name, info in modules.items():
-        if name not in weights:
-            result.failures.append(f"{name}: weight missing from the checkpoint")
-            continue
+    seen = set()
+    for name, weight in iter_checkpoint_weights(checkpoint, modules):
+        seen.add(name)
         result.checked += 1
-        if problem := check_pattern(name, weights[name], info["pattern"], axis=1):  # HF Linear: (out, in)
+        if problem := check_pattern(name, weight, modules[name]["pattern"], axis=1):  # HF Linear: (out, in)
             result.failures.append(problem)
+    result.failures += [f"{name}: weight missing from the checkpoint" for name in modules if name not in seen]
     return result
 
 

@@ -11,6 +11,7 @@
                         measures, what the adaptive variant set is built from)
   discover_deployables  every Deployable whose files exist under a tree
   prepare_dense         the dense baseline's files, exported and quantized like the 2:4 run's
+  prepare_like_runs     the same for any checkpoint (a shrunk variant) into a tree of its own
   files_bytes, tokenizer_dir_for
 """
 
@@ -137,23 +138,33 @@ def discover_deployables(artifacts: Path, cuda: bool = False) -> list[Deployable
 def prepare_dense(artifacts: Path, progress: bool = True) -> Path:
     """The dense baseline's deployables in artifacts/dense/: the source checkpoint exported and quantized with the
     settings of the 2:4 runs (artifacts/int8, artifacts/int4), so dense and 2:4 differ only by the pruning."""
+    tree = ArtifactsTree(artifacts)
+    prepare_like_runs(tree.dense_checkpoint(), tree.dense, tree, progress=progress)
+    return tree.dense.root
+
+
+def prepare_like_runs(source: Path, files: ArtifactsTree, runs: ArtifactsTree, floats=FLOAT_PRECISIONS,
+                      precisions=QUANT_PRECISIONS, progress: bool = True) -> list[str]:
+    """`source` (any checkpoint of the same tokenizer: the dense model, a shrunk one) exported into files/onnx/ and
+    quantized into files/<precision>/ with the settings the 2:4 runs under `runs` used (each quantized precision
+    only where such a run exists). Finished files are reused. Returns the precisions now under `files`."""
     from sparsetrt.artifacts import read_json
     from sparsetrt.export.quant_stage import QUANT_MANIFEST, quantize_checkpoint
     from sparsetrt.export.stage import export_checkpoint
 
-    tree = ArtifactsTree(artifacts)
-    source, dense = tree.dense_checkpoint(), tree.dense
-    export_checkpoint(source, dense.onnx_dir, precisions=list(FLOAT_PRECISIONS), reuse=True)
-    for precision in QUANT_PRECISIONS:
-        manifest = tree.quant_dir(precision) / QUANT_MANIFEST
+    export_checkpoint(source, files.onnx_dir, precisions=list(floats), reuse=True)
+    done = list(floats)
+    for precision in precisions:
+        manifest = runs.quant_dir(precision) / QUANT_MANIFEST
         if not manifest.is_file():
             continue
         run = read_json(manifest)["settings"]
-        quantize_checkpoint(source, dense.onnx_dir, dense.quant_dir(precision), run["quant"], calib=run["calib"],
+        quantize_checkpoint(source, files.onnx_dir, files.quant_dir(precision), run["quant"], calib=run["calib"],
                             calib_samples=run["calib_samples"], calib_seq_len=run["calib_seq_len"], seed=run["seed"],
                             tp_sizes=(), parity_corpus=run["parity"]["corpus"], parity_windows=run["parity"]["windows"],
                             parity_seq_len=run["parity"]["seq_len"], reuse=True, progress=progress)
-    return dense.root
+        done.append(precision)
+    return done
 
 
 def files_bytes(path: Path) -> int:

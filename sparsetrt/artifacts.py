@@ -259,6 +259,17 @@ def pyplot():
     return plt
 
 
+def write_report(out: Path, stem: str, report: dict, markdown, plot=None) -> None:
+    """A benchmark's three files, each written atomically: STEM.json (the report), STEM.md (markdown(report)) and
+    STEM.png (plot(path, report)) when a plot is given."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{stem}.json", report)
+    write_text_atomic(out / f"{stem}.md", markdown(report))
+    if plot is not None:
+        plot(out / f"{stem}.png", report)
+
+
 def save_figure(fig, path: Path) -> Path:
     """Write a matplotlib figure atomically (temporary name, then rename) and close it."""
     import matplotlib.pyplot as plt

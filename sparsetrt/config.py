@@ -61,6 +61,8 @@ class PruneSection:
     batch_size: int = 8
     sparsegpt: SparseGPTSection = field(default_factory=SparseGPTSection)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    stream: bool = False                # one decoder block in memory at a time (same result)
+    device: str = "cpu"                 # where the block being pruned lives: cpu | cuda | cuda:N | auto
 
 
 @dataclass
@@ -120,6 +122,8 @@ class PipelineConfig:
         data = dataclasses.asdict(self)
         if not self.shrink.enabled():  # configs without a shrink stage keep the fingerprint they always had
             data.pop("shrink")
+        for where in ("stream", "device"):  # where pruning runs does not change what it writes
+            data["prune"].pop(where)
         return data
 
 

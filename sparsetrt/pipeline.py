@@ -72,7 +72,7 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
     pruned = stage("prune", prune_checkpoint, model=source, out=tree.pruned, method=p.method,
                    pattern=p.pattern, calib=c.corpus, calib_samples=c.samples, calib_seq_len=c.seq_len, seed=c.seed,
                    targets=p.targets, exclude=p.exclude, sparsegpt=vars(p.sparsegpt), schedule=vars(p.schedule),
-                   batch_size=p.batch_size,
+                   batch_size=p.batch_size, stream=p.stream, device=p.device,
                    trust_remote_code=config.model.trust_remote_code, progress=progress)
     exported = stage("export", export_checkpoint, checkpoint=tree.pruned, out=tree.onnx_dir,
                      precisions=config.export.precisions, opset=config.export.opset)

@@ -8,6 +8,7 @@ import logging
 import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -501,6 +502,47 @@ def test_serve_adaptive_refuses_bad_settings(tiny_variants, tmp_path):
         adaptive_served(root, policy="static", static_arm="int9")
     with pytest.raises(SparsetrtError, match="build the variant set first"):
         resolve_adaptive(tmp_path, ControllerSettings())
+
+
+def test_structured_variants_join_the_set_and_serve_with_escalation_to_dense(tiny_variants, tiny_checkpoint,
+                                                                              calib_file, tmp_path):
+    """A shrunk checkpoint (another MLP width, so other weight shapes) joins the variant set next to dense and 2:4,
+    is timed like them, and serves: a request routed to it and escalated mid-generation moves into dense's batch
+    (dense's own prefill and cache) and finishes."""
+    from serve_support import LiveServer
+
+    from sparsetrt.prune.shrink import ShrinkSettings, shrink_checkpoint
+    from sparsetrt.runtime.adaptive.router import resolve_adaptive
+    from sparsetrt.runtime.adaptive.variant_set import build_variant_set
+
+    root, _ = tiny_variants
+    work = tmp_path / "structured"
+    shrink_checkpoint(str(tiny_checkpoint), work / "mlp-half" / "shrunk", ShrinkSettings(mlp="0.5"),
+                      calib=str(calib_file), calib_samples=4, calib_seq_len=32)
+    with pytest.raises(SparsetrtError, match="no structured variant 'mlp-half\\+distill'"):  # refused before work
+        build_variant_set(root / "artifacts", tmp_path / "refused", structured=work,
+                          structured_names=["mlp-half", "mlp-half+distill"], progress=False)
+    assert not (tmp_path / "refused").exists() and not (work / "mlp-half" / "onnx").exists()
+
+    manifest = build_variant_set(root / "artifacts", tmp_path / "variants", structured=work,
+                                 structured_names=["mlp-half"], progress=False)
+    entry = {v["name"]: v for v in manifest["variants"]}["mlp-half-fp32"]
+    assert {v["name"] for v in manifest["variants"]} == {"dense-fp32", "2:4-fp32", "mlp-half-fp32"}
+    assert entry["structured"] and entry["pattern"] == "mlp-half" and entry["precision"] == "fp32"
+    assert Path(entry["path"]).parent == work / "mlp-half" / "onnx" and entry["cost"]["decode_ms"] > 0
+    dense_bytes = {v["name"]: v for v in manifest["variants"]}["dense-fp32"]["file_bytes"]
+    assert entry["file_bytes"] < dense_bytes  # the narrower MLP is in the file
+
+    served = resolve_adaptive(tmp_path / "variants", ControllerSettings(policy="static", static_arm="mlp-half-fp32",
+                                                                        escalation=True, audit_fraction=0.0),
+                              state_path=tmp_path / "state.json")
+    with LiveServer(served, max_batch=4) as live:
+        controller = live.app.state.worker.runner.controller
+        controller.escalate = lambda arm, entropy: arm != controller.arms.dense  # every shrunk row escalates
+        r = live.client.post("/v1/completions", json={"prompt": "def f(x):", "max_tokens": 6, "temperature": 0})
+        assert r.status_code == 200, r.text
+        assert live.metric("sparsetrt_adaptive_decisions_total", variant="mlp-half-fp32") == 1
+        assert live.metric("sparsetrt_adaptive_escalations_total") == 1
 
 
 def test_cli_reports_a_missing_variant_set(tmp_path, capsys):

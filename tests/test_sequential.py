@@ -28,13 +28,19 @@ def test_targets_default_to_every_block_linear(tiny):
 
 
 def test_groups_follow_shared_inputs(tiny):
-    model, windows = tiny
+    model, _ = tiny
     layers = sequential.decoder_layers(model)
-    cached = sequential.capture_first_layer_inputs(model, layers, windows, 3)
+    with torch.no_grad():
+        cached = sequential.capture_first_layer_inputs(model, layers, torch.randint(0, 100, (6, 48)), 3)
     modules = {n: m for n, m in sequential.target_linears(model).items() if ".layers.0." in n}
-    groups = sequential._linear_groups(layers[0], cached[0], modules)
-    short = [[n.rsplit(".", 1)[-1] for n in g] for g in groups]
-    assert short == [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+    # repeated under no_grad, as sequential_update runs it: grouping by id() of the inputs once merged o_proj into
+    # gate/up's group when the allocator reused the freed attention output's address for the MLP's input (by
+    # chance: tests/test_streaming.py caught it; this loop does not reproduce it reliably)
+    with torch.no_grad():
+        for _ in range(30):
+            groups = sequential._linear_groups(layers[0], cached[0], modules)
+            short = [[n.rsplit(".", 1)[-1] for n in g] for g in groups]
+            assert short == [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
 
 
 def test_statistics_see_the_already_pruned_layers(tiny, monkeypatch):

@@ -5,6 +5,7 @@ block, the result exports and passes parity, and bad sizes are refused before an
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -186,7 +187,8 @@ def test_an_unknown_estimator_is_refused_with_the_list(tiny_checkpoint, tmp_path
     assert "unknown --importance 'fisher'; use one of activation, taylor, magnitude" in capsys.readouterr().err
 
 
-def test_bench_structured_reports_every_variant_against_dense(pruned_tiny, tiny_checkpoint, tmp_path):
+def test_bench_structured_reports_every_variant_against_dense(pruned_tiny, tiny_checkpoint, calib_file,
+                                                               tmp_path):
     """`sparsetrt bench-structured` end to end on the tiny model (windows of 32 tokens, seconds of distillation)."""
     from sparsetrt.runtime.bench.structured import StructuredBenchSettings, markdown, run_structured_bench
 
@@ -205,3 +207,26 @@ def test_bench_structured_reports_every_variant_against_dense(pruned_tiny, tiny_
     assert by["mlp-25"]["flops_per_token"] < by["dense"]["flops_per_token"]
     assert report["targets"]["evaluated_on"] == "mlp-25+distill" and isinstance(report["targets"]["met"], bool)
     assert "| mlp-25+distill |" in markdown(report) and (tmp_path / "out" / "structured.png").is_file()
+
+    # the INT8 columns, in a run of their own over the report's rows (two kept here), quantized like the INT8 run
+    from sparsetrt.export.quant_stage import quantize_checkpoint
+    from sparsetrt.export.stage import export_checkpoint
+    from sparsetrt.runtime.bench.structured import add_int8_columns
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(pruned_tiny, artifacts / "pruned")
+    export_checkpoint(artifacts / "pruned", artifacts / "onnx")
+    calib = str(calib_file)
+    quantize_checkpoint(artifacts / "pruned", artifacts / "onnx", artifacts / "int8", {"precision": "int8"},
+                        calib=calib, calib_samples=2, calib_seq_len=32, tp_sizes=(), parity_corpus=calib,
+                        parity_windows=1, parity_seq_len=32, progress=False)
+    saved = json.loads((tmp_path / "out" / "structured.json").read_text())
+    saved["rows"] = [r for r in saved["rows"] if r["variant"] in ("dense", "mlp-25")]
+    (tmp_path / "out" / "structured.json").write_text(json.dumps(saved))
+    with_int8 = add_int8_columns(tmp_path / "out", tmp_path / "work", artifacts, progress=False)
+    for r in with_int8["rows"]:
+        assert r["ort_int8"]["1"]["decode_tokens_per_s"] > 0 and r["ppl"] == next(
+            s["ppl"] for s in saved["rows"] if s["variant"] == r["variant"])  # perplexities kept as measured
+    assert (tmp_path / "work" / "mlp-25" / "int8" / "model.int8.onnx").is_file()
+    assert (artifacts / "dense" / "int8" / "model.int8.onnx").is_file()
+    assert "ONNX Runtime INT8" in (tmp_path / "out" / "structured.md").read_text()

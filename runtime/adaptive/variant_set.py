@@ -144,10 +144,57 @@ def collect_variants(artifacts: Path, backend: str = "onnxruntime", schedules: P
     return entries
 
 
+STRUCTURED_PRECISIONS = ("fp32", "int8")  # INT4 weight-only costs more than INT8 on ONNX Runtime's CPU kernels
+                                          # (0.93 vs 0.70 of dense fp32 in benchmarks/adaptive.md): one more arm
+                                          # that no policy picks
+
+
+def structured_checkpoint(work: Path, name: str) -> Path:
+    """The checkpoint `make bench-structured` wrote for variant `name` under `work`: NAME/shrunk (one-shot) or, for
+    NAME+distill, NAME/distilled."""
+    from sparsetrt.prune.shrink import STRUCTURE_MANIFEST
+
+    base, distilled = (name[:-len("+distill")], True) if name.endswith("+distill") else (name, False)
+    checkpoint = Path(work) / base / ("distilled" if distilled else "shrunk")
+    if not (checkpoint / STRUCTURE_MANIFEST).is_file():  # a distilled student keeps its structure.json
+        raise SparsetrtError(f"no structured variant '{name}' under {work} (looked for {checkpoint}): run `make "
+                             "bench-structured` first, or name one it wrote (NAME for one-shot, NAME+distill)")
+    return checkpoint
+
+
+def structured_variants(work: Path, names, runs: Path, backend: str = "onnxruntime",
+                        precisions=STRUCTURED_PRECISIONS, progress: bool = True) -> list[dict]:
+    """Variant entries for shrunk (and distilled) checkpoints of `make bench-structured`: each exported and quantized
+    with the settings of the 2:4 runs under `runs` into work/NAME/ (where the benchmark's fp32 export already is),
+    one entry per precision. Only ONNX Runtime: the TensorRT backend needs engines, which this does not build."""
+    from sparsetrt.runtime.deployables import ArtifactsTree, prepare_like_runs
+
+    if names and backend != "onnxruntime":
+        raise SparsetrtError(f"structured variants are exported for onnxruntime; the {backend} backend needs "
+                             "engines of them (sparsetrt engine), which `sparsetrt variants` does not build")
+    checkpoints = {name: structured_checkpoint(work, name) for name in names}  # every name checked before work
+    entries = []
+    for name, checkpoint in checkpoints.items():
+        if progress:
+            print(f"==> structured variant {name}: export + quantize ({', '.join(precisions)}) like the 2:4 runs",
+                  flush=True)
+        files = ArtifactsTree(Path(work) / name)
+        quantized = [p for p in precisions if p not in ("fp32", "fp16")]
+        floats = [p for p in precisions if p in ("fp32", "fp16")] or ["fp32"]
+        made = prepare_like_runs(checkpoint, files, ArtifactsTree(runs), floats=floats, precisions=quantized,
+                                 progress=progress)
+        for precision in (p for p in precisions if p in made):
+            entries.append({"name": f"{name}-{precision}", "pattern": name, "precision": precision,
+                            "backend": backend, "path": str(files.onnx(precision)), "structured": True,
+                            "checkpoint": str(checkpoint)})
+    return entries
+
+
 def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", configs=(), dense: bool = True,
-                      schedules: Path | None = None, progress: bool = True) -> dict:
-    """Run the pipeline for `configs` (finished stages are reused), add the dense baseline, time every variant and
-    write out/variants.json. Returns the manifest."""
+                      schedules: Path | None = None, structured: Path | None = None, structured_names=(),
+                      progress: bool = True) -> dict:
+    """Run the pipeline for `configs` (finished stages are reused), add the dense baseline and the named structured
+    variants under `structured`, time every variant and write out/variants.json. Returns the manifest."""
     from sparsetrt.artifacts import write_json
     from sparsetrt.config import load_config
     from sparsetrt.pipeline import run_pipeline
@@ -156,6 +203,9 @@ def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", 
     from sparsetrt.runtime.measure import device_info
 
     artifacts, out = Path(artifacts), Path(out)
+    if structured_names:  # refuse a missing one before the pipeline runs
+        for name in structured_names:
+            structured_checkpoint(structured, name)
     for config_path in configs:
         config = load_config(config_path)
         config.out = str(artifacts)
@@ -167,6 +217,8 @@ def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", 
             print("==> dense baseline (export + quantize with the 2:4 runs' settings)", flush=True)
         prepare_dense(artifacts, progress=progress)
     entries = collect_variants(artifacts, backend, schedules, progress)
+    if structured_names:
+        entries += structured_variants(structured, structured_names, artifacts, backend, progress=progress)
     names = [e["name"] for e in entries]
     if "dense-fp32" not in names:
         raise SparsetrtError(f"no dense fp32 variant under {artifacts}/dense: pass --dense (the controllers need the "

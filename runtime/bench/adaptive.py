@@ -372,7 +372,9 @@ def gpu_time_factors(gpu_report: dict, variants: list[dict], prompt_tokens: floa
         if v["pattern"] == "dense":
             factors[v["name"]] = {"prefill": 1.0, "decode": 1.0, "source": "dense: unchanged", "modelled": False}
         elif v["pattern"] != "2:4" or dtype not in measured:
-            why = ("partly 2:4 (hardware schedule): not modelled" if v["pattern"] != "2:4" else
+            why = ("a smaller dense model (structured): its GPU speed-up is not measured, so not modelled"
+                   if v.get("structured") else
+                   "partly 2:4 (hardware schedule): not modelled" if v["pattern"] != "2:4" else
                    f"no {v['precision']} 2:4 kernel measured (INT4 + 2:4 is not accelerated, TensorRT-LLM #1731)"
                    if v["precision"] == "int4" else f"no {dtype} GEMM in the GPU report")
             factors[v["name"]] = {"prefill": 1.0, "decode": 1.0, "source": f"{why}: unchanged", "modelled": False}
@@ -527,6 +529,10 @@ def summary_lines(report: dict, out: Path) -> list[str]:
     acc = report["acceptance"]
     lines.append(f"acceptance: frontier {acc['frontier']['passed']}, 95 % agreement at <= 60 % cost "
                  f"{acc['agreement_at_cost']['passed']}, overhead {acc['overhead']['passed']}")
+    best = acc["agreement_at_cost"]["best_bandit_within_cost"]
+    if best:
+        lines.append(f"best bandit at <= 60 % cost: {best['policy']} agreement {best['agreement_with_dense']:.3f} at "
+                     f"{best['relative_cost']:.3f}x dense")
     lines.append(f"wrote {Path(out) / 'adaptive.json'}, adaptive.md, adaptive.png")
     return lines
 
@@ -551,6 +557,9 @@ def replay_all(st: StreamTable, settings: AdaptiveBenchSettings, states: Path | 
     return {"main": main, "sweep": sweep, "lam": lam}
 
 
+AGREEMENT_COST_LIMIT = 0.6  # the issue's "at <= 60 % of dense cost"
+
+
 def acceptance_checks(rows: list[dict], sweep: list[dict], dense_row: dict, prefill_probe_ms: float) -> dict:
     """The issue's three acceptance bars, computed from this run (never assumed)."""
     bandits = [r for r in rows + sweep if r["policy"].split("@")[0].split("+")[0] in ("linucb", "thompson")]
@@ -558,12 +567,19 @@ def acceptance_checks(rows: list[dict], sweep: list[dict], dense_row: dict, pref
     reach = [r for r in bandits if r["agreement_with_dense"] >= 0.95 * dense_row["agreement_with_dense"]]
     cheapest_reach = min(reach, key=lambda r: r["relative_cost"]) if reach else None
     overhead = max(r["decision_overhead_us"] for r in bandits)
+    within = [r for r in rows + sweep if r["relative_cost"] <= AGREEMENT_COST_LIMIT]
+
+    def best(candidates):
+        top = max(candidates, key=lambda r: r["agreement_with_dense"], default=None)
+        return None if top is None else {k: top[k] for k in ("policy", "relative_cost", "agreement_with_dense", "nll")}
     return {
         "frontier": {"passed": all(r["beats_static_frontier"] for r in main),
                      "rows": {r["policy"]: {"nll": r["nll"], "frontier_nll": r["frontier_nll"],
                                             "relative_cost": r["relative_cost"]} for r in main}},
         "agreement_at_cost": {
-            "passed": bool(cheapest_reach and cheapest_reach["relative_cost"] <= 0.6),
+            "passed": bool(cheapest_reach and cheapest_reach["relative_cost"] <= AGREEMENT_COST_LIMIT),
+            "best_bandit_within_cost": best(r for r in within if r in bandits),
+            "best_static_within_cost": best(r for r in within if r["policy"].startswith("static:")),
             "target": ">= 95 % of dense agreement at <= 60 % of dense cost",
             "cheapest_bandit_reaching_95": None if cheapest_reach is None else {
                 "policy": cheapest_reach["policy"], "relative_cost": cheapest_reach["relative_cost"],

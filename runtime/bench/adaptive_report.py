@@ -11,6 +11,20 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+def _within(agreement: dict) -> str:
+    """The best bandit and the best static variant at <= 60 % of dense cost (reports from before they were
+    recorded say so)."""
+    if "best_bandit_within_cost" not in agreement:
+        return "not recorded by this run"
+    parts = []
+    for label, key in (("bandit", "best_bandit_within_cost"), ("static variant", "best_static_within_cost")):
+        r = agreement[key]
+        parts.append(f"{label} none that cheap" if r is None else
+                     f"{label} {r['policy']} {r['agreement_with_dense']:.3f} (at {r['relative_cost']:.3f}× dense "
+                     f"cost, NLL {r['nll']:.3f})")
+    return "; ".join(parts)
+
+
 def markdown(report: dict) -> str:
     machine = report["machine"]
     stream = report["stream"]
@@ -47,6 +61,7 @@ def markdown(report: dict) -> str:
               + ("" if not acc["agreement_at_cost"]["cheapest_bandit_reaching_95"] else
                  " (cheapest bandit setting that reaches 95 %: {policy} at {relative_cost:.3f}× dense cost, agreement "
                  "{agreement_with_dense:.3f})".format(**acc["agreement_at_cost"]["cheapest_bandit_reaching_95"])),
+              f"- Best agreement with dense at <= 60 % of dense cost: {_within(acc['agreement_at_cost'])}",
               f"- Decision overhead <= 2 % of the cheapest variant's prefill: **{_yes(acc['overhead']['passed'])}** "
               f"(max {acc['overhead']['max_decision_overhead_us']:.0f} µs vs limit {acc['overhead']['limit_us']:.0f} µs; "
               f"probe prefill median {acc['overhead']['cheapest_prefill_ms_median']:.1f} ms; feature extraction "

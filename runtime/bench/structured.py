@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sparsetrt.artifacts import save_figure, write_json, write_text_atomic
+from sparsetrt.artifacts import save_figure, write_report
 
 # name: (shrink sizes, what it removes) for SmolLM2-135M (30 blocks, 9 heads in 3 KV groups, MLP 1536): the
 # shares of decoder Linear weights removed are computed and reported, these are only the knobs.
@@ -148,11 +148,65 @@ def run_structured_bench(settings: StructuredBenchSettings, out: Path, work: Pat
     return report
 
 
+def row_checkpoint(variant: str, settings: StructuredBenchSettings, work: Path) -> Path:
+    """The checkpoint a report row measured: the dense model, the demo's 2:4 one, NAME/shrunk, NAME/distilled."""
+    from sparsetrt.models import resolve_checkpoint
+
+    if variant == "dense":
+        return resolve_checkpoint(settings.model)
+    if variant == "2:4":
+        return Path(settings.pruned_2to4)
+    base, distilled = (variant[:-len("+distill")], True) if variant.endswith("+distill") else (variant, False)
+    return work / base / ("distilled" if distilled else "shrunk")
+
+
+def add_int8_columns(out: Path, work: Path, artifacts: Path = Path("artifacts"), progress: bool = True) -> dict:
+    """ONNX Runtime INT8 speed for every row of an existing structured.json, in one run of its own: each model
+    quantized with the settings of the INT8 demo run (`artifacts/int8`; the dense and 2:4 ones reuse the files
+    `make bench-adaptive` and the demo wrote) and timed at the report's batches. Perplexity and fp32 columns stay
+    as measured; the INT8 speed-ups are against dense INT8 from this run."""
+    from sparsetrt.errors import SparsetrtError
+    from sparsetrt.export import FLOAT_PRECISIONS
+    from sparsetrt.models import load_tokenizer
+    from sparsetrt.runtime.bench.perf import BenchSettings, bench_prompts, run_in_subprocess
+    from sparsetrt.runtime.deployables import ArtifactsTree, Deployable, prepare_like_runs
+
+    out, work, runs = Path(out), Path(work), ArtifactsTree(artifacts)
+    path = out / "structured.json"
+    if not path.is_file():
+        raise SparsetrtError(f"{path} does not exist: run `make bench-structured` first (the INT8 columns are "
+                             "added to its rows)")
+    if not (runs.quant_dir("int8") / "quantize.json").is_file():
+        raise SparsetrtError(f"{runs.quant_dir('int8')} has no INT8 run to take the quantization settings from: "
+                             "run `make demo PRECISION=int8` first")
+    report = json.loads(path.read_text())
+    settings = StructuredBenchSettings(**{**report["settings"], "batches": tuple(report["settings"]["batches"])})
+    tokenizer = load_tokenizer(row_checkpoint("dense", settings, work))
+    prompts, _ = bench_prompts(tokenizer, "auto", max(settings.batches), settings.prompt_tokens)
+    bench = BenchSettings(batches=settings.batches, prompt_tokens=settings.prompt_tokens,
+                          new_tokens=settings.new_tokens, repeats=settings.repeats).validate()
+    started = time.perf_counter()
+    trees = {"dense": (runs.dense, FLOAT_PRECISIONS), "2:4": (runs, FLOAT_PRECISIONS)}
+    for row in report["rows"]:
+        files, floats = trees.get(row["variant"], (ArtifactsTree(work / row["variant"]), ("fp32",)))
+        prepare_like_runs(row_checkpoint(row["variant"], settings, work), files, runs, floats=floats,
+                          precisions=("int8",), progress=progress)
+        records = run_in_subprocess(Deployable("onnxruntime", "int8", row["variant"], str(files.onnx("int8"))),
+                                    prompts, bench, tokenizer.pad_token_id or 0)
+        row["ort_int8"] = {str(r["batch"]): {"decode_tokens_per_s": r["decode_tokens_per_s"], "ttft_ms": r["ttft_ms"]}
+                           for r in records}
+        if progress:
+            print(f"{row['variant']:>16}: INT8 " + ", ".join(f"b{b} {v['decode_tokens_per_s']:.1f} tok/s"
+                                                            for b, v in row["ort_int8"].items()), flush=True)
+    report["int8_run"] = {"wall_s": round(time.perf_counter() - started, 1),
+                          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                          "quantization": f"settings of {runs.quant_dir('int8')}/quantize.json"}
+    save(out, report)
+    return report
+
+
 def save(out: Path, report: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "structured.json", report)
-    write_text_atomic(out / "structured.md", markdown(report))
-    plot(out / "structured.png", report["rows"])
+    write_report(out, "structured", report, markdown, lambda path, r: plot(path, r["rows"]))
 
 
 def targets(rows: list[dict]) -> dict:
@@ -192,6 +246,8 @@ def markdown(report: dict) -> str:
                      f"{s['kv_heads']} | {removed} | {r['ppl']['wikitext']:.2f} | {r['ppl']['second_domain']:.2f} "
                      f"| {speed} | {o['1']['ttft_ms']:.1f} | {r['flops_per_token'] / 1e9:.3f} "
                      f"| {r['onnx_bytes'] / 1e6:.0f} |")
+    if any("ort_int8" in r for r in rows):
+        lines += int8_table(report)
     t = report["targets"]
     lines += ["", f"Target: ~25 % MLP width removed + 30 min distillation at <= {TARGET_PPL_RATIO}x dense WikiText "
                   f"perplexity (<= {t['ppl_limit']:.1f}) with >= {TARGET_SPEEDUP}x dense decode tokens/s at batch 1."]
@@ -202,6 +258,26 @@ def markdown(report: dict) -> str:
                      f"{t['speedup']:.2f}x: **{'met' if t['met'] else 'not met'}**.")
     lines += ["", "![perplexity against decode speed](structured.png)", ""]
     return "\n".join(lines)
+
+
+def int8_table(report: dict) -> list[str]:
+    rows, run = report["rows"], report.get("int8_run", {})
+    base = {b: v["decode_tokens_per_s"] for b, v in rows[0].get("ort_int8", {}).items()}
+    lines = ["", f"ONNX Runtime INT8 (W8A8 Q/DQ, {run.get('quantization', '')}), measured in a run of its own "
+                 f"({run.get('date', '?')}, {run.get('wall_s', 0) / 60:.1f} min); × dense INT8 from that run, and "
+                 "INT8 / fp32 of the same model across the two runs:", "",
+             "| variant | b1 tok/s (x dense INT8) | b4 tok/s (x dense INT8) | b1 TTFT ms | b1 INT8 / fp32 |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        q = r.get("ort_int8")
+        if not q:
+            lines.append(f"| {r['variant']} | not run | | | |")
+            continue
+        speed = " | ".join(f"{q[b]['decode_tokens_per_s']:.1f} ({q[b]['decode_tokens_per_s'] / base[b]:.2f}x)"
+                           if b in q and b in base else "-" for b in ("1", "4"))
+        ratio = q["1"]["decode_tokens_per_s"] / r["ort_fp32"]["1"]["decode_tokens_per_s"]
+        lines.append(f"| {r['variant']} | {speed} | {q['1']['ttft_ms']:.1f} | {ratio:.2f} |")
+    return lines
 
 
 def plot(path: Path, rows: list[dict]) -> None:

@@ -15,6 +15,12 @@ def variants_arguments(p):
                                                             "exist already)")
     p.add_argument("--schedules", help="also export the hardware-mode schedules found here (make bench-schedule's "
                                        "artifacts/schedule)")
+    p.add_argument("--structured", default="",
+                   help="comma-separated structured variants of `make bench-structured` to add (NAME one-shot, "
+                        "NAME+distill distilled, e.g. mlp-25+distill,depth-40), each exported and quantized (fp32, "
+                        "INT8) like the 2:4 runs")
+    p.add_argument("--structured-work", default="artifacts/structured",
+                   help="where `make bench-structured` wrote them (its --work)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--out", default="artifacts/variants")
     options.progress(p)
@@ -25,10 +31,12 @@ def variants(args) -> int:
 
     manifest = build_variant_set(Path(args.artifacts), Path(args.out), backend=args.backend, configs=args.configs,
                                  dense=not args.no_dense, schedules=Path(args.schedules) if args.schedules else None,
-                                 progress=not args.no_progress)
+                                 structured=Path(args.structured_work),
+                                 structured_names=options.comma_list(args.structured), progress=not args.no_progress)
     print("\n".join(summary_lines(manifest, Path(args.out))))
     return 0
 
 
-COMMANDS = [Command("variants", "build a family of variants of one model (dense, 2:4, 2:4+INT8, 2:4+INT4, ...) and "
-                                "time each on this backend (variants.json)", variants_arguments, variants)]
+COMMANDS = [Command("variants", "build a family of variants of one model (dense, 2:4, 2:4+INT8, 2:4+INT4, shrunk "
+                                "ones, ...) and time each on this backend (variants.json)", variants_arguments,
+                    variants)]

@@ -102,10 +102,23 @@ def structured_arguments(p):
     p.add_argument("--repeats", type=int, default=3, help="timed generations per batch size")
     p.add_argument("--work", default="artifacts/structured", help="where the variants go (finished ones reused)")
     p.add_argument("--out", default="benchmarks")
+    p.add_argument("--add-int8", action="store_true",
+                   help="only add ONNX Runtime INT8 speed columns to the existing report's rows (each model "
+                        "quantized like artifacts/int8), in a run of their own")
 
 
 def structured(args) -> int:
-    from sparsetrt.runtime.bench.structured import SMOLLM2_VARIANTS, StructuredBenchSettings, run_structured_bench
+    from sparsetrt.runtime.bench.structured import (
+        SMOLLM2_VARIANTS,
+        StructuredBenchSettings,
+        add_int8_columns,
+        run_structured_bench,
+    )
+
+    if args.add_int8:
+        add_int8_columns(Path(args.out), Path(args.work))
+        print(f"wrote {Path(args.out) / 'structured.md'} (INT8 columns)")
+        return 0
 
     names = options.comma_list(args.variants)
     unknown = [n for n in names if n not in SMOLLM2_VARIANTS]
@@ -249,6 +262,39 @@ def adaptive(args) -> int:
     return 0
 
 
+def scale_arguments(p):
+    p.add_argument("--runs", default="smollm2-135m,smollm2-360m,tinyllama-1.1b,llama3-8b@1,llama3-8b@2",
+                   help="comma-separated SHAPE or SHAPE@BLOCKS (random-weight Llamas of smollm2-135m, smollm2-360m, "
+                        "tinyllama-1.1b, llama3-8b shapes)")
+    p.add_argument("--stages", default="prune,prune-stream,export-fp16",
+                   help="comma-separated, of prune, prune-stream, export-fp16")
+    p.add_argument("--calib-samples", type=int, default=16)
+    p.add_argument("--calib-seq-len", type=int, default=256)
+    p.add_argument("--work", default="artifacts/scale", help="random checkpoints and stage outputs (reused)")
+    p.add_argument("--out", default="benchmarks")
+    options.progress(p)
+
+
+def scale(args) -> int:
+    from sparsetrt.runtime.bench.scale import SHAPES, ScaleBenchSettings, run_scale_bench
+
+    runs = []
+    for item in options.comma_list(args.runs):
+        name, _, blocks = item.partition("@")
+        if name not in SHAPES or (blocks and not (blocks.isdigit() and int(blocks) >= 1)):
+            raise SparsetrtError(f"--runs item '{item}': use SHAPE or SHAPE@BLOCKS with SHAPE one of "
+                                 f"{', '.join(SHAPES)} and BLOCKS >= 1")
+        runs.append((name, int(blocks) if blocks else None))
+    stages = tuple(options.comma_list(args.stages))
+    if unknown := [s for s in stages if s not in ("prune", "prune-stream", "export-fp16")]:
+        raise SparsetrtError(f"--stages {', '.join(unknown)}: use prune, prune-stream, export-fp16")
+    settings = ScaleBenchSettings(runs=tuple(runs), calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
+                                  stages=stages)
+    run_scale_bench(settings, Path(args.out), Path(args.work), progress=not args.no_progress)
+    print(f"wrote {Path(args.out) / 'scale.md'}")
+    return 0
+
+
 COMMANDS = [
     Command("bench", "decode speed, TTFT, latency percentiles, memory, energy of every deployable", bench_arguments,
             bench),
@@ -265,6 +311,8 @@ COMMANDS = [
                             "(engine.json/md)", engine_arguments, engine),
     Command("bench-gpu", "dense vs 2:4 GEMMs and end-to-end generation on a CUDA GPU (gpu.json/md/png); refuses "
                          "without one", gpu_arguments, gpu),
+    Command("bench-scale", "peak memory and time of prune (whole model, --stream) and export against model size on "
+                           "random-weight Llamas up to 8B shapes (scale.json/md/png)", scale_arguments, scale),
     Command("bench-adaptive", "per-input variant choice (bandits, threshold, oracle) vs static variants on a mixed "
                               "stream (adaptive.json/md/png)", adaptive_arguments, adaptive),
 ]

@@ -25,6 +25,15 @@ def seed(p: argparse.ArgumentParser, help: str = "random seed") -> None:
     p.add_argument("--seed", type=int, default=0, help=help)
 
 
+def placement(p: argparse.ArgumentParser) -> None:
+    """--stream and --device: where a layer-by-layer stage keeps the model (the result is the same either way)."""
+    p.add_argument("--stream", action="store_true",
+                   help="read one decoder block at a time from the checkpoint's safetensors and write it out when "
+                        "done: memory bounded by one block, not the model (same result)")
+    p.add_argument("--device", default="cpu",
+                   help="where the block being processed and its statistics live: cpu, cuda, cuda:N or auto")
+
+
 def progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-step lines")
 

@@ -31,6 +31,7 @@ def prune_arguments(p):
     p.add_argument("--coverage", type=float, default=0.9,
                    help="hardware: fraction of decoder Linear weights that must be N:M")
     p.add_argument("--owl-lambda", type=float, default=0.08, help="owl: sparsities spread over target +- lambda")
+    options.placement(p)
     options.output(p)
     options.trust_remote_code(p)
     options.progress(p)
@@ -47,6 +48,7 @@ def prune(args) -> int:
         exclude=args.exclude, batch_size=args.batch_size, overwrite=args.overwrite,
         sparsegpt={"block_size": args.block_size, "damping": args.damping, "mask_selection": args.mask_selection},
         schedule=schedule, trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+        stream=args.stream, device=args.device,
     )
     print(summary_line(manifest, args.out))
     return 0

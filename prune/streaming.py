@@ -1,0 +1,180 @@
+"""Layer streaming: process a checkpoint whose weights never all sit in memory at once.
+
+The model is built on the meta device (accelerate's init_empty_weights, buffers such as the rotary frequencies
+stay real), only the input embedding is read in, and each decoder block is read from the checkpoint's safetensors
+(memory-mapped; bf16/fp16 on disk, fp32 while it is processed) just before sequential_update reaches it, then
+written into the output checkpoint as a shard of its own and dropped back to meta. Everything outside the blocks
+(final norm, lm_head) is copied tensor by tensor. Peak memory is one block in fp32 and its statistics, the
+embedding, and the calibration activations, whatever the depth.
+
+The math is sequential_update's, unchanged: a streamed run writes the same tensors as loading the whole model
+(tests/test_streaming.py compares them bit for bit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.prune.sequential import LayerHooks, decoder_layers
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointReader:
+    """The tensors of a safetensors checkpoint (one file or shards), read one at a time. Each read maps the file
+    and unmaps it again: a mapping left open would keep every page read so far resident (and in the RSS)."""
+
+    def __init__(self, checkpoint: Path):
+        from safetensors import safe_open
+
+        self.checkpoint = Path(checkpoint)
+        files = sorted(self.checkpoint.glob("*.safetensors"))
+        if not files:
+            raise SparsetrtError(f"{self.checkpoint} has no .safetensors weights: layer streaming reads safetensors "
+                                 "(convert the checkpoint with save_pretrained, or prune without --stream)")
+        self.file_of: dict[str, Path] = {}
+        for file in files:
+            with safe_open(str(file), framework="pt") as handle:
+                self.file_of.update(dict.fromkeys(handle.keys(), file))
+
+    def names(self) -> list[str]:
+        return list(self.file_of)
+
+    def get(self, name: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A copy of the tensor (never a view into the map: pruning writes into it), cast and placed."""
+        from safetensors import safe_open
+
+        if name not in self.file_of:
+            raise SparsetrtError(f"{self.checkpoint} has no tensor '{name}'; the checkpoint is incomplete")
+        with safe_open(str(self.file_of[name]), framework="pt") as handle:
+            tensor = handle.get_tensor(name)
+            return tensor.to(device=device, dtype=dtype or tensor.dtype, copy=True)
+
+    def nbytes(self, name: str, dtype: torch.dtype) -> int:
+        from safetensors import safe_open
+
+        with safe_open(str(self.file_of[name]), framework="pt") as handle:
+            shape = handle.get_slice(name).get_shape()
+        return int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+
+
+def empty_model(checkpoint: Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """The model of `checkpoint` with every parameter on the meta device (no memory) and real buffers."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, local_files_only=True)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    return model.eval()
+
+
+def load_module(module: torch.nn.Module, prefix: str, reader: CheckpointReader, dtype: torch.dtype,
+                device: torch.device | str = "cpu") -> None:
+    """Give `module` (on meta) its weights from the checkpoint: every parameter and persistent buffer under
+    `prefix`, cast to `dtype`, on `device`."""
+    state = {name: reader.get(f"{prefix}.{name}", dtype, device) for name in module.state_dict()}
+    module.load_state_dict(state, assign=True, strict=True)
+
+
+class ShardWriter:
+    """The output checkpoint written shard by shard (model-0000k-of-0000n.safetensors + the index file), so a
+    block's weights leave memory as soon as they are final."""
+
+    def __init__(self, out: Path, shards: int, dtype: torch.dtype):
+        self.out, self.shards, self.dtype = Path(out), shards, dtype
+        self.written = 0
+        self.weight_map: dict[str, str] = {}
+        self.total_size = 0
+
+    def write(self, tensors: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        self.written += 1
+        if self.written > self.shards:
+            raise SparsetrtError(f"internal: more than the {self.shards} shards planned")
+        name = f"model-{self.written:05d}-of-{self.shards:05d}.safetensors"
+        tensors = {k: v.detach().to("cpu", self.dtype).contiguous() for k, v in tensors.items()}
+        save_file(tensors, str(self.out / name), metadata={"format": "pt"})
+        for key, tensor in tensors.items():
+            self.weight_map[key] = name
+            self.total_size += tensor.numel() * tensor.element_size()
+
+    def finish(self) -> None:
+        if self.written != self.shards:
+            raise SparsetrtError(f"internal: {self.written} shards written of {self.shards}")
+        index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(self.weight_map.items()))}
+        (self.out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+SMALL_SHARD_BYTES = 256 << 20  # tensors outside the blocks below this share one shard; larger ones get their own
+
+
+class StreamedModel:
+    """A checkpoint opened for layer streaming: `model` (meta blocks, real input embedding) for the calibration
+    capture, `hooks(out)` for sequential_update, then `finish()` writes what lies outside the blocks."""
+
+    def __init__(self, checkpoint: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 trust_remote_code: bool = False):
+        self.checkpoint = Path(checkpoint)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.reader = CheckpointReader(self.checkpoint)
+        self.model = empty_model(self.checkpoint, dtype, trust_remote_code)
+        self.layers = decoder_layers(self.model)
+        self.layers_prefix = next(name for name, mod in self.model.named_modules() if mod is self.layers)
+        self.embedding = self.model.get_input_embeddings()
+        prefix = next(name for name, mod in self.model.named_modules() if mod is self.embedding)
+        load_module(self.embedding, prefix, self.reader, dtype)  # the capture runs it, on the host
+        # what lies outside the blocks, copied at the end: big tensors (embedding, lm_head) one shard each, so
+        # no more than one of them is in memory at a time
+        inside = f"{self.layers_prefix}."
+        rest = [n for n in self.reader.names() if not n.startswith(inside)]
+        big = [n for n in rest if self.reader.nbytes(n, dtype) > SMALL_SHARD_BYTES]
+        self.rest_shards = [[n] for n in big] + ([[n for n in rest if n not in big]] if len(big) < len(rest) else [])
+
+    def hooks(self, out: Path) -> "StreamingHooks":
+        self.writer = ShardWriter(Path(out), len(self.layers) + len(self.rest_shards), self.dtype)
+        return StreamingHooks(self, self.writer)
+
+    def finish(self, out: Path) -> None:
+        """Write the tensors outside the blocks (embedding, final norm, lm_head: unchanged, as the checkpoint
+        stores them), the config and the generation config, and the shard index."""
+        for names in self.rest_shards:
+            self.writer.write({name: self.reader.get(name, self.dtype) for name in names})
+        self.writer.finish()
+        config = self.model.config
+        config.dtype = self.dtype  # what loading the whole model in this dtype and saving it records
+        config.architectures = [type(self.model).__name__]
+        config.save_pretrained(out)
+        if self.model.can_generate():
+            from transformers import GenerationConfig
+
+            with contextlib.suppress(OSError):  # a checkpoint without generation_config.json writes none
+                GenerationConfig.from_pretrained(self.checkpoint, local_files_only=True).save_pretrained(out)
+
+
+class StreamingHooks(LayerHooks):
+    """Read block `index` from the checkpoint onto the device before it is processed; write it and drop it back
+    to meta after."""
+
+    def __init__(self, streamed: StreamedModel, writer: ShardWriter):
+        super().__init__(streamed.device)
+        self.streamed, self.writer = streamed, writer
+
+    def captured(self) -> None:
+        self.streamed.embedding.to("meta")  # only the capture needed it; finish() copies it from the checkpoint
+
+    def load(self, index: int, layer: torch.nn.Module) -> None:
+        s = self.streamed
+        load_module(layer, f"{s.layers_prefix}.{index}", s.reader, s.dtype, self.device)
+
+    def done(self, index: int, layer: torch.nn.Module) -> None:
+        prefix = f"{self.streamed.layers_prefix}.{index}"
+        self.writer.write({f"{prefix}.{name}": t for name, t in layer.state_dict().items()})
+        layer.to("meta")

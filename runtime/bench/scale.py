@@ -1,0 +1,268 @@
+"""`make bench-scale`: peak memory and wall time of the pipeline's stages against model size -> benchmarks/scale.*.
+
+Method: random-weight Llamas with the shapes of public checkpoints (random weights weigh and time the same as
+trained ones), written in bf16 as hub checkpoints are, shard per block. Each stage runs as the CLI a user runs,
+in its own process; its peak RSS is that process's ru_maxrss (os.wait4), its wall time the process's. Two depths
+of one width separate what grows with depth from what does not; the fit memory = a + b * layers over them is what
+the 8B extrapolation (32 blocks) uses, and says so. Stages: `sparsetrt prune` (SparseGPT 2:4) with the whole
+model loaded, and with --stream (one block at a time), and `sparsetrt export --precision fp16` where the machine
+has room for it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sparsetrt.artifacts import save_figure, write_report
+
+GiB = 1 << 30
+# LlamaConfig sizes of public checkpoints. The tokenizer is SmolLM2's (49152 ids), so a smaller vocabulary is
+# raised to it (TinyLlama's 32000: its embedding is 1.5x the real one, said in the report).
+SHAPES = {
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
+    "smollm2-360m": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+                         num_key_value_heads=5, vocab_size=49152, tie_word_embeddings=True),
+    "tinyllama-1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                           num_key_value_heads=4, vocab_size=49152, tie_word_embeddings=False),
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
+}
+# (shape, blocks kept; None = all). Two depths of the 8B width show what depends on depth (1 and 2 blocks: an 8B
+# block takes minutes on 2 CPUs, and the fit needs only two depths).
+DEFAULT_RUNS = (("smollm2-135m", None), ("smollm2-360m", None), ("tinyllama-1.1b", None), ("llama3-8b", 1),
+                ("llama3-8b", 2))
+EXPORT_LIMIT_FACTOR = 3.7  # export peak measured at up to 3.7x the fp32 model (the issue's table): skip above RAM
+
+
+@dataclass
+class ScaleBenchSettings:
+    runs: tuple = DEFAULT_RUNS
+    calib_samples: int = 16
+    calib_seq_len: int = 256
+    stages: tuple[str, ...] = ("prune", "prune-stream", "export-fp16")
+    memory_gib: float = field(default_factory=lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB)
+
+
+def shape_of(name: str, layers: int | None) -> dict:
+    shape = dict(SHAPES[name])
+    if layers:
+        shape["num_hidden_layers"] = layers
+    return shape
+
+
+def sizes(shape: dict) -> dict:
+    """Parameters and bytes: per block, embedding, lm_head, the model (what the targets are stated in)."""
+    h, i, n = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    head_dim = h // shape["num_attention_heads"]
+    kv = shape["num_key_value_heads"] * head_dim
+    block = h * h * 2 + h * kv * 2 + 3 * h * i + 2 * h
+    embedding = shape["vocab_size"] * h
+    head = 0 if shape["tie_word_embeddings"] else embedding
+    params = n * block + embedding + head + h
+    return {"params": params, "block_params": block, "embedding_params": embedding, "layers": n,
+            "fp32_bytes": 4 * params, "bf16_bytes": 2 * params, "bf16_block_bytes": 2 * block,
+            "bf16_embedding_bytes": 2 * embedding}
+
+
+def random_checkpoint(out: Path, shape: dict, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A random-weight Llama of `shape` in bf16, written shard by shard (never the whole model in memory)."""
+    import torch
+    from transformers import LlamaConfig
+
+    from sparsetrt.artifacts import staged_dir
+    from sparsetrt.prune.streaming import ShardWriter, empty_model
+
+    out = Path(out)
+    if (out / "config.json").is_file():
+        return out
+    config = LlamaConfig(max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, **shape)
+    generator = torch.Generator().manual_seed(seed)
+    with staged_dir(out) as tmp:
+        config.dtype = torch.bfloat16
+        config.save_pretrained(tmp)
+        model = empty_model(tmp, torch.bfloat16)
+        names = list(model.state_dict())
+        n = shape["num_hidden_layers"]
+        groups = [[k for k in names if k.startswith(f"model.layers.{b}.")] for b in range(n)]
+        groups.append([k for k in names if not k.startswith("model.layers.")])
+        shapes = dict(model.state_dict())
+        writer = ShardWriter(tmp, len(groups), torch.bfloat16)
+        for group in groups:
+            writer.write({k: (torch.ones(shapes[k].shape) if k.endswith("norm.weight") else
+                              torch.randn(shapes[k].shape, generator=generator) * 0.02) for k in group})
+        writer.finish()
+        for file in Path(tokenizer_dir).iterdir():
+            if file.name.startswith("tokenizer") or file.name in ("special_tokens_map.json", "chat_template.jinja"):
+                (tmp / file.name).write_bytes(file.read_bytes())
+    return out
+
+
+def run_probed(command: list[str], log: Path) -> dict:
+    """Run one CLI command in its own process: exit code, wall seconds and that process's peak RSS."""
+    start = time.perf_counter()
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
+            "peak_rss_bytes": usage.ru_maxrss * 1024, "command": " ".join(command[2:]), "log": str(log)}
+
+
+def stage_command(stage: str, checkpoint: Path, out: Path, settings: ScaleBenchSettings) -> list[str]:
+    cli = [sys.executable, "-m", "sparsetrt.cli"]
+    if stage.startswith("prune"):
+        return cli + ["prune", "--model", str(checkpoint), "--out", str(out), "--method", "sparsegpt",
+                      "--pattern", "2:4", "--calib", "auto", "--calib-samples", str(settings.calib_samples),
+                      "--calib-seq-len", str(settings.calib_seq_len), "--no-progress", "--overwrite"] + \
+            (["--stream"] if stage == "prune-stream" else [])
+    if stage == "export-fp16":
+        return cli + ["export", "--model", str(checkpoint), "--out", str(out), "--precision", "fp16", "--overwrite"]
+    raise ValueError(stage)
+
+
+def targets(row: dict) -> dict:
+    """The issue's bound for prune and quantize: 4 bf16 blocks + the embedding (bf16) + 2 GB, whatever the depth."""
+    s = row["sizes"]
+    return {"prune_limit_bytes": 4 * s["bf16_block_bytes"] + s["bf16_embedding_bytes"] + 2e9,
+            "export_limit_bytes": 1.5 * s["bf16_bytes"]}
+
+
+def run_scale_bench(settings: ScaleBenchSettings, out: Path, work: Path, progress: bool = True) -> dict:
+    from sparsetrt.models import resolve_checkpoint
+    from sparsetrt.runtime.measure import cpu_name
+
+    out, work = Path(out), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = resolve_checkpoint("smollm2-135m")
+    started = time.perf_counter()
+    rows = []
+    report = {"format": "sparsetrt.scale-bench/1", "settings": asdict(settings),
+              "machine": f"{cpu_name()} ({os.cpu_count()} CPUs, {settings.memory_gib:.1f} GiB), {platform.platform()}",
+              "rows": rows}
+    for name, layers in settings.runs:
+        shape = shape_of(name, layers)
+        label = f"{name}" + (f"-{layers}L" if layers else "")
+        checkpoint = random_checkpoint(work / label / "source", shape, tokenizer_dir)
+        row = {"model": label, "shape": name, "sizes": sizes(shape), "stages": {}}
+        row["targets"] = targets(row)
+        rows.append(row)
+        for stage in settings.stages:
+            if stage == "export-fp16" and row["sizes"]["fp32_bytes"] * EXPORT_LIMIT_FACTOR > settings.memory_gib * GiB:
+                row["stages"][stage] = {"skipped": f"would need about {EXPORT_LIMIT_FACTOR}x the fp32 model "
+                                                   f"({row['sizes']['fp32_bytes'] * EXPORT_LIMIT_FACTOR / GiB:.0f} "
+                                                   f"GiB) with the whole-model exporter"}
+                continue
+            result = run_probed(stage_command(stage, checkpoint, work / label / stage, settings),
+                                work / label / f"{stage}.log")
+            row["stages"][stage] = result
+            if progress:
+                print(f"{label:>18} {stage:<13} rc {result['rc']}  {result['wall_s']:>7.1f} s  peak "
+                      f"{result['peak_rss_bytes'] / GiB:.2f} GiB", flush=True)
+        report["wall_s"] = round(time.perf_counter() - started, 1)
+        report["fits"] = depth_fits(rows)
+        save(out, report)
+    return report
+
+
+def depth_fits(rows: list[dict]) -> dict:
+    """Per stage, over rows of one shape at two depths: peak = a + b * layers, time likewise, and both at that
+    shape's full depth (an extrapolation: the per-block cost is assumed constant, as it is for identical blocks)."""
+    fits = {}
+    by_shape: dict[str, list[dict]] = {}
+    for r in rows:
+        by_shape.setdefault(r["shape"], []).append(r)
+    for shape, same in by_shape.items():
+        if len(same) < 2:
+            continue
+        a, b = sorted(same, key=lambda r: r["sizes"]["layers"])[:2]
+        depth = SHAPES[shape]["num_hidden_layers"]
+        for stage in a["stages"]:
+            sa, sb = a["stages"][stage], b["stages"].get(stage, {})
+            if "peak_rss_bytes" not in sa or "peak_rss_bytes" not in sb or sa["rc"] or sb["rc"]:
+                continue
+            la, lb = a["sizes"]["layers"], b["sizes"]["layers"]
+            per_mem = (sb["peak_rss_bytes"] - sa["peak_rss_bytes"]) / (lb - la)
+            per_s = (sb["wall_s"] - sa["wall_s"]) / (lb - la)
+            full = sizes(shape_of(shape, None))
+            fits[f"{shape}|{stage}"] = {
+                "layers": [la, lb], "peak_per_layer_bytes": per_mem, "seconds_per_layer": per_s,
+                "full_depth": depth, "full_peak_bytes": sa["peak_rss_bytes"] + per_mem * (depth - la),
+                "full_wall_s": sa["wall_s"] + per_s * (depth - la),
+                "full_prune_limit_bytes": targets({"sizes": full})["prune_limit_bytes"]}
+    return fits
+
+
+def save(out: Path, report: dict) -> None:
+    write_report(out, "scale", report, markdown, lambda path, r: plot(path, r["rows"]))
+
+
+def _gib(value: float) -> str:
+    return f"{value / GiB:.2f}"
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = ["# Pipeline stages against model size", "",
+             f"Machine: {report['machine']}. Run: {report.get('wall_s', 0) / 60:.1f} min. Random-weight Llamas in "
+             "bf16 (shapes of public checkpoints; SmolLM2's tokenizer, so TinyLlama's 32000-id vocabulary is 49152 "
+             f"here). Prune: SparseGPT 2:4, calibration {s['calib_samples']} x {s['calib_seq_len']} tokens. Peak "
+             "RSS of each stage's own process (ru_maxrss); GiB = 2^30 bytes.", "",
+             "| model | blocks | params | fp32 GiB | stage | wall s | peak RSS GiB | x fp32 | target GiB | met |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|:---:|"]
+    for r in report["rows"]:
+        z, t = r["sizes"], r["targets"]
+        for stage, v in r["stages"].items():
+            if "skipped" in v:
+                lines.append(f"| {r['model']} | {z['layers']} | {z['params'] / 1e6:.0f} M | {_gib(z['fp32_bytes'])} "
+                             f"| {stage} | - | not run: {v['skipped']} | | | |")
+                continue
+            limit = t["prune_limit_bytes"] if stage.startswith("prune") else t["export_limit_bytes"]
+            met = "failed (rc {})".format(v["rc"]) if v["rc"] else ("yes" if v["peak_rss_bytes"] <= limit else "no")
+            lines.append(f"| {r['model']} | {z['layers']} | {z['params'] / 1e6:.0f} M | {_gib(z['fp32_bytes'])} | "
+                         f"{stage} | {v['wall_s']:.0f} | {_gib(v['peak_rss_bytes'])} | "
+                         f"{v['peak_rss_bytes'] / z['fp32_bytes']:.2f} | {_gib(limit)} | {met} |")
+    lines += ["", "Targets: prune <= 4 x one block in bf16 + the embedding in bf16 + 2 GB (whatever the depth); "
+                  "export <= 1.5 x the fp16 model.", ""]
+    if report.get("fits"):
+        lines += ["## Extrapolated to full depth (peak = a + b x blocks through the two measured depths)", "",
+                  "| shape | stage | measured at blocks | GiB per block | full depth | peak GiB at full depth | "
+                  "target GiB | wall s at full depth |", "|---|---|---|---:|---:|---:|---:|---:|"]
+        for key, f in report["fits"].items():
+            shape, stage = key.split("|")
+            lines.append(f"| {shape} | {stage} | {f['layers'][0]}, {f['layers'][1]} | "
+                         f"{_gib(f['peak_per_layer_bytes'])} | {f['full_depth']} | {_gib(f['full_peak_bytes'])} | "
+                         f"{_gib(f['full_prune_limit_bytes'])} | {f['full_wall_s']:.0f} |")
+        lines += ["", "An extrapolation, not a measurement: it assumes every block costs what the measured ones "
+                      "did (identical blocks) and that memory per block stays what two depths showed.", ""]
+    lines += ["![peak memory against model size](scale.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    from sparsetrt.artifacts import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    stages = sorted({s for r in rows for s in r["stages"]})
+    for stage in stages:
+        points = [(r["sizes"]["fp32_bytes"] / GiB, r["stages"][stage]["peak_rss_bytes"] / GiB) for r in rows
+                  if "peak_rss_bytes" in r["stages"].get(stage, {}) and not r["stages"][stage]["rc"]]
+        if points:
+            ax.plot(*zip(*sorted(points)), marker="o", label=stage)
+    for r in rows:
+        ax.annotate(r["model"], (r["sizes"]["fp32_bytes"] / GiB, 0), textcoords="offset points", xytext=(0, 4),
+                    fontsize=7, rotation=60)
+    ax.set_xlabel("model size in fp32 (GiB)")
+    ax.set_ylabel("peak RSS of the stage (GiB)")
+    ax.set_title("memory against model size: whole model vs layer streaming")
+    ax.legend()
+    save_figure(fig, path)

@@ -1,0 +1,152 @@
+"""Layer streaming (sparsetrt.prune.streaming) and --device: the same pruned checkpoint as loading the whole model,
+with only one block materialised at a time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_tiny_llama
+from safetensors import safe_open
+
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.prune.stage import prune_checkpoint
+
+
+def tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
+    found = {}
+    for file in sorted(Path(checkpoint).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            found.update({k: f.get_tensor(k) for k in f.keys()})
+    return found
+
+
+def config_of(checkpoint: Path) -> dict:
+    config = json.loads((checkpoint / "config.json").read_text())
+    config.pop("transformers_version", None)
+    return config
+
+
+def prune_both(source: Path, tmp_path: Path, **kwargs) -> tuple[Path, Path]:
+    kwargs = {"calib_samples": 6, "calib_seq_len": 48, "progress": False, "batch_size": 4, **kwargs}
+    whole, streamed = tmp_path / "whole", tmp_path / "streamed"
+    a = prune_checkpoint(str(source), whole, **kwargs)
+    b = prune_checkpoint(str(source), streamed, stream=True, **kwargs)
+    assert a["fingerprint"] == b["fingerprint"]  # the same run: streaming changes where, not what
+    assert a["modules"] == {k: {**v, "seconds": a["modules"][k]["seconds"]} for k, v in b["modules"].items()}
+    assert (a["execution"], b["execution"]) == ({"device": "cpu", "streamed": False},
+                                                {"device": "cpu", "streamed": True})
+    return whole, streamed
+
+
+def assert_identical(whole: Path, streamed: Path) -> None:
+    a, b = tensors(whole), tensors(streamed)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+    assert config_of(whole) == config_of(streamed)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "magnitude"])
+def test_streamed_pruning_writes_the_same_checkpoint(tiny_checkpoint, calib_file, tmp_path, method):
+    whole, streamed = prune_both(tiny_checkpoint, tmp_path, method=method, calib=str(calib_file))
+    assert_identical(whole, streamed)
+    index = json.loads((streamed / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 2 + 1  # one shard per block, one for the rest
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(streamed, local_files_only=True)  # a plain sharded checkpoint
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_streamed_bf16_untied_checkpoint_matches_and_only_one_block_is_real(calib_file, tmp_path, monkeypatch):
+    """A bf16 source (as hub checkpoints are) with its own lm_head: both runs upcast to fp32 and agree; while a
+    block is being pruned, every other block is on the meta device."""
+    from transformers import AutoModelForCausalLM
+
+    from sparsetrt.prune import streaming
+
+    source = make_tiny_llama(tmp_path / "fp32", layers=3, tied=False, seed=1)
+    bf16 = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(bf16)
+    for file in source.glob("tokenizer*"):
+        (bf16 / file.name).write_bytes(file.read_bytes())
+
+    seen = []
+    original = streaming.StreamingHooks.load
+
+    def spy(self, index, layer):
+        others = [i for i, block in enumerate(self.streamed.layers) if i != index
+                  and any(p.device.type != "meta" for p in block.parameters())]
+        seen.append((index, others))
+        original(self, index, layer)
+
+    monkeypatch.setattr(streaming.StreamingHooks, "load", spy)
+    whole, streamed = prune_both(bf16, tmp_path, method="sparsegpt", calib=str(calib_file))
+    assert_identical(whole, streamed)
+    assert seen == [(0, []), (1, []), (2, [])]
+    assert "lm_head.weight" in tensors(streamed)
+
+
+def test_stream_refusals_before_any_work(tiny_checkpoint, calib_file, tmp_path, capsys):
+    from sparsetrt.cli import main
+
+    with pytest.raises(SparsetrtError, match="probes the whole model"):
+        prune_checkpoint(str(tiny_checkpoint), tmp_path / "a", calib=str(calib_file), stream=True,
+                         schedule={"mode": "hardware"})
+    with pytest.raises(SparsetrtError, match="unknown --device 'tpu'"):
+        prune_checkpoint(str(tiny_checkpoint), tmp_path / "a", calib=str(calib_file), device="tpu")
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    for file in tiny_checkpoint.iterdir():
+        if file.suffix != ".safetensors":
+            (binary / file.name).write_bytes(file.read_bytes())
+    torch.save(tensors(tiny_checkpoint), binary / "pytorch_model.bin")  # the older weight format
+    with pytest.raises(SparsetrtError, match="layer streaming reads safetensors"):
+        prune_checkpoint(str(binary), tmp_path / "a", calib=str(calib_file), stream=True, progress=False)
+    assert not (tmp_path / "a").exists()
+    if not torch.cuda.is_available():
+        code = main(["prune", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--calib",
+                     str(calib_file), "--stream", "--device", "cuda", "--no-progress"])
+        assert code == 2 and "no CUDA GPU" in capsys.readouterr().err
+        assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (--device cuda); this machine has none")
+def test_streamed_pruning_on_the_gpu_matches_the_cpu(tiny_checkpoint, calib_file, tmp_path):
+    kwargs = {"calib": str(calib_file), "calib_samples": 6, "calib_seq_len": 48, "progress": False}
+    cpu = prune_checkpoint(str(tiny_checkpoint), tmp_path / "cpu", stream=True, **kwargs)
+    gpu = prune_checkpoint(str(tiny_checkpoint), tmp_path / "gpu", stream=True, device="cuda", **kwargs)
+    assert gpu["execution"]["device"] == "cuda"
+    a, b = tensors(tmp_path / "cpu"), tensors(tmp_path / "gpu")
+    for name in a:  # GPU matmuls round differently: masks may differ on ties, errors stay close
+        assert (a[name] == 0).float().mean() == pytest.approx((b[name] == 0).float().mean(), abs=0.02), name
+    assert cpu["summary"]["mean_relative_error"] == pytest.approx(gpu["summary"]["mean_relative_error"], rel=0.1)
+
+
+def test_bench_scale_on_a_tiny_shape_at_two_depths(tmp_path, monkeypatch):
+    """The benchmark end to end (random bf16 checkpoint, each stage as the CLI in its own probed process, the
+    depth fit, the report) on a tiny Llama shape instead of the real ones."""
+    from sparsetrt.runtime.bench import scale
+
+    monkeypatch.setitem(scale.SHAPES, "tiny", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=49152,
+                                                   tie_word_embeddings=False))
+    settings = scale.ScaleBenchSettings(runs=(("tiny", 1), ("tiny", 3)), calib_samples=4, calib_seq_len=32,
+                                        stages=("prune", "prune-stream"))  # export: its own tests, and slow
+    report = scale.run_scale_bench(settings, tmp_path / "out", tmp_path / "work", progress=False)
+    assert [r["model"] for r in report["rows"]] == ["tiny-1L", "tiny-3L"]
+    for row in report["rows"]:
+        assert set(row["stages"]) == {"prune", "prune-stream"}
+        for stage, result in row["stages"].items():
+            assert result["rc"] == 0, (stage, (tmp_path / "work" / row["model"] / f"{stage}.log").read_text()[-800:])
+            assert result["peak_rss_bytes"] > 100e6  # a Python process with torch: the probe measured something
+        assert_identical(tmp_path / "work" / row["model"] / "prune", tmp_path / "work" / row["model"] / "prune-stream")
+    fit = report["fits"]["tiny|prune-stream"]
+    assert fit["layers"] == [1, 3] and fit["full_depth"] == 4
+    saved = json.loads((tmp_path / "out" / "scale.json").read_text())
+    assert saved["rows"][1]["sizes"]["layers"] == 3 and (tmp_path / "out" / "scale.png").stat().st_size > 1000
+    assert "Extrapolated to full depth" in (tmp_path / "out" / "scale.md").read_text()
