@@ -85,7 +85,7 @@ def prune_checkpoint(
         check_length(validate_checkpoint(checkpoint, trust_remote_code), calib_seq_len, "a calibration window",
                      "--calib-seq-len")
     if stream:
-        from sparsetrt.models import load_tokenizer, validate_checkpoint
+        from sparsetrt.models import load_tokenizer
         from sparsetrt.prune.streaming import StreamedModel
 
         validate_checkpoint(checkpoint, trust_remote_code)
