@@ -112,8 +112,8 @@ def inverse_hessian_cholesky(H: torch.Tensor, damping: float, max_damping: float
     dropped as soon as the next exists, so a 14336-wide input (an 8B model's down_proj, 822 MB per matrix)
     holds two matrices at a time instead of six (H + λI materialised an identity and a sum beside H)."""
     diagonal = torch.diagonal(H)
+    mean_diag = diagonal.mean()  # over the strided view, as before: a contiguous copy sums in another order
     original = diagonal.clone()
-    mean_diag = original.mean()
     frac = damping
     while frac <= max_damping:
         diagonal.copy_(original).add_(frac * mean_diag)  # the same fp32 sums as H + frac * mean * I

@@ -264,8 +264,8 @@ def adaptive(args) -> int:
 
 def scale_arguments(p):
     p.add_argument("--runs", default="smollm2-135m,smollm2-360m,tinyllama-1.1b,llama3-8b@1,llama3-8b@2",
-                   help="comma-separated SHAPE or SHAPE@BLOCKS (random-weight Llamas of smollm2-135m, smollm2-360m, "
-                        "tinyllama-1.1b, llama3-8b shapes)")
+                   help="comma-separated SHAPE[@BLOCKS][:STAGE+STAGE] (random-weight Llamas of smollm2-135m, "
+                        "smollm2-360m, tinyllama-1.1b, llama3-8b shapes; stages after ':' limit that run)")
     p.add_argument("--stages", default="prune,prune-stream,export-fp16",
                    help="comma-separated, of prune, prune-stream, export-fp16")
     p.add_argument("--calib-samples", type=int, default=16)
@@ -278,16 +278,20 @@ def scale_arguments(p):
 def scale(args) -> int:
     from sparsetrt.runtime.bench.scale import SHAPES, ScaleBenchSettings, run_scale_bench
 
+    known = ("prune", "prune-stream", "export-fp16")
     runs = []
     for item in options.comma_list(args.runs):
-        name, _, blocks = item.partition("@")
-        if name not in SHAPES or (blocks and not (blocks.isdigit() and int(blocks) >= 1)):
-            raise SparsetrtError(f"--runs item '{item}': use SHAPE or SHAPE@BLOCKS with SHAPE one of "
-                                 f"{', '.join(SHAPES)} and BLOCKS >= 1")
-        runs.append((name, int(blocks) if blocks else None))
+        spec, _, only = item.partition(":")
+        name, _, blocks = spec.partition("@")
+        only = tuple(only.split("+")) if only else ()
+        if name not in SHAPES or (blocks and not (blocks.isdigit() and int(blocks) >= 1)) or \
+                any(s not in known for s in only):
+            raise SparsetrtError(f"--runs item '{item}': use SHAPE[@BLOCKS][:STAGE+STAGE] with SHAPE one of "
+                                 f"{', '.join(SHAPES)}, BLOCKS >= 1 and stages of {', '.join(known)}")
+        runs.append((name, int(blocks) if blocks else None, only))
     stages = tuple(options.comma_list(args.stages))
-    if unknown := [s for s in stages if s not in ("prune", "prune-stream", "export-fp16")]:
-        raise SparsetrtError(f"--stages {', '.join(unknown)}: use prune, prune-stream, export-fp16")
+    if unknown := [s for s in stages if s not in known]:
+        raise SparsetrtError(f"--stages {', '.join(unknown)}: use {', '.join(known)}")
     settings = ScaleBenchSettings(runs=tuple(runs), calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
                                   stages=stages)
     run_scale_bench(settings, Path(args.out), Path(args.work), progress=not args.no_progress)
