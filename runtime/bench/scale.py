@@ -48,6 +48,7 @@ class ScaleBenchSettings:
     calib_samples: int = 16
     calib_seq_len: int = 256
     stages: tuple[str, ...] = ("prune", "prune-stream", "export-fp16")
+    note: str = ""  # what else ran on the machine, said in the report (the wall times depend on it)
     memory_gib: float = field(default_factory=lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB)
 
 
@@ -229,7 +230,9 @@ def _gib(value: float) -> str:
 def markdown(report: dict) -> str:
     s = report["settings"]
     lines = ["# Pipeline stages against model size", "",
-             f"Machine: {report['machine']}. Run: {report.get('wall_s', 0) / 60:.1f} min. Random-weight Llamas in "
+             f"Machine: {report['machine']}. Stages' wall time: "
+             f"{sum(v.get('wall_s', 0) for r in report['rows'] for v in r['stages'].values()) / 60:.1f} min"
+             + (f" ({s['note']})" if s.get("note") else "") + ". Random-weight Llamas in "
              "bf16 (shapes of public checkpoints; SmolLM2's tokenizer, so TinyLlama's 32000-id vocabulary is 49152 "
              f"here). Prune: SparseGPT 2:4, calibration {s['calib_samples']} x {s['calib_seq_len']} tokens. Peak "
              "RSS of each stage's own process (ru_maxrss); GiB = 2^30 bytes.", "",

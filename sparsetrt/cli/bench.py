@@ -271,6 +271,7 @@ def scale_arguments(p):
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-seq-len", type=int, default=256)
     p.add_argument("--work", default="artifacts/scale", help="random checkpoints and stage outputs (reused)")
+    p.add_argument("--note", default="", help="what else ran on the machine (written into the report)")
     p.add_argument("--out", default="benchmarks")
     options.progress(p)
 
@@ -293,7 +294,7 @@ def scale(args) -> int:
     if unknown := [s for s in stages if s not in known]:
         raise SparsetrtError(f"--stages {', '.join(unknown)}: use {', '.join(known)}")
     settings = ScaleBenchSettings(runs=tuple(runs), calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
-                                  stages=stages)
+                                  stages=stages, note=args.note)
     run_scale_bench(settings, Path(args.out), Path(args.work), progress=not args.no_progress)
     print(f"wrote {Path(args.out) / 'scale.md'}")
     return 0
