@@ -126,8 +126,9 @@ def prune_model(
         reports = []
         for index, layer in enumerate(decoder_layers(model)):
             hooks.load(index, layer)
+            inside = {id(m) for m in layer.modules()}
             reports += [_prune_module(name, mod, method, patterns[name], None) for name, mod in modules.items()
-                        if any(mod is m for m in layer.modules())]
+                        if id(mod) in inside]
             hooks.done(index, layer)
         return reports
     if calib_windows is None or len(calib_windows) == 0:

@@ -167,6 +167,7 @@ def structured_variants(work: Path, names, runs: Path, backend: str = "onnxrunti
     """Variant entries for shrunk (and distilled) checkpoints of `make bench-structured`: each exported and quantized
     with the settings of the 2:4 runs under `runs` into work/NAME/ (where the benchmark's fp32 export already is),
     one entry per precision. Only ONNX Runtime: the TensorRT backend needs engines, which this does not build."""
+    from sparsetrt.export import FLOAT_PRECISIONS
     from sparsetrt.runtime.deployables import ArtifactsTree, prepare_like_runs
 
     if names and backend != "onnxruntime":
@@ -179,8 +180,8 @@ def structured_variants(work: Path, names, runs: Path, backend: str = "onnxrunti
             print(f"==> structured variant {name}: export + quantize ({', '.join(precisions)}) like the 2:4 runs",
                   flush=True)
         files = ArtifactsTree(Path(work) / name)
-        quantized = [p for p in precisions if p not in ("fp32", "fp16")]
-        floats = [p for p in precisions if p in ("fp32", "fp16")] or ["fp32"]
+        quantized = [p for p in precisions if p not in FLOAT_PRECISIONS]
+        floats = [p for p in precisions if p in FLOAT_PRECISIONS] or ["fp32"]
         made = prepare_like_runs(checkpoint, files, ArtifactsTree(runs), floats=floats, precisions=quantized,
                                  progress=progress)
         for precision in (p for p in precisions if p in made):

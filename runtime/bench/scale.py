@@ -90,11 +90,10 @@ def random_checkpoint(out: Path, shape: dict, tokenizer_dir: Path, seed: int = 0
         config.dtype = torch.bfloat16
         config.save_pretrained(tmp)
         model = empty_model(tmp, torch.bfloat16)
-        names = list(model.state_dict())
+        shapes = model.state_dict()  # meta tensors: names and shapes only
         n = shape["num_hidden_layers"]
-        groups = [[k for k in names if k.startswith(f"model.layers.{b}.")] for b in range(n)]
-        groups.append([k for k in names if not k.startswith("model.layers.")])
-        shapes = dict(model.state_dict())
+        groups = [[k for k in shapes if k.startswith(f"model.layers.{b}.")] for b in range(n)]
+        groups.append([k for k in shapes if not k.startswith("model.layers.")])
         writer = ShardWriter(tmp, len(groups), torch.bfloat16)
         for group in groups:
             writer.write({k: (torch.ones(shapes[k].shape) if k.endswith("norm.weight") else

@@ -51,6 +51,12 @@ class StructuredBenchSettings:
     repeats: int = 3
 
 
+def speed_cells(records: list[dict]) -> dict:
+    """{batch: decode tokens/s and TTFT} from `sparsetrt bench` records: one report cell per batch size."""
+    return {str(r["batch"]): {"decode_tokens_per_s": r["decode_tokens_per_s"], "ttft_ms": r["ttft_ms"]}
+            for r in records}
+
+
 def evaluate_checkpoint(name: str, checkpoint: Path, work: Path, evaluation: dict, prompts, settings, tokenizer,
                         extra: dict) -> dict:
     """Perplexities, then the fp32 ONNX export timed on ONNX Runtime; one row of the report."""
@@ -76,8 +82,7 @@ def evaluate_checkpoint(name: str, checkpoint: Path, work: Path, evaluation: dic
            "flops_per_token": flops_per_token(config), "onnx_bytes": files_bytes(onnx),
            "sizes": {"layers": config.num_hidden_layers, "intermediate": config.intermediate_size,
                      "heads": config.num_attention_heads, "kv_heads": config.num_key_value_heads},
-           "ort_fp32": {str(r["batch"]): {"decode_tokens_per_s": r["decode_tokens_per_s"], "ttft_ms": r["ttft_ms"]}
-                        for r in records}}
+           "ort_fp32": speed_cells(records)}
     print(f"{name:>16}: ppl {ppl['wikitext']:.2f} / {ppl['second_domain']:.2f}, decode "
           + ", ".join(f"b{b} {v['decode_tokens_per_s']:.1f} tok/s" for b, v in row["ort_fp32"].items()), flush=True)
     return row
@@ -151,13 +156,13 @@ def run_structured_bench(settings: StructuredBenchSettings, out: Path, work: Pat
 def row_checkpoint(variant: str, settings: StructuredBenchSettings, work: Path) -> Path:
     """The checkpoint a report row measured: the dense model, the demo's 2:4 one, NAME/shrunk, NAME/distilled."""
     from sparsetrt.models import resolve_checkpoint
+    from sparsetrt.runtime.adaptive.variant_set import structured_checkpoint
 
     if variant == "dense":
         return resolve_checkpoint(settings.model)
     if variant == "2:4":
         return Path(settings.pruned_2to4)
-    base, distilled = (variant[:-len("+distill")], True) if variant.endswith("+distill") else (variant, False)
-    return work / base / ("distilled" if distilled else "shrunk")
+    return structured_checkpoint(work, variant)
 
 
 def add_int8_columns(out: Path, work: Path, artifacts: Path = Path("artifacts"), progress: bool = True) -> dict:
@@ -193,8 +198,7 @@ def add_int8_columns(out: Path, work: Path, artifacts: Path = Path("artifacts"),
                           precisions=("int8",), progress=progress)
         records = run_in_subprocess(Deployable("onnxruntime", "int8", row["variant"], str(files.onnx("int8"))),
                                     prompts, bench, tokenizer.pad_token_id or 0)
-        row["ort_int8"] = {str(r["batch"]): {"decode_tokens_per_s": r["decode_tokens_per_s"], "ttft_ms": r["ttft_ms"]}
-                           for r in records}
+        row["ort_int8"] = speed_cells(records)
         if progress:
             print(f"{row['variant']:>16}: INT8 " + ", ".join(f"b{b} {v['decode_tokens_per_s']:.1f} tok/s"
                                                             for b, v in row["ort_int8"].items()), flush=True)
