@@ -114,8 +114,16 @@ def export_decoder(model: torch.nn.Module, path: Path, precision: str = "fp32", 
     """Export `model` (left untouched) to `path` with weights in `path`.data; returns `path`."""
     if precision not in PRECISIONS:
         raise SparsetrtError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
-    wrapper = DecoderWithCache(_as_dtype(model, dtype)).eval()
+    program = trace_decoder(_as_dtype(model, PRECISIONS[precision]), PRECISIONS[precision], opset, verbose)
+    save_program(program, path)
+    return path
+
+
+def trace_decoder(model: torch.nn.Module, dtype: torch.dtype, opset: int, verbose: bool = False,
+                  optimize: bool = True):
+    """torch.onnx's program of DecoderWithCache(`model`) (its weights in `dtype`) with the dynamic axes of the
+    graph's contract. `optimize=False` leaves the graph as traced (the streamed export folds weights itself)."""
+    wrapper = DecoderWithCache(model).eval()
     layers, kv_heads, head_dim = cache_geometry(model.config)
     max_len = int(getattr(model.config, "max_position_embeddings", 4096) or 4096)
     batch = torch.export.Dim("batch", min=1, max=1024)
@@ -133,6 +141,7 @@ def export_decoder(model: torch.nn.Module, path: Path, precision: str = "fp32", 
             wrapper,
             example,
             dynamo=True,
+            optimize=optimize,
             opset_version=opset,
             input_names=["input_ids", "attention_mask", "position_ids", *past_names(layers)],
             output_names=["logits", *present_names(layers)],
@@ -142,9 +151,13 @@ def export_decoder(model: torch.nn.Module, path: Path, precision: str = "fp32", 
         )
     if program is None:
         raise SparsetrtError("torch.onnx.export returned no program; upgrade torch (>= 2.6)")
+    return program
+
+
+def save_program(program, path: Path) -> None:
+    """The graph to `path`, every weight to `path`.data (written one tensor at a time)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path), external_data=True)
-    return path
 
 
 def _as_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -177,7 +190,14 @@ def onnx_files(path: Path) -> list[Path]:
     return files
 
 
-def timed_export(model, path: Path, precision: str, opset: int) -> float:
+def timed_export(source, path: Path, precision: str, opset: int) -> float:
+    """Seconds to export `source`: a loaded model, or a checkpoint directory (the streamed export)."""
     start = time.perf_counter()
-    export_decoder(model, path, precision, opset, verbose=bool(os.environ.get("SPARSETRT_VERBOSE")))
+    verbose = bool(os.environ.get("SPARSETRT_VERBOSE"))
+    if isinstance(source, Path):
+        from sparsetrt.export.onnx_stream import export_decoder_streamed
+
+        export_decoder_streamed(source, path, precision, opset, verbose=verbose)
+    else:
+        export_decoder(source, path, precision, opset, verbose=verbose)
     return time.perf_counter() - start

@@ -7,6 +7,34 @@ from pathlib import Path
 
 from sparsetrt.errors import SparsetrtError
 
+# dtypes whose external bytes are the array as numpy holds it (INT4 and friends are packed: onnx unpacks them)
+_PLAIN_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
+
+
+def initializer_array(tensor, base_dir: str | Path):
+    """One initializer's array, read on its own from the external-data file when it lives there (nothing else of
+    the file is loaded), else from the proto: what numpy_helper.to_array gives for the fully loaded model."""
+    import numpy as np
+    from onnx import TensorProto, external_data_helper, helper, numpy_helper
+
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    if dtype.name not in _PLAIN_DTYPES:
+        loaded = TensorProto()
+        loaded.CopyFrom(tensor)
+        external_data_helper.load_external_data_for_tensor(loaded, str(base_dir))
+        return numpy_helper.to_array(loaded)
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    data = Path(base_dir) / info["location"]
+    if not data.is_file():
+        raise SparsetrtError(f"{data} does not exist; re-export the model (or restore its .data file beside it)")
+    array = np.fromfile(data, dtype=dtype, count=count, offset=int(info.get("offset", 0)))
+    if array.size != count:
+        raise SparsetrtError(f"{data} is shorter than its model says ({tensor.name}); re-export it")
+    return array.reshape(tuple(tensor.dims))
+
 
 def load_onnx(path: str | Path, external_data: bool = False):
     """The ModelProto at `path` (with its weights when `external_data`), or a SparsetrtError naming the file."""

@@ -30,9 +30,13 @@ def export_checkpoint(
     overwrite: bool = False,
     reuse: bool = False,
     trust_remote_code: bool = False,
+    stream: bool = False,
 ) -> dict:
-    """Export `checkpoint` to ONNX; when it carries sparsity.json, prove the pattern survived in every file."""
-    from sparsetrt.models import load_model, resolve_checkpoint
+    """Export `checkpoint` to ONNX; when it carries sparsity.json, prove the pattern survived in every file.
+
+    `stream`: trace on fake tensors and write each weight straight from the checkpoint (onnx_stream), so memory
+    stays near one weight instead of ~3x the fp32 model; the files are the same, so it is not in the fingerprint."""
+    from sparsetrt.models import load_model, resolve_checkpoint, validate_checkpoint
 
     precisions = list(dict.fromkeys(precisions))
     for p in precisions:
@@ -51,13 +55,24 @@ def export_checkpoint(
     if done:
         return done  # an identical run already finished here
 
-    model, _ = load_model(checkpoint, trust_remote_code=trust_remote_code)
+    if stream:
+        from transformers import AutoConfig
+
+        from sparsetrt.prune.streaming import CheckpointReader
+
+        validate_checkpoint(checkpoint, trust_remote_code)
+        CheckpointReader(checkpoint)  # refuses a checkpoint without safetensors before any work
+        config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, local_files_only=True)
+        source = checkpoint  # timed_export reads a directory weight by weight
+    else:
+        source, _ = load_model(checkpoint, trust_remote_code=trust_remote_code)
+        config = source.config
     files = {}
     with staged_dir(out) as tmp:
         for precision in precisions:
             path = tmp / onnx_file_name(precision)
             print(f"exporting {precision} ONNX ...", flush=True)
-            seconds = timed_export(model, path, precision, opset)
+            seconds = timed_export(source, path, precision, opset)
             if (written := file_opset(path)) != opset:  # the exporter may fall back without failing
                 raise SparsetrtError(f"asked for opset {opset}, the exporter wrote {written}; pass --opset {written}")
             verification = verify_onnx(path, sparsity, checkpoint).raise_if_failed().to_json() if sparsity else None
@@ -75,7 +90,8 @@ def export_checkpoint(
             "stage": "export",
             "fingerprint": run_fingerprint,
             "settings": settings,
-            "graph": graph_description(model.config, opset),
+            "graph": graph_description(config, opset),
+            "execution": {"streamed": stream},
             "sparsity": None if sparsity is None else {"method": sparsity["method"], "pattern": sparsity["pattern"],
                                                         "modules": len(sparsity["modules"])},
             "files": files,

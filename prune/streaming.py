@@ -36,7 +36,7 @@ class CheckpointReader:
         files = sorted(self.checkpoint.glob("*.safetensors"))
         if not files:
             raise SparsetrtError(f"{self.checkpoint} has no .safetensors weights: layer streaming reads safetensors "
-                                 "(convert the checkpoint with save_pretrained, or prune without --stream)")
+                                 "(convert the checkpoint with save_pretrained, or run this stage without --stream)")
         self.file_of: dict[str, Path] = {}
         for file in files:
             with safe_open(str(file), framework="pt") as handle:
@@ -173,6 +173,14 @@ class StreamingHooks(LayerHooks):
     def load(self, index: int, layer: torch.nn.Module) -> None:
         s = self.streamed
         load_module(layer, f"{s.layers_prefix}.{index}", s.reader, s.dtype, self.device)
+
+    def keep_weight(self, name: str, module: torch.nn.Linear):
+        # Each Linear is updated once, by its own group, so before that update its weight is still what load()
+        # read: read it again later rather than hold a copy.
+        key, s = f"{name}.weight", self.streamed
+        if key not in s.reader.file_of:
+            return super().keep_weight(name, module)
+        return lambda: s.reader.get(key, s.dtype, self.device)
 
     def done(self, index: int, layer: torch.nn.Module) -> None:
         prefix = f"{self.streamed.layers_prefix}.{index}"

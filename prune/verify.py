@@ -127,37 +127,41 @@ def verify_checkpoint(checkpoint: Path, manifest: dict | None = None) -> VerifyR
 
 
 def verify_onnx(onnx_path: Path, manifest: dict, checkpoint: Path) -> VerifyResult:
-    """Check the claimed pattern on the ONNX initializers that carry each pruned module's weight."""
-    from onnx import numpy_helper
+    """Check the claimed pattern on the ONNX initializers that carry each pruned module's weight.
 
-    from sparsetrt.export.onnx_io import load_onnx
+    Streams both sides: one checkpoint weight and one initializer in memory at a time (an 8B model's ONNX is
+    16 GB in fp16), matched by digest; the checkpoint is hashed once per dtype the initializers have."""
+    from sparsetrt.export.onnx_io import initializer_array, load_onnx
 
-    model = load_onnx(onnx_path, external_data=True)
-    graph = model.graph
+    onnx_path = Path(onnx_path)
+    graph = load_onnx(onnx_path).graph  # the graph only; weights are read one by one
     modules = manifest["modules"]
-    reference = checkpoint_weights(checkpoint, modules)
     result = VerifyResult(where=f"ONNX {onnx_path}")
 
-    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer if len(init.dims) == 2}
-    dtypes = {a.dtype for a in initializers.values()}
-    by_hash: dict[str, list[tuple[str, bool]]] = defaultdict(list)
-    for name, w in reference.items():
-        for dtype in dtypes:
-            by_hash[digest(w.astype(dtype))].append((name, False))
-            by_hash[digest(w.T.astype(dtype))].append((name, True))
-    consumers = consumers_of(graph)
+    def read(init):
+        return initializer_array(init, onnx_path.parent)
 
+    matrices = {init.name: init for init in graph.initializer if len(init.dims) == 2}
+    by_hash: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+    hashed = set()
     located: dict[str, tuple[str, bool]] = {}
-    for init_name, array in initializers.items():
+    for init_name, init in matrices.items():
+        array = read(init)
+        if array.dtype not in hashed:
+            hashed.add(array.dtype)
+            for name, w in iter_checkpoint_weights(checkpoint, modules):
+                by_hash[digest(w.astype(array.dtype))].append((name, False))
+                by_hash[digest(w.T.astype(array.dtype))].append((name, True))
         for module, transposed in by_hash.get(digest(array), []):
             located.setdefault(module, (init_name, transposed))
+    consumers = consumers_of(graph)
     for module, info in modules.items():
         if module not in located:
             result.failures.append(f"{module}: no ONNX initializer holds this weight (renamed, fused or altered by "
                                    "the exporter?)")
             continue
         init_name, transposed = located[module]
-        array = initializers[init_name]
+        array = read(matrices[init_name])
         input_axis = 0 if transposed else 1  # where the Linear's in_features lie in this initializer
         axes = reduction_axes(init_name, consumers)
         result.checked += 1

@@ -69,6 +69,7 @@ class PruneSection:
 class ExportSection:
     precisions: list = field(default_factory=lambda: ["fp32", "fp16"])
     opset: int = 21
+    stream: bool = False                # trace on fake tensors, write weights one at a time (same files)
 
 
 @dataclass
@@ -124,6 +125,7 @@ class PipelineConfig:
             data.pop("shrink")
         for where in ("stream", "device"):  # where pruning runs does not change what it writes
             data["prune"].pop(where)
+        data["export"].pop("stream")  # nor does streaming the export
         return data
 
 

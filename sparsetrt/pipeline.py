@@ -75,7 +75,7 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
                    batch_size=p.batch_size, stream=p.stream, device=p.device,
                    trust_remote_code=config.model.trust_remote_code, progress=progress)
     exported = stage("export", export_checkpoint, checkpoint=tree.pruned, out=tree.onnx_dir,
-                     precisions=config.export.precisions, opset=config.export.opset)
+                     precisions=config.export.precisions, opset=config.export.opset, stream=config.export.stream)
     parity = stage("parity", run_parity, checkpoint=tree.pruned, onnx_dir=tree.onnx_dir, out=tree.parity_dir,
                    corpus=config.parity.corpus, windows=config.parity.windows, seq_len=config.parity.seq_len,
                    tolerances=config.parity.tolerances, generate_tokens=config.parity.generate_tokens)

@@ -118,21 +118,22 @@ def test_a_shrink_stage_runs_before_prune_and_keeps_old_fingerprints(tiny_checkp
         "num_hidden_layers"] == 1
 
 
-def test_prune_stream_and_device_reach_the_stage_but_not_the_fingerprint(tiny_checkpoint, calib_file, tmp_path):
+def test_stream_and_device_reach_the_stages_but_not_the_fingerprint(tiny_checkpoint, calib_file, tmp_path):
     from sparsetrt.artifacts import fingerprint
     from sparsetrt.config import load_config
 
     config_file = tmp_path / "stream.toml"
-    config_file.write_text('[prune]\nstream = true\ndevice = "auto"\n')
+    config_file.write_text('[prune]\nstream = true\ndevice = "auto"\n[export]\nstream = true\n')
     streamed = load_config(config_file)
-    assert (streamed.prune.stream, streamed.prune.device) == (True, "auto")
+    assert (streamed.prune.stream, streamed.prune.device, streamed.export.stream) == (True, "auto", True)
     (tmp_path / "plain.toml").write_text("[prune]\n")
     plain = load_config(tmp_path / "plain.toml")
     assert fingerprint(streamed.to_dict()) == fingerprint(plain.to_dict())
     config = tiny_config(tiny_checkpoint, calib_file, tmp_path / "run")
-    config.prune.stream = True
+    config.prune.stream = config.export.stream = True
     summary = run_pipeline(config, progress=False)
     assert summary["passed"]
     sparsity = json.loads((tmp_path / "run" / "pruned" / "sparsity.json").read_text())
     assert sparsity["execution"] == {"device": "cpu", "streamed": True}
     assert (tmp_path / "run" / "pruned" / "model.safetensors.index.json").is_file()
+    assert json.loads((tmp_path / "run" / "onnx" / "export.json").read_text())["execution"] == {"streamed": True}

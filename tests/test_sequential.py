@@ -131,7 +131,8 @@ def test_delta_propagation_matches_a_forward_pass(tiny, monkeypatch):
         forwards = [lambda h=h, kw=kw: layer(h, **kw) for h, kw in cached]
         stats, outputs = sequential.collect_input_stats({"down": down}, forwards, want_hessian=False,
                                                         stop_early=False, keep_inputs=True)
-        old = {"down": down.weight.data.clone()}
+        kept = down.weight.data.clone()
+        old = {"down": lambda: kept}  # how LayerHooks.keep_weight hands the weight back
         down.weight.data[:, ::4] = 0  # any change to the last group's weight
         full_pass = sequential._propagate
         monkeypatch.setattr(sequential, "_propagate", lambda *a: pytest.fail("fell back to a full pass"))

@@ -135,10 +135,22 @@ def test_bench_scale_on_a_tiny_shape_at_two_depths(tmp_path, monkeypatch):
     monkeypatch.setitem(scale.SHAPES, "tiny", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                                                    num_attention_heads=4, num_key_value_heads=2, vocab_size=49152,
                                                    tie_word_embeddings=False))
-    settings = scale.ScaleBenchSettings(runs=(("tiny", 1), ("tiny", 3)), calib_samples=4, calib_seq_len=32,
-                                        stages=("prune", "prune-stream"))  # export: its own tests, and slow
+    # the streamed export on one depth (it exports the prune-stream output); the whole export has its own tests
+    settings = scale.ScaleBenchSettings(runs=(("tiny", 1, ("prune", "prune-stream", "export-fp16-stream",
+                                                           "engine-fp16")),
+                                              ("tiny", 3, ("prune", "prune-stream"))),
+                                        calib_samples=4, calib_seq_len=32)
     report = scale.run_scale_bench(settings, tmp_path / "out", tmp_path / "work", progress=False)
     assert [r["model"] for r in report["rows"]] == ["tiny-1L", "tiny-3L"]
+    exported = report["rows"][0]["stages"]["export-fp16-stream"]
+    assert exported["rc"] == 0 and exported["input"] == "pruned (prune-stream)"
+    assert json.loads((tmp_path / "work" / "tiny-1L" / "export-fp16-stream" / "export.json").read_text())[
+        "files"]["fp16"]["sparsity_verification"]["ok"]
+    engine = report["rows"][0]["stages"].pop("engine-fp16")  # TensorRT-RTX, ahead of time: runs without a GPU
+    assert engine["rc"] == 0 and engine["input"] == "export-fp16-stream ONNX", engine
+    assert (tmp_path / "work" / "tiny-1L" / "engine-fp16" / "model.engine").stat().st_size > 0
+    assert "| engine-fp16 |" in (tmp_path / "out" / "scale.md").read_text()
+    del report["rows"][0]["stages"]["export-fp16-stream"]
     for row in report["rows"]:
         assert set(row["stages"]) == {"prune", "prune-stream"}
         for stage, result in row["stages"].items():

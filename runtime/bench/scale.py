@@ -5,8 +5,10 @@ trained ones), written in bf16 as hub checkpoints are, shard per block. Each sta
 in its own process; its peak RSS is that process's ru_maxrss (os.wait4), its wall time the process's. Two depths
 of one width separate what grows with depth from what does not; the fit memory = a + b * layers over them is what
 the 8B extrapolation (32 blocks) uses, and says so. Stages: `sparsetrt prune` (SparseGPT 2:4) with the whole
-model loaded, and with --stream (one block at a time), and `sparsetrt export --precision fp16` where the machine
-has room for it.
+model loaded, and with --stream (one block at a time); `sparsetrt export --precision fp16` whole (where the machine
+has room for it) and with --stream (fake-tensor trace, weights written one at a time), both of the prune-stream
+output when that stage ran (so the 2:4 verifier runs too), else of the random checkpoint; `sparsetrt engine
+--builder rtx` (TensorRT-RTX, ahead of time, no GPU) of the fp16 ONNX an export stage of the row wrote.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ SHAPES = {
 # block takes minutes on 2 CPUs, and the fit needs only two depths).
 DEFAULT_RUNS = (("smollm2-135m", None), ("smollm2-360m", None), ("tinyllama-1.1b", None), ("llama3-8b", 1),
                 ("llama3-8b", 2))
+STAGES = ("prune", "prune-stream", "export-fp16", "export-fp16-stream", "engine-fp16")
 EXPORT_LIMIT_FACTOR = 3.7  # export peak measured at up to 3.7x the fp32 model (the issue's table)
 EXPORT_RAM_SHARE = 0.8     # run the whole-model export only where that peak leaves a fifth of the RAM free
 
@@ -47,7 +50,7 @@ class ScaleBenchSettings:
     runs: tuple = DEFAULT_RUNS
     calib_samples: int = 16
     calib_seq_len: int = 256
-    stages: tuple[str, ...] = ("prune", "prune-stream", "export-fp16")
+    stages: tuple[str, ...] = STAGES
     note: str = ""  # what else ran on the machine, said in the report (the wall times depend on it)
     memory_gib: float = field(default_factory=lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB)
 
@@ -123,9 +126,33 @@ def stage_command(stage: str, checkpoint: Path, out: Path, settings: ScaleBenchS
                       "--pattern", "2:4", "--calib", "auto", "--calib-samples", str(settings.calib_samples),
                       "--calib-seq-len", str(settings.calib_seq_len), "--no-progress", "--overwrite"] + \
             (["--stream"] if stage == "prune-stream" else [])
-    if stage == "export-fp16":
-        return cli + ["export", "--model", str(checkpoint), "--out", str(out), "--precision", "fp16", "--overwrite"]
+    if stage.startswith("export-fp16"):
+        return cli + ["export", "--model", str(checkpoint), "--out", str(out), "--precision", "fp16", "--overwrite"] + \
+            (["--stream"] if stage == "export-fp16-stream" else [])
+    if stage == "engine-fp16":
+        return cli + ["engine", str(checkpoint), "--out", str(out), "--precision", "fp16", "--builder", "rtx",
+                      "--overwrite", "--no-progress"]
     raise ValueError(stage)
+
+
+def stage_input(stage: str, row_dir: Path, checkpoint: Path) -> tuple[Path | None, str]:
+    """What a stage reads: exports take the prune-stream output when it exists (the pipeline exports the pruned
+    model), the engine the fp16 ONNX of an export stage; (None, why) when that is missing."""
+    if stage.startswith("export") and (row_dir / "prune-stream" / "sparsity.json").is_file():
+        return row_dir / "prune-stream", "pruned (prune-stream)"
+    if stage == "engine-fp16":
+        for export in ("export-fp16-stream", "export-fp16"):
+            if (row_dir / export / "export.json").is_file():
+                return row_dir / export / "model.fp16.onnx", f"{export} ONNX"
+        return None, "needs an export-fp16 or export-fp16-stream stage of this row first"
+    return checkpoint, "random checkpoint"
+
+
+def stage_limit(stage: str, row_targets: dict) -> float | None:
+    """The issue's bound for a stage's peak RSS (none is set for the engine build)."""
+    if stage.startswith("prune"):
+        return row_targets["prune_limit_bytes"]
+    return row_targets["export_limit_bytes"] if stage.startswith("export") else None
 
 
 def targets(row: dict) -> dict:
@@ -165,8 +192,13 @@ def run_scale_bench(settings: ScaleBenchSettings, out: Path, work: Path, progres
                                                    f"({needed / GiB:.0f} GiB) with the whole-model exporter, over "
                                                    f"{EXPORT_RAM_SHARE:.0%} of this machine's RAM"}
                 continue
-            result = run_probed(stage_command(stage, checkpoint, work / label / stage, settings),
+            source, what = stage_input(stage, work / label, checkpoint)
+            if source is None:
+                row["stages"][stage] = {"skipped": what}
+                continue
+            result = run_probed(stage_command(stage, source, work / label / stage, settings),
                                 work / label / f"{stage}.log")
+            result["input"] = what
             row["stages"][stage] = result
             if progress:
                 print(f"{label:>18} {stage:<13} rc {result['rc']}  {result['wall_s']:>7.1f} s  peak "
@@ -214,7 +246,7 @@ def depth_fits(rows: list[dict]) -> dict:
                 "layers": [la, lb], "peak_per_layer_bytes": per_mem, "seconds_per_layer": per_s,
                 "full_depth": depth, "full_peak_bytes": sa["peak_rss_bytes"] + per_mem * (depth - la),
                 "full_wall_s": sa["wall_s"] + per_s * (depth - la),
-                "full_prune_limit_bytes": targets({"sizes": full})["prune_limit_bytes"]}
+                "full_limit_bytes": stage_limit(stage, targets({"sizes": full}))}
     return fits
 
 
@@ -244,13 +276,18 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {r['model']} | {z['layers']} | {z['params'] / 1e6:.0f} M | {_gib(z['fp32_bytes'])} "
                              f"| {stage} | - | not run: {v['skipped']} | | | |")
                 continue
-            limit = t["prune_limit_bytes"] if stage.startswith("prune") else t["export_limit_bytes"]
-            met = "failed (rc {})".format(v["rc"]) if v["rc"] else ("yes" if v["peak_rss_bytes"] <= limit else "no")
+            limit = stage_limit(stage, t)
+            met = "failed (rc {})".format(v["rc"]) if v["rc"] else \
+                ("-" if limit is None else "yes" if v["peak_rss_bytes"] <= limit else "no")
+            mark = " (earlier run)" if v.get("from_earlier_run") else ""
             lines.append(f"| {r['model']} | {z['layers']} | {z['params'] / 1e6:.0f} M | {_gib(z['fp32_bytes'])} | "
-                         f"{stage} | {v['wall_s']:.0f} | {_gib(v['peak_rss_bytes'])} | "
-                         f"{v['peak_rss_bytes'] / z['fp32_bytes']:.2f} | {_gib(limit)} | {met} |")
+                         f"{stage}{mark} | {v['wall_s']:.0f} | {_gib(v['peak_rss_bytes'])} | "
+                         f"{v['peak_rss_bytes'] / z['fp32_bytes']:.2f} | {'-' if limit is None else _gib(limit)} | "
+                         f"{met} |")
     lines += ["", "Targets: prune <= 4 x one block in bf16 + the embedding in bf16 + 2 GB (whatever the depth); "
-                  "export <= 1.5 x the fp16 model.", ""]
+                  "export <= 1.5 x the fp16 model. Exports take the prune-stream output where that stage ran (and "
+                  "verify its 2:4 pattern in the file). \"(earlier run)\": kept from an earlier report with the "
+                  "same calibration settings (see the note for which code measured it).", ""]
     if report.get("fits"):
         lines += ["## Extrapolated to full depth (peak = a + b x blocks through the two measured depths)", "",
                   "| shape | stage | measured at blocks | GiB per block | full depth | peak GiB at full depth | "
@@ -259,7 +296,8 @@ def markdown(report: dict) -> str:
             shape, stage = key.split("|")
             lines.append(f"| {shape} | {stage} | {f['layers'][0]}, {f['layers'][1]} | "
                          f"{_gib(f['peak_per_layer_bytes'])} | {f['full_depth']} | {_gib(f['full_peak_bytes'])} | "
-                         f"{_gib(f['full_prune_limit_bytes'])} | {f['full_wall_s']:.0f} |")
+                         f"{'-' if f.get('full_limit_bytes') is None else _gib(f['full_limit_bytes'])} | "
+                         f"{f['full_wall_s']:.0f} |")
         lines += ["", "An extrapolation, not a measurement: it assumes every block costs what the measured ones "
                       "did (identical blocks) and that memory per block stays what two depths showed.", ""]
     lines += ["![peak memory against model size](scale.png)", ""]

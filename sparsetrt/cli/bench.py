@@ -266,8 +266,9 @@ def scale_arguments(p):
     p.add_argument("--runs", default="smollm2-135m,smollm2-360m,tinyllama-1.1b,llama3-8b@1,llama3-8b@2",
                    help="comma-separated SHAPE[@BLOCKS][:STAGE+STAGE] (random-weight Llamas of smollm2-135m, "
                         "smollm2-360m, tinyllama-1.1b, llama3-8b shapes; stages after ':' limit that run)")
-    p.add_argument("--stages", default="prune,prune-stream,export-fp16",
-                   help="comma-separated, of prune, prune-stream, export-fp16")
+    p.add_argument("--stages", default="prune,prune-stream,export-fp16,export-fp16-stream,engine-fp16",
+                   help="comma-separated, of prune, prune-stream, export-fp16, export-fp16-stream, engine-fp16 "
+                        "(TensorRT-RTX build of the fp16 ONNX)")
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-seq-len", type=int, default=256)
     p.add_argument("--work", default="artifacts/scale", help="random checkpoints and stage outputs (reused)")
@@ -277,9 +278,9 @@ def scale_arguments(p):
 
 
 def scale(args) -> int:
-    from sparsetrt.runtime.bench.scale import SHAPES, ScaleBenchSettings, run_scale_bench
+    from sparsetrt.runtime.bench.scale import SHAPES, STAGES, ScaleBenchSettings, run_scale_bench
 
-    known = ("prune", "prune-stream", "export-fp16")
+    known = STAGES
     runs = []
     for item in options.comma_list(args.runs):
         spec, _, only = item.partition(":")

@@ -14,6 +14,9 @@ def export_arguments(p):
     p.add_argument("--precision", action="append", choices=FLOAT_PRECISIONS,
                    help="repeatable (default: fp32 and fp16)")
     p.add_argument("--opset", type=int, default=21)
+    p.add_argument("--stream", action="store_true",
+                   help="trace on fake tensors and write each weight straight from the checkpoint's safetensors: "
+                        "memory near one weight instead of ~3x the fp32 model (same files)")
     options.output(p)
     options.trust_remote_code(p)
 
@@ -22,7 +25,8 @@ def export(args) -> int:
     from sparsetrt.export.stage import export_checkpoint, summary_lines
 
     manifest = export_checkpoint(args.model, args.out, precisions=args.precision or list(FLOAT_PRECISIONS),
-                                 opset=args.opset, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+                                 opset=args.opset, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
+                                 stream=args.stream)
     print("\n".join(summary_lines(manifest, Path(args.out))))
     return 0
 

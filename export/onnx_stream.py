@@ -1,0 +1,141 @@
+"""Export with bounded memory: the graph is traced on fake tensors and each weight goes from the checkpoint's
+safetensors into the external-data file one tensor at a time, in the target precision.
+
+The in-memory export (onnx_export.export_decoder) holds the fp32 model, its fp16 copy, and onnxscript's folded
+numpy copy of every Linear's transpose: ~3.3x the fp32 model at peak, ~100 GB for an 8B model. Here:
+1. the model is built under a FakeTensorMode (shapes and dtypes only, no storage) and traced by the same
+   torch.onnx call with the optimizer off; non-persistent buffers (rotary frequencies) are the real ones of a
+   meta-device skeleton, cast as `model.to(dtype)` casts them;
+2. every initializer's fake value is replaced by one that reads its tensor from the checkpoint: small tensors
+   (<= onnxscript's constant-folding input limit) are read at once, so the optimizer folds and deduplicates them
+   exactly as in memory; a large weight whose only consumer is a Transpose (every Linear) becomes an
+   onnx_ir.LazyTensor of its transpose, named and annotated as onnxscript's own folding names it; any other
+   large weight (an embedding, a tied head) a LazyTensor of itself;
+3. torch.onnx's own optimizer runs (it never reads a LazyTensor: all of them are above its size limits), and the
+   save writes each LazyTensor by evaluating it, so one weight at a time is in memory.
+The result has the in-memory export's nodes and initializers (names, dtypes, values; tests/test_streaming.py);
+only the order of initializers in the file differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.onnx_export import PRECISIONS, save_program, trace_decoder
+
+WRAPPER_PREFIX = "model."  # DecoderWithCache holds the HF model as .model: its initializers are named model.<key>
+FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"  # the provenance onnxscript's constant folding records
+
+
+def export_decoder_streamed(checkpoint: Path, path: Path, precision: str = "fp32", opset: int = 21,
+                            verbose: bool = False, trust_remote_code: bool = False) -> Path:
+    """Export the checkpoint at `checkpoint` to `path` (+ `path`.data) without loading its weights at once."""
+    from sparsetrt.prune.streaming import CheckpointReader
+
+    if precision not in PRECISIONS:
+        raise SparsetrtError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    reader = CheckpointReader(checkpoint)
+    model, buffers = fake_model(checkpoint, dtype, trust_remote_code)
+    program = trace_decoder(model, dtype, opset, verbose, optimize=False)
+    source_weights(program.model.graph, model, buffers, reader, dtype)
+    with contextlib.nullcontext() if verbose else _quiet_optimizer():
+        program.optimize()  # what torch.onnx.export(optimize=True) runs, on the graph it would have had
+    save_program(program, path)
+    return path
+
+
+def fake_model(checkpoint: Path, dtype: torch.dtype, trust_remote_code: bool = False):
+    """(model, buffers): the checkpoint's model with fake parameters in `dtype`, and its buffers' real values as
+    load_model(...).to(dtype) has them (computed in fp32 at construction, floating ones then cast)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from transformers import AutoModelForCausalLM
+
+    from sparsetrt.prune.streaming import empty_model
+
+    skeleton = empty_model(checkpoint, torch.float32, trust_remote_code)
+    buffers = {name: b.to(dtype) if b.is_floating_point() else b for name, b in skeleton.named_buffers()}
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake:
+        model = AutoModelForCausalLM.from_config(skeleton.config, dtype=dtype, trust_remote_code=trust_remote_code)
+    for module_name, module in model.named_modules():
+        for name in module._buffers:
+            full = f"{module_name}.{name}" if module_name else name
+            if module._buffers[name] is not None:
+                module._buffers[name] = fake.from_tensor(buffers[full])
+    return model.eval(), buffers
+
+
+def source_weights(graph, model: torch.nn.Module, buffers: dict, reader, dtype: torch.dtype) -> None:
+    """Give every initializer of the traced graph (fake values) its data from the checkpoint (see module doc)."""
+    import onnx_ir as ir
+    from onnxscript.optimizer._constant_folding import DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT as FOLD_LIMIT
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    aliases = dict(model.named_parameters(remove_duplicate=False))
+    for name, value in list(graph.initializers.items()):
+        if not isinstance(getattr(value.const_value, "raw", None), FakeTensor):
+            continue  # a constant the trace made itself (real data already)
+        key = name.removeprefix(WRAPPER_PREFIX)
+        if key in buffers:
+            value.const_value = ir.Tensor(buffers[key].numpy(), name=name)
+            continue
+        key = checkpoint_key(key, aliases, reader)
+        fake = value.const_value
+        if fake.size <= FOLD_LIMIT:
+            value.const_value = ir.Tensor(reader.get(key, dtype).numpy(), name=name)
+            continue
+        uses = value.uses()
+        node = uses[0].node if len(uses) == 1 else None
+        if node is not None and node.op_type == "Transpose" and list(node.attributes["perm"].as_ints()) == [1, 0]:
+            # fold it as onnxscript would (its output becomes the initializer, same name), but lazily
+            folded = node.outputs[0]
+            shape = ir.Shape([fake.shape[1], fake.shape[0]])
+            replacement = ir.Value(name=folded.name, shape=shape, type=ir.TensorType(fake.dtype),
+                                   const_value=_lazy(reader, key, dtype, fake.dtype, shape, transpose=True))
+            replacement.metadata_props[FOLDED_FROM] = repr([name])
+            folded.replace_all_uses_with(replacement)
+            graph.remove(node, safe=True)
+            graph.initializers.pop(name)
+            graph.register_initializer(replacement)
+        else:
+            value.const_value = _lazy(reader, key, dtype, fake.dtype, fake.shape, transpose=False)
+
+
+def checkpoint_key(key: str, aliases: dict, reader) -> str:
+    """The checkpoint's name for parameter `key` (a tied head is stored under its embedding's name)."""
+    if key in reader.file_of:
+        return key
+    param = aliases.get(key)
+    stored = [n for n, p in aliases.items() if p is param and n in reader.file_of] if param is not None else []
+    if not stored:
+        raise SparsetrtError(f"the ONNX graph needs '{key}', which {reader.checkpoint} does not hold; export this "
+                             "model without --stream")
+    return stored[0]
+
+
+def _lazy(reader, key: str, dtype: torch.dtype, ir_dtype, shape, transpose: bool):
+    import onnx_ir as ir
+
+    def read():
+        tensor = reader.get(key, dtype)
+        return ir.Tensor((tensor.t().contiguous() if transpose else tensor).numpy())
+
+    return ir.LazyTensor(read, dtype=ir_dtype, shape=shape)  # cache=False: evaluated while saving, then dropped
+
+
+@contextlib.contextmanager
+def _quiet_optimizer():
+    import logging
+
+    log = logging.getLogger("onnxscript")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
