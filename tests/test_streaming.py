@@ -162,3 +162,19 @@ def test_bench_scale_on_a_tiny_shape_at_two_depths(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "out" / "scale.json").read_text())
     assert saved["rows"][1]["sizes"]["layers"] == 3 and (tmp_path / "out" / "scale.png").stat().st_size > 1000
     assert "Extrapolated to full depth" in (tmp_path / "out" / "scale.md").read_text()
+
+
+def test_depth_fit_is_least_squares_over_every_measured_depth():
+    from sparsetrt.runtime.bench import scale
+
+    def row(layers, peak, wall, rc=0):
+        shape = scale.shape_of("llama3-8b", layers)
+        return {"shape": "llama3-8b", "sizes": scale.sizes(shape),
+                "stages": {"prune-stream": {"rc": rc, "peak_rss_bytes": peak, "wall_s": wall}}}
+
+    rows = [row(1, 10.0, 100.0), row(2, 12.0, 190.0), row(4, 14.0, 410.0), row(8, 999.0, 0.0, rc=1)]
+    fit = scale.depth_fits(rows)["llama3-8b|prune-stream"]
+    assert fit["layers"] == [1, 2, 4]  # the failed run is left out
+    assert fit["peak_per_layer_bytes"] == pytest.approx(9 / 7)  # least squares through (1, 10), (2, 12), (4, 14)
+    assert fit["full_peak_bytes"] == pytest.approx(9 + 9 / 7 * 32)  # intercept 12 - 9/7 * 7/3 = 9
+    assert scale.depth_fits(rows[:1]) == {}  # one depth: nothing to fit

@@ -223,31 +223,37 @@ def previous_results(path: Path, settings: ScaleBenchSettings) -> dict:
 
 
 def depth_fits(rows: list[dict]) -> dict:
-    """Per stage, over rows of one shape at two depths: peak = a + b * layers, time likewise, and both at that
-    shape's full depth (an extrapolation: the per-block cost is assumed constant, as it is for identical blocks)."""
+    """Per stage, over the rows of one shape at two or more depths: peak = a + b * layers and time likewise (least
+    squares through every measured depth), and both at that shape's full depth (an extrapolation: the per-block
+    cost is assumed constant, as it is for identical blocks)."""
     fits = {}
     by_shape: dict[str, list[dict]] = {}
     for r in rows:
         by_shape.setdefault(r["shape"], []).append(r)
     for shape, same in by_shape.items():
-        if len(same) < 2:
-            continue
-        a, b = sorted(same, key=lambda r: r["sizes"]["layers"])[:2]
-        depth = SHAPES[shape]["num_hidden_layers"]
-        for stage in a["stages"]:
-            sa, sb = a["stages"][stage], b["stages"].get(stage, {})
-            if "peak_rss_bytes" not in sa or "peak_rss_bytes" not in sb or sa["rc"] or sb["rc"]:
+        stages = {stage for r in same for stage in r["stages"]}
+        for stage in sorted(stages):
+            points = sorted((r["sizes"]["layers"], r["stages"][stage]) for r in same
+                            if not r["stages"].get(stage, {}).get("rc", 1) and "peak_rss_bytes" in r["stages"][stage])
+            if len({layers for layers, _ in points}) < 2:
                 continue
-            la, lb = a["sizes"]["layers"], b["sizes"]["layers"]
-            per_mem = (sb["peak_rss_bytes"] - sa["peak_rss_bytes"]) / (lb - la)
-            per_s = (sb["wall_s"] - sa["wall_s"]) / (lb - la)
+            layers = [p[0] for p in points]
+            a_mem, per_mem = _line(layers, [p[1]["peak_rss_bytes"] for p in points])
+            a_s, per_s = _line(layers, [p[1]["wall_s"] for p in points])
+            depth = SHAPES[shape]["num_hidden_layers"]
             full = sizes(shape_of(shape, None))
             fits[f"{shape}|{stage}"] = {
-                "layers": [la, lb], "peak_per_layer_bytes": per_mem, "seconds_per_layer": per_s,
-                "full_depth": depth, "full_peak_bytes": sa["peak_rss_bytes"] + per_mem * (depth - la),
-                "full_wall_s": sa["wall_s"] + per_s * (depth - la),
+                "layers": layers, "peak_per_layer_bytes": per_mem, "seconds_per_layer": per_s,
+                "full_depth": depth, "full_peak_bytes": a_mem + per_mem * depth, "full_wall_s": a_s + per_s * depth,
                 "full_limit_bytes": stage_limit(stage, targets({"sizes": full}))}
     return fits
+
+
+def _line(x: list[float], y: list[float]) -> tuple[float, float]:
+    """Least-squares intercept and slope of y over x."""
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+    return my - slope * mx, slope
 
 
 def save(out: Path, report: dict) -> None:
@@ -289,12 +295,12 @@ def markdown(report: dict) -> str:
                   "verify its 2:4 pattern in the file). \"(earlier run)\": kept from an earlier report with the "
                   "same calibration settings (see the note for which code measured it).", ""]
     if report.get("fits"):
-        lines += ["## Extrapolated to full depth (peak = a + b x blocks through the two measured depths)", "",
+        lines += ["## Extrapolated to full depth (peak = a + b x blocks, least squares through the measured depths)", "",
                   "| shape | stage | measured at blocks | GiB per block | full depth | peak GiB at full depth | "
                   "target GiB | wall s at full depth |", "|---|---|---|---:|---:|---:|---:|---:|"]
         for key, f in report["fits"].items():
             shape, stage = key.split("|")
-            lines.append(f"| {shape} | {stage} | {f['layers'][0]}, {f['layers'][1]} | "
+            lines.append(f"| {shape} | {stage} | {', '.join(map(str, f['layers']))} | "
                          f"{_gib(f['peak_per_layer_bytes'])} | {f['full_depth']} | {_gib(f['full_peak_bytes'])} | "
                          f"{'-' if f.get('full_limit_bytes') is None else _gib(f['full_limit_bytes'])} | "
                          f"{f['full_wall_s']:.0f} |")
