@@ -178,3 +178,20 @@ def test_depth_fit_is_least_squares_over_every_measured_depth():
     assert fit["peak_per_layer_bytes"] == pytest.approx(9 / 7)  # least squares through (1, 10), (2, 12), (4, 14)
     assert fit["full_peak_bytes"] == pytest.approx(9 + 9 / 7 * 32)  # intercept 12 - 9/7 * 7/3 = 9
     assert scale.depth_fits(rows[:1]) == {}  # one depth: nothing to fit
+
+
+def test_the_stage_probe_measures_the_stage_not_the_benchmark_process(tmp_path):
+    """Python starts children with vfork, and their wait4 maxrss then starts at the parent's peak: the probe must
+    report the child's own VmHWM (last round's 8B figures, 6.24 GiB at 1 and at 2 blocks, were the parent's)."""
+    import sys
+
+    import numpy as np
+
+    from sparsetrt.runtime.bench.scale import run_probed
+
+    big = np.ones(400 * 2**20 // 8)  # this process peaks 400 MiB above whatever it held
+    del big
+    result = run_probed([sys.executable, "-m", "sparsetrt.cli", "--help"], tmp_path / "help.log")
+    assert result["rc"] == 0 and result["peak_source"] == "VmHWM"
+    assert result["peak_rss_bytes"] < 300 * 2**20  # `sparsetrt --help` imports neither torch nor onnxruntime
+    assert "usage: sparsetrt" in (tmp_path / "help.log").read_text()

@@ -108,15 +108,39 @@ def random_checkpoint(out: Path, shape: dict, tokenizer_dir: Path, seed: int = 0
     return out
 
 
+# The stage's own peak: VmHWM of its process image, written as it exits. Not the rusage wait4 returns: Python
+# starts children with vfork, and exec records the parent's peak RSS as the child's maxrss floor, so a stage
+# run after this process generated an 8B checkpoint "peaked" at this process's 6.8 GB (measured: identical
+# ru_maxrss for prune and export of the 4-block 8B shape; a child running `pass` reports the parent's peak).
+PEAK_PROBE = """import atexit, runpy, sys
+out = sys.argv.pop(1)
+def peak():
+    with open("/proc/self/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    with open(out, "w") as sink:
+        sink.write(str(kib * 1024))
+atexit.register(peak)
+sys.argv[0] = "sparsetrt"
+runpy.run_module("sparsetrt.cli", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_probed(command: list[str], log: Path) -> dict:
-    """Run one CLI command in its own process: exit code, wall seconds and that process's peak RSS."""
+    """Run one CLI command (`python -m sparsetrt.cli ...`) in its own process: exit code, wall seconds and that
+    process's own peak RSS (VmHWM; wait4's maxrss, which includes this process's peak, only if it died first)."""
+    peak_file = Path(log).with_suffix(".peak")
+    peak_file.unlink(missing_ok=True)
+    probed = [command[0], "-c", PEAK_PROBE, str(peak_file), *command[3:]]  # command[1:3] == ["-m", "sparsetrt.cli"]
     start = time.perf_counter()
     with open(log, "w") as sink:
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(probed, stdout=sink, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
+    own = peak_file.is_file() and peak_file.read_text().strip()
     return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
-            "peak_rss_bytes": usage.ru_maxrss * 1024, "command": " ".join(command[2:]), "log": str(log)}
+            "peak_rss_bytes": int(own) if own else usage.ru_maxrss * 1024,
+            "peak_source": "VmHWM" if own else "wait4 maxrss (includes the benchmark process's peak)",
+            "command": " ".join(command[2:]), "log": str(log)}
 
 
 def stage_command(stage: str, checkpoint: Path, out: Path, settings: ScaleBenchSettings) -> list[str]:
