@@ -149,6 +149,8 @@ def test_bench_scale_on_a_tiny_shape_at_two_depths(tmp_path, monkeypatch):
     engine = report["rows"][0]["stages"].pop("engine-fp16")  # TensorRT-RTX, ahead of time: runs without a GPU
     assert engine["rc"] == 0 and engine["input"] == "export-fp16-stream ONNX", engine
     assert (tmp_path / "work" / "tiny-1L" / "engine-fp16" / "model.engine").stat().st_size > 0
+    sidecar = json.loads((tmp_path / "work" / "tiny-1L" / "engine-fp16" / "engine.json").read_text())
+    assert engine["peak_rss_bytes"] >= sidecar["peak_rss_mb"] * 1e6 * 0.99  # the build runs in a child: counted
     assert "| engine-fp16 |" in (tmp_path / "out" / "scale.md").read_text()
     del report["rows"][0]["stages"]["export-fp16-stream"]
     for row in report["rows"]:
@@ -192,6 +194,20 @@ def test_the_stage_probe_measures_the_stage_not_the_benchmark_process(tmp_path):
     big = np.ones(400 * 2**20 // 8)  # this process peaks 400 MiB above whatever it held
     del big
     result = run_probed([sys.executable, "-m", "sparsetrt.cli", "--help"], tmp_path / "help.log")
-    assert result["rc"] == 0 and result["peak_source"] == "VmHWM"
+    assert result["rc"] == 0 and result["peak_source"] == "VmHWM + children"
     assert result["peak_rss_bytes"] < 300 * 2**20  # `sparsetrt --help` imports neither torch nor onnxruntime
     assert "usage: sparsetrt" in (tmp_path / "help.log").read_text()
+
+
+def test_bench_scale_skips_a_stage_the_disk_has_no_room_for(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from sparsetrt.runtime.bench import scale
+
+    sizes = scale.sizes(scale.shape_of("llama3-8b", 4))
+    assert scale.disk_shortfall(tmp_path, {"bf16_bytes": 1}) is None  # a test's temp dir holds a byte
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(100 * scale.GiB, 99 * scale.GiB, scale.GiB // 2))
+    reason = scale.disk_shortfall(tmp_path, sizes)
+    assert reason.startswith("needs about 5.3 GiB free") and "0.5 GiB free" in reason and "--work" in reason

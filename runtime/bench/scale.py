@@ -108,15 +108,18 @@ def random_checkpoint(out: Path, shape: dict, tokenizer_dir: Path, seed: int = 0
     return out
 
 
-# The stage's own peak: VmHWM of its process image, written as it exits. Not the rusage wait4 returns: Python
-# starts children with vfork, and exec records the parent's peak RSS as the child's maxrss floor, so a stage
-# run after this process generated an 8B checkpoint "peaked" at this process's 6.8 GB (measured: identical
-# ru_maxrss for prune and export of the 4-block 8B shape; a child running `pass` reports the parent's peak).
-PEAK_PROBE = """import atexit, runpy, sys
+# The stage's own peak: VmHWM of its process image, or of a child it waited for (the engine build runs in one),
+# whichever is larger, written as it exits. Not the rusage wait4 returns: Python starts children with vfork, and
+# exec records the parent's peak RSS as the child's maxrss floor, so a stage run after this process generated an
+# 8B checkpoint "peaked" at this process's 6.8 GB (measured: identical ru_maxrss for prune and export of the
+# 4-block 8B shape; a child running `pass` reports the parent's peak). A stage's own children inherit the stage's
+# peak that way, which a maximum over both does not mind.
+PEAK_PROBE = """import atexit, resource, runpy, sys
 out = sys.argv.pop(1)
 def peak():
     with open("/proc/self/status") as status:
         kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    kib = max(kib, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     with open(out, "w") as sink:
         sink.write(str(kib * 1024))
 atexit.register(peak)
@@ -139,7 +142,7 @@ def run_probed(command: list[str], log: Path) -> dict:
     own = peak_file.is_file() and peak_file.read_text().strip()
     return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
             "peak_rss_bytes": int(own) if own else usage.ru_maxrss * 1024,
-            "peak_source": "VmHWM" if own else "wait4 maxrss (includes the benchmark process's peak)",
+            "peak_source": "VmHWM + children" if own else "wait4 maxrss (includes the benchmark process's peak)",
             "command": " ".join(command[2:]), "log": str(log)}
 
 
@@ -170,6 +173,20 @@ def stage_input(stage: str, row_dir: Path, checkpoint: Path) -> tuple[Path | Non
                 return row_dir / export / "model.fp16.onnx", f"{export} ONNX"
         return None, "needs an export-fp16 or export-fp16-stream stage of this row first"
     return checkpoint, "random checkpoint"
+
+
+def disk_shortfall(work: Path, row_sizes: dict) -> str | None:
+    """Why a stage cannot start on this disk, or None. Every stage writes about the model in 16 bits (a checkpoint,
+    an fp16 ONNX, an engine) plus its scratch; a full disk fails a stage midway (a shared disk filled up under
+    this benchmark once, and a `make demo` beside it died writing its ONNX)."""
+    import shutil
+
+    needed = 1.2 * row_sizes["bf16_bytes"] + GiB
+    free = shutil.disk_usage(work).free
+    if free >= needed:
+        return None
+    return (f"needs about {needed / GiB:.1f} GiB free on {work}'s disk, {free / GiB:.1f} GiB free (delete finished "
+            "stages' outputs under --work, or point --work at a larger disk)")
 
 
 def stage_limit(stage: str, row_targets: dict) -> float | None:
@@ -217,8 +234,9 @@ def run_scale_bench(settings: ScaleBenchSettings, out: Path, work: Path, progres
                                                    f"{EXPORT_RAM_SHARE:.0%} of this machine's RAM"}
                 continue
             source, what = stage_input(stage, work / label, checkpoint)
-            if source is None:
-                row["stages"][stage] = {"skipped": what}
+            reason = what if source is None else disk_shortfall(work, row["sizes"])
+            if reason:
+                row["stages"][stage] = {"skipped": reason}
                 continue
             result = run_probed(stage_command(stage, source, work / label / stage, settings),
                                 work / label / f"{stage}.log")
@@ -296,7 +314,8 @@ def markdown(report: dict) -> str:
              + (f" ({s['note']})" if s.get("note") else "") + ". Random-weight Llamas in "
              "bf16 (shapes of public checkpoints; SmolLM2's tokenizer, so TinyLlama's 32000-id vocabulary is 49152 "
              f"here). Prune: SparseGPT 2:4, calibration {s['calib_samples']} x {s['calib_seq_len']} tokens. Peak "
-             "RSS of each stage's own process (ru_maxrss); GiB = 2^30 bytes.", "",
+             "RSS of each stage's own process (its VmHWM, or a child's it waited for; `peak_source` in scale.json says how "
+             "each was read); GiB = 2^30 bytes.", "",
              "| model | blocks | params | fp32 GiB | stage | wall s | peak RSS GiB | x fp32 | target GiB | met |",
              "|---|---:|---:|---:|---|---:|---:|---:|---:|:---:|"]
     for r in report["rows"]:
@@ -329,7 +348,7 @@ def markdown(report: dict) -> str:
                          f"{'-' if f.get('full_limit_bytes') is None else _gib(f['full_limit_bytes'])} | "
                          f"{f['full_wall_s']:.0f} |")
         lines += ["", "An extrapolation, not a measurement: it assumes every block costs what the measured ones "
-                      "did (identical blocks) and that memory per block stays what two depths showed.", ""]
+                      "did (identical blocks) and that memory per block stays what the measured depths showed.", ""]
     lines += ["![peak memory against model size](scale.png)", ""]
     return "\n".join(lines)
 
