@@ -219,7 +219,7 @@ def run_scale_bench(settings: ScaleBenchSettings, out: Path, work: Path, progres
     for name, layers, *only in settings.runs:
         shape = shape_of(name, layers)
         label = f"{name}" + (f"-{layers}L" if layers else "")
-        checkpoint = random_checkpoint(work / label / "source", shape, tokenizer_dir)
+        checkpoint = work / label / "source"  # generated when a stage first needs it (a kept row needs none)
         row = {"model": label, "shape": name, "sizes": sizes(shape), "stages": {}}
         row["targets"] = targets(row)
         rows.append(row)
@@ -233,6 +233,7 @@ def run_scale_bench(settings: ScaleBenchSettings, out: Path, work: Path, progres
                                                    f"({needed / GiB:.0f} GiB) with the whole-model exporter, over "
                                                    f"{EXPORT_RAM_SHARE:.0%} of this machine's RAM"}
                 continue
+            random_checkpoint(checkpoint, shape, tokenizer_dir)  # returns at once when it exists
             source, what = stage_input(stage, work / label, checkpoint)
             reason = what if source is None else disk_shortfall(work, row["sizes"])
             if reason:
