@@ -190,14 +190,14 @@ def onnx_files(path: Path) -> list[Path]:
     return files
 
 
-def timed_export(source, path: Path, precision: str, opset: int) -> float:
+def timed_export(source, path: Path, precision: str, opset: int, trust_remote_code: bool = False) -> float:
     """Seconds to export `source`: a loaded model, or a checkpoint directory (the streamed export)."""
     start = time.perf_counter()
     verbose = bool(os.environ.get("SPARSETRT_VERBOSE"))
     if isinstance(source, Path):
         from sparsetrt.export.onnx_stream import export_decoder_streamed
 
-        export_decoder_streamed(source, path, precision, opset, verbose=verbose)
+        export_decoder_streamed(source, path, precision, opset, verbose=verbose, trust_remote_code=trust_remote_code)
     else:
         export_decoder(source, path, precision, opset, verbose=verbose)
     return time.perf_counter() - start

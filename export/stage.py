@@ -72,7 +72,7 @@ def export_checkpoint(
         for precision in precisions:
             path = tmp / onnx_file_name(precision)
             print(f"exporting {precision} ONNX ...", flush=True)
-            seconds = timed_export(source, path, precision, opset)
+            seconds = timed_export(source, path, precision, opset, trust_remote_code)
             if (written := file_opset(path)) != opset:  # the exporter may fall back without failing
                 raise SparsetrtError(f"asked for opset {opset}, the exporter wrote {written}; pass --opset {written}")
             verification = verify_onnx(path, sparsity, checkpoint).raise_if_failed().to_json() if sparsity else None
