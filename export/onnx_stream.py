@@ -13,8 +13,8 @@ numpy copy of every Linear's transpose: ~3.3x the fp32 model at peak, ~100 GB fo
    large weight (an embedding, a tied head) a LazyTensor of itself;
 3. torch.onnx's own optimizer runs (it never reads a LazyTensor: all of them are above its size limits), and the
    save writes each LazyTensor by evaluating it, so one weight at a time is in memory.
-The result has the in-memory export's nodes and initializers (names, dtypes, values; tests/test_streaming.py);
-only the order of initializers in the file differs.
+The result has the in-memory export's nodes and initializers (names, dtypes, values;
+tests/test_export_stream.py); only the order of initializers in the file differs.
 """
 
 from __future__ import annotations

@@ -107,11 +107,6 @@ def iter_checkpoint_weights(checkpoint: Path, names):
                     yield wanted[key], f.get_tensor(key).float().numpy()
 
 
-def checkpoint_weights(checkpoint: Path, names) -> dict[str, np.ndarray]:
-    """Every `<module>.weight` of `names` at once (the ONNX verifier matches initializers against all of them)."""
-    return dict(iter_checkpoint_weights(checkpoint, names))
-
-
 def verify_checkpoint(checkpoint: Path, manifest: dict | None = None) -> VerifyResult:
     manifest = manifest or load_manifest(checkpoint)
     modules = manifest["modules"]

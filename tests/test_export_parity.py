@@ -44,9 +44,9 @@ def test_onnx_verifier_catches_a_broken_initializer(exported, pruned_tiny, tmp_p
     target = [n for n in manifest["modules"] if n.endswith("layers.1.mlp.down_proj")][0]
     result = verify_onnx(out / "model.onnx", manifest, pruned_tiny)
     assert result.ok
-    from sparsetrt.prune.verify import checkpoint_weights
+    from sparsetrt.prune.verify import iter_checkpoint_weights
 
-    reference = checkpoint_weights(pruned_tiny, [target])[target]
+    reference = dict(iter_checkpoint_weights(pruned_tiny, [target]))[target]
     for init in model.graph.initializer:
         array = numpy_helper.to_array(init)
         if array.shape == reference.T.shape and np.array_equal(array, reference.T):
