@@ -173,17 +173,25 @@ def test_full_queue_answers_429_fast_and_metrics_match_the_clients(served):
 
 
 def test_request_timeout_gives_504_while_generating_and_503_while_queued(served):
-    # Steps of 0.9 s against a 1 s timeout: the first request notices its deadline at its second token (1.8 s) and
-    # gets 504; the second, sent within 0.8 s of it, has by then waited past its own deadline in the queue: 503.
+    # Steps of 0.9 s against a 1 s timeout. The first request is prefilled (0.9 s) and decoded one step (1.8 s), then
+    # notices its deadline: 504. The second is sent only once the first is admitted (else both can arrive before the
+    # model thread wakes and join one prefill group: CI saw [504, 504]); it waits in the queue until the next
+    # admission at ~1.8 s, past its own deadline: 503.
     with LiveServer(SlowServed(served, 0.9), request_timeout_s=1.0, max_tokens_limit=64) as live:
-        def call(_):
+        def call():
             return httpx.post(f"{live.url}/v1/completions", json={"prompt": "a", "max_tokens": 50}, timeout=60)
 
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            responses = list(pool.map(call, range(2)))
-        assert sorted(r.status_code for r in responses) == [503, 504]
-        assert_error(next(r for r in responses if r.status_code == 504), 504, "generation_timeout")
-        assert_error(next(r for r in responses if r.status_code == 503), 503, "queue_timeout")
+            first = pool.submit(call)
+            deadline = time.monotonic() + 0.7
+            while live.client.get("/health").json()["batch"]["running"] < 1:
+                assert time.monotonic() < deadline, "the first request was not admitted within 0.7 s"
+                time.sleep(0.01)
+            second = pool.submit(call)
+            responses = [first.result(), second.result()]
+        assert [r.status_code for r in responses] == [504, 503]
+        assert_error(responses[0], 504, "generation_timeout")
+        assert_error(responses[1], 503, "queue_timeout")
         assert live.client.get("/health").status_code == 200
 
 
