@@ -84,18 +84,27 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
 
 
 def gptq_model(model, windows: torch.Tensor, modules: dict, keep: dict, qmax: int, block: int | None,
-               batch_size: int = 4, progress: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+               batch_size: int = 4, progress: bool = True,
+               hooks=None, results: dict | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """GPTQ every module of `modules` in place (weights become their dequantized values), block by block
-    with inputs that reflect the earlier blocks' quantization. Returns {name: (q, scale, error)}."""
+    with inputs that reflect the earlier blocks' quantization. Returns {name: (q, scale, error)}.
+
+    `keep`: name -> bool mask, or a callable (name, module) -> mask or None (dense), asked just before the
+    module is quantized (layer streaming has no module's weight before its block is read). `hooks`: where each
+    block lives (sequential_update); `results`: the dict to fill, which streaming's hooks empty as each block
+    finishes."""
     from sparsetrt.prune.sequential import sequential_update
 
-    results = {}
+    results = {} if results is None else results
+    mask_of = keep if callable(keep) else (lambda name, _module: keep.get(name))
 
     def update(group: dict, stats) -> list:
         stacked = torch.cat([m.weight.data.float() for m in group.values()])
-        masks = torch.cat([keep[n] if n in keep else torch.ones_like(m.weight, dtype=torch.bool)
-                           for n, m in group.items()])
-        q, scale, error = gptq_quantize(stacked, stats.hessian, masks, qmax, block)
+        masks = []
+        for name, module in group.items():
+            mask = mask_of(name, module)
+            masks.append(torch.ones_like(module.weight, dtype=torch.bool) if mask is None else mask)
+        q, scale, error = gptq_quantize(stacked, stats.hessian, torch.cat(masks), qmax, block)
         row = 0
         for name, module in group.items():
             rows = slice(row, row + module.out_features)
@@ -107,5 +116,5 @@ def gptq_model(model, windows: torch.Tensor, modules: dict, keep: dict, qmax: in
         return list(group)
 
     sequential_update(model, windows, modules, update, want_hessian=True, batch_size=batch_size, progress=progress,
-                      desc=f"GPTQ {'INT8' if block is None else 'INT4'}")
+                      desc=f"GPTQ {'INT8' if block is None else 'INT4'}", hooks=hooks)
     return results

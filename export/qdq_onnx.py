@@ -200,7 +200,6 @@ def dequantized_weights(path: Path, model=None, only: set[str] | None = None) ->
     """Every DequantizeLinear over an integer initializer (of `path`, or of the already loaded `model`; only the
     nodes whose output is in `only` when given), dequantized: {initializer: (array, dq output)}."""
     import onnx
-    from onnx import numpy_helper
 
     model = model if model is not None else onnx.load(str(path), load_external_data=True)
     inits = {i.name: i for i in model.graph.initializer}
@@ -208,18 +207,33 @@ def dequantized_weights(path: Path, model=None, only: set[str] | None = None) ->
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or node.input[0] not in inits or (only and node.output[0] not in only):
             continue
-        q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
-        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        attrs = {a.name: helper_attr(a) for a in node.attribute}
-        axis, block = attrs.get("axis", 1), attrs.get("block_size", 0)
-        if block:
-            scale = np.repeat(scale, block, axis=axis)
-        elif scale.ndim == 1:
-            shape = [1] * q.ndim
-            shape[axis] = -1
-            scale = scale.reshape(shape)
-        out[node.input[0]] = (q * scale, node.output[0])
+        out[node.input[0]] = (dequantize_initializer(node, inits), node.output[0])
     return out
+
+
+def dequantize_initializer(node, inits: dict, base_dir: Path | None = None) -> np.ndarray:
+    """The float values of DequantizeLinear `node` over integer initializer inits[node.input[0]] (read on its own
+    from the external-data file under `base_dir` when given, else from the loaded proto)."""
+    from sparsetrt.export.onnx_io import initializer_array
+
+    def read(name):
+        if base_dir is None:
+            from onnx import numpy_helper
+
+            return numpy_helper.to_array(inits[name])
+        return initializer_array(inits[name], base_dir)
+
+    q = read(node.input[0]).astype(np.float32)
+    scale = read(node.input[1]).astype(np.float32)
+    attrs = {a.name: helper_attr(a) for a in node.attribute}
+    axis, block = attrs.get("axis", 1), attrs.get("block_size", 0)
+    if block:
+        scale = np.repeat(scale, block, axis=axis)
+    elif scale.ndim == 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+    return q * scale
 
 
 def helper_attr(attribute):
@@ -234,7 +248,7 @@ def verify_qdq_onnx(path: Path, modules: dict[str, np.ndarray], sparsity: dict |
     weight must be present with its shape; unpruned modules are not held to their incidental zeros."""
     import onnx
 
-    from sparsetrt.prune.verify import VerifyResult, check_pattern, reduction_axes
+    from sparsetrt.prune.verify import VerifyResult
 
     result = VerifyResult(where=f"ONNX {path} (dequantized)")
     weights = dequantized_weights(path)
@@ -245,18 +259,26 @@ def verify_qdq_onnx(path: Path, modules: dict[str, np.ndarray], sparsity: dict |
         if init not in weights:
             result.failures.append(f"{module}: no DequantizeLinear over {init}")
             continue
-        array = weights[init][0]  # [in, out]
-        result.checked += 1
-        if array.shape != source.T.shape:
-            result.failures.append(f"{module}: shape {array.shape}, expected {source.T.shape}")
-            continue
-        if module not in claimed:
-            continue  # not pruned: its few incidental zeros are ordinary values GPTQ may move
-        lost = int(((source.T == 0) & (array != 0)).sum())
-        if lost:
-            result.failures.append(f"{module}: {lost} pruned zeros became non-zero after quantize -> dequantize")
-        if reduction_axes(init, consumers) != {0}:
-            result.failures.append(f"{module}: not consumed with its input features as the reduction axis")
-        elif problem := check_pattern(module, array, claimed[module]["pattern"], axis=0):
-            result.failures.append(problem)
+        check_dequantized(result, module, weights[init][0], source, claimed, consumers)
     return result
+
+
+def check_dequantized(result, module: str, array: np.ndarray, source: np.ndarray, claimed: dict, consumers) -> None:
+    """One module's dequantized weight `array` ([in, out]) against its float `source` ([out, in]): its shape,
+    and for a pruned module its zeros kept and its pattern along the reduction axis (failures into `result`)."""
+    from sparsetrt.prune.verify import check_pattern, reduction_axes
+
+    init = f"{module}.weight_quantized"
+    result.checked += 1
+    if array.shape != source.T.shape:
+        result.failures.append(f"{module}: shape {array.shape}, expected {source.T.shape}")
+        return
+    if module not in claimed:
+        return  # not pruned: its few incidental zeros are ordinary values GPTQ may move
+    lost = int(((source.T == 0) & (array != 0)).sum())
+    if lost:
+        result.failures.append(f"{module}: {lost} pruned zeros became non-zero after quantize -> dequantize")
+    if reduction_axes(init, consumers) != {0}:
+        result.failures.append(f"{module}: not consumed with its input features as the reduction axis")
+    elif problem := check_pattern(module, array, claimed[module]["pattern"], axis=0):
+        result.failures.append(problem)

@@ -71,17 +71,18 @@ def quantize_checkpoint(
     overwrite: bool = False,
     reuse: bool = False,
     progress: bool = True,
+    stream: bool = False,
+    device: str = "cpu",
 ) -> dict:
+    """`stream` quantizes one decoder block at a time (W4A16 only; export/quant_stream.py): memory bounded by a
+    block, same integers, but no parity references and no TensorRT-LLM checkpoints (each needs the whole model;
+    the manifest says so). `device`: where a streamed block is quantized."""
     import torch
     from transformers import AutoConfig
 
     from sparsetrt.calibration.data import calibration_windows
-    from sparsetrt.export import quantize as q
     from sparsetrt.export import trtllm
-    from sparsetrt.export.embeddings import vocabulary_tables
-    from sparsetrt.export.lint import lint_onnx
     from sparsetrt.export.onnx_export import onnx_file_name
-    from sparsetrt.export.qdq_onnx import verify_qdq_onnx, write_qdq_onnx
     from sparsetrt.export.stage import EXPORT_MANIFEST
     from sparsetrt.models import load_model, resolve_checkpoint
     from sparsetrt.prune.sequential import target_linears
@@ -89,6 +90,10 @@ def quantize_checkpoint(
     if isinstance(settings, dict) or settings is None:
         settings = QuantSettings(**(settings or {}))
     settings.validate()
+    if stream:
+        from sparsetrt.export.quant_stream import check_streamable
+
+        check_streamable(settings)
     if calib_samples < 1 or calib_seq_len < 2:
         raise SparsetrtError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
     tp_sizes = sorted(set(int(t) for t in tp_sizes))
@@ -110,12 +115,24 @@ def quantize_checkpoint(
     check_length(hf_config, calib_seq_len, "a calibration window", "--calib-seq-len")
     check_length(hf_config, parity_seq_len, "a parity window", "--seq-len")
 
-    lm, tokenizer = load_model(checkpoint)
+    if stream:
+        from sparsetrt.models import load_tokenizer
+        from sparsetrt.prune.streaming import CheckpointReader, empty_model
+
+        CheckpointReader(checkpoint)  # no safetensors: one clear line now, not after calibration
+        lm, tokenizer = empty_model(checkpoint), load_tokenizer(checkpoint)
+        tp_sizes = []  # TensorRT-LLM checkpoints need the whole model (see the manifest's trtllm_skipped)
+    else:
+        lm, tokenizer = load_model(checkpoint)
     modules = target_linears(lm)
     if settings.precision == "int4":
         settings = dataclasses.replace(settings, block_size=model_block_size(modules, settings.block_size,
                                                                             settings.block_fallback))
     trtllm_skipped = trtllm.unsupported_reason(hf_config) if tp_sizes else None
+    if stream:
+        from sparsetrt.export.quant_stream import NOT_STREAMED
+
+        trtllm_skipped = f"not written under --stream: a TensorRT-LLM checkpoint {NOT_STREAMED}"
     if trtllm_skipped:  # the ONNX is the main product: write it, and say why there is no TensorRT-LLM checkpoint
         print(f"note: no TensorRT-LLM checkpoint for this model: {trtllm_skipped}", flush=True)
         tp_sizes = []
@@ -126,57 +143,30 @@ def quantize_checkpoint(
                     "quant": settings.to_dict(), "calib": calib, "calib_samples": calib_samples,
                     "calib_seq_len": calib_seq_len, "seed": seed, "tp": tp_sizes,
                     "parity": {"corpus": parity_corpus, "windows": parity_windows, "seq_len": parity_seq_len}}
+    if stream:  # a streamed run writes fewer artifacts (no parity, no TensorRT-LLM): never reused for a whole one
+        run_settings["stream"] = True
     out = Path(out)
     run_fingerprint, done = prepare_output(out, QUANT_MANIFEST, "quantize", run_settings, overwrite, reuse)
     if done:
         return done
 
     timings = {}
-    masks = {name: modules[name].weight.detach() != 0 for name in (sparsity or {}).get("modules", {}) if name in modules}
-    source = {name: m.weight.detach().float().numpy().copy() for name, m in modules.items()}
-    everything = dict(lm.named_modules())
-    table_source = {name: everything[name].weight.detach().float().numpy().copy() for name in vocabulary_tables(lm)}
-    windows, corpus, corpus_tokens = calibration_windows(tokenizer, calib, calib_samples, calib_seq_len, seed)
-    torch.manual_seed(seed)
-    lm, quants, tables, gptq, more = q.quantize_model(lm, settings, windows, masks, batch_size=batch_size, progress=progress)
-    timings.update(more)
-
     onnx_name = onnx_file_name(settings.precision)
     src_onnx = onnx_dir / export["files"][settings.activations]["onnx"]
+    windows, corpus, corpus_tokens = calibration_windows(tokenizer, calib, calib_samples, calib_seq_len, seed)
+    torch.manual_seed(seed)
     with staged_dir(out) as tmp:
-        start = time.perf_counter()
-        print(f"writing {onnx_name} (Q/DQ over the {settings.activations} graph) ...", flush=True)
-        graph = write_qdq_onnx(src_onnx, tmp / onnx_name, quants, source, tables, table_source)
-        timings["onnx_s"] = time.perf_counter() - start
-        verification = verify_qdq_onnx(tmp / onnx_name, source, sparsity).raise_if_failed().to_json()
+        if stream:
+            built = _streamed_artifacts(checkpoint, src_onnx, tmp, onnx_name, settings, windows, sparsity, batch_size,
+                                        device, progress, timings)
+        else:
+            built = _in_memory_artifacts(lm, modules, checkpoint, src_onnx, tmp, out, onnx_name, settings, windows,
+                                         sparsity, hf_config, tp_sizes, batch_size, progress, timings, tokenizer,
+                                         (parity_corpus, parity_windows, parity_seq_len))
+        verification, lint, parity = built["verification"], built["lint"], built["parity"]
         verification["where"] = f"ONNX {out / onnx_name} (dequantized)"
-        lint = lint_onnx(tmp / onnx_name)
-        if not lint.ok:
-            raise SparsetrtError(f"the written file fails the TensorRT lint:\n{lint.text()}")
-
-        checkpoints = {}
-        sparse_layers = trtllm.sparse_layer_patterns(sparsity, hf_config.num_hidden_layers)
-        for tp in tp_sizes:
-            start = time.perf_counter()
-            directory = tmp / f"trtllm-tp{tp}"
-            print(f"writing TensorRT-LLM checkpoint tp={tp} ...", flush=True)
-            trtllm.write_trtllm_checkpoint(lm, directory, tp)
-            trtllm.complete_config(directory, hf_config)
-            check = trtllm.validate_checkpoint(directory, hf_config, tp, settings.precision, sparse_layers)
-            command = trtllm.build_command(str(out / directory.name), str(out / f"trtllm-engine-tp{tp}"))
-            (directory / "build.sh").write_text(f"#!/bin/sh\n# needs {trtllm.TRTLLM_RELEASE} (legacy TensorRT flow)\n"
-                                                f"set -e\n{command}\n")
-            checkpoints[tp] = {"directory": directory.name, "bytes": trtllm.directory_bytes(directory),
-                               "validation": check, "trtllm_build": command,
-                               "export_s": round(time.perf_counter() - start, 2)}
-
-        start = time.perf_counter()
-        parity = _parity(lm, quants, tables, tokenizer, checkpoint, sparsity, tmp / onnx_name, settings.precision,
-                         parity_corpus, parity_windows, parity_seq_len)
-        timings["parity_s"] = time.perf_counter() - start
-        unified = _unified_checkpoint(lm, tmp, out, settings.precision, sparsity)  # last: the exporter packs lm's weights
-
-        sizes = _sizes(onnx_dir, export, tmp, onnx_name, checkpoints, settings.precision, source, sparsity)
+        sizes = _sizes(onnx_dir, export, tmp, onnx_name, built["checkpoints"], settings.precision, built["numels"],
+                       sparsity)
         manifest = {
             "format": "sparsetrt.quantize/1",
             "stage": "quantize",
@@ -185,32 +175,139 @@ def quantize_checkpoint(
             "precision": settings.precision,
             "scheme": _scheme(settings),
             "calibration": {"corpus": corpus.description, "corpus_tokens": corpus_tokens, "samples": calib_samples,
-                            "seq_len": calib_seq_len, "seed": seed, "library": _modelopt_version()},
-            "modules": {name: {"block": lq.block, "input_scale": lq.input_scale, "pre_scale": lq.pre_scale is not None,
-                               "mask_fixes": lq.mask_fixes,
-                               "gptq_error": gptq.get(name)} for name, lq in quants.items()},
-            "mask_fixes": sum(lq.mask_fixes for lq in quants.values()),
+                            "seq_len": calib_seq_len, "seed": seed, "library": built["library"]},
+            "modules": built["modules"],
+            "mask_fixes": sum(m["mask_fixes"] for m in built["modules"].values()),
             "embeddings": {name: {"precision": settings.embeddings, "block": lq.block, "shared_by": lq.extra["shared_by"]}
-                           for name, lq in tables.items()},
-            "onnx": {"file": onnx_name, "source": str(src_onnx), **graph, "sparsity_verification": verification,
+                           for name, lq in built["tables"].items()},
+            "onnx": {"file": onnx_name, "source": str(src_onnx), **built["graph"], "sparsity_verification": verification,
                      "lint": {**lint.to_json(), "path": onnx_name}},  # the final file, relative to `out`
-            "trtllm": {str(tp): info for tp, info in checkpoints.items()},
+            "trtllm": {str(tp): info for tp, info in built["checkpoints"].items()},
             "trtllm_skipped": trtllm_skipped,
-            "hf_unified": unified,
+            "hf_unified": built["unified"],
+            "parity": parity,
+            "sizes": sizes,
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+            "execution": {"streamed": stream, "device": device},
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "torch": torch.__version__},
+            # a streamed run has no parity references (parity["passed"] is None): its files pass on their checks
+            "passed": parity["passed"] is not False and verification["ok"] and lint.ok,
+        }
+        write_json(tmp / QUANT_MANIFEST, manifest)
+    return manifest
+
+
+def _modules_info(quants: dict, gptq: dict) -> dict:
+    return {name: {"block": lq.block, "input_scale": lq.input_scale, "pre_scale": lq.pre_scale is not None,
+                   "mask_fixes": lq.mask_fixes, "gptq_error": gptq.get(name)} for name, lq in quants.items()}
+
+
+def _checked_file(path: Path, verification) -> tuple[dict, object]:
+    """The written file's 2:4 verification (raised when it failed) and its TensorRT lint (raised on an error)."""
+    from sparsetrt.export.lint import lint_onnx
+
+    verification = verification.raise_if_failed().to_json()
+    lint = lint_onnx(path)
+    if not lint.ok:
+        raise SparsetrtError(f"the written file fails the TensorRT lint:\n{lint.text()}")
+    return verification, lint
+
+
+def _in_memory_artifacts(lm, modules, checkpoint, src_onnx, tmp, out, onnx_name, settings, windows, sparsity, hf_config,
+                         tp_sizes, batch_size, progress, timings, tokenizer, parity_args) -> dict:
+    """Model Optimizer calibration (+ GPTQ) of the loaded model, the Q/DQ file, TensorRT-LLM checkpoints, the
+    unified HF checkpoint and the parity report, into `tmp`."""
+    from sparsetrt.export import quantize as q
+    from sparsetrt.export import trtllm
+    from sparsetrt.export.embeddings import vocabulary_tables
+    from sparsetrt.export.qdq_onnx import verify_qdq_onnx, write_qdq_onnx
+
+    masks = {name: modules[name].weight.detach() != 0 for name in (sparsity or {}).get("modules", {}) if name in modules}
+    source = {name: m.weight.detach().float().numpy().copy() for name, m in modules.items()}
+    everything = dict(lm.named_modules())
+    table_source = {name: everything[name].weight.detach().float().numpy().copy() for name in vocabulary_tables(lm)}
+    lm, quants, tables, gptq, more = q.quantize_model(lm, settings, windows, masks, batch_size=batch_size, progress=progress)
+    timings.update(more)
+
+    start = time.perf_counter()
+    print(f"writing {onnx_name} (Q/DQ over the {settings.activations} graph) ...", flush=True)
+    graph = write_qdq_onnx(src_onnx, tmp / onnx_name, quants, source, tables, table_source)
+    timings["onnx_s"] = time.perf_counter() - start
+    verification, lint = _checked_file(tmp / onnx_name, verify_qdq_onnx(tmp / onnx_name, source, sparsity))
+
+    checkpoints = {}
+    sparse_layers = trtllm.sparse_layer_patterns(sparsity, hf_config.num_hidden_layers)
+    for tp in tp_sizes:
+        start = time.perf_counter()
+        directory = tmp / f"trtllm-tp{tp}"
+        print(f"writing TensorRT-LLM checkpoint tp={tp} ...", flush=True)
+        trtllm.write_trtllm_checkpoint(lm, directory, tp)
+        trtllm.complete_config(directory, hf_config)
+        check = trtllm.validate_checkpoint(directory, hf_config, tp, settings.precision, sparse_layers)
+        command = trtllm.build_command(str(out / directory.name), str(out / f"trtllm-engine-tp{tp}"))
+        (directory / "build.sh").write_text(f"#!/bin/sh\n# needs {trtllm.TRTLLM_RELEASE} (legacy TensorRT flow)\n"
+                                            f"set -e\n{command}\n")
+        checkpoints[tp] = {"directory": directory.name, "bytes": trtllm.directory_bytes(directory),
+                           "validation": check, "trtllm_build": command,
+                           "export_s": round(time.perf_counter() - start, 2)}
+
+    start = time.perf_counter()
+    parity = _parity(lm, quants, tables, tokenizer, checkpoint, sparsity, tmp / onnx_name,
+                     settings.precision, *parity_args)
+    timings["parity_s"] = time.perf_counter() - start
+    unified = _unified_checkpoint(lm, tmp, out, settings.precision, sparsity)  # last: the exporter packs lm's weights
+    return {"verification": verification, "lint": lint, "graph": graph, "checkpoints": checkpoints,
+            "unified": unified, "tables": tables, "modules": _modules_info(quants, gptq),
+            "numels": {name: a.size for name, a in source.items()}, "library": _modelopt_version(),
             "parity": {"passed": parity["passed"], "report": "parity.html",
                        "candidates": {c["name"]: {"passed": c["passed"], "gated": bool(c["checks"]),
                                                   "top1": c["metrics"]["top1_agreement"],
                                                   "ppl": c["metrics"]["perplexity_candidate"],
                                                   "ppl_reference": c["metrics"]["perplexity_reference"]}
-                                      for c in parity["candidates"]}},
-            "sizes": sizes,
-            "timings": {k: round(v, 2) for k, v in timings.items()},
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "torch": torch.__version__},
-            "passed": parity["passed"] and verification["ok"] and lint.ok,
-        }
-        write_json(tmp / QUANT_MANIFEST, manifest)
-    return manifest
+                                      for c in parity["candidates"]}}}
+
+
+def _streamed_artifacts(checkpoint, src_onnx, tmp, onnx_name, settings, windows, sparsity, batch_size, device,
+                        progress, timings) -> dict:
+    """GPTQ (or rounding) one block at a time and the Q/DQ file written one tensor at a time, into `tmp`; what
+    needs the whole model is recorded as not run (export/quant_stream.py)."""
+    import tempfile
+
+    from sparsetrt.export.qdq_stream import verify_qdq_onnx_streamed, write_qdq_onnx_streamed
+    from sparsetrt.export.quant_stream import (
+        NOT_STREAMED,
+        QuantShards,
+        quantize_linears_streamed,
+        quantize_tables_streamed,
+    )
+
+    sparse = set((sparsity or {}).get("modules", {}))
+    with tempfile.TemporaryDirectory(prefix="quant-shards-", dir=tmp) as shard_dir:
+        shards = QuantShards(Path(shard_dir))
+        start = time.perf_counter()
+        gptq = quantize_linears_streamed(checkpoint, settings, windows, sparse, shards, batch_size=batch_size,
+                                         device=device, progress=progress)
+        timings["gptq_s" if settings.use_gptq else "calibrate_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        tables, table_keys = quantize_tables_streamed(checkpoint, settings)
+        timings["embeddings_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        print(f"writing {onnx_name} (Q/DQ over the {settings.activations} graph, one tensor at a time) ...", flush=True)
+        graph = write_qdq_onnx_streamed(src_onnx, tmp / onnx_name, checkpoint, shards, tables, table_keys)
+        timings["onnx_s"] = time.perf_counter() - start
+        modules = {name: {"block": shards.blocks[name], "input_scale": None, "pre_scale": False,
+                          "mask_fixes": shards.mask_fixes[name], "gptq_error": gptq.get(name)} for name in shards.file_of}
+        numels = dict(shards.numels)
+    verification, lint = _checked_file(tmp / onnx_name,
+                                       verify_qdq_onnx_streamed(tmp / onnx_name, checkpoint, list(modules), sparsity))
+    return {"verification": verification, "lint": lint, "graph": graph, "checkpoints": {}, "tables": tables,
+            "unified": {"directory": None, "skipped": f"not written under --stream: Model Optimizer's exporter "
+                                                      f"{NOT_STREAMED}"},
+            "modules": modules, "numels": numels, "library": "sparsetrt GPTQ, streamed (no Model Optimizer pass)"
+            if settings.use_gptq else "sparsetrt blockwise max rounding, streamed (Model Optimizer's INT4 max math)",
+            "parity": {"passed": None, "report": None, "candidates": {},
+                       "skipped": f"not run under --stream: each of its PyTorch references {NOT_STREAMED}"}}
 
 
 HF_UNIFIED_DIR = "hf-unified"
@@ -321,7 +418,7 @@ def _parity(modelopt_model, quants, tables, tokenizer, checkpoint, sparsity, onn
     return report
 
 
-def _sizes(onnx_dir, export, tmp, onnx_name, checkpoints, precision, source, sparsity) -> dict:
+def _sizes(onnx_dir, export, tmp, onnx_name, checkpoints, precision, numels: dict[str, int], sparsity) -> dict:
     """Bytes on disk of every artifact, and what 2:4-compressed storage of its pruned weights would take."""
     from sparsetrt.export.onnx_export import onnx_files
     from sparsetrt.prune.masks import parse_pattern
@@ -332,9 +429,9 @@ def _sizes(onnx_dir, export, tmp, onnx_name, checkpoints, precision, source, spa
         saved = 0.0
         for name, info in sparsity["modules"].items():
             pattern = parse_pattern(info["pattern"])
-            if not pattern.is_nm or name not in source:
+            if not pattern.is_nm or name not in numels:
                 continue
-            values = source[name].size
+            values = numels[name]
             index_bits = math.ceil(math.log2(pattern.m))  # position of each kept value inside its group
             saved += values * bits / 8 - values * pattern.n / pattern.m * (bits + index_bits) / 8
         return int(total - saved)
@@ -383,5 +480,9 @@ def summary_lines(directory: Path, q: dict) -> list[str]:
         verdict = ("pass" if c["passed"] else "FAIL") if c.get("gated", True) else "info"
         lines.append(f"  parity {name:<22} {verdict}: top-1 {c['top1']:.4f}, "
                      f"ppl {c['ppl_reference']:.2f} -> {c['ppl']:.2f}")
-    lines.append(f"  reports      {directory / 'parity.html'}, {directory / 'quantize.json'}")
+    if q["parity"].get("skipped"):
+        lines.append(f"  parity       {q['parity']['skipped']}")
+        lines.append(f"  reports      {directory / 'quantize.json'}")
+    else:
+        lines.append(f"  reports      {directory / 'parity.html'}, {directory / 'quantize.json'}")
     return lines

@@ -71,6 +71,7 @@ def empty_model(checkpoint: Path, dtype: torch.dtype = torch.float32, trust_remo
     config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, local_files_only=True)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.tie_weights()  # init_empty_weights re-registers every parameter on meta, undoing the ties made while building
     return model.eval()
 
 

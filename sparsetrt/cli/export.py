@@ -54,6 +54,8 @@ def quantize_arguments(p):
                    help="INT8: quantize every GEMM's output too (INT8 in and out, the layout sparse INT8 tactics are "
                         "reported to need); costs fidelity, see the README")
     p.add_argument("--tp", type=int, nargs="*", default=[1], help="TensorRT-LLM tensor-parallel sizes (none: skip)")
+    options.placement(p, what="INT4 (W4A16) only; no parity references or TensorRT-LLM checkpoints, which need the "
+                              "whole model")
     options.calibration(p)
     options.eval_corpus(p)
     options.progress(p)
@@ -72,7 +74,8 @@ def quantize(args) -> int:
                                    calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, seed=args.seed,
                                    tp_sizes=args.tp, parity_corpus=args.corpus, parity_windows=args.windows,
                                    parity_seq_len=args.seq_len,
-                                   overwrite=args.overwrite, progress=not args.no_progress)
+                                   overwrite=args.overwrite, progress=not args.no_progress, stream=args.stream,
+                                   device=args.device)
     print("\n".join(summary_lines(Path(args.out), manifest)))
     return 0 if manifest["passed"] else 1
 

@@ -25,11 +25,12 @@ def seed(p: argparse.ArgumentParser, help: str = "random seed") -> None:
     p.add_argument("--seed", type=int, default=0, help=help)
 
 
-def placement(p: argparse.ArgumentParser) -> None:
-    """--stream and --device: where a layer-by-layer stage keeps the model (the result is the same either way)."""
+def placement(p: argparse.ArgumentParser, what: str = "") -> None:
+    """--stream and --device: where a layer-by-layer stage keeps the model (the result is the same either way);
+    `what`: the stage's own limits of --stream, said in its help."""
     p.add_argument("--stream", action="store_true",
                    help="read one decoder block at a time from the checkpoint's safetensors and write it out when "
-                        "done: memory bounded by one block, not the model (same result)")
+                        "done: memory bounded by one block, not the model (same result)" + (f"; {what}" if what else ""))
     p.add_argument("--device", default="cpu",
                    help="where the block being processed and its statistics live: cpu, cuda, cuda:N or auto")
 

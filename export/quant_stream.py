@@ -1,0 +1,183 @@
+"""W4A16 quantization with bounded memory (`sparsetrt quantize --stream`): the weights never all sit in memory.
+
+The in-memory quantizer holds the fp32 model, Model Optimizer's fake-quant copy, the float source of every
+Linear and the parity references: 8-10x the fp32 model. Here:
+1. GPTQ (mask held) runs block by block through layer streaming (prune/streaming.py): each decoder block is read
+   from the pruned checkpoint, quantized on inputs that reflect the earlier blocks' quantization, its integers and
+   scales written into a shard of their own (QuantShards), and the block dropped back to meta. Without GPTQ each
+   Linear is rounded to nearest in blocks, read one at a time. Either way the integers are those of the in-memory
+   run (tests/test_quant_stream.py): Model Optimizer's INT4 "max" calibration is blockwise max |w|, and with GPTQ
+   the in-memory run hands GPTQ's scales to its quantizers and re-rounds the dequantized weight (requantize()).
+2. The vocabulary tables are rounded as in memory (INT8 per row, or INT4 blockwise without GPTQ), one at a time.
+3. The fp16 ONNX is rewritten with onnx_ir (qdq_stream.py): every weight becomes a lazy INT4 initializer read from
+   its shard when the file is saved, every untouched initializer is copied from the source .data file one at a
+   time; the 2:4 check then reads one quantized weight and one checkpoint weight at a time.
+Not done here (each needs the whole model): INT8 W8A8 (activation ranges by Model Optimizer), AWQ, GPTQ on an INT4
+lm_head, the parity references and the TensorRT-LLM checkpoints; the manifest says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.export import qmath
+from sparsetrt.export.quantize import LinearQuant, QuantSettings
+
+NOT_STREAMED = "needs the whole model in memory; run quantize without --stream for it"
+
+
+def check_streamable(settings: QuantSettings) -> None:
+    """Refuse, before any work, what the streamed quantizer cannot do."""
+    if settings.precision != "int4":
+        raise SparsetrtError("--stream quantizes W4A16 (--precision int4) only: INT8 activation ranges are calibrated "
+                             "by Model Optimizer on the whole model; run --precision int8 without --stream")
+    if settings.awq:
+        raise SparsetrtError("--stream does not run AWQ (Model Optimizer searches its scales on the whole model); "
+                             "use GPTQ (the INT4 default) or run without --stream")
+    if settings.embeddings == "int4" and settings.use_gptq:
+        raise SparsetrtError("--stream with --embeddings int4: GPTQ on the lm_head needs the final hidden states of "
+                             "the whole model; use --embeddings int8 (the default) or run without --stream")
+
+
+class QuantShards:
+    """Each decoder block's integers (int8 holding INT4 values, [out, in]) and scales in a safetensors file of its
+    own under `directory`, read back one Linear at a time."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.file_of: dict[str, Path] = {}
+        self.blocks: dict[str, int] = {}
+        self.mask_fixes: dict[str, int] = {}
+        self.numels: dict[str, int] = {}
+
+    def write(self, tag: str, quants: dict[str, LinearQuant]) -> None:
+        from safetensors.torch import save_file
+
+        if not quants:
+            return
+        path = self.directory / f"{tag}.safetensors"
+        tensors = {}
+        for name, lq in quants.items():
+            tensors[f"{name}.q"] = lq.q.contiguous()
+            tensors[f"{name}.scale"] = lq.scale.float().contiguous()
+            self.file_of[name], self.blocks[name], self.mask_fixes[name] = path, lq.block, lq.mask_fixes
+            self.numels[name] = lq.q.numel()
+        save_file(tensors, str(path))
+
+    def get(self, name: str) -> LinearQuant:
+        from safetensors import safe_open
+
+        with safe_open(str(self.file_of[name]), framework="pt") as handle:
+            q, scale = handle.get_tensor(f"{name}.q"), handle.get_tensor(f"{name}.scale")
+        return LinearQuant(name, q, scale, self.blocks[name], None, None, self.mask_fixes[name])
+
+
+def requantize(name: str, q: torch.Tensor, scale: torch.Tensor, block: int, mask: torch.Tensor | None) -> LinearQuant:
+    """GPTQ's integers as the in-memory run ends up with them: there Model Optimizer's quantizer gets amax =
+    scale x 7 (set_weight_amax) and extract() rounds the dequantized weight with it; the same here, so both
+    runs write the same integers and scales bit for bit."""
+    weight = qmath.dequantize(q, scale, block)
+    amax = (scale.float() * qmath.INT4_MAX).reshape(-1)
+    q, scale = qmath.quantize_blockwise(weight, amax, block)
+    q, fixes = qmath.keep_mask_zeros(q, mask)
+    return LinearQuant(name, q, scale, block, None, None, fixes)
+
+
+def rounded_to_nearest(name: str, weight: torch.Tensor, block: int, mask: torch.Tensor | None) -> LinearQuant:
+    """Model Optimizer's INT4 "max" calibration: per-block amax = max |w|, then round to nearest."""
+    q, scale = qmath.quantize_blockwise(weight, qmath.blockwise_amax(weight, block), block)
+    q, fixes = qmath.keep_mask_zeros(q, mask)
+    return LinearQuant(name, q, scale, block, None, None, fixes)
+
+
+def quantize_linears_streamed(checkpoint: Path, settings: QuantSettings, windows: torch.Tensor, sparse: set[str],
+                              shards: QuantShards, batch_size: int = 4, device: str = "cpu", progress: bool = True,
+                              trust_remote_code: bool = False) -> dict[str, float]:
+    """Quantize every decoder Linear of `checkpoint` into `shards`, one block in memory at a time. `sparse`: the
+    pruned modules (their zeros are the mask held). Returns {name: GPTQ error} (empty without GPTQ)."""
+    from sparsetrt.export.gptq import gptq_model
+    from sparsetrt.prune.sequential import decoder_layers, target_linears
+    from sparsetrt.prune.streaming import CheckpointReader, StreamedModel, StreamingHooks, empty_model
+
+    block = settings.block_size
+    if not settings.use_gptq:
+        reader = CheckpointReader(checkpoint)
+        model = empty_model(checkpoint, torch.float32, trust_remote_code)
+        linears, prefix = list(target_linears(model)), _layers_prefix(model)
+        for index in range(len(decoder_layers(model))):
+            names = [n for n in linears if n.startswith(f"{prefix}.{index}.")]
+            quants = {}
+            for name in names:
+                weight = reader.get(f"{name}.weight", torch.float32)
+                quants[name] = rounded_to_nearest(name, weight, block, (weight != 0) if name in sparse else None)
+            shards.write(f"block-{index:05d}", quants)
+        return {}
+
+    streamed = StreamedModel(checkpoint, device, torch.float32, trust_remote_code)
+    results: dict = {}
+    errors: dict[str, float] = {}
+
+    class QuantizingHooks(StreamingHooks):
+        """Streaming's hooks, but a finished block leaves as integers in `shards`, not as a checkpoint shard."""
+
+        def done(self, index: int, layer: torch.nn.Module) -> None:
+            prefix = f"{streamed.layers_prefix}.{index}."
+            quants = {}
+            for name in [n for n in results if n.startswith(prefix)]:
+                q, scale, error = results.pop(name)
+                errors[name] = error
+                mask = masks.pop(name, None)
+                quants[name] = requantize(name, q, scale, block, mask)
+            shards.write(f"block-{index:05d}", quants)
+            layer.to("meta")
+
+    masks: dict[str, torch.Tensor] = {}
+
+    def mask_of(name: str, module: torch.nn.Linear):
+        if name not in sparse:
+            return None
+        masks[name] = (module.weight.detach() != 0).cpu()  # the pruned weight, as read: GPTQ has not touched it yet
+        return masks[name]
+
+    gptq_model(streamed.model, windows, target_linears(streamed.model), mask_of, qmath.INT4_MAX, block,
+               batch_size=batch_size, progress=progress, hooks=QuantizingHooks(streamed, None), results=results)
+    return errors
+
+
+def quantize_tables_streamed(checkpoint: Path, settings: QuantSettings,
+                             trust_remote_code: bool = False) -> tuple[dict[str, LinearQuant], dict[str, str]]:
+    """The vocabulary tables rounded as the in-memory run rounds them (no statistics needed), one at a time.
+    Returns ({table: LinearQuant}, {table: its checkpoint tensor name})."""
+    from sparsetrt.export.embeddings import vocabulary_tables
+    from sparsetrt.export.onnx_stream import checkpoint_key
+    from sparsetrt.prune.streaming import CheckpointReader, empty_model
+
+    if settings.embeddings == "float":
+        return {}, {}
+    reader = CheckpointReader(checkpoint)
+    model = empty_model(checkpoint, torch.float32, trust_remote_code)
+    aliases = dict(model.named_parameters(remove_duplicate=False))
+    tables, keys = {}, {}
+    for name, users in vocabulary_tables(model).items():
+        keys[name] = checkpoint_key(f"{name}.weight", aliases, reader)
+        weight = reader.get(keys[name], torch.float32)
+        if settings.embeddings == "int8":
+            q, scale = qmath.quantize_per_channel(weight, weight.abs().amax(1))
+            block = None
+        else:
+            block = qmath.int4_block_size(weight.shape[1], settings.block_size, settings.block_fallback)
+            q, scale = qmath.quantize_blockwise(weight, qmath.blockwise_amax(weight, block), block)
+        tables[name] = LinearQuant(name, q, scale, block, None, None, extra={"shared_by": users})
+        del weight
+    return tables, keys
+
+
+def _layers_prefix(model) -> str:
+    from sparsetrt.prune.sequential import decoder_layers
+
+    layers = decoder_layers(model)
+    return next(name for name, module in model.named_modules() if module is layers)
