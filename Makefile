@@ -35,7 +35,7 @@ help:
 	@echo "make bench-adaptive variant set (dense, 2:4, 2:4+INT8/INT4) timed here; bandits vs static variants on a mixed stream"
 	@echo "make serve ADAPTIVE=linucb      route each request to a variant of artifacts/variants (thompson|threshold too)"
 	@echo "make bench-serve    32 clients x 60 s, batched vs one at a time, fp32 + INT8, plus overload (benchmarks/serve.md)"
-	@echo "make bench-scale       peak memory/time of prune and export (whole vs --stream) and the RTX engine vs model size, up to 8B shapes"
+	@echo "make bench-scale       peak memory/time of prune, export, INT4 quantize (whole vs --stream) and RTX engines vs model size, up to 8B shapes"
 	@echo "make bench-structured  shrunk SmolLM2 variants vs dense and 2:4: perplexity vs ORT speed (benchmarks/structured.md)"
 	@echo "make bench-gpu      dense vs 2:4 GEMMs + end-to-end generation on a CUDA GPU (benchmarks/gpu.md)"
 	@echo "make docker-cpu     ONNX Runtime serving image; docker-runtime: TensorRT serving; docker-build: engine toolchain"

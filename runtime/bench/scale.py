@@ -40,7 +40,8 @@ SHAPES = {
 # block takes minutes on 2 CPUs, and the fit needs only two depths).
 DEFAULT_RUNS = (("smollm2-135m", None), ("smollm2-360m", None), ("tinyllama-1.1b", None), ("llama3-8b", 1),
                 ("llama3-8b", 2))
-STAGES = ("prune", "prune-stream", "export-fp16", "export-fp16-stream", "engine-fp16")
+STAGES = ("prune", "prune-stream", "export-fp16", "export-fp16-stream", "engine-fp16", "quantize-int4-stream",
+          "engine-int4")
 EXPORT_LIMIT_FACTOR = 3.7  # export peak measured at up to 3.7x the fp32 model (the issue's table)
 EXPORT_RAM_SHARE = 0.8     # run the whole-model export only where that peak leaves a fifth of the RAM free
 
@@ -156,8 +157,14 @@ def stage_command(stage: str, checkpoint: Path, out: Path, settings: ScaleBenchS
     if stage.startswith("export-fp16"):
         return cli + ["export", "--model", str(checkpoint), "--out", str(out), "--precision", "fp16", "--overwrite"] + \
             (["--stream"] if stage == "export-fp16-stream" else [])
-    if stage == "engine-fp16":
-        return cli + ["engine", str(checkpoint), "--out", str(out), "--precision", "fp16", "--builder", "rtx",
+    if stage == "quantize-int4-stream":  # `checkpoint` is the export directory; the pruned checkpoint sits beside it
+        pruned = checkpoint.parent / "prune-stream"
+        return cli + ["quantize", "--model", str(pruned), "--onnx-dir", str(checkpoint), "--out", str(out),
+                      "--precision", "int4", "--calib", "auto", "--calib-samples", str(settings.calib_samples),
+                      "--calib-seq-len", str(settings.calib_seq_len), "--stream", "--no-progress", "--overwrite"]
+    if stage.startswith("engine-"):
+        precision = stage.removeprefix("engine-")
+        return cli + ["engine", str(checkpoint), "--out", str(out), "--precision", precision, "--builder", "rtx",
                       "--overwrite", "--no-progress"]
     raise ValueError(stage)
 
@@ -172,6 +179,16 @@ def stage_input(stage: str, row_dir: Path, checkpoint: Path) -> tuple[Path | Non
             if (row_dir / export / "export.json").is_file():
                 return row_dir / export / "model.fp16.onnx", f"{export} ONNX"
         return None, "needs an export-fp16 or export-fp16-stream stage of this row first"
+    if stage == "quantize-int4-stream":
+        for export in ("export-fp16-stream", "export-fp16"):
+            if (row_dir / export / "export.json").is_file() and (row_dir / "prune-stream" / "sparsity.json").is_file():
+                return row_dir / export, f"prune-stream checkpoint + {export} ONNX"
+        return None, "needs the prune-stream and an export-fp16(-stream) output of this row (delete them from --work " \
+                     "and run those stages again)"
+    if stage == "engine-int4":
+        if (row_dir / "quantize-int4-stream" / "quantize.json").is_file():
+            return row_dir / "quantize-int4-stream" / "model.int4.onnx", "quantize-int4-stream ONNX"
+        return None, "needs the quantize-int4-stream stage of this row first"
     return checkpoint, "random checkpoint"
 
 
@@ -191,7 +208,7 @@ def disk_shortfall(work: Path, row_sizes: dict) -> str | None:
 
 def stage_limit(stage: str, row_targets: dict) -> float | None:
     """The issue's bound for a stage's peak RSS (none is set for the engine build)."""
-    if stage.startswith("prune"):
+    if stage.startswith(("prune", "quantize")):  # the issue sets one bound for both
         return row_targets["prune_limit_bytes"]
     return row_targets["export_limit_bytes"] if stage.startswith("export") else None
 
@@ -334,9 +351,11 @@ def markdown(report: dict) -> str:
                          f"{stage}{mark} | {v['wall_s']:.0f} | {_gib(v['peak_rss_bytes'])} | "
                          f"{v['peak_rss_bytes'] / z['fp32_bytes']:.2f} | {'-' if limit is None else _gib(limit)} | "
                          f"{met} |")
-    lines += ["", "Targets: prune <= 4 x one block in bf16 + the embedding in bf16 + 2 GB (whatever the depth); "
+    lines += ["", "Targets: prune and quantize <= 4 x one block in bf16 + the embedding in bf16 + 2 GB (whatever the depth); "
                   "export <= 1.5 x the fp16 model. Exports take the prune-stream output where that stage ran (and "
-                  "verify its 2:4 pattern in the file). \"(earlier run)\": kept from an earlier report with the "
+                  "verify its 2:4 pattern in the file); quantize-int4-stream (W4A16, GPTQ with the mask held) reads "
+                  "the prune-stream checkpoint and the streamed fp16 ONNX, engine-int4 builds its file. "
+                  "\"(earlier run)\": kept from an earlier report with the "
                   "same calibration settings (see the note for which code measured it).", ""]
     if report.get("fits"):
         lines += ["## Extrapolated to full depth (peak = a + b x blocks, least squares through the measured depths)", "",

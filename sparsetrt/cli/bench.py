@@ -266,9 +266,11 @@ def scale_arguments(p):
     p.add_argument("--runs", default="smollm2-135m,smollm2-360m,tinyllama-1.1b,llama3-8b@1,llama3-8b@2",
                    help="comma-separated SHAPE[@BLOCKS][:STAGE+STAGE] (random-weight Llamas of smollm2-135m, "
                         "smollm2-360m, tinyllama-1.1b, llama3-8b shapes; stages after ':' limit that run)")
-    p.add_argument("--stages", default="prune,prune-stream,export-fp16,export-fp16-stream,engine-fp16",
+    p.add_argument("--stages", default="prune,prune-stream,export-fp16,export-fp16-stream,engine-fp16,"
+                                       "quantize-int4-stream,engine-int4",
                    help="comma-separated, of prune, prune-stream, export-fp16, export-fp16-stream, engine-fp16 "
-                        "(TensorRT-RTX build of the fp16 ONNX)")
+                        "(TensorRT-RTX build of the fp16 ONNX), quantize-int4-stream (W4A16 --stream of the pruned "
+                        "checkpoint and its fp16 ONNX), engine-int4 (TensorRT-RTX build of that INT4 ONNX)")
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-seq-len", type=int, default=256)
     p.add_argument("--work", default="artifacts/scale", help="random checkpoints and stage outputs (reused)")
@@ -317,8 +319,9 @@ COMMANDS = [
                             "(engine.json/md)", engine_arguments, engine),
     Command("bench-gpu", "dense vs 2:4 GEMMs and end-to-end generation on a CUDA GPU (gpu.json/md/png); refuses "
                          "without one", gpu_arguments, gpu),
-    Command("bench-scale", "peak memory and time of prune (whole model, --stream) and export against model size on "
-                           "random-weight Llamas up to 8B shapes (scale.json/md/png)", scale_arguments, scale),
+    Command("bench-scale", "peak memory and time of prune (whole model, --stream), export and INT4 quantize "
+                           "against model size on random-weight Llamas up to 8B shapes (scale.json/md/png)",
+            scale_arguments, scale),
     Command("bench-adaptive", "per-input variant choice (bandits, threshold, oracle) vs static variants on a mixed "
                               "stream (adaptive.json/md/png)", adaptive_arguments, adaptive),
 ]
