@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from sparsetrt.export.qmath import dequantize
 from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, inverse_hessian_cholesky
 
 CLIP_GRID = torch.linspace(1.0, 0.6, 9)  # candidate fractions of max|w| for the scale
@@ -41,26 +42,28 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
     layout stays contiguous). `act_order` quantizes inputs in order of decreasing Hessian diagonal (the
     most active inputs first, while the most columns are left to absorb their error), as in GPTQ.
     """
-    W = weight.detach().float().clone()
-    rows, cols = W.shape
-    keep = torch.ones_like(W, dtype=torch.bool) if keep is None else keep.to(torch.bool)
-    W = W * keep
-    original = W.clone()
+    # Memory: an 8B model's stacked gate/up weight is 470 MB in fp32 and its down_proj Hessian 822 MB, so no
+    # copy is made that the math does not need: the caller's weight and Hessian are read, never cloned; each
+    # column's scale is looked up in `scale` (no [out, in] expansion); the dense original is rebuilt for the error.
+    rows, cols = weight.shape
+    keep = torch.ones(rows, cols, dtype=torch.bool) if keep is None else keep.to(torch.bool)
+    W = weight.detach().float() * keep
     if block is not None and cols % block:
         raise ValueError(f"block {block} must divide {cols} inputs")
-    H = hessian.detach().float().clone()
-    dead = torch.diagonal(H) == 0  # inputs that never fired: their weights carry nothing; SparseGPT zeroed them
-    H[dead, dead] = 1.0
+    dead = torch.diagonal(hessian) == 0  # inputs that never fired: their weights carry nothing; SparseGPT zeroed them
     W[:, dead] = 0.0
     if block is None:
         scale = clipped_scale(W, qmax)
-        column_scale = scale[:, None].expand(rows, cols)
     else:
         scale = torch.stack([clipped_scale(W[:, g:g + block], qmax) for g in range(0, cols, block)], 1)
-        column_scale = scale.repeat_interleave(block, dim=1)
-    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(cols)
-    W, H, keep_p, column_scale_p = W[:, perm], H[perm][:, perm], keep[:, perm], column_scale[:, perm]
+    perm = torch.argsort(torch.diagonal(hessian), descending=True) if act_order else torch.arange(cols)
+    W, keep_p = W[:, perm], keep[:, perm]
+    H = hessian.detach().float().index_select(0, perm).index_select(1, perm)
+    dead_p = dead[perm]
+    H[dead_p, dead_p] = 1.0
     U, _ = inverse_hessian_cholesky(H, damping, max_damping=10.0)  # upper Cholesky factor of H⁻¹
+    del H
+    column_group = perm if block is None else perm // block  # column i of W is scaled by scale[:, column_group[i]]
     Q = torch.zeros(rows, cols, dtype=torch.int8)
     for i1 in range(0, cols, lazy):
         i2 = min(i1 + lazy, cols)
@@ -69,7 +72,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
         U1 = U[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            s = column_scale_p[:, col]
+            s = scale if block is None else scale[:, column_group[col]]
             w = W1[:, i]
             q = torch.round(w / s).clamp(-qmax, qmax) * keep_p[:, col]
             Q[:, col] = q.to(torch.int8)
@@ -77,8 +80,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
             W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
             E1[:, i] = err
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
+    del W, U, W1, E1
     Q = Q[:, torch.argsort(perm)]
-    diff = Q.float() * column_scale - original
+    diff = dequantize(Q, scale, block) - weight.detach().float() * keep
     error = float(((diff @ hessian.float()) * diff).sum())
     return Q, scale, error
 
