@@ -86,6 +86,7 @@ class QuantizeSection:
     tp: list = field(default_factory=lambda: [1])  # TensorRT-LLM checkpoints, one per tensor-parallel size
     gemm_outputs: bool = False          # INT8: Q/DQ after every GEMM too (INT8 in and out; see the README)
     batch_size: int = 4
+    stream: bool = False                # INT4 only: one decoder block in memory (same file; no parity / TensorRT-LLM)
 
 
 @dataclass
@@ -126,6 +127,8 @@ class PipelineConfig:
         for where in ("stream", "device"):  # where pruning runs does not change what it writes
             data["prune"].pop(where)
         data["export"].pop("stream")  # nor does streaming the export
+        if not self.quantize.stream:  # a streamed quantize writes fewer artifacts; configs without it keep their print
+            data["quantize"].pop("stream")
         return data
 
 

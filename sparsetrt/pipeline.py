@@ -40,7 +40,11 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
     qc = config.quantize
     quant_settings = {f.name: getattr(qc, f.name) for f in dataclasses.fields(QuantSettings) if hasattr(qc, f.name)}
     if precision != "none":
-        QuantSettings(**quant_settings).validate()  # a bad [quantize] value fails now, not after pruning
+        checked = QuantSettings(**quant_settings).validate()  # a bad [quantize] value fails now, not after pruning
+        if qc.stream:
+            from sparsetrt.export.quant_stream import check_streamable
+
+            check_streamable(checked)
     engine_options = _engine_plan(config)  # so does an engine that cannot be built here
     manifest_name = RUN_MANIFEST if precision == "none" else f"run-{precision}.json"
     run_fingerprint = fingerprint(config.to_dict())
@@ -85,7 +89,8 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
                           out=tree.quant_dir(precision), settings=quant_settings, calib=c.corpus, calib_samples=c.samples,
                           calib_seq_len=c.seq_len, seed=c.seed, batch_size=qc.batch_size, tp_sizes=qc.tp,
                           parity_corpus=config.parity.corpus, parity_windows=config.parity.windows,
-                          parity_seq_len=config.parity.seq_len, progress=progress)
+                          parity_seq_len=config.parity.seq_len, progress=progress, stream=qc.stream,
+                          device=p.device)
     engines = {}
     for engine_precision in config.engine.precisions:
         from sparsetrt.build.engine import build_engine

@@ -137,3 +137,18 @@ def test_stream_and_device_reach_the_stages_but_not_the_fingerprint(tiny_checkpo
     assert sparsity["execution"] == {"device": "cpu", "streamed": True}
     assert (tmp_path / "run" / "pruned" / "model.safetensors.index.json").is_file()
     assert json.loads((tmp_path / "run" / "onnx" / "export.json").read_text())["execution"] == {"streamed": True}
+
+
+def test_a_streamed_quantize_is_in_the_fingerprint_and_refused_up_front_where_it_cannot_run(tiny_checkpoint, calib_file,
+                                                                                             tmp_path):
+    from sparsetrt.artifacts import fingerprint
+
+    plain = tiny_config(tiny_checkpoint, calib_file, tmp_path / "plain")
+    assert "stream" not in plain.to_dict()["quantize"]  # configs without it keep their fingerprint
+    streamed = tiny_config(tiny_checkpoint, calib_file, tmp_path / "plain")
+    streamed.quantize.stream = True
+    assert fingerprint(streamed.to_dict()) != fingerprint(plain.to_dict())  # it writes fewer artifacts
+    streamed.quantize.precision = "int8"
+    with pytest.raises(SparsetrtError, match=r"--stream quantizes W4A16"):
+        run_pipeline(streamed, progress=False)
+    assert not (tmp_path / "plain").exists()  # refused before any stage ran
