@@ -1,4 +1,6 @@
 """`sparsetrt quantize`: (pruned) checkpoint + its ONNX export in; INT8 or INT4 artifacts out, each proven.
+With --stream (INT4 only; export/quant_stream.py) one decoder block is in memory at a time and only the Q/DQ
+file and quantize.json are written (its checks: the zeros and the lint); the rest needs the whole model.
 
 Writes into `out`:
   model.<int8|int4>.onnx (+ .data)   Q/DQ graph for TensorRT (standard ops only), lint-clean
@@ -129,13 +131,13 @@ def quantize_checkpoint(
         settings = dataclasses.replace(settings, block_size=model_block_size(modules, settings.block_size,
                                                                             settings.block_fallback))
     trtllm_skipped = trtllm.unsupported_reason(hf_config) if tp_sizes else None
+    if trtllm_skipped:  # the ONNX is the main product: write it, and say why there is no TensorRT-LLM checkpoint
+        print(f"note: no TensorRT-LLM checkpoint for this model: {trtllm_skipped}", flush=True)
+        tp_sizes = []
     if stream:
         from sparsetrt.export.quant_stream import NOT_STREAMED
 
         trtllm_skipped = f"not written under --stream: a TensorRT-LLM checkpoint {NOT_STREAMED}"
-    if trtllm_skipped:  # the ONNX is the main product: write it, and say why there is no TensorRT-LLM checkpoint
-        print(f"note: no TensorRT-LLM checkpoint for this model: {trtllm_skipped}", flush=True)
-        tp_sizes = []
     for tp in tp_sizes:  # refuse impossible splits before any work
         trtllm.check_tp(hf_config, tp, settings.precision, settings.block_size if settings.precision == "int4" else None)
 
