@@ -46,7 +46,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
     # copy is made that the math does not need: the caller's weight and Hessian are read, never cloned; each
     # column's scale is looked up in `scale` (no [out, in] expansion); the dense original is rebuilt for the error.
     rows, cols = weight.shape
-    keep = torch.ones(rows, cols, dtype=torch.bool) if keep is None else keep.to(torch.bool)
+    keep = torch.ones(rows, cols, dtype=torch.bool, device=weight.device) if keep is None else \
+        keep.to(weight.device, torch.bool)
     W = weight.detach().float() * keep
     if block is not None and cols % block:
         raise ValueError(f"block {block} must divide {cols} inputs")
@@ -64,7 +65,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
     U, _ = inverse_hessian_cholesky(H, damping, max_damping=10.0)  # upper Cholesky factor of H⁻¹
     del H
     column_group = perm if block is None else perm // block  # column i of W is scaled by scale[:, column_group[i]]
-    Q = torch.zeros(rows, cols, dtype=torch.int8)
+    Q = torch.zeros(rows, cols, dtype=torch.int8, device=W.device)
     for i1 in range(0, cols, lazy):
         i2 = min(i1 + lazy, cols)
         W1 = W[:, i1:i2].clone()
@@ -107,7 +108,8 @@ def gptq_model(model, windows: torch.Tensor, modules: dict, keep: dict, qmax: in
         masks = []
         for name, module in group.items():
             mask = mask_of(name, module)
-            masks.append(torch.ones_like(module.weight, dtype=torch.bool) if mask is None else mask)
+            masks.append(torch.ones_like(module.weight, dtype=torch.bool) if mask is None else
+                         mask.to(module.weight.device))
         q, scale, error = gptq_quantize(stacked, stats.hessian, torch.cat(masks), qmax, block)
         row = 0
         for name, module in group.items():
@@ -116,7 +118,8 @@ def gptq_model(model, windows: torch.Tensor, modules: dict, keep: dict, qmax: in
             s = scale[rows]
             deq = q[rows].float() * (s[:, None] if block is None else s.repeat_interleave(block, dim=1))
             module.weight.data.copy_(deq.to(module.weight.dtype))
-            results[name] = (q[rows].clone(), s.clone(), error * module.out_features / stacked.shape[0])
+            # on the host: Model Optimizer (in memory) and the quant shards (streamed) take them there
+            results[name] = (q[rows].cpu().clone(), s.cpu().clone(), error * module.out_features / stacked.shape[0])
         return list(group)
 
     sequential_update(model, windows, modules, update, want_hessian=True, batch_size=batch_size, progress=progress,

@@ -78,7 +78,7 @@ def quantize_checkpoint(
 ) -> dict:
     """`stream` quantizes one decoder block at a time (W4A16 only; export/quant_stream.py): memory bounded by a
     block, same integers, but no parity references and no TensorRT-LLM checkpoints (each needs the whole model;
-    the manifest says so). `device`: where a streamed block is quantized."""
+    the manifest says so). `device`: where GPTQ works on each block (cpu | cuda | cuda:N | auto)."""
     import torch
     from transformers import AutoConfig
 
@@ -88,10 +88,12 @@ def quantize_checkpoint(
     from sparsetrt.export.stage import EXPORT_MANIFEST
     from sparsetrt.models import load_model, resolve_checkpoint
     from sparsetrt.prune.sequential import target_linears
+    from sparsetrt.prune.stage import resolve_device
 
     if isinstance(settings, dict) or settings is None:
         settings = QuantSettings(**(settings or {}))
     settings.validate()
+    device = resolve_device(device)
     if stream:
         from sparsetrt.export.quant_stream import check_streamable
 
@@ -163,8 +165,8 @@ def quantize_checkpoint(
                                         device, progress, timings)
         else:
             built = _in_memory_artifacts(lm, modules, checkpoint, src_onnx, tmp, out, onnx_name, settings, windows,
-                                         sparsity, hf_config, tp_sizes, batch_size, progress, timings, tokenizer,
-                                         (parity_corpus, parity_windows, parity_seq_len))
+                                         sparsity, hf_config, tp_sizes, batch_size, device, progress, timings,
+                                         tokenizer, (parity_corpus, parity_windows, parity_seq_len))
         verification, lint, parity = built["verification"], built["lint"], built["parity"]
         verification["where"] = f"ONNX {out / onnx_name} (dequantized)"
         sizes = _sizes(onnx_dir, export, tmp, onnx_name, built["checkpoints"], settings.precision, built["numels"],
@@ -217,7 +219,7 @@ def _checked_file(path: Path, verification) -> tuple[dict, object]:
 
 
 def _in_memory_artifacts(lm, modules, checkpoint, src_onnx, tmp, out, onnx_name, settings, windows, sparsity, hf_config,
-                         tp_sizes, batch_size, progress, timings, tokenizer, parity_args) -> dict:
+                         tp_sizes, batch_size, device, progress, timings, tokenizer, parity_args) -> dict:
     """Model Optimizer calibration (+ GPTQ) of the loaded model, the Q/DQ file, TensorRT-LLM checkpoints, the
     unified HF checkpoint and the parity report, into `tmp`."""
     from sparsetrt.export import quantize as q
@@ -229,7 +231,8 @@ def _in_memory_artifacts(lm, modules, checkpoint, src_onnx, tmp, out, onnx_name,
     source = {name: m.weight.detach().float().numpy().copy() for name, m in modules.items()}
     everything = dict(lm.named_modules())
     table_source = {name: everything[name].weight.detach().float().numpy().copy() for name in vocabulary_tables(lm)}
-    lm, quants, tables, gptq, more = q.quantize_model(lm, settings, windows, masks, batch_size=batch_size, progress=progress)
+    lm, quants, tables, gptq, more = q.quantize_model(lm, settings, windows, masks, batch_size=batch_size, progress=progress,
+                                                      device=device)
     timings.update(more)
 
     start = time.perf_counter()

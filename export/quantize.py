@@ -274,7 +274,7 @@ def extract(modules: dict[str, torch.nn.Module], settings: QuantSettings,
 
 
 def quantize_model(model, settings: QuantSettings, windows: torch.Tensor, masks: dict[str, torch.Tensor],
-                   batch_size: int = 4, progress: bool = True):
+                   batch_size: int = 4, progress: bool = True, device: str = "cpu"):
     """GPTQ (optional) + Model Optimizer calibration of every decoder Linear of `model`.
 
     Returns (fake-quant model, {name: LinearQuant}, {vocabulary table: LinearQuant}, {name: GPTQ error},
@@ -285,7 +285,7 @@ def quantize_model(model, settings: QuantSettings, windows: torch.Tensor, masks:
 
     from sparsetrt.export.embeddings import quantize_embeddings
     from sparsetrt.export.gptq import gptq_model
-    from sparsetrt.prune.sequential import target_linears
+    from sparsetrt.prune.sequential import LayerHooks, target_linears
 
     settings.validate()
     modules = target_linears(model)
@@ -294,7 +294,8 @@ def quantize_model(model, settings: QuantSettings, windows: torch.Tensor, masks:
     if settings.use_gptq:
         start = time.perf_counter()
         block = settings.block_size if settings.precision == "int4" else None
-        results = gptq_model(model, windows, modules, masks, qmax, block, batch_size=batch_size, progress=progress)
+        results = gptq_model(model, windows, modules, masks, qmax, block, batch_size=batch_size, progress=progress,
+                             hooks=LayerHooks(device))  # each block on `device` while GPTQ works on it
         gptq = {name: error for name, (_, _, error) in results.items()}
         timings["gptq_s"] = time.perf_counter() - start
     start = time.perf_counter()

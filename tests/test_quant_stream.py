@@ -73,3 +73,41 @@ def test_streamed_quantize_refuses_what_needs_the_whole_model(pruned_tiny, calib
                            "--calib", calib_file, "--stream", "--no-progress", *extra)
     assert_one_line_error(code, err, match)
     assert_nothing_written(out)
+
+
+def test_quantize_refuses_a_device_this_machine_lacks(pruned_tiny, calib_file, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: --device cuda is valid here")
+    out = tmp_path / "q"
+    code, _, err = run_cli(capsys, "quantize", "--model", pruned_tiny, "--onnx-dir", tmp_path, "--out", out,
+                           "--calib", calib_file, "--precision", "int4", "--stream", "--device", "cuda", "--no-progress")
+    assert_one_line_error(code, err, r"--device cuda: this machine has no CUDA GPU")
+    assert_nothing_written(out)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (--device cuda); this machine has none")
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "in-memory"])
+def test_gptq_on_the_gpu_matches_the_cpu(calib_file, tmp_path, stream):
+    """GPTQ's blocks on the GPU (streamed or not): the zeros kept, the rounding error as on the CPU (GPU matmuls
+    round differently, so integers may differ on ties)."""
+    from sparsetrt.export.quant_stage import quantize_checkpoint
+
+    root = pruned_and_exported(tmp_path, calib_file, tied=False)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        runs[device] = quantize_checkpoint(root / "pruned", root / "onnx", root / device, {"precision": "int4"},
+                                           calib=str(calib_file), calib_samples=4, calib_seq_len=32, tp_sizes=(),
+                                           parity_corpus=str(calib_file), parity_windows=1, parity_seq_len=32,
+                                           progress=False, stream=stream, device=device)
+    assert runs["cuda"]["execution"]["device"] == "cuda" and runs["cuda"]["onnx"]["sparsity_verification"]["ok"]
+    for name, info in runs["cpu"]["modules"].items():
+        assert runs["cuda"]["modules"][name]["gptq_error"] == pytest.approx(info["gptq_error"], rel=0.05), name
