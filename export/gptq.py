@@ -31,6 +31,35 @@ def clipped_scale(w: torch.Tensor, qmax: int, norm: float = 2.4) -> torch.Tensor
     return best
 
 
+ERROR_CHUNK_ROWS = 2048  # the final error is summed over this many rows at a time (bounded temporaries)
+
+
+def permute_symmetric_(matrix: torch.Tensor, perm: torch.Tensor, chunk_rows: int = 256) -> None:
+    """matrix <- matrix[perm][:, perm], in place, with scratch of one row for the rows (moved along the
+    permutation's cycles) and of `chunk_rows` rows for the columns (each row chunk gathered and written back), so
+    no second matrix is allocated. Values are moved, never computed: the result is bit-identical."""
+    order = perm.tolist()
+    seen = [False] * len(order)
+    for start in range(len(order)):
+        if seen[start] or order[start] == start:
+            seen[start] = True
+            continue
+        scratch = matrix[start].clone()
+        j = start
+        while True:
+            seen[j] = True
+            k = order[j]
+            if k == start:
+                matrix[j].copy_(scratch)
+                break
+            matrix[j].copy_(matrix[k])
+            j = k
+    perm = perm.to(matrix.device)
+    for r in range(0, matrix.shape[0], chunk_rows):
+        rows = matrix[r:r + chunk_rows]
+        rows.copy_(rows.index_select(1, perm))
+
+
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor | None, qmax: int,
                   block: int | None = None, damping: float = DEFAULT_DAMPING, lazy: int = 128,
                   act_order: bool = True):
@@ -43,14 +72,18 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
     most active inputs first, while the most columns are left to absorb their error), as in GPTQ.
     """
     # Memory: an 8B model's stacked gate/up weight is 470 MB in fp32 and its down_proj Hessian 822 MB, so no
-    # copy is made that the math does not need: the caller's weight and Hessian are read, never cloned; each
-    # column's scale is looked up in `scale` (no [out, in] expansion); the dense original is rebuilt for the error.
+    # copy is made that the math does not need: the caller's weight is read, never cloned; the caller's Hessian is
+    # permuted in place for act-order and put back bit for bit (a permuted copy would be a third 822 MB matrix
+    # beside it and its inverse factor); each column's scale is looked up in `scale` (no [out, in] expansion); the
+    # error is summed over row chunks of the rebuilt original.
     rows, cols = weight.shape
     keep = torch.ones(rows, cols, dtype=torch.bool, device=weight.device) if keep is None else \
         keep.to(weight.device, torch.bool)
     W = weight.detach().float() * keep
     if block is not None and cols % block:
         raise ValueError(f"block {block} must divide {cols} inputs")
+    if hessian.dtype != torch.float32:
+        raise ValueError("the Hessian must be float32 (it is permuted in place)")
     dead = torch.diagonal(hessian) == 0  # inputs that never fired: their weights carry nothing; SparseGPT zeroed them
     W[:, dead] = 0.0
     if block is None:
@@ -59,11 +92,14 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
         scale = torch.stack([clipped_scale(W[:, g:g + block], qmax) for g in range(0, cols, block)], 1)
     perm = torch.argsort(torch.diagonal(hessian), descending=True) if act_order else torch.arange(cols)
     W, keep_p = W[:, perm], keep[:, perm]
-    H = hessian.detach().float().index_select(0, perm).index_select(1, perm)
     dead_p = dead[perm]
-    H[dead_p, dead_p] = 1.0
-    U, _ = inverse_hessian_cholesky(H, damping, max_damping=10.0)  # upper Cholesky factor of H⁻¹
-    del H
+    permute_symmetric_(hessian, perm)
+    try:
+        hessian[dead_p, dead_p] = 1.0
+        U, _ = inverse_hessian_cholesky(hessian, damping, max_damping=10.0)  # upper Cholesky factor of H⁻¹
+    finally:
+        hessian[dead_p, dead_p] = 0.0  # a dead input's diagonal was exactly 0 (a sum of squares)
+        permute_symmetric_(hessian, torch.argsort(perm))
     column_group = perm if block is None else perm // block  # column i of W is scaled by scale[:, column_group[i]]
     Q = torch.zeros(rows, cols, dtype=torch.int8, device=W.device)
     for i1 in range(0, cols, lazy):
@@ -83,24 +119,28 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
     del W, U, W1, E1
     Q = Q[:, torch.argsort(perm)]
-    diff = dequantize(Q, scale, block) - weight.detach().float() * keep
-    error = float(((diff @ hessian.float()) * diff).sum())
+    error = 0.0
+    for r in range(0, rows, ERROR_CHUNK_ROWS):
+        chunk = slice(r, r + ERROR_CHUNK_ROWS)
+        diff = dequantize(Q[chunk], scale[chunk], block) - weight[chunk].detach().float() * keep[chunk]
+        error += float(((diff @ hessian) * diff).sum())
     return Q, scale, error
 
 
 def gptq_model(model, windows: torch.Tensor, modules: dict, keep: dict, qmax: int, block: int | None,
-               batch_size: int = 4, progress: bool = True,
-               hooks=None, results: dict | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+               batch_size: int = 4, progress: bool = True, hooks=None,
+               sink=None) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """GPTQ every module of `modules` in place (weights become their dequantized values), block by block
     with inputs that reflect the earlier blocks' quantization. Returns {name: (q, scale, error)}.
 
     `keep`: name -> bool mask, or a callable (name, module) -> mask or None (dense), asked just before the
     module is quantized (layer streaming has no module's weight before its block is read). `hooks`: where each
-    block lives (sequential_update); `results`: the dict to fill, which streaming's hooks empty as each block
-    finishes."""
+    block lives (sequential_update). `sink(name, q, scale, error)`, when given, takes each module's result as
+    soon as its group is done instead of the returned dict (streaming writes it out: nothing accumulates)."""
     from sparsetrt.prune.sequential import sequential_update
 
-    results = {} if results is None else results
+    results = {}
+    sink = sink or (lambda name, q, scale, error: results.__setitem__(name, (q, scale, error)))
     mask_of = keep if callable(keep) else (lambda name, _module: keep.get(name))
 
     def update(group: dict, stats) -> list:
@@ -111,6 +151,7 @@ def gptq_model(model, windows: torch.Tensor, modules: dict, keep: dict, qmax: in
             masks.append(torch.ones_like(module.weight, dtype=torch.bool) if mask is None else
                          mask.to(module.weight.device))
         q, scale, error = gptq_quantize(stacked, stats.hessian, torch.cat(masks), qmax, block)
+        del masks
         row = 0
         for name, module in group.items():
             rows = slice(row, row + module.out_features)
@@ -118,8 +159,9 @@ def gptq_model(model, windows: torch.Tensor, modules: dict, keep: dict, qmax: in
             s = scale[rows]
             deq = q[rows].float() * (s[:, None] if block is None else s.repeat_interleave(block, dim=1))
             module.weight.data.copy_(deq.to(module.weight.dtype))
+            del deq
             # on the host: Model Optimizer (in memory) and the quant shards (streamed) take them there
-            results[name] = (q[rows].cpu().clone(), s.cpu().clone(), error * module.out_features / stacked.shape[0])
+            sink(name, q[rows].cpu().clone(), s.cpu().clone(), error * module.out_features / stacked.shape[0])
         return list(group)
 
     sequential_update(model, windows, modules, update, want_hessian=True, batch_size=batch_size, progress=progress,

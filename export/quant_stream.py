@@ -3,8 +3,9 @@
 The in-memory quantizer holds the fp32 model, Model Optimizer's fake-quant copy, the float source of every
 Linear and the parity references: 8-10x the fp32 model. Here:
 1. GPTQ (mask held) runs block by block through layer streaming (prune/streaming.py): each decoder block is read
-   from the pruned checkpoint, quantized on inputs that reflect the earlier blocks' quantization, its integers and
-   scales written into a shard of their own (QuantShards), and the block dropped back to meta. Without GPTQ each
+   from the pruned checkpoint, quantized on inputs that reflect the earlier blocks' quantization, each Linear's
+   integers and scales written into a shard of their own (QuantShards) as soon as its group is done, and the block
+   dropped back to meta. Without GPTQ each
    Linear is rounded to nearest in blocks, read one at a time. Either way the integers are those of the in-memory
    run (tests/test_quant_stream.py): Model Optimizer's INT4 "max" calibration is blockwise max |w|, and with GPTQ
    the in-memory run hands GPTQ's scales to its quantizers and re-rounds the dequantized weight (requantize()).
@@ -43,8 +44,8 @@ def check_streamable(settings: QuantSettings) -> None:
 
 
 class QuantShards:
-    """Each decoder block's integers (int8 holding INT4 values, [out, in]) and scales in a safetensors file of its
-    own under `directory`, read back one Linear at a time."""
+    """Integers (int8 holding INT4 values, [out, in]) and scales in safetensors files under `directory` (one per
+    Linear under GPTQ, one per block without), read back one Linear at a time."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -118,24 +119,14 @@ def quantize_linears_streamed(checkpoint: Path, settings: QuantSettings, windows
         return {}
 
     streamed = StreamedModel(checkpoint, device, torch.float32, trust_remote_code)
-    results: dict = {}
     errors: dict[str, float] = {}
+    masks: dict[str, torch.Tensor] = {}
 
     class QuantizingHooks(StreamingHooks):
-        """Streaming's hooks, but a finished block leaves as integers in `shards`, not as a checkpoint shard."""
+        """Streaming's hooks, but a finished block is only dropped: its Linears left as integers, one by one."""
 
         def done(self, index: int, layer: torch.nn.Module) -> None:
-            prefix = f"{streamed.layers_prefix}.{index}."
-            quants = {}
-            for name in [n for n in results if n.startswith(prefix)]:
-                q, scale, error = results.pop(name)
-                errors[name] = error
-                mask = masks.pop(name, None)
-                quants[name] = requantize(name, q, scale, block, mask)
-            shards.write(f"block-{index:05d}", quants)
             layer.to("meta")
-
-    masks: dict[str, torch.Tensor] = {}
 
     def mask_of(name: str, module: torch.nn.Linear):
         if name not in sparse:
@@ -143,8 +134,12 @@ def quantize_linears_streamed(checkpoint: Path, settings: QuantSettings, windows
         masks[name] = (module.weight.detach() != 0).cpu()  # the pruned weight, as read: GPTQ has not touched it yet
         return masks[name]
 
+    def write(name: str, q: torch.Tensor, scale: torch.Tensor, error: float) -> None:
+        errors[name] = error
+        shards.write(name, {name: requantize(name, q, scale, block, masks.pop(name, None))})
+
     gptq_model(streamed.model, windows, target_linears(streamed.model), mask_of, qmath.INT4_MAX, block,
-               batch_size=batch_size, progress=progress, hooks=QuantizingHooks(streamed, None), results=results)
+               batch_size=batch_size, progress=progress, hooks=QuantizingHooks(streamed, None), sink=write)
     return errors
 
 
