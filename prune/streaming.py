@@ -46,21 +46,46 @@ class CheckpointReader:
         return list(self.file_of)
 
     def get(self, name: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        """A copy of the tensor (never a view into the map: pruning writes into it), cast and placed."""
+        """A copy of the tensor (never a view into the map: pruning writes into it), cast and placed.
+
+        A large tensor is read in row chunks straight into its cast copy, the file mapped once per chunk: reading
+        it whole held the mapped pages, the on-disk copy and the cast copy at once (an 8B embedding: 1 GB mapped
+        + 1 GB bf16 + 2 GB fp32, the peak of a streamed run). The values are the same casts either way."""
         from safetensors import safe_open
 
         if name not in self.file_of:
             raise SparsetrtError(f"{self.checkpoint} has no tensor '{name}'; the checkpoint is incomplete")
-        with safe_open(str(self.file_of[name]), framework="pt") as handle:
-            tensor = handle.get_tensor(name)
-            return tensor.to(device=device, dtype=dtype or tensor.dtype, copy=True)
+        file = str(self.file_of[name])
+        with safe_open(file, framework="pt") as handle:
+            view = handle.get_slice(name)
+            shape = view.get_shape()
+            stored = _SAFETENSORS_DTYPES.get(view.get_dtype())
+            if stored is None or len(shape) < 2 or _nbytes(shape, stored) <= READ_CHUNK_BYTES:
+                tensor = handle.get_tensor(name)
+                return tensor.to(device=device, dtype=dtype or tensor.dtype, copy=True)
+        out = torch.empty(shape, dtype=dtype or stored)
+        rows = max(1, READ_CHUNK_BYTES // _nbytes(shape[1:], stored))
+        for start in range(0, shape[0], rows):
+            with safe_open(file, framework="pt") as handle:  # unmapped after each chunk
+                out[start:start + rows].copy_(handle.get_slice(name)[start:start + rows])
+        return out.to(device)
 
     def nbytes(self, name: str, dtype: torch.dtype) -> int:
         from safetensors import safe_open
 
         with safe_open(str(self.file_of[name]), framework="pt") as handle:
             shape = handle.get_slice(name).get_shape()
-        return int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+        return _nbytes(shape, dtype)
+
+
+READ_CHUNK_BYTES = 64 << 20  # a tensor above this is read in row chunks of about this size
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+
+
+def _nbytes(shape, dtype: torch.dtype) -> int:
+    return int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
 
 
 def empty_model(checkpoint: Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
