@@ -158,16 +158,25 @@ def quantize_tables_streamed(checkpoint: Path, settings: QuantSettings,
     aliases = dict(model.named_parameters(remove_duplicate=False))
     tables, keys = {}, {}
     for name, users in vocabulary_tables(model).items():
-        keys[name] = checkpoint_key(f"{name}.weight", aliases, reader)
-        weight = reader.get(keys[name], torch.float32)
-        if settings.embeddings == "int8":
-            q, scale = qmath.quantize_per_channel(weight, weight.abs().amax(1))
-            block = None
-        else:
-            block = qmath.int4_block_size(weight.shape[1], settings.block_size, settings.block_fallback)
-            q, scale = qmath.quantize_blockwise(weight, qmath.blockwise_amax(weight, block), block)
+        keys[name] = key = checkpoint_key(f"{name}.weight", aliases, reader)
+        # Every row is quantized on its own (per-row INT8 scale, INT4 blocks along the row), so row chunks give
+        # the whole table's integers while only a chunk is in float (an 8B table is 2.1 GB in fp32, and the
+        # rounding's temporaries would be two more of it).
+        q = scale = None
+        for start, stop in reader.row_chunks(key):
+            weight = reader.rows(key, start, stop, torch.float32)
+            if settings.embeddings == "int8":
+                block = None
+                q_rows, scale_rows = qmath.quantize_per_channel(weight, weight.abs().amax(1))
+            else:
+                block = qmath.int4_block_size(weight.shape[1], settings.block_size, settings.block_fallback)
+                q_rows, scale_rows = qmath.quantize_blockwise(weight, qmath.blockwise_amax(weight, block), block)
+            if q is None:
+                rows = reader.row_chunks(key)[-1][1]
+                q = torch.empty((rows, *q_rows.shape[1:]), dtype=q_rows.dtype)
+                scale = torch.empty((rows, *scale_rows.shape[1:]), dtype=scale_rows.dtype)
+            q[start:stop], scale[start:stop] = q_rows, scale_rows
         tables[name] = LinearQuant(name, q, scale, block, None, None, extra={"shared_by": users})
-        del weight
     return tables, keys
 
 

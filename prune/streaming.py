@@ -64,11 +64,27 @@ class CheckpointReader:
                 tensor = handle.get_tensor(name)
                 return tensor.to(device=device, dtype=dtype or tensor.dtype, copy=True)
         out = torch.empty(shape, dtype=dtype or stored)
-        rows = max(1, READ_CHUNK_BYTES // _nbytes(shape[1:], stored))
-        for start in range(0, shape[0], rows):
-            with safe_open(file, framework="pt") as handle:  # unmapped after each chunk
-                out[start:start + rows].copy_(handle.get_slice(name)[start:start + rows])
+        for start, stop in self.row_chunks(name):
+            out[start:stop].copy_(self.rows(name, start, stop))
         return out.to(device)
+
+    def row_chunks(self, name: str) -> list[tuple[int, int]]:
+        """(start, stop) row ranges of tensor `name` of about READ_CHUNK_BYTES each."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.file_of[name]), framework="pt") as handle:
+            view = handle.get_slice(name)
+            shape, stored = view.get_shape(), _SAFETENSORS_DTYPES.get(view.get_dtype(), torch.float32)
+        rows = max(1, READ_CHUNK_BYTES // max(1, _nbytes(shape[1:], stored)))
+        return [(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
+
+    def rows(self, name: str, start: int, stop: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows start:stop of tensor `name`, cast to `dtype`; the file is mapped only while they are read."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.file_of[name]), framework="pt") as handle:
+            chunk = handle.get_slice(name)[start:stop]
+        return chunk if dtype is None else chunk.to(dtype)
 
     def nbytes(self, name: str, dtype: torch.dtype) -> int:
         from safetensors import safe_open
