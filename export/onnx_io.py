@@ -8,7 +8,7 @@ from pathlib import Path
 from sparsetrt.errors import SparsetrtError
 
 # dtypes whose external bytes are the array as numpy holds it (INT4 and friends are packed: onnx unpacks them)
-_PLAIN_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
+PLAIN_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 
 
 def initializer_array(tensor, base_dir: str | Path):
@@ -21,7 +21,7 @@ def initializer_array(tensor, base_dir: str | Path):
         return numpy_helper.to_array(tensor)
     info = {entry.key: entry.value for entry in tensor.external_data}
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
-    if dtype.name not in _PLAIN_DTYPES:
+    if dtype.name not in PLAIN_DTYPES:
         loaded = TensorProto()
         loaded.CopyFrom(tensor)
         external_data_helper.load_external_data_for_tensor(loaded, str(base_dir))

@@ -14,17 +14,19 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import torch
+from onnx import helper
 
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.onnx_io import PLAIN_DTYPES, initializer_array
 from sparsetrt.export.quantize import LinearQuant
+from sparsetrt.prune.verify import digest, digest_of_rows
 
 
 def locate_streamed(onnx_path: Path, graph, checkpoint: Path, wanted: dict) -> dict:
     """key -> name of the 2-D initializer of `graph` whose content is a checkpoint tensor, where `wanted` maps
     key -> (checkpoint tensor name, transposed). Keys not found are left out."""
-    from sparsetrt.export.onnx_io import initializer_array
     from sparsetrt.prune.streaming import CheckpointReader
-    from sparsetrt.prune.verify import digest
 
     reader = CheckpointReader(checkpoint)
     matrices = [init for init in graph.initializer if len(init.dims) == 2]
@@ -32,15 +34,56 @@ def locate_streamed(onnx_path: Path, graph, checkpoint: Path, wanted: dict) -> d
     hashed = set()
     found = {}
     for init in matrices:
-        array = initializer_array(init, onnx_path.parent)
-        if array.dtype not in hashed:  # the checkpoint is hashed once per dtype the graph stores matrices in
-            hashed.add(array.dtype)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
+        if dtype not in hashed:  # the checkpoint is hashed once per dtype the graph stores matrices in
+            hashed.add(dtype)
             for key, (tensor, transposed) in wanted.items():
-                value = reader.get(tensor).float().numpy()
-                by_hash[digest((value.T if transposed else value).astype(array.dtype))].append(key)
-        for key in by_hash.get(digest(array), []):
+                by_hash[checkpoint_digest(reader, tensor, transposed, dtype)].append(key)
+        for key in by_hash.get(initializer_digest(init, onnx_path.parent), []):
             found.setdefault(key, init.name)
     return found
+
+
+def checkpoint_digest(reader, tensor: str, transposed: bool, dtype: np.dtype) -> str:
+    """digest() of a checkpoint tensor cast (through fp32) to `dtype`, transposed or not, read in row chunks: an 8B
+    vocabulary table is held once, in `dtype`, only when transposed (whole, it was the fp32 table plus three
+    copies of it)."""
+    chunks = reader.row_chunks(tensor)
+    rows = chunks[-1][1]
+    if not transposed:
+        pieces = (reader.rows(tensor, a, b, torch.float32).numpy().astype(dtype) for a, b in chunks)
+        first = reader.rows(tensor, 0, 1)
+        return digest_of_rows(pieces, (rows, *first.shape[1:]), dtype)
+    out = None
+    for a, b in chunks:
+        piece = reader.rows(tensor, a, b, torch.float32).numpy().astype(dtype)
+        if out is None:
+            out = np.empty((piece.shape[1], rows), dtype=dtype)
+        out[:, a:b] = piece.T
+    return digest(out)
+
+
+def initializer_digest(init, base_dir: Path) -> str:
+    """digest() of an initializer, its external bytes hashed in chunks straight from the .data file (they are
+    the array's C-order bytes); anything else read whole."""
+    from onnx import TensorProto
+
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
+    if init.data_location != TensorProto.EXTERNAL or dtype.name not in PLAIN_DTYPES:
+        return digest(initializer_array(init, base_dir))
+    info = {entry.key: entry.value for entry in init.external_data}
+    count = int(np.prod(init.dims, dtype=np.int64))
+    path, offset = Path(base_dir) / info["location"], int(info.get("offset", 0))
+    step = max(1, (64 << 20) // dtype.itemsize)
+
+    def pieces():
+        for start in range(0, count, step):
+            piece = np.fromfile(path, dtype=dtype, count=min(step, count - start), offset=offset + start * dtype.itemsize)
+            if piece.size != min(step, count - start):
+                raise SparsetrtError(f"{path} is shorter than its model says ({init.name}); re-export it")
+            yield piece
+
+    return digest_of_rows(pieces(), tuple(init.dims), dtype)
 
 
 def write_qdq_onnx_streamed(src: Path, dst: Path, checkpoint: Path, shards, tables: dict[str, LinearQuant],

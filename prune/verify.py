@@ -173,7 +173,16 @@ def verify_onnx(onnx_path: Path, manifest: dict, checkpoint: Path) -> VerifyResu
 
 def digest(array: np.ndarray) -> str:
     a = np.ascontiguousarray(array)
-    return hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest() + str(a.shape) + a.dtype.str
+    return digest_of_rows([a], a.shape, a.dtype)
+
+
+def digest_of_rows(chunks, shape, dtype) -> str:
+    """digest() of the array whose consecutive row chunks (C order) `chunks` yields, without ever holding it:
+    the same hash, fed piece by piece (hashed through the buffer protocol: no bytes copy)."""
+    h = hashlib.blake2b(digest_size=16)
+    for chunk in chunks:
+        h.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+    return h.hexdigest() + str(tuple(shape)) + np.dtype(dtype).str
 
 
 def consumers_of(graph) -> dict[str, list]:
