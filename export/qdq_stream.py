@@ -48,18 +48,14 @@ def checkpoint_digest(reader, tensor: str, transposed: bool, dtype: np.dtype) ->
     """digest() of a checkpoint tensor cast (through fp32) to `dtype`, transposed or not, read in row chunks: an 8B
     vocabulary table is held once, in `dtype`, only when transposed (whole, it was the fp32 table plus three
     copies of it)."""
+    shape = reader.header(tensor)[0]
     chunks = reader.row_chunks(tensor)
-    rows = chunks[-1][1]
     if not transposed:
         pieces = (reader.rows(tensor, a, b, torch.float32).numpy().astype(dtype) for a, b in chunks)
-        first = reader.rows(tensor, 0, 1)
-        return digest_of_rows(pieces, (rows, *first.shape[1:]), dtype)
-    out = None
+        return digest_of_rows(pieces, shape, dtype)
+    out = np.empty(shape[::-1], dtype=dtype)  # a 2-D tensor, transposed
     for a, b in chunks:
-        piece = reader.rows(tensor, a, b, torch.float32).numpy().astype(dtype)
-        if out is None:
-            out = np.empty((piece.shape[1], rows), dtype=dtype)
-        out[:, a:b] = piece.T
+        out[:, a:b] = reader.rows(tensor, a, b, torch.float32).numpy().astype(dtype).T
     return digest(out)
 
 

@@ -102,13 +102,13 @@ def quantize_linears_streamed(checkpoint: Path, settings: QuantSettings, windows
     pruned modules (their zeros are the mask held). Returns {name: GPTQ error} (empty without GPTQ)."""
     from sparsetrt.export.gptq import gptq_model
     from sparsetrt.prune.sequential import decoder_layers, target_linears
-    from sparsetrt.prune.streaming import CheckpointReader, StreamedModel, StreamingHooks, empty_model
+    from sparsetrt.prune.streaming import CheckpointReader, StreamedModel, StreamingHooks, empty_model, layers_prefix
 
     block = settings.block_size
     if not settings.use_gptq:
         reader = CheckpointReader(checkpoint)
         model = empty_model(checkpoint, torch.float32, trust_remote_code)
-        linears, prefix = list(target_linears(model)), _layers_prefix(model)
+        linears, prefix = list(target_linears(model)), layers_prefix(model)
         for index in range(len(decoder_layers(model))):
             names = [n for n in linears if n.startswith(f"{prefix}.{index}.")]
             quants = {}
@@ -172,16 +172,10 @@ def quantize_tables_streamed(checkpoint: Path, settings: QuantSettings,
                 block = qmath.int4_block_size(weight.shape[1], settings.block_size, settings.block_fallback)
                 q_rows, scale_rows = qmath.quantize_blockwise(weight, qmath.blockwise_amax(weight, block), block)
             if q is None:
-                rows = reader.row_chunks(key)[-1][1]
+                rows = reader.header(key)[0][0]
                 q = torch.empty((rows, *q_rows.shape[1:]), dtype=q_rows.dtype)
                 scale = torch.empty((rows, *scale_rows.shape[1:]), dtype=scale_rows.dtype)
             q[start:stop], scale[start:stop] = q_rows, scale_rows
         tables[name] = LinearQuant(name, q, scale, block, None, None, extra={"shared_by": users})
     return tables, keys
 
-
-def _layers_prefix(model) -> str:
-    from sparsetrt.prune.sequential import decoder_layers
-
-    layers = decoder_layers(model)
-    return next(name for name, module in model.named_modules() if module is layers)

@@ -68,14 +68,18 @@ class CheckpointReader:
             out[start:stop].copy_(self.rows(name, start, stop))
         return out.to(device)
 
-    def row_chunks(self, name: str) -> list[tuple[int, int]]:
-        """(start, stop) row ranges of tensor `name` of about READ_CHUNK_BYTES each."""
+    def header(self, name: str) -> tuple[list[int], torch.dtype | None]:
+        """(shape, dtype as stored; None for a dtype torch lacks) of tensor `name`, from its file's header."""
         from safetensors import safe_open
 
         with safe_open(str(self.file_of[name]), framework="pt") as handle:
             view = handle.get_slice(name)
-            shape, stored = view.get_shape(), _SAFETENSORS_DTYPES.get(view.get_dtype(), torch.float32)
-        rows = max(1, READ_CHUNK_BYTES // max(1, _nbytes(shape[1:], stored)))
+            return view.get_shape(), _SAFETENSORS_DTYPES.get(view.get_dtype())
+
+    def row_chunks(self, name: str) -> list[tuple[int, int]]:
+        """(start, stop) row ranges of tensor `name` of about READ_CHUNK_BYTES each."""
+        shape, stored = self.header(name)
+        rows = max(1, READ_CHUNK_BYTES // max(1, _nbytes(shape[1:], stored or torch.float32)))
         return [(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
 
     def rows(self, name: str, start: int, stop: int, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -87,11 +91,7 @@ class CheckpointReader:
         return chunk if dtype is None else chunk.to(dtype)
 
     def nbytes(self, name: str, dtype: torch.dtype) -> int:
-        from safetensors import safe_open
-
-        with safe_open(str(self.file_of[name]), framework="pt") as handle:
-            shape = handle.get_slice(name).get_shape()
-        return _nbytes(shape, dtype)
+        return _nbytes(self.header(name)[0], dtype)
 
 
 READ_CHUNK_BYTES = 64 << 20  # a tensor above this is read in row chunks of about this size
@@ -114,6 +114,12 @@ def empty_model(checkpoint: Path, dtype: torch.dtype = torch.float32, trust_remo
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.tie_weights()  # init_empty_weights re-registers every parameter on meta, undoing the ties made while building
     return model.eval()
+
+
+def layers_prefix(model: torch.nn.Module) -> str:
+    """The module name of `model`'s decoder block list (e.g. "model.layers"): block k's tensors are "<prefix>.k.*"."""
+    layers = decoder_layers(model)
+    return next(name for name, module in model.named_modules() if module is layers)
 
 
 def load_module(module: torch.nn.Module, prefix: str, reader: CheckpointReader, dtype: torch.dtype,
@@ -169,7 +175,7 @@ class StreamedModel:
         self.reader = CheckpointReader(self.checkpoint)
         self.model = empty_model(self.checkpoint, dtype, trust_remote_code)
         self.layers = decoder_layers(self.model)
-        self.layers_prefix = next(name for name, mod in self.model.named_modules() if mod is self.layers)
+        self.layers_prefix = layers_prefix(self.model)
         self.embedding = self.model.get_input_embeddings()
         prefix = next(name for name, mod in self.model.named_modules() if mod is self.embedding)
         load_module(self.embedding, prefix, self.reader, dtype)  # the capture runs it, on the host
