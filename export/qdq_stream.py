@@ -4,8 +4,8 @@ write_qdq_onnx loads the float graph with every weight (16 GB for an 8B model in
 Linear. Here the initializers that carry each weight are found by digest, reading one from the .data file and one
 from the checkpoint at a time; the graph is then rewritten with onnx_ir, where every initializer is a LazyTensor:
 an untouched one reads its bytes from the source .data file, a quantized weight packs its integers from the quant
-shard, each when the save reaches it. Only W4A16 Linears and weight-only tables (no activation Q/DQ): the streamed
-quantizer makes nothing else.
+shard, each when the save reaches it. The nodes are qdq_onnx's: W8A8 Linears get their activation Q/DQ (and
+SmoothQuant's Mul, and with --int8-gemm-outputs a Q/DQ on the result), W4A16 ones and the tables weight-only.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def initializer_digest(init, base_dir: Path) -> str:
 
 def write_qdq_onnx_streamed(src: Path, dst: Path, checkpoint: Path, shards, tables: dict[str, LinearQuant],
                             table_keys: dict[str, str]) -> dict:
-    """Write the W4A16 copy of `src` to `dst` (+ .data). `shards` (quant_stream.QuantShards) hold the Linears'
+    """Write the quantized copy of `src` to `dst` (+ .data). `shards` (quant_stream.QuantShards) hold the Linears'
     integers, read one at a time; `tables` are the quantized vocabulary tables, `table_keys` their checkpoint
     tensor names; `checkpoint` holds the float weights the graph holds now (to find them by content)."""
     import onnx_ir as ir
@@ -96,8 +96,8 @@ def write_qdq_onnx_streamed(src: Path, dst: Path, checkpoint: Path, shards, tabl
     proto = load_onnx(src)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_QDQ_OPSET:
-        raise SparsetrtError(f"{src} has opset {opset}; blocked DequantizeLinear needs opset >= {MIN_QDQ_OPSET}: "
-                             "re-export with --opset 21")
+        raise SparsetrtError(f"{src} has opset {opset}; per-channel/blocked DequantizeLinear needs opset "
+                             f">= {MIN_QDQ_OPSET}: re-export with --opset 21")
     modules = list(shards.file_of)
     wanted = {("linear", m): (f"{m}.weight", True) for m in modules}
     wanted |= {("table", t, flip): (table_keys[t], flip) for t in tables for flip in (False, True)}
@@ -121,7 +121,7 @@ def write_qdq_onnx_streamed(src: Path, dst: Path, checkpoint: Path, shards, tabl
     float_type = graph.initializers[next(iter(located.values()), None) or next(iter(located_tables.values()))[0]].dtype
     np_float = float_type.numpy()
 
-    matmuls = 0
+    matmuls = requantized = 0
     for module, init_name in located.items():
         users = graph.initializers[init_name].uses()
         if not users or any(u.node.op_type != "MatMul" or u.idx != 1 for u in users):
@@ -129,6 +129,8 @@ def write_qdq_onnx_streamed(src: Path, dst: Path, checkpoint: Path, shards, tabl
                                  "this graph layout is not supported for Q/DQ insertion")
         _dequantize_in_place(graph, init_name, module, lambda m=module: shards.get(m), shards.blocks[module],
                              transposed=True, np_float=np_float, users=users, order=order)
+        for k, node in enumerate(sorted({id(u.node): u.node for u in users}.values(), key=lambda n: order[id(n)])):
+            requantized += _quantize_activations(graph, module, node, shards, np_float, first=k == 0)
         matmuls += len(users)
     table_summary = {}
     for name, lq in tables.items():
@@ -146,7 +148,7 @@ def write_qdq_onnx_streamed(src: Path, dst: Path, checkpoint: Path, shards, tabl
         data.unlink()
     ir.save(model, str(dst), external_data=data.name, size_threshold_bytes=1024, max_workers=1,
             max_in_flight_bytes=256 << 20)
-    return {"quantized_matmuls": matmuls, "float_type": str(np.dtype(np_float)), "requantized_outputs": 0,
+    return {"quantized_matmuls": matmuls, "float_type": str(np.dtype(np_float)), "requantized_outputs": requantized,
             "retired_initializers": len(located) + len(located_tables), "tables": table_summary}
 
 
@@ -214,6 +216,58 @@ def _dequantize_in_place(graph, init_name: str, name: str, load, block: int | No
     for use in users:
         use.node.replace_input_with(use.idx, dq.outputs[0])
     graph.initializers.pop(init_name)
+
+
+def _quantize_activations(graph, module: str, node, shards, np_float, first: bool) -> int:
+    """What qdq_onnx.write_qdq_onnx puts around one MatMul of a W8A8 Linear: SmoothQuant's Mul and the input's
+    Q/DQ in front of it, and with an output scale a Q/DQ behind it that every reader of the result reads instead
+    (the initializers once per Linear, when `first`). Returns 1 when the output was requantized, else 0."""
+    import onnx_ir as ir
+
+    def constant(name: str, array: np.ndarray):
+        if not first:
+            return graph.initializers[name]
+        value = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape),
+                         const_value=ir.Tensor(array))
+        graph.register_initializer(value)
+        return value
+
+    def q_dq(x, scale_name: str, zero_name: str, scale: float, tag: str) -> tuple:
+        scale_v = constant(scale_name, np.array(scale, dtype=np_float))
+        zero_v = constant(zero_name, np.array(0, dtype=np.int8))
+        q = ir.node("QuantizeLinear", [x, scale_v, zero_v], name=f"{module}/{node.name}/{tag}_q")
+        q.outputs[0].name = q.name
+        dq = ir.node("DequantizeLinear", [q.outputs[0], scale_v, zero_v], name=f"{module}/{node.name}/{tag}_dq")
+        dq.outputs[0].name = dq.name
+        return q, dq
+
+    inserted = []
+    x = node.inputs[0]
+    if shards.has_pre_scale[module]:
+        pre = shards.pre_scale(module).numpy().astype(np_float) if first else None
+        pre_v = constant(f"{module}.pre_quant_scale", pre)
+        mul = ir.node("Mul", [x, pre_v], name=f"{module}/{node.name}/pre_scale")
+        mul.outputs[0].name = f"{module}/{node.name}/input_scaled"
+        inserted.append(mul)
+        x = mul.outputs[0]
+    if shards.input_scales[module] is not None:
+        q, dq = q_dq(x, f"{module}.input_scale", f"{module}.input_zero_point", shards.input_scales[module], "input")
+        inserted += [q, dq]
+        x = dq.outputs[0]
+    if inserted:
+        graph.insert_before(node, inserted)
+        node.replace_input_with(0, x)
+    if shards.output_scales[module] is None:
+        return 0
+    y = node.outputs[0]
+    if y.is_graph_output():
+        raise SparsetrtError(f"{module}: its MatMul output {y.name} is a graph output; it cannot be requantized")
+    readers = list(y.uses())
+    q, dq = q_dq(y, f"{module}.output_scale", f"{module}.output_zero_point", shards.output_scales[module], "output")
+    for use in readers:
+        use.node.replace_input_with(use.idx, dq.outputs[0])
+    graph.insert_after(node, [q, dq])
+    return 1
 
 
 def verify_qdq_onnx_streamed(path: Path, checkpoint: Path, modules: list[str], sparsity: dict | None):

@@ -1,5 +1,5 @@
 """`sparsetrt quantize`: (pruned) checkpoint + its ONNX export in; INT8 or INT4 artifacts out, each proven.
-With --stream (INT4 only; export/quant_stream.py) one decoder block is in memory at a time and only the Q/DQ
+With --stream (export/quant_stream.py) one decoder block is in memory at a time and only the Q/DQ
 file and quantize.json are written (its checks: the zeros and the lint); the rest needs the whole model.
 
 Writes into `out`:
@@ -76,7 +76,7 @@ def quantize_checkpoint(
     stream: bool = False,
     device: str = "cpu",
 ) -> dict:
-    """`stream` quantizes one decoder block at a time (W4A16 only; export/quant_stream.py): memory bounded by a
+    """`stream` quantizes one decoder block at a time (export/quant_stream.py): memory bounded by a
     block, same integers, but no parity references and no TensorRT-LLM checkpoints (each needs the whole model;
     the manifest says so). `device`: where GPTQ works on each block (cpu | cuda | cuda:N | auto)."""
     import torch
@@ -283,6 +283,7 @@ def _streamed_artifacts(checkpoint, src_onnx, tmp, onnx_name, settings, windows,
     from sparsetrt.export.quant_stream import (
         NOT_STREAMED,
         QuantShards,
+        calibrate_linears_streamed,
         quantize_linears_streamed,
         quantize_tables_streamed,
     )
@@ -291,8 +292,13 @@ def _streamed_artifacts(checkpoint, src_onnx, tmp, onnx_name, settings, windows,
     with tempfile.TemporaryDirectory(prefix="quant-shards-", dir=tmp) as shard_dir:
         shards = QuantShards(Path(shard_dir))
         start = time.perf_counter()
-        gptq = quantize_linears_streamed(checkpoint, settings, windows, sparse, shards, batch_size=batch_size,
-                                         device=device, progress=progress)
+        if settings.precision == "int8":  # Model Optimizer's activation ranges, one block at a time
+            gptq = {}
+            calibrate_linears_streamed(checkpoint, settings, windows, sparse, shards, batch_size=batch_size,
+                                       device=device, progress=progress)
+        else:
+            gptq = quantize_linears_streamed(checkpoint, settings, windows, sparse, shards, batch_size=batch_size,
+                                             device=device, progress=progress)
         timings["gptq_s" if settings.use_gptq else "calibrate_s"] = time.perf_counter() - start
         start = time.perf_counter()
         tables, table_keys = quantize_tables_streamed(checkpoint, settings)
@@ -301,18 +307,26 @@ def _streamed_artifacts(checkpoint, src_onnx, tmp, onnx_name, settings, windows,
         print(f"writing {onnx_name} (Q/DQ over the {settings.activations} graph, one tensor at a time) ...", flush=True)
         graph = write_qdq_onnx_streamed(src_onnx, tmp / onnx_name, checkpoint, shards, tables, table_keys)
         timings["onnx_s"] = time.perf_counter() - start
-        modules = {name: {"block": shards.blocks[name], "input_scale": None, "pre_scale": False,
-                          "mask_fixes": shards.mask_fixes[name], "gptq_error": gptq.get(name)} for name in shards.file_of}
+        modules = {name: {"block": shards.blocks[name], "input_scale": shards.input_scales[name],
+                          "pre_scale": shards.has_pre_scale[name], "mask_fixes": shards.mask_fixes[name],
+                          "gptq_error": gptq.get(name)} for name in shards.file_of}
         numels = dict(shards.numels)
     verification, lint = _checked_file(tmp / onnx_name,
                                        verify_qdq_onnx_streamed(tmp / onnx_name, checkpoint, list(modules), sparsity))
     return {"verification": verification, "lint": lint, "graph": graph, "checkpoints": {}, "tables": tables,
             "unified": {"directory": None, "skipped": f"not written under --stream: Model Optimizer's exporter "
                                                       f"{NOT_STREAMED}"},
-            "modules": modules, "numels": numels, "library": "sparsetrt GPTQ, streamed (no Model Optimizer pass)"
-            if settings.use_gptq else "sparsetrt blockwise max rounding, streamed (Model Optimizer's INT4 max math)",
+            "modules": modules, "numels": numels, "library": _streamed_library(settings),
             "parity": {"passed": None, "report": None, "candidates": {},
                        "skipped": f"not run under --stream: each of its PyTorch references {NOT_STREAMED}"}}
+
+
+def _streamed_library(settings: QuantSettings) -> str:
+    if settings.precision == "int8":
+        return f"{_modelopt_version()}, one decoder block at a time"
+    if settings.use_gptq:
+        return "sparsetrt GPTQ, streamed (no Model Optimizer pass)"
+    return "sparsetrt blockwise max rounding, streamed (Model Optimizer's INT4 max math)"
 
 
 HF_UNIFIED_DIR = "hf-unified"

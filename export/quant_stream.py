@@ -1,4 +1,4 @@
-"""W4A16 quantization with bounded memory (`sparsetrt quantize --stream`): the weights never all sit in memory.
+"""Quantization with bounded memory (`sparsetrt quantize --stream`): the weights never all sit in memory.
 
 The in-memory quantizer holds the fp32 model, Model Optimizer's fake-quant copy, the float source of every
 Linear and the parity references: 8-10x the fp32 model. Here:
@@ -9,16 +9,23 @@ Linear and the parity references: 8-10x the fp32 model. Here:
    Linear is rounded to nearest in blocks, read one at a time. Either way the integers are those of the in-memory
    run (tests/test_quant_stream.py): Model Optimizer's INT4 "max" calibration is blockwise max |w|, and with GPTQ
    the in-memory run hands GPTQ's scales to its quantizers and re-rounds the dequantized weight (requantize()).
+   INT8 (W8A8): Model Optimizer calibrates one block at a time (calibrate_linears_streamed): SmoothQuant's
+   statistics, the max ranges and a histogram's each come from the block's inputs in the pass of the whole model
+   they come from in memory (float, calibration mode, fake-quant weights), carried from block to block, so the
+   ranges, scales and integers are the in-memory run's bit for bit.
 2. The vocabulary tables are rounded as in memory (INT8 per row, or INT4 blockwise without GPTQ), one at a time.
 3. The fp16 ONNX is rewritten with onnx_ir (qdq_stream.py): every weight becomes a lazy INT4 initializer read from
    its shard when the file is saved, every untouched initializer is copied from the source .data file one at a
-   time; the 2:4 check then reads one quantized weight and one checkpoint weight at a time.
-Not done here (each needs the whole model): INT8 W8A8 (activation ranges by Model Optimizer), AWQ, GPTQ on an INT4
-lm_head, the parity references and the TensorRT-LLM checkpoints; the manifest says so.
+   time (INT8: with the activation Q/DQ and SmoothQuant's Mul); the 2:4 check then reads one quantized weight and
+   one checkpoint weight at a time.
+Not done here (each needs the whole model): AWQ, GPTQ under INT8 (its propagated inputs are not the ones Model
+Optimizer's calibration pass sees), GPTQ on an INT4 lm_head, the parity references and the TensorRT-LLM
+checkpoints; the manifest says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -32,9 +39,9 @@ NOT_STREAMED = "needs the whole model in memory; run quantize without --stream f
 
 def check_streamable(settings: QuantSettings) -> None:
     """Refuse, before any work, what the streamed quantizer cannot do."""
-    if settings.precision != "int4":
-        raise SparsetrtError("--stream quantizes W4A16 (--precision int4) only: INT8 activation ranges are calibrated "
-                             "by Model Optimizer on the whole model; run --precision int8 without --stream")
+    if settings.precision == "int8" and settings.use_gptq:
+        raise SparsetrtError("--stream with --precision int8 --gptq on: Model Optimizer's ranges would be calibrated "
+                             "on other inputs than GPTQ's; use --gptq off (the INT8 default) or run without --stream")
     if settings.awq:
         raise SparsetrtError("--stream does not run AWQ (Model Optimizer searches its scales on the whole model); "
                              "use GPTQ (the INT4 default) or run without --stream")
@@ -44,16 +51,20 @@ def check_streamable(settings: QuantSettings) -> None:
 
 
 class QuantShards:
-    """Integers (int8 holding INT4 values, [out, in]) and scales in safetensors files under `directory` (one per
-    Linear under GPTQ, one per block without), read back one Linear at a time."""
+    """Integers (int8 holding INT8 or INT4 values, [out, in]), scales and SmoothQuant's input multipliers in
+    safetensors files under `directory` (one per Linear under GPTQ, one per block otherwise), read back one Linear
+    at a time; the per-tensor activation scales (one number each) stay in memory."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.file_of: dict[str, Path] = {}
-        self.blocks: dict[str, int] = {}
+        self.blocks: dict[str, int | None] = {}
         self.mask_fixes: dict[str, int] = {}
         self.numels: dict[str, int] = {}
+        self.input_scales: dict[str, float | None] = {}
+        self.output_scales: dict[str, float | None] = {}
+        self.has_pre_scale: dict[str, bool] = {}
 
     def write(self, tag: str, quants: dict[str, LinearQuant]) -> None:
         from safetensors.torch import save_file
@@ -63,10 +74,14 @@ class QuantShards:
         path = self.directory / f"{tag}.safetensors"
         tensors = {}
         for name, lq in quants.items():
-            tensors[f"{name}.q"] = lq.q.contiguous()
-            tensors[f"{name}.scale"] = lq.scale.float().contiguous()
+            tensors[f"{name}.q"] = lq.q.cpu().contiguous()
+            tensors[f"{name}.scale"] = lq.scale.cpu().float().contiguous()
+            if lq.pre_scale is not None:
+                tensors[f"{name}.pre_scale"] = lq.pre_scale.cpu().float().contiguous()
             self.file_of[name], self.blocks[name], self.mask_fixes[name] = path, lq.block, lq.mask_fixes
             self.numels[name] = lq.q.numel()
+            self.input_scales[name], self.output_scales[name] = lq.input_scale, lq.output_scale
+            self.has_pre_scale[name] = lq.pre_scale is not None
         save_file(tensors, str(path))
 
     def get(self, name: str) -> LinearQuant:
@@ -74,7 +89,17 @@ class QuantShards:
 
         with safe_open(str(self.file_of[name]), framework="pt") as handle:
             q, scale = handle.get_tensor(f"{name}.q"), handle.get_tensor(f"{name}.scale")
-        return LinearQuant(name, q, scale, self.blocks[name], None, None, self.mask_fixes[name])
+        return LinearQuant(name, q, scale, self.blocks[name], self.input_scales[name], self.pre_scale(name),
+                           self.mask_fixes[name], output_scale=self.output_scales[name])
+
+    def pre_scale(self, name: str) -> torch.Tensor | None:
+        """SmoothQuant's 1/s of Linear `name` (read on its own: the integers are not needed for it)."""
+        from safetensors import safe_open
+
+        if not self.has_pre_scale[name]:
+            return None
+        with safe_open(str(self.file_of[name]), framework="pt") as handle:
+            return handle.get_tensor(f"{name}.pre_scale")
 
 
 def requantize(name: str, q: torch.Tensor, scale: torch.Tensor, block: int, mask: torch.Tensor | None) -> LinearQuant:
@@ -179,3 +204,54 @@ def quantize_tables_streamed(checkpoint: Path, settings: QuantSettings,
         tables[name] = LinearQuant(name, q, scale, block, None, None, extra={"shared_by": users})
     return tables, keys
 
+
+
+def calibrate_linears_streamed(checkpoint: Path, settings: QuantSettings, windows: torch.Tensor, sparse: set[str],
+                               shards: QuantShards, batch_size: int = 4, device: str = "cpu", progress: bool = True,
+                               trust_remote_code: bool = False) -> None:
+    """INT8 (W8A8): Model Optimizer's calibration of every decoder Linear of `checkpoint` into `shards`, one block
+    in memory at a time. Each pass calibration makes over the whole model in memory (quantize.CalibrationPasses)
+    is a stream of block inputs here: block k runs on its stream and its outputs become block k+1's, so every
+    block sees what it sees in the whole model's pass (tests/test_quant_stream.py: the same file bit for bit)."""
+    from sparsetrt.export.quantize import CalibrationPasses, calibrate_with, extract
+    from sparsetrt.prune.sequential import capture_first_layer_inputs, progress_bar, target_linears, to_device
+    from sparsetrt.prune.streaming import StreamedModel, load_module
+
+    streamed = StreamedModel(checkpoint, device, torch.float32, trust_remote_code)
+    layers, prefix = streamed.layers, streamed.layers_prefix
+    linears = list(target_linears(streamed.model))
+    with torch.no_grad():
+        first = to_device(capture_first_layer_inputs(streamed.model, layers, windows, batch_size), streamed.device)
+    streamed.embedding.to("meta")  # only the capture needed it
+    streams = dict.fromkeys(("smooth", "calibrate", "histogram"), first)
+    bar = progress_bar(len(layers), f"calibrating {settings.precision} (streamed)", progress)
+    for index in range(len(layers)):
+        inner = f"{prefix}.{index}."
+        names = {name.removeprefix(inner): name for name in linears if name.startswith(inner)}
+        load_module(layers[index], f"{prefix}.{index}", streamed.reader, torch.float32, streamed.device)
+        block_modules = dict(layers[index].named_modules())
+        masks = {short: (block_modules[short].weight.detach() != 0) for short, name in names.items() if name in sparse}
+        outputs: dict[str, list] = {}
+        passes = CalibrationPasses(*(_block_pass(streams[kind], outputs, kind) for kind in ("smooth", "calibrate",
+                                                                                             "histogram")))
+        layers[index] = block = calibrate_with(layers[index], {s: block_modules[s] for s in names}, settings, passes)
+        converted = dict(block.named_modules())  # Model Optimizer's quantized Linears
+        quants = extract({short: converted[short] for short in names}, settings, masks)
+        shards.write(f"block-{index:05d}", {names[short]: dataclasses.replace(lq, name=names[short])
+                                            for short, lq in quants.items()})
+        # a pass the settings do not make (no SmoothQuant, max ranges) is never read again: any stream will do
+        streams = {kind: outputs.get(kind, outputs["calibrate"]) for kind in streams}
+        block.to("meta")
+        bar.update(1)
+    bar.close()
+
+
+def _block_pass(stream: list, outputs: dict, kind: str):
+    """One calibration pass over one block: it runs on `stream` ([(hidden, layer kwargs)] per batch) and leaves
+    its outputs, the next block's stream of that kind, in outputs[kind]."""
+    from sparsetrt.prune.sequential import layer_output
+
+    def run(block: torch.nn.Module) -> None:
+        with torch.no_grad():
+            outputs[kind] = [(layer_output(block(hidden, **kwargs)), kwargs) for hidden, kwargs in stream]
+    return run

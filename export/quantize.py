@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -144,13 +145,23 @@ def import_modelopt():
     return mtq
 
 
+@dataclass
+class CalibrationPasses:
+    """The forward passes calibration makes, each a callable(model): over the float model for SmoothQuant's
+    statistics, in Model Optimizer's calibration mode (quantizers observing, not quantizing) for the ranges, and
+    with the weights fake-quantized for a histogram of the activations. In memory each is one pass over the
+    calibration windows; layer streaming (quant_stream) runs one block on the inputs that block sees in the same
+    pass of the whole model, so both find the same ranges."""
+
+    smooth: Callable
+    calibrate: Callable
+    histogram: Callable
+
+
 def calibrate(model: torch.nn.Module, modules: dict[str, torch.nn.Linear], settings: QuantSettings,
               windows: torch.Tensor, batch_size: int = 4, progress: bool = True, verbose: bool = False):
     """Quantize `model` in place with Model Optimizer (fake quant) on calibration `windows` [n, seq]."""
     from tqdm.auto import tqdm
-
-    mtq = import_modelopt()
-    settings.validate()
 
     def forward_loop(m):
         batches = windows.split(batch_size)
@@ -159,19 +170,30 @@ def calibrate(model: torch.nn.Module, modules: dict[str, torch.nn.Linear], setti
                               disable=not progress, leave=False):
                 m(input_ids=batch, use_cache=False)
 
+    return calibrate_with(model, modules, settings, CalibrationPasses(forward_loop, forward_loop, forward_loop),
+                          verbose)
+
+
+def calibrate_with(model: torch.nn.Module, modules: dict[str, torch.nn.Linear], settings: QuantSettings,
+                   passes: CalibrationPasses, verbose: bool = False):
+    """Quantize `modules` of `model` (a whole model, or one decoder block) in place with Model Optimizer, running
+    `passes` for its statistics; returns the converted model."""
+    mtq = import_modelopt()
+    settings.validate()
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with quiet:  # Model Optimizer prints a line per step ("Inserted 56 quantizers", ...)
         if settings.precision == "int8" and settings.smoothquant_alpha:
-            inverse = smooth(model, modules, settings.smoothquant_alpha, forward_loop)
+            inverse = smooth(model, modules, settings.smoothquant_alpha, passes.smooth)
             model = mtq.quantize(model, quantizer_config(settings, modules), None)  # quantizers, uncalibrated
             named = dict(model.named_modules())
             for name, inv in inverse.items():
                 named[name].input_quantizer.pre_quant_scale = inv.to(named[name].weight.dtype)
-            model = mtq.calibrate(model, "max", forward_loop)
+            model = mtq.calibrate(model, "max", passes.calibrate)
         else:
-            model = mtq.quantize(model, quantizer_config(settings, modules), forward_loop)
+            model = mtq.quantize(model, quantizer_config(settings, modules), passes.calibrate)
         if settings.precision == "int8" and settings.calibrator != "max":
-            _histogram_activation_amax(model, modules, settings, forward_loop)
+            named = dict(model.named_modules())  # Model Optimizer swapped the Linears for its quantized subclass
+            _histogram_activation_amax(model, {name: named[name] for name in modules}, settings, passes.histogram)
     return model
 
 

@@ -86,7 +86,7 @@ class QuantizeSection:
     tp: list = field(default_factory=lambda: [1])  # TensorRT-LLM checkpoints, one per tensor-parallel size
     gemm_outputs: bool = False          # INT8: Q/DQ after every GEMM too (INT8 in and out; see the README)
     batch_size: int = 4
-    stream: bool = False                # INT4 only: one decoder block in memory (same file; no parity / TensorRT-LLM)
+    stream: bool = False                # one decoder block in memory (same file; no parity / TensorRT-LLM)
 
 
 @dataclass

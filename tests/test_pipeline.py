@@ -148,7 +148,7 @@ def test_a_streamed_quantize_is_in_the_fingerprint_and_refused_up_front_where_it
     streamed = tiny_config(tiny_checkpoint, calib_file, tmp_path / "plain")
     streamed.quantize.stream = True
     assert fingerprint(streamed.to_dict()) != fingerprint(plain.to_dict())  # it writes fewer artifacts
-    streamed.quantize.precision = "int8"
-    with pytest.raises(SparsetrtError, match=r"--stream quantizes W4A16"):
+    streamed.quantize.precision, streamed.quantize.gptq = "int8", "on"
+    with pytest.raises(SparsetrtError, match=r"--stream with --precision int8 --gptq on"):
         run_pipeline(streamed, progress=False)
     assert not (tmp_path / "plain").exists()  # refused before any stage ran

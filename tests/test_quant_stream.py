@@ -1,4 +1,4 @@
-"""The streamed INT4 quantizer (sparsetrt quantize --stream): the in-memory run's Q/DQ file, one block in memory."""
+"""The streamed quantizer (sparsetrt quantize --stream): the in-memory run's Q/DQ file, one block in memory."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from test_export_stream import onnx_contents
 pytest.importorskip("modelopt.torch.quantization")
 
 
-def pruned_and_exported(root: Path, calib_file: Path, tied: bool) -> Path:
+def pruned_and_exported(root: Path, calib_file: Path, tied: bool, precision: str = "fp16") -> Path:
     from sparsetrt.export.stage import export_checkpoint
     from sparsetrt.prune.stage import prune_checkpoint
 
     dense = make_tiny_llama(root / "dense", hidden=128, intermediate=256, heads=4, kv_heads=2, tied=tied, seed=5)
     prune_checkpoint(str(dense), root / "pruned", method="sparsegpt", pattern="2:4", calib=str(calib_file),
                      calib_samples=4, calib_seq_len=32, progress=False)
-    export_checkpoint(root / "pruned", root / "onnx", precisions=["fp16"])
+    export_checkpoint(root / "pruned", root / "onnx", precisions=[precision])
     return root
 
 
@@ -33,24 +33,38 @@ def quantize(root: Path, calib_file: Path, name: str, settings: dict, stream: bo
                                stream=stream)
 
 
-@pytest.mark.parametrize("tied,settings", [(False, {}), (True, {"gptq": "off", "embeddings": "int4"})],
-                         ids=["gptq-untied-int8-tables", "nearest-tied-int4-table"])
-def test_streamed_int4_writes_the_in_memory_file(calib_file, tmp_path, monkeypatch, tied, settings):
-    """Same nodes, same initializers (integers, scales, everything untouched) as the in-memory quantizer, whose
-    integers come out of Model Optimizer's quantizers; the zeros verified; what needs the whole model said."""
+@pytest.mark.parametrize("tied,settings", [
+    (False, {}), (True, {"gptq": "off", "embeddings": "int4"}),
+    (False, {"precision": "int8"}), (True, {"precision": "int8", "smoothquant_alpha": 0, "calibrator": "percentile",
+                                            "int8_outputs": True}),
+], ids=["int4-gptq-untied-int8-tables", "int4-nearest-tied-int4-table", "int8-smoothquant-max",
+        "int8-percentile-gemm-outputs"])
+def test_streamed_quantize_writes_the_in_memory_file(calib_file, tmp_path, monkeypatch, tied, settings):
+    """Same nodes, same initializers (integers, scales, activation scales, SmoothQuant's multipliers, everything
+    untouched) as the in-memory quantizer, whose integers and ranges come out of Model Optimizer's quantizers
+    calibrated on the whole model; the zeros verified; what needs the whole model said."""
     from sparsetrt.prune import streaming
 
-    root = pruned_and_exported(tmp_path, calib_file, tied)
+    settings = dict(settings)
+    if settings.pop("int8_outputs", False):
+        settings["gemm_outputs"] = True
+    int8 = settings.get("precision") == "int8"
+    root = pruned_and_exported(tmp_path, calib_file, tied, "fp32" if int8 else "fp16")
     whole = quantize(root, calib_file, "whole", settings, stream=False)
     monkeypatch.setattr(streaming, "READ_CHUNK_BYTES", 8192)  # the weights and tables read in many row chunks
     streamed = quantize(root, calib_file, "streamed", settings, stream=True)
-    a, nodes_a = onnx_contents(root / "whole" / "model.int4.onnx")
-    b, nodes_b = onnx_contents(root / "streamed" / "model.int4.onnx")
+    onnx_name = "model.int8.onnx" if int8 else "model.int4.onnx"
+    a, nodes_a = onnx_contents(root / "whole" / onnx_name)
+    b, nodes_b = onnx_contents(root / "streamed" / onnx_name)
     assert sorted(a) == sorted(b)
     for name in a:
         assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
     assert nodes_a == nodes_b
     assert any(n[0] == "DequantizeLinear" and n[1][0].endswith("mlp.down_proj.weight_quantized") for n in nodes_b)
+    if int8:  # the activation ranges were calibrated, and with SmoothQuant its multipliers are in the file
+        assert sum(n[0] == "QuantizeLinear" for n in nodes_b) == 14 * (2 if settings.get("gemm_outputs") else 1)
+        assert any(name.endswith(".pre_quant_scale") for name in b) == bool(settings.get("smoothquant_alpha", -1))
+        assert streamed["onnx"]["requantized_outputs"] == whole["onnx"]["requantized_outputs"]
     assert streamed["onnx"]["sparsity_verification"]["ok"] and streamed["onnx"]["sparsity_verification"]["checked"] == 14
     assert streamed["passed"] and streamed["parity"]["passed"] is None and "--stream" in streamed["parity"]["skipped"]
     assert streamed["trtllm"] == {} and "--stream" in streamed["trtllm_skipped"]
@@ -58,14 +72,17 @@ def test_streamed_int4_writes_the_in_memory_file(calib_file, tmp_path, monkeypat
     assert streamed["fingerprint"] != whole["fingerprint"]  # fewer artifacts: a streamed run never stands in
     for name, info in whole["modules"].items():
         assert streamed["modules"][name]["mask_fixes"] == info["mask_fixes"] == 0
+        assert streamed["modules"][name]["input_scale"] == info["input_scale"]
+        assert streamed["modules"][name]["pre_scale"] == info["pre_scale"]
         if info["gptq_error"] is not None:
             assert streamed["modules"][name]["gptq_error"] == pytest.approx(info["gptq_error"], rel=1e-5)
-    saved = [s["sizes"]["onnx-int4"]["bytes"] - s["sizes"]["onnx-int4"]["compressed_2to4_bytes"] for s in (whole, streamed)]
+    key = f"onnx-{'int8' if int8 else 'int4'}"
+    saved = [s["sizes"][key]["bytes"] - s["sizes"][key]["compressed_2to4_bytes"] for s in (whole, streamed)]
     assert saved[0] == saved[1] > 0  # the same 2:4 storage estimate (the files' protobuf framing differs by bytes)
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["--precision", "int8"], r"--stream quantizes W4A16 \(--precision int4\) only"),
+    (["--precision", "int8", "--gptq", "on", "--smoothquant-alpha", "0"], r"--stream with --precision int8 --gptq on"),
     (["--precision", "int4", "--awq", "--gptq", "off"], r"--stream does not run AWQ"),
     (["--precision", "int4", "--embeddings", "int4"], r"GPTQ on the lm_head needs the final hidden states"),
 ])
@@ -114,3 +131,19 @@ def test_gptq_on_the_gpu_matches_the_cpu(calib_file, tmp_path, stream):
     assert runs["cuda"]["execution"]["device"] == "cuda" and runs["cuda"]["onnx"]["sparsity_verification"]["ok"]
     for name, info in runs["cpu"]["modules"].items():
         assert runs["cuda"]["modules"][name]["gptq_error"] == pytest.approx(info["gptq_error"], rel=0.05), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (--device cuda); this machine has none")
+def test_streamed_int8_calibration_on_the_gpu_matches_the_cpu(calib_file, tmp_path):
+    """Model Optimizer's ranges calibrated with each block on the GPU: the zeros kept, every activation range as on
+    the CPU up to GPU rounding."""
+    from sparsetrt.export.quant_stage import quantize_checkpoint
+
+    root = pruned_and_exported(tmp_path, calib_file, tied=False, precision="fp32")
+    runs = {device: quantize_checkpoint(root / "pruned", root / "onnx", root / device, {"precision": "int8"},
+                                        calib=str(calib_file), calib_samples=4, calib_seq_len=32, tp_sizes=(),
+                                        progress=False, stream=True, device=device) for device in ("cpu", "cuda")}
+    assert runs["cuda"]["execution"]["device"] == "cuda" and runs["cuda"]["onnx"]["sparsity_verification"]["ok"]
+    for name, info in runs["cpu"]["modules"].items():
+        assert runs["cuda"]["modules"][name]["input_scale"] == pytest.approx(info["input_scale"], rel=0.01), name

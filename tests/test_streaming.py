@@ -137,7 +137,8 @@ def test_bench_scale_on_a_tiny_shape_at_two_depths(tmp_path, monkeypatch):
                                                    tie_word_embeddings=False))
     # the streamed export on one depth (it exports the prune-stream output); the whole export has its own tests
     settings = scale.ScaleBenchSettings(runs=(("tiny", 1, ("prune", "prune-stream", "export-fp16-stream",
-                                                           "engine-fp16", "quantize-int4-stream", "engine-int4")),
+                                                           "engine-fp16", "quantize-int4-stream", "engine-int4",
+                                                           "export-fp32-stream", "quantize-int8-stream", "engine-int8")),
                                               ("tiny", 3, ("prune", "prune-stream"))),
                                         calib_samples=4, calib_seq_len=32)
     report = scale.run_scale_bench(settings, tmp_path / "out", tmp_path / "work", progress=False)
@@ -152,14 +153,17 @@ def test_bench_scale_on_a_tiny_shape_at_two_depths(tmp_path, monkeypatch):
     sidecar = json.loads((tmp_path / "work" / "tiny-1L" / "engine-fp16" / "engine.json").read_text())
     assert engine["peak_rss_bytes"] >= sidecar["peak_rss_mb"] * 1e6 * 0.99  # the build runs in a child: counted
     assert "| engine-fp16 |" in (tmp_path / "out" / "scale.md").read_text()
-    quantized = report["rows"][0]["stages"].pop("quantize-int4-stream")
-    assert quantized["rc"] == 0 and quantized["input"] == "prune-stream checkpoint + export-fp16-stream ONNX", quantized
-    manifest = json.loads((tmp_path / "work" / "tiny-1L" / "quantize-int4-stream" / "quantize.json").read_text())
-    assert manifest["execution"]["streamed"] and manifest["onnx"]["sparsity_verification"]["ok"]
-    engine = report["rows"][0]["stages"].pop("engine-int4")
-    assert engine["rc"] == 0 and engine["input"] == "quantize-int4-stream ONNX", engine
-    assert (tmp_path / "work" / "tiny-1L" / "engine-int4" / "model.engine").stat().st_size > 0
-    del report["rows"][0]["stages"]["export-fp16-stream"]
+    for precision, graph in (("int4", "fp16"), ("int8", "fp32")):  # each quantizer over its float graph, then built
+        quantized = report["rows"][0]["stages"].pop(f"quantize-{precision}-stream")
+        log = (tmp_path / "work" / "tiny-1L" / f"quantize-{precision}-stream.log").read_text()[-800:]
+        assert quantized["rc"] == 0 and quantized["input"] == f"prune-stream checkpoint + export-{graph}-stream ONNX", log
+        manifest = json.loads((tmp_path / "work" / "tiny-1L" / f"quantize-{precision}-stream" / "quantize.json").read_text())
+        assert manifest["execution"]["streamed"] and manifest["onnx"]["sparsity_verification"]["ok"]
+        assert manifest["precision"] == precision and manifest["settings"]["quant"]["activations"] == graph
+        engine = report["rows"][0]["stages"].pop(f"engine-{precision}")
+        assert engine["rc"] == 0 and engine["input"] == f"quantize-{precision}-stream ONNX", engine
+        assert (tmp_path / "work" / "tiny-1L" / f"engine-{precision}" / "model.engine").stat().st_size > 0
+    del report["rows"][0]["stages"]["export-fp16-stream"], report["rows"][0]["stages"]["export-fp32-stream"]
     for row in report["rows"]:
         assert set(row["stages"]) == {"prune", "prune-stream"}
         for stage, result in row["stages"].items():

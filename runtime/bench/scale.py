@@ -8,7 +8,9 @@ the 8B extrapolation (32 blocks) uses, and says so. Stages: `sparsetrt prune` (S
 model loaded, and with --stream (one block at a time); `sparsetrt export --precision fp16` whole (where the machine
 has room for it) and with --stream (fake-tensor trace, weights written one at a time), both of the prune-stream
 output when that stage ran (so the 2:4 verifier runs too), else of the random checkpoint; `sparsetrt engine
---builder rtx` (TensorRT-RTX, ahead of time, no GPU) of the fp16 ONNX an export stage of the row wrote.
+--builder rtx` (TensorRT-RTX, ahead of time, no GPU) of the fp16 ONNX an export stage of the row wrote;
+`sparsetrt quantize --stream` INT4 (over the fp16 ONNX) and INT8 (over an fp32 one, export-fp32-stream) of the
+prune-stream checkpoint, and engines of both files.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ SHAPES = {
 DEFAULT_RUNS = (("smollm2-135m", None), ("smollm2-360m", None), ("tinyllama-1.1b", None), ("llama3-8b", 1),
                 ("llama3-8b", 2))
 STAGES = ("prune", "prune-stream", "export-fp16", "export-fp16-stream", "engine-fp16", "quantize-int4-stream",
-          "engine-int4")
+          "engine-int4", "export-fp32-stream", "quantize-int8-stream", "engine-int8")
+# The float graph each streamed quantizer rewrites (the quantizer's default --activations: W8A8 needs fp32's)
+QUANT_GRAPH = {"int4": "fp16", "int8": "fp32"}
 EXPORT_LIMIT_FACTOR = 3.7  # export peak measured at up to 3.7x the fp32 model (the issue's table)
 EXPORT_RAM_SHARE = 0.8     # run the whole-model export only where that peak leaves a fifth of the RAM free
 
@@ -154,13 +158,14 @@ def stage_command(stage: str, checkpoint: Path, out: Path, settings: ScaleBenchS
                       "--pattern", "2:4", "--calib", "auto", "--calib-samples", str(settings.calib_samples),
                       "--calib-seq-len", str(settings.calib_seq_len), "--no-progress", "--overwrite"] + \
             (["--stream"] if stage == "prune-stream" else [])
-    if stage.startswith("export-fp16"):
-        return cli + ["export", "--model", str(checkpoint), "--out", str(out), "--precision", "fp16", "--overwrite"] + \
-            (["--stream"] if stage == "export-fp16-stream" else [])
-    if stage == "quantize-int4-stream":  # `checkpoint` is the export directory; the pruned checkpoint sits beside it
+    if stage.startswith("export-"):
+        precision = stage.split("-")[1]
+        return cli + ["export", "--model", str(checkpoint), "--out", str(out), "--precision", precision, "--overwrite"] + \
+            (["--stream"] if stage.endswith("-stream") else [])
+    if stage.startswith("quantize-"):  # `checkpoint` is the export directory; the pruned checkpoint sits beside it
         pruned = checkpoint.parent / "prune-stream"
         return cli + ["quantize", "--model", str(pruned), "--onnx-dir", str(checkpoint), "--out", str(out),
-                      "--precision", "int4", "--calib", "auto", "--calib-samples", str(settings.calib_samples),
+                      "--precision", stage.split("-")[1], "--calib", "auto", "--calib-samples", str(settings.calib_samples),
                       "--calib-seq-len", str(settings.calib_seq_len), "--stream", "--no-progress", "--overwrite"]
     if stage.startswith("engine-"):
         precision = stage.removeprefix("engine-")
@@ -179,26 +184,28 @@ def stage_input(stage: str, row_dir: Path, checkpoint: Path) -> tuple[Path | Non
             if (row_dir / export / "export.json").is_file():
                 return row_dir / export / "model.fp16.onnx", f"{export} ONNX"
         return None, "needs an export-fp16 or export-fp16-stream stage of this row first"
-    if stage == "quantize-int4-stream":
-        for export in ("export-fp16-stream", "export-fp16"):
+    if stage.startswith("quantize-"):
+        graph = QUANT_GRAPH[stage.split("-")[1]]
+        for export in (f"export-{graph}-stream", f"export-{graph}"):
             if (row_dir / export / "export.json").is_file() and (row_dir / "prune-stream" / "sparsity.json").is_file():
                 return row_dir / export, f"prune-stream checkpoint + {export} ONNX"
-        return None, "needs the prune-stream and an export-fp16(-stream) output of this row (delete them from --work " \
-                     "and run those stages again)"
-    if stage == "engine-int4":
-        if (row_dir / "quantize-int4-stream" / "quantize.json").is_file():
-            return row_dir / "quantize-int4-stream" / "model.int4.onnx", "quantize-int4-stream ONNX"
-        return None, "needs the quantize-int4-stream stage of this row first"
+        return None, f"needs the prune-stream and an export-{graph}(-stream) output of this row (delete them from " \
+                     "--work and run those stages again)"
+    if stage in ("engine-int4", "engine-int8"):
+        precision = stage.removeprefix("engine-")
+        if (row_dir / f"quantize-{precision}-stream" / "quantize.json").is_file():
+            return row_dir / f"quantize-{precision}-stream" / f"model.{precision}.onnx", f"quantize-{precision}-stream ONNX"
+        return None, f"needs the quantize-{precision}-stream stage of this row first"
     return checkpoint, "random checkpoint"
 
 
-def disk_shortfall(work: Path, row_sizes: dict) -> str | None:
+def disk_shortfall(work: Path, row_sizes: dict, stage: str = "") -> str | None:
     """Why a stage cannot start on this disk, or None. Every stage writes about the model in 16 bits (a checkpoint,
-    an fp16 ONNX, an engine) plus its scratch; a full disk fails a stage midway (a shared disk filled up under
-    this benchmark once, and a `make demo` beside it died writing its ONNX)."""
+    an fp16 ONNX, an engine; an fp32 ONNX twice that) plus its scratch; a full disk fails a stage midway (a shared
+    disk filled up under this benchmark once, and a `make demo` beside it died writing its ONNX)."""
     import shutil
 
-    needed = 1.2 * row_sizes["bf16_bytes"] + GiB
+    needed = (2.4 if "fp32" in stage else 1.2) * row_sizes["bf16_bytes"] + GiB
     free = shutil.disk_usage(work).free
     if free >= needed:
         return None
@@ -252,7 +259,7 @@ def run_scale_bench(settings: ScaleBenchSettings, out: Path, work: Path, progres
                 continue
             random_checkpoint(checkpoint, shape, tokenizer_dir)  # returns at once when it exists
             source, what = stage_input(stage, work / label, checkpoint)
-            reason = what if source is None else disk_shortfall(work, row["sizes"])
+            reason = what if source is None else disk_shortfall(work, row["sizes"], stage)
             if reason:
                 row["stages"][stage] = {"skipped": reason}
                 continue
@@ -354,7 +361,9 @@ def markdown(report: dict) -> str:
     lines += ["", "Targets: prune and quantize <= 4 x one block in bf16 + the embedding in bf16 + 2 GB (whatever the depth); "
                   "export <= 1.5 x the fp16 model. Exports take the prune-stream output where that stage ran (and "
                   "verify its 2:4 pattern in the file); quantize-int4-stream (W4A16, GPTQ with the mask held) reads "
-                  "the prune-stream checkpoint and the streamed fp16 ONNX, engine-int4 builds its file. "
+                  "the prune-stream checkpoint and the streamed fp16 ONNX, quantize-int8-stream (W8A8, Model "
+                  "Optimizer's SmoothQuant + max ranges, one block at a time) the same checkpoint and the streamed "
+                  "fp32 ONNX; engine-int4 / engine-int8 build their files. "
                   "\"(earlier run)\": kept from an earlier report with the "
                   "same calibration settings (see the note for which code measured it).", ""]
     if report.get("fits"):

@@ -267,10 +267,12 @@ def scale_arguments(p):
                    help="comma-separated SHAPE[@BLOCKS][:STAGE+STAGE] (random-weight Llamas of smollm2-135m, "
                         "smollm2-360m, tinyllama-1.1b, llama3-8b shapes; stages after ':' limit that run)")
     p.add_argument("--stages", default="prune,prune-stream,export-fp16,export-fp16-stream,engine-fp16,"
-                                       "quantize-int4-stream,engine-int4",
+                                       "quantize-int4-stream,engine-int4,export-fp32-stream,quantize-int8-stream,"
+                                       "engine-int8",
                    help="comma-separated, of prune, prune-stream, export-fp16, export-fp16-stream, engine-fp16 "
                         "(TensorRT-RTX build of the fp16 ONNX), quantize-int4-stream (W4A16 --stream of the pruned "
-                        "checkpoint and its fp16 ONNX), engine-int4 (TensorRT-RTX build of that INT4 ONNX)")
+                        "checkpoint and its fp16 ONNX), engine-int4 (TensorRT-RTX build of that INT4 ONNX), "
+                        "export-fp32-stream, quantize-int8-stream (W8A8 --stream over that fp32 ONNX), engine-int8")
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-seq-len", type=int, default=256)
     p.add_argument("--work", default="artifacts/scale", help="random checkpoints and stage outputs (reused)")

@@ -54,8 +54,8 @@ def quantize_arguments(p):
                    help="INT8: quantize every GEMM's output too (INT8 in and out, the layout sparse INT8 tactics are "
                         "reported to need); costs fidelity, see the README")
     p.add_argument("--tp", type=int, nargs="*", default=[1], help="TensorRT-LLM tensor-parallel sizes (none: skip)")
-    options.placement(p, what="INT4 (W4A16) only; no parity references or TensorRT-LLM checkpoints, which need the "
-                              "whole model")
+    options.placement(p, what="same Q/DQ file; no parity references or TensorRT-LLM checkpoints, which need the whole "
+                              "model; not with AWQ or INT8 + GPTQ")
     options.calibration(p)
     options.eval_corpus(p)
     options.progress(p)
