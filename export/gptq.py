@@ -79,20 +79,20 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
     rows, cols = weight.shape
     keep = torch.ones(rows, cols, dtype=torch.bool, device=weight.device) if keep is None else \
         keep.to(weight.device, torch.bool)
-    W = weight.detach().float() * keep
     if block is not None and cols % block:
         raise ValueError(f"block {block} must divide {cols} inputs")
     if hessian.dtype != torch.float32:
         raise ValueError("the Hessian must be float32 (it is permuted in place)")
     dead = torch.diagonal(hessian) == 0  # inputs that never fired: their weights carry nothing; SparseGPT zeroed them
-    W[:, dead] = 0.0
-    if block is None:
-        scale = clipped_scale(W, qmax)
-    else:
-        scale = torch.stack([clipped_scale(W[:, g:g + block], qmax) for g in range(0, cols, block)], 1)
+    scale = _initial_scales(weight, keep, dead, qmax, block)
     perm = torch.argsort(torch.diagonal(hessian), descending=True) if act_order else torch.arange(cols)
-    W, keep_p = W[:, perm], keep[:, perm]
+    # The one working copy, gathered straight into act order (masking, then permuting, made two; masking is exact,
+    # so the order of the two steps does not change a value)
+    W = weight.detach()[:, perm].float()
+    keep_p = keep[:, perm]
+    W.mul_(keep_p)
     dead_p = dead[perm]
+    W[:, dead_p] = 0.0
     permute_symmetric_(hessian, perm)
     try:
         hessian[dead_p, dead_p] = 1.0
@@ -127,6 +127,19 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
     return Q, scale, error
 
 
+def _initial_scales(weight: torch.Tensor, keep: torch.Tensor, dead: torch.Tensor, qmax: int,
+                    block: int | None) -> torch.Tensor:
+    """clipped_scale of the masked weight (dead inputs zeroed), per row or per block of `block` inputs, computed
+    over row chunks: each row's scale depends on that row alone, so no masked copy of the whole weight is made."""
+    scales = []
+    for r in range(0, weight.shape[0], ERROR_CHUNK_ROWS):
+        w = weight[r:r + ERROR_CHUNK_ROWS].detach().float() * keep[r:r + ERROR_CHUNK_ROWS]
+        w[:, dead] = 0.0
+        scales.append(clipped_scale(w, qmax) if block is None else
+                      torch.stack([clipped_scale(w[:, g:g + block], qmax) for g in range(0, w.shape[1], block)], 1))
+    return torch.cat(scales)
+
+
 def gptq_model(model, windows: torch.Tensor, modules: dict, keep: dict, qmax: int, block: int | None,
                batch_size: int = 4, progress: bool = True, hooks=None,
                sink=None) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
@@ -144,13 +157,15 @@ def gptq_model(model, windows: torch.Tensor, modules: dict, keep: dict, qmax: in
     mask_of = keep if callable(keep) else (lambda name, _module: keep.get(name))
 
     def update(group: dict, stats) -> list:
-        stacked = torch.cat([m.weight.data.float() for m in group.values()])
+        # a group of one (o_proj, down_proj) is quantized from its own weight: gptq_quantize only reads it, and the
+        # weight is overwritten below, after it returns (an 8B down_proj's stacked copy was 235 MB at the peak)
+        stacked = _stacked([m.weight.data.float() for m in group.values()])
         masks = []
         for name, module in group.items():
             mask = mask_of(name, module)
             masks.append(torch.ones_like(module.weight, dtype=torch.bool) if mask is None else
                          mask.to(module.weight.device))
-        q, scale, error = gptq_quantize(stacked, stats.hessian, torch.cat(masks), qmax, block)
+        q, scale, error = gptq_quantize(stacked, stats.hessian, _stacked(masks), qmax, block)
         del masks
         row = 0
         for name, module in group.items():
@@ -167,3 +182,8 @@ def gptq_model(model, windows: torch.Tensor, modules: dict, keep: dict, qmax: in
     sequential_update(model, windows, modules, update, want_hessian=True, batch_size=batch_size, progress=progress,
                       desc=f"GPTQ {'INT8' if block is None else 'INT4'}", hooks=hooks)
     return results
+
+
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors concatenated along rows; a single one as it is (torch.cat would copy it)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
