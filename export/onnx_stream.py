@@ -12,7 +12,7 @@ numpy copy of every Linear's transpose: ~3.3x the fp32 model at peak, ~100 GB fo
    onnx_ir.LazyTensor of its transpose, named and annotated as onnxscript's own folding names it; any other
    large weight (an embedding, a tied head) a LazyTensor of itself;
 3. torch.onnx's own optimizer runs (it never reads a LazyTensor: all of them are above its size limits), and the
-   save writes each LazyTensor by evaluating it, so one weight at a time is in memory.
+   save writes each LazyTensor chunk by chunk (CheckpointChunks), so part of one weight at a time is in memory.
 The result has the in-memory export's nodes and initializers (names, dtypes, values;
 tests/test_export_stream.py); only the order of initializers in the file differs.
 """
@@ -121,11 +121,38 @@ def checkpoint_key(key: str, aliases: dict, reader) -> str:
 def _lazy(reader, key: str, dtype: torch.dtype, ir_dtype, shape, transpose: bool):
     import onnx_ir as ir
 
-    def read():
-        tensor = reader.get(key, dtype)
-        return ir.Tensor((tensor.t().contiguous() if transpose else tensor).numpy())
+    # cache=False: evaluated while saving, then dropped
+    return ir.LazyTensor(lambda: CheckpointChunks(reader, key, dtype, transpose), dtype=ir_dtype, shape=shape)
 
-    return ir.LazyTensor(read, dtype=ir_dtype, shape=shape)  # cache=False: evaluated while saving, then dropped
+
+class CheckpointChunks:
+    """What a lazy weight evaluates to: checkpoint tensor `key` cast to `dtype` (transposed if folded), which the
+    save writes into the external-data file chunk by chunk (onnx_ir calls tofile; CheckpointReader.chunks), so
+    part of it is in memory rather than all of it (an 8B lm_head read whole in fp32 is 2 GiB, and its transpose 2
+    more: the peak of the streamed fp32 export). The bytes are the whole tensor's (each value is only cast), which
+    tests/test_export_stream.py checks with chunks smaller than a row."""
+
+    def __init__(self, reader, key: str, dtype: torch.dtype, transpose: bool):
+        self.reader, self.key, self.dtype, self.transpose = reader, key, dtype, transpose
+
+    def chunks(self):
+        return self.reader.chunks(self.key, self.dtype, self.transpose)
+
+    def tofile(self, file) -> None:
+        for chunk in self.chunks():
+            file.write(memoryview(chunk.numpy()).cast("B"))
+
+    def numpy(self):
+        import numpy as np
+
+        return np.concatenate([chunk.numpy() for chunk in self.chunks()])
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
+
+    def tobytes(self) -> bytes:
+        return self.numpy().tobytes()
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ from onnx import helper
 
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.onnx_io import PLAIN_DTYPES, initializer_array
-from sparsetrt.export.quantize import LinearQuant
 from sparsetrt.prune.verify import digest, digest_of_rows
 
 
@@ -45,18 +44,11 @@ def locate_streamed(onnx_path: Path, graph, checkpoint: Path, wanted: dict) -> d
 
 
 def checkpoint_digest(reader, tensor: str, transposed: bool, dtype: np.dtype) -> str:
-    """digest() of a checkpoint tensor cast (through fp32) to `dtype`, transposed or not, read in row chunks: an 8B
-    vocabulary table is held once, in `dtype`, only when transposed (whole, it was the fp32 table plus three
-    copies of it)."""
+    """digest() of a checkpoint tensor cast (through fp32) to `dtype`, transposed or not, hashed chunk by chunk
+    (CheckpointReader.chunks): an 8B vocabulary table is never held (whole and transposed, it was 2 GiB in fp32)."""
     shape = reader.header(tensor)[0]
-    chunks = reader.row_chunks(tensor)
-    if not transposed:
-        pieces = (reader.rows(tensor, a, b, torch.float32).numpy().astype(dtype) for a, b in chunks)
-        return digest_of_rows(pieces, shape, dtype)
-    out = np.empty(shape[::-1], dtype=dtype)  # a 2-D tensor, transposed
-    for a, b in chunks:
-        out[:, a:b] = reader.rows(tensor, a, b, torch.float32).numpy().astype(dtype).T
-    return digest(out)
+    pieces = (chunk.numpy().astype(dtype) for chunk in reader.chunks(tensor, torch.float32, transposed))
+    return digest_of_rows(pieces, shape[::-1] if transposed else shape, dtype)
 
 
 def initializer_digest(init, base_dir: Path) -> str:
@@ -82,11 +74,12 @@ def initializer_digest(init, base_dir: Path) -> str:
     return digest_of_rows(pieces(), tuple(init.dims), dtype)
 
 
-def write_qdq_onnx_streamed(src: Path, dst: Path, checkpoint: Path, shards, tables: dict[str, LinearQuant],
+def write_qdq_onnx_streamed(src: Path, dst: Path, checkpoint: Path, shards, table_shards,
                             table_keys: dict[str, str]) -> dict:
     """Write the quantized copy of `src` to `dst` (+ .data). `shards` (quant_stream.QuantShards) hold the Linears'
-    integers, read one at a time; `tables` are the quantized vocabulary tables, `table_keys` their checkpoint
-    tensor names; `checkpoint` holds the float weights the graph holds now (to find them by content)."""
+    integers and `table_shards` the quantized vocabulary tables', each read when it is written; `table_keys` are
+    the tables' checkpoint tensor names and `checkpoint` holds the float weights the graph holds now (to find
+    them by content)."""
     import onnx_ir as ir
 
     from sparsetrt.export.onnx_io import load_onnx
@@ -100,6 +93,7 @@ def write_qdq_onnx_streamed(src: Path, dst: Path, checkpoint: Path, shards, tabl
                              f">= {MIN_QDQ_OPSET}: re-export with --opset 21")
     modules = list(shards.file_of)
     wanted = {("linear", m): (f"{m}.weight", True) for m in modules}
+    tables = list(table_shards.file_of)
     wanted |= {("table", t, flip): (table_keys[t], flip) for t in tables for flip in (False, True)}
     found = locate_streamed(src, proto.graph, checkpoint, wanted)
     located = {m: found[("linear", m)] for m in modules if ("linear", m) in found}
@@ -133,13 +127,14 @@ def write_qdq_onnx_streamed(src: Path, dst: Path, checkpoint: Path, shards, tabl
             requantized += _quantize_activations(graph, module, node, shards, np_float, first=k == 0)
         matmuls += len(users)
     table_summary = {}
-    for name, lq in tables.items():
+    for name in tables:
         init_name, stored_transposed = located_tables[name]
         users = graph.initializers[init_name].uses()
         readers = sorted({u.node.op_type for u in users})
-        _dequantize_in_place(graph, init_name, name, lambda lq=lq: lq, lq.block, transposed=stored_transposed,
-                             np_float=np_float, users=users, order=order)
-        table_summary[name] = {"initializer": init_name, "bits": 8 if lq.block is None else 4, "block": lq.block,
+        block = table_shards.blocks[name]
+        _dequantize_in_place(graph, init_name, name, lambda t=name: table_shards.get(t), block,
+                             transposed=stored_transposed, np_float=np_float, users=users, order=order)
+        table_summary[name] = {"initializer": init_name, "bits": 8 if block is None else 4, "block": block,
                                "readers": readers}
 
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +189,7 @@ def _dequantize_in_place(graph, init_name: str, name: str, load, block: int | No
         q = load().q
         q = q.t().contiguous() if transposed else q
         if block is None:
-            return ir.Tensor(q.numpy().astype(np.int8))
+            return ir.Tensor(q.numpy().astype(np.int8, copy=False))
         return ir.PackedTensor(np.frombuffer(pack_int4(q), dtype=np.uint8), ir.DataType.INT4, shape=list(q.shape))
 
     def scales():

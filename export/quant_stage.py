@@ -182,8 +182,7 @@ def quantize_checkpoint(
                             "seq_len": calib_seq_len, "seed": seed, "library": built["library"]},
             "modules": built["modules"],
             "mask_fixes": sum(m["mask_fixes"] for m in built["modules"].values()),
-            "embeddings": {name: {"precision": settings.embeddings, "block": lq.block, "shared_by": lq.extra["shared_by"]}
-                           for name, lq in built["tables"].items()},
+            "embeddings": {name: {"precision": settings.embeddings, **info} for name, info in built["tables"].items()},
             "onnx": {"file": onnx_name, "source": str(src_onnx), **built["graph"], "sparsity_verification": verification,
                      "lint": {**lint.to_json(), "path": onnx_name}},  # the final file, relative to `out`
             "trtllm": {str(tp): info for tp, info in built["checkpoints"].items()},
@@ -263,7 +262,8 @@ def _in_memory_artifacts(lm, modules, checkpoint, src_onnx, tmp, out, onnx_name,
     timings["parity_s"] = time.perf_counter() - start
     unified = _unified_checkpoint(lm, tmp, out, settings.precision, sparsity)  # last: the exporter packs lm's weights
     return {"verification": verification, "lint": lint, "graph": graph, "checkpoints": checkpoints,
-            "unified": unified, "tables": tables, "modules": _modules_info(quants, gptq),
+            "unified": unified, "tables": {name: _table_info(lq.block, lq.extra) for name, lq in tables.items()},
+            "modules": _modules_info(quants, gptq),
             "numels": {name: a.size for name, a in source.items()}, "library": _modelopt_version(),
             "parity": {"passed": parity["passed"], "report": "parity.html",
                        "candidates": {c["name"]: {"passed": c["passed"], "gated": bool(c["checks"]),
@@ -290,7 +290,7 @@ def _streamed_artifacts(checkpoint, src_onnx, tmp, onnx_name, settings, windows,
 
     sparse = set((sparsity or {}).get("modules", {}))
     with tempfile.TemporaryDirectory(prefix="quant-shards-", dir=tmp) as shard_dir:
-        shards = QuantShards(Path(shard_dir))
+        shards, table_shards = QuantShards(Path(shard_dir) / "linears"), QuantShards(Path(shard_dir) / "tables")
         start = time.perf_counter()
         if settings.precision == "int8":  # Model Optimizer's activation ranges, one block at a time
             gptq = {}
@@ -301,11 +301,12 @@ def _streamed_artifacts(checkpoint, src_onnx, tmp, onnx_name, settings, windows,
                                              device=device, progress=progress)
         timings["gptq_s" if settings.use_gptq else "calibrate_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        tables, table_keys = quantize_tables_streamed(checkpoint, settings)
+        table_keys = quantize_tables_streamed(checkpoint, settings, table_shards)
         timings["embeddings_s"] = time.perf_counter() - start
         start = time.perf_counter()
         print(f"writing {onnx_name} (Q/DQ over the {settings.activations} graph, one tensor at a time) ...", flush=True)
-        graph = write_qdq_onnx_streamed(src_onnx, tmp / onnx_name, checkpoint, shards, tables, table_keys)
+        graph = write_qdq_onnx_streamed(src_onnx, tmp / onnx_name, checkpoint, shards, table_shards, table_keys)
+        tables = {name: _table_info(table_shards.blocks[name], table_shards.extras[name]) for name in table_keys}
         timings["onnx_s"] = time.perf_counter() - start
         modules = {name: {"block": shards.blocks[name], "input_scale": shards.input_scales[name],
                           "pre_scale": shards.has_pre_scale[name], "mask_fixes": shards.mask_fixes[name],
@@ -319,6 +320,11 @@ def _streamed_artifacts(checkpoint, src_onnx, tmp, onnx_name, settings, windows,
             "modules": modules, "numels": numels, "library": _streamed_library(settings),
             "parity": {"passed": None, "report": None, "candidates": {},
                        "skipped": f"not run under --stream: each of its PyTorch references {NOT_STREAMED}"}}
+
+
+def _table_info(block: int | None, extra: dict) -> dict:
+    """A quantized vocabulary table as the manifest records it."""
+    return {"block": block, "shared_by": extra["shared_by"]}
 
 
 def _streamed_library(settings: QuantSettings) -> str:

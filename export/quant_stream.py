@@ -65,6 +65,7 @@ class QuantShards:
         self.input_scales: dict[str, float | None] = {}
         self.output_scales: dict[str, float | None] = {}
         self.has_pre_scale: dict[str, bool] = {}
+        self.extras: dict[str, dict] = {}
 
     def write(self, tag: str, quants: dict[str, LinearQuant]) -> None:
         from safetensors.torch import save_file
@@ -82,6 +83,7 @@ class QuantShards:
             self.numels[name] = lq.q.numel()
             self.input_scales[name], self.output_scales[name] = lq.input_scale, lq.output_scale
             self.has_pre_scale[name] = lq.pre_scale is not None
+            self.extras[name] = lq.extra
         save_file(tensors, str(path))
 
     def get(self, name: str) -> LinearQuant:
@@ -90,7 +92,7 @@ class QuantShards:
         with safe_open(str(self.file_of[name]), framework="pt") as handle:
             q, scale = handle.get_tensor(f"{name}.q"), handle.get_tensor(f"{name}.scale")
         return LinearQuant(name, q, scale, self.blocks[name], self.input_scales[name], self.pre_scale(name),
-                           self.mask_fixes[name], output_scale=self.output_scales[name])
+                           self.mask_fixes[name], output_scale=self.output_scales[name], extra=self.extras[name])
 
     def pre_scale(self, name: str) -> torch.Tensor | None:
         """SmoothQuant's 1/s of Linear `name` (read on its own: the integers are not needed for it)."""
@@ -168,20 +170,21 @@ def quantize_linears_streamed(checkpoint: Path, settings: QuantSettings, windows
     return errors
 
 
-def quantize_tables_streamed(checkpoint: Path, settings: QuantSettings,
-                             trust_remote_code: bool = False) -> tuple[dict[str, LinearQuant], dict[str, str]]:
-    """The vocabulary tables rounded as the in-memory run rounds them (no statistics needed), one at a time.
-    Returns ({table: LinearQuant}, {table: its checkpoint tensor name})."""
+def quantize_tables_streamed(checkpoint: Path, settings: QuantSettings, shards: QuantShards,
+                             trust_remote_code: bool = False) -> dict[str, str]:
+    """The vocabulary tables rounded as the in-memory run rounds them (no statistics needed), one at a time, each
+    into `shards` once done (an untied 8B model's two INT8 tables are 1 GiB, held to the end otherwise).
+    Returns {table: its checkpoint tensor name}."""
     from sparsetrt.export.embeddings import vocabulary_tables
     from sparsetrt.export.onnx_stream import checkpoint_key
     from sparsetrt.prune.streaming import CheckpointReader, empty_model
 
     if settings.embeddings == "float":
-        return {}, {}
+        return {}
     reader = CheckpointReader(checkpoint)
     model = empty_model(checkpoint, torch.float32, trust_remote_code)
     aliases = dict(model.named_parameters(remove_duplicate=False))
-    tables, keys = {}, {}
+    keys = {}
     for name, users in vocabulary_tables(model).items():
         keys[name] = key = checkpoint_key(f"{name}.weight", aliases, reader)
         # Every row is quantized on its own (per-row INT8 scale, INT4 blocks along the row), so row chunks give
@@ -201,8 +204,10 @@ def quantize_tables_streamed(checkpoint: Path, settings: QuantSettings,
                 q = torch.empty((rows, *q_rows.shape[1:]), dtype=q_rows.dtype)
                 scale = torch.empty((rows, *scale_rows.shape[1:]), dtype=scale_rows.dtype)
             q[start:stop], scale[start:stop] = q_rows, scale_rows
-        tables[name] = LinearQuant(name, q, scale, block, None, None, extra={"shared_by": users})
-    return tables, keys
+        shards.write(f"table-{len(keys):02d}", {name: LinearQuant(name, q, scale, block, None, None,
+                                                                 extra={"shared_by": users})})
+        del q, scale
+    return keys
 
 
 

@@ -82,13 +82,34 @@ class CheckpointReader:
         rows = max(1, READ_CHUNK_BYTES // max(1, _nbytes(shape[1:], stored or torch.float32)))
         return [(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
 
-    def rows(self, name: str, start: int, stop: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Rows start:stop of tensor `name`, cast to `dtype`; the file is mapped only while they are read."""
+    def rows(self, name: str, start: int, stop: int, dtype: torch.dtype | None = None,
+             columns: tuple[int, int] | None = None) -> torch.Tensor:
+        """Rows start:stop of tensor `name` (only columns[0]:columns[1] of them if given), cast to `dtype`; the file
+        is mapped only while they are read."""
         from safetensors import safe_open
 
         with safe_open(str(self.file_of[name]), framework="pt") as handle:
-            chunk = handle.get_slice(name)[start:stop]
+            view = handle.get_slice(name)
+            chunk = view[start:stop] if columns is None else view[start:stop, columns[0]:columns[1]]
         return chunk if dtype is None else chunk.to(dtype)
+
+    def chunks(self, name: str, dtype: torch.dtype, transpose: bool = False):
+        """Consecutive row chunks (C order) of tensor `name` cast to `dtype`, or of its transpose (a 2-D tensor), of
+        about READ_CHUNK_BYTES each: what writes or hashes a large tensor without holding it (an 8B vocabulary
+        table is 2 GiB in fp32, its transpose 2 more). A chunk of the transpose is a band of the tensor's columns,
+        gathered row chunk by row chunk, so the file is mapped a row chunk at a time either way."""
+        row_chunks = self.row_chunks(name)
+        if not transpose:
+            for start, stop in row_chunks:
+                yield self.rows(name, start, stop, dtype)
+            return
+        rows, cols = self.header(name)[0]
+        width = max(1, READ_CHUNK_BYTES // (rows * dtype.itemsize))
+        for first in range(0, cols, width):
+            band = torch.empty((min(first + width, cols) - first, rows), dtype=dtype)
+            for start, stop in row_chunks:
+                band[:, start:stop] = self.rows(name, start, stop, dtype, (first, first + width)).t()
+            yield band
 
     def nbytes(self, name: str, dtype: torch.dtype) -> int:
         return _nbytes(self.header(name)[0], dtype)

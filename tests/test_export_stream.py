@@ -53,19 +53,30 @@ def bf16_pruned(calib_file, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 1000], ids=["default-chunks", "chunks-smaller-than-a-row"])
 def test_streamed_export_equals_in_memory_export_and_reads_each_weight_once_while_saving(bf16_pruned, tmp_path,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, chunk_bytes):
     """Same nodes and initializers as the in-memory export, the 2:4 pattern verified in the file, and every large
-    weight read from the checkpoint once, while the file is written (never held through tracing or optimizing)."""
+    weight read from the checkpoint once (each value once, in chunks), while the file is written (never held
+    through tracing or optimizing). With chunks smaller than a row, a transposed weight is written in bands of a
+    few columns, each gathered over many row chunks."""
     from sparsetrt.export import onnx_stream
+    from sparsetrt.prune import streaming
     from sparsetrt.prune.streaming import CheckpointReader
 
     whole = export_checkpoint(bf16_pruned, tmp_path / "whole", precisions=["fp16"])
+    if chunk_bytes:
+        monkeypatch.setattr(streaming, "READ_CHUNK_BYTES", chunk_bytes)
     reads, saving = [], []
-    original_get, original_save = CheckpointReader.get, onnx_stream.save_program
+    original_get, original_rows, original_save = CheckpointReader.get, CheckpointReader.rows, onnx_stream.save_program
 
     def get(self, name, dtype=None, device="cpu"):
         tensor = original_get(self, name, dtype, device)
+        reads.append((name, tensor.numel(), bool(saving)))
+        return tensor
+
+    def rows(self, name, start, stop, dtype=None, columns=None):
+        tensor = original_rows(self, name, start, stop, dtype, columns)
         reads.append((name, tensor.numel(), bool(saving)))
         return tensor
 
@@ -74,6 +85,7 @@ def test_streamed_export_equals_in_memory_export_and_reads_each_weight_once_whil
         original_save(program, path)
 
     monkeypatch.setattr(CheckpointReader, "get", get)
+    monkeypatch.setattr(CheckpointReader, "rows", rows)
     monkeypatch.setattr(onnx_stream, "save_program", save)
     streamed = export_checkpoint(bf16_pruned, tmp_path / "streamed", precisions=["fp16"], stream=True)
     assert whole["fingerprint"] == streamed["fingerprint"]  # where it ran is not what it wrote
@@ -81,9 +93,14 @@ def test_streamed_export_equals_in_memory_export_and_reads_each_weight_once_whil
     assert_same_export(tmp_path / "whole" / "model.fp16.onnx", tmp_path / "streamed" / "model.fp16.onnx")
     verified = streamed["files"]["fp16"]["sparsity_verification"]
     assert verified["ok"] and verified["checked"] == whole["files"]["fp16"]["sparsity_verification"]["checked"] > 0
-    large = [(name, during_save) for name, numel, during_save in reads if numel > 8192]
-    assert large and all(during_save for _, during_save in large)
-    assert len({name for name, _ in large}) == len(large)  # each once
+    reader = CheckpointReader(bf16_pruned)
+    size = {name: int(np.prod(reader.header(name)[0])) for name in reader.names()}
+    large = {name for name, _, _ in reads if size[name] > 8192}
+    assert large and all(during_save for name, _, during_save in reads if name in large)
+    read = {name: sum(numel for n, numel, _ in reads if n == name) for name in large}
+    assert read == {name: size[name] for name in large}  # each value once
+    if chunk_bytes:
+        assert all(numel < size[name] for name, numel, _ in reads if name in large)  # chunked, not whole
 
 
 def test_streamed_export_of_a_tied_model_and_its_small_weights(tiny_checkpoint, tmp_path):

@@ -90,6 +90,28 @@ def test_streamed_bf16_untied_checkpoint_matches_and_only_one_block_is_real(cali
     assert "lm_head.weight" in tensors(streamed)
 
 
+@pytest.mark.parametrize("transpose", [False, True], ids=["rows", "transposed"])
+def test_checkpoint_chunks_and_their_digest_are_the_whole_tensors(tmp_path, monkeypatch, transpose):
+    """CheckpointReader.chunks (the streamed export's writes, the Q/DQ rewrite's digests) in chunks smaller than a
+    row: concatenated, the tensor (or its transpose) cast; hashed, the digest of the whole array."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from sparsetrt.export.qdq_stream import checkpoint_digest
+    from sparsetrt.prune import streaming
+    from sparsetrt.prune.verify import digest
+
+    stored = torch.randn(37, 23).to(torch.bfloat16)
+    save_file({"w": stored}, str(tmp_path / "model.safetensors"))
+    monkeypatch.setattr(streaming, "READ_CHUNK_BYTES", 100)
+    reader = streaming.CheckpointReader(tmp_path)
+    whole = stored.float().t() if transpose else stored.float()
+    chunks = list(reader.chunks("w", torch.float32, transpose))
+    assert len(chunks) > 3 and all(c.shape[0] < whole.shape[0] for c in chunks)
+    assert torch.equal(torch.cat(chunks), whole)
+    assert checkpoint_digest(reader, "w", transpose, np.dtype(np.float16)) == digest(whole.numpy().astype(np.float16))
+
+
 def test_stream_refusals_before_any_work(tiny_checkpoint, calib_file, tmp_path, capsys):
     from sparsetrt.cli import main
 
