@@ -33,12 +33,14 @@ STATE_SIDECAR = "state.json"  # fingerprint and progress of state.pt, readable w
 
 def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data: str = "auto",
                        settings: DistillSettings | None = None, overwrite: bool = False, reuse: bool = False,
-                       progress: bool = True, stop_after: int | None = None) -> dict:
+                       progress: bool = True, stop_after: int | None = None, stream_teacher: bool = False) -> dict:
     """Distill `teacher` into the `student` directory (pruned: its zeros held fixed; or shrunk: dense and smaller);
     write the result into `out`.
 
     `stop_after` ends the run after that many steps of this invocation, leaving a resume state, as a kill
-    would (used by the tests and by anyone splitting a run over sessions)."""
+    would (used by the tests and by anyone splitting a run over sessions). `stream_teacher` keeps the teacher in
+    its checkpoint, read block by block at every forward (streamed_forward_model): the same losses and student, the
+    teacher's memory traded for a read of it per micro-batch, so it stays out of the run's fingerprint."""
     import torch
 
     from sparsetrt.calibration.data import load_corpus, tokenize_corpus
@@ -62,7 +64,7 @@ def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data:
         shutil.rmtree(resume_dir)  # the state of another run; a matching one is always resumed
 
     started = time.perf_counter()
-    teacher_lm, _ = load_model(resolve_checkpoint(teacher))
+    teacher_lm = load_teacher(resolve_checkpoint(teacher), stream_teacher)
     student_lm, tokenizer = load_model(student)
     check_compatible(teacher_lm, student_lm, settings.hidden_weight)
     teacher_lm.eval()
@@ -127,7 +129,8 @@ def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data:
     manifest = {
         "format": "sparsetrt.distill/1", "stage": "distill", "fingerprint": run_fingerprint,
         "settings": run_settings, "max_minutes": settings.max_minutes,
-        "teacher": str(teacher), "student": str(student), "data": corpus.description, "data_tokens": len(tokens),
+        "teacher": str(teacher), "teacher_streamed": stream_teacher, "student": str(student),
+        "data": corpus.description, "data_tokens": len(tokens),
         "steps": len(log), "planned_steps": total,
         "stopped_early": None if len(log) >= total else f"{stopped} at step {len(log)} of {total}",
         "tokens_seen": len(log) * step_tokens,
@@ -161,6 +164,17 @@ def summary_line(m: dict, out: Path) -> str:
     return (f"distilled {m['steps']} steps, {m['tokens_seen']:,} tokens, loss {m['loss']['first']:.4f} -> "
             f"{m['loss']['last_10_mean']:.4f} (mean of the last 10), {m['train_seconds']:.0f} s{early}; zeros "
             f"verified on {m['verification']['checked']} modules -> {out}")
+
+
+def load_teacher(checkpoint: Path, stream: bool):
+    """The teacher in fp32: loaded whole, or (stream) left in its checkpoint and read block by block per forward."""
+    from sparsetrt.models import load_model, validate_checkpoint
+    from sparsetrt.prune.streaming import streamed_forward_model
+
+    if not stream:
+        return load_model(checkpoint)[0]
+    validate_checkpoint(checkpoint)
+    return streamed_forward_model(checkpoint)
 
 
 def fit_steps(recent: list[dict], remaining_s: float, done: int, settings: DistillSettings) -> int:

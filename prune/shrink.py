@@ -110,22 +110,8 @@ def gather(model, windows: torch.Tensor, settings: ShrinkSettings, plan_: Plan, 
     """What the estimators read, per layer: activation sums of squares (down_proj and o_proj inputs), |w * grad|
     (taylor), block influence (cosine) and, for depth by loss, the calibration loss with each block skipped."""
     layers, hidden = model.model.layers, model.config.hidden_size
-    stats = {"act_mlp": [None] * len(layers), "act_heads": [None] * len(layers), "influence": [None] * len(layers)}
-    handles = []
-
-    def add(key, i, value):
-        stats[key][i] = value if stats[key][i] is None else stats[key][i] + value
-
-    for i, layer in enumerate(layers):
-        handles.append(layer.mlp.down_proj.register_forward_pre_hook(
-            lambda m, a, i=i: add("act_mlp", i, a[0].detach().float().pow(2).reshape(-1, a[0].shape[-1]).sum(0))))
-        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(
-            lambda m, a, i=i: add("act_heads", i, a[0].detach().float().pow(2).reshape(-1, a[0].shape[-1]).sum(0))))
-        handles.append(layer.register_forward_hook(
-            lambda m, a, k, out, i=i: add("influence", i, importance.block_influence(
-                (a[0] if a else k["hidden_states"]).reshape(-1, hidden),
-                (out[0] if isinstance(out, tuple) else out).reshape(-1, hidden))),
-            with_kwargs=True))
+    stats = empty_stats(len(layers))
+    handles = [h for i, layer in enumerate(layers) for h in stat_hooks(layer, i, stats, hidden)]
     taylor = settings.importance == "taylor"
     saliency: dict[str, torch.Tensor] = {}
     try:
@@ -150,6 +136,29 @@ def gather(model, windows: torch.Tensor, settings: ShrinkSettings, plan_: Plan, 
     if plan_.layers < len(layers) and settings.depth_importance == "loss":
         stats["skip_loss"] = skip_losses(model, windows, batch)
     return stats
+
+
+def empty_stats(layers: int) -> dict:
+    return {"act_mlp": [None] * layers, "act_heads": [None] * layers, "influence": [None] * layers}
+
+
+def stat_hooks(layer, i: int, stats: dict, hidden: int) -> list:
+    """Hooks on decoder block `i` that add its activation sums of squares and block influence into `stats` at
+    every forward (the handles, to remove them)."""
+    def add(key, value):
+        stats[key][i] = value if stats[key][i] is None else stats[key][i] + value
+
+    return [
+        layer.mlp.down_proj.register_forward_pre_hook(
+            lambda m, a: add("act_mlp", a[0].detach().float().pow(2).reshape(-1, a[0].shape[-1]).sum(0))),
+        layer.self_attn.o_proj.register_forward_pre_hook(
+            lambda m, a: add("act_heads", a[0].detach().float().pow(2).reshape(-1, a[0].shape[-1]).sum(0))),
+        layer.register_forward_hook(
+            lambda m, a, k, out: add("influence", importance.block_influence(
+                (a[0] if a else k["hidden_states"]).reshape(-1, hidden),
+                (out[0] if isinstance(out, tuple) else out).reshape(-1, hidden))),
+            with_kwargs=True),
+    ]
 
 
 def skip_losses(model, windows: torch.Tensor, batch: int) -> list[float]:
@@ -181,31 +190,41 @@ def skip_block(module, args, kwargs, output):
 
 def choose(model, stats: dict, settings: ShrinkSettings, p: Plan) -> dict:
     """Per kept layer: MLP channels, query heads and KV heads to keep; and the blocks kept."""
-    config = model.config
-    heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
-    if p.layers < config.num_hidden_layers:
+    kept = kept_layers(stats, settings, p, model.config.num_hidden_layers)
+    return assemble(kept, {i: layer_choice(model.model.layers[i], i, stats, settings, p, model.config)
+                           for i in kept})
+
+
+def kept_layers(stats: dict, settings: ShrinkSettings, p: Plan, layers: int) -> list[int]:
+    if p.layers < layers:
         depth = stats["skip_loss"] if settings.depth_importance == "loss" else stats["influence"]
-        kept_layers = importance.keep_channels(torch.tensor(depth), p.layers)
+        return importance.keep_channels(torch.tensor(depth), p.layers)
+    return list(range(layers))
+
+
+def layer_choice(layer, i: int, stats: dict, settings: ShrinkSettings, p: Plan, config) -> tuple:
+    """(MLP channels, query heads, KV heads kept, head scores) of block `i` (its weights are read for magnitude)."""
+    heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    if settings.importance == "activation":
+        mlp = stats["act_mlp"][i].sqrt()
+        attn = importance.head_scores(stats["act_heads"][i], heads, p.head_dim)
+    elif settings.importance == "taylor":
+        s = {k.split(".")[-2]: v for k, v in stats["saliency"].items() if k.startswith(f"{i}.")}
+        mlp, attn = importance.mlp_taylor(s), importance.attention_taylor(s, heads, p.head_dim)
     else:
-        kept_layers = list(range(config.num_hidden_layers))
-    choice = {"layers": kept_layers, "mlp": {}, "heads": {}, "kv_heads": {}, "scores": {}}
-    for i in kept_layers:
-        layer = model.model.layers[i]
-        prefix = f"{i}."
-        if settings.importance == "activation":
-            mlp = stats["act_mlp"][i].sqrt()
-            attn = importance.head_scores(stats["act_heads"][i], heads, p.head_dim)
-        elif settings.importance == "taylor":
-            s = {k.split(".")[-2]: v for k, v in stats["saliency"].items() if k.startswith(prefix)}
-            mlp, attn = importance.mlp_taylor(s), importance.attention_taylor(s, heads, p.head_dim)
-        else:
-            mlp = importance.mlp_magnitude(layer.mlp.gate_proj.weight.detach(), layer.mlp.up_proj.weight.detach(),
-                                           layer.mlp.down_proj.weight.detach())
-            attn = importance.attention_magnitude(layer.self_attn.q_proj.weight.detach(),
-                                                  layer.self_attn.o_proj.weight.detach(), heads, p.head_dim)
-        choice["mlp"][i] = importance.keep_channels(mlp, p.intermediate)
-        choice["heads"][i], choice["kv_heads"][i] = importance.keep_heads(attn, kv, p.heads, p.kv_heads)
-        choice["scores"][i] = {"heads": [round(float(x), 6) for x in attn]}
+        mlp = importance.mlp_magnitude(layer.mlp.gate_proj.weight.detach(), layer.mlp.up_proj.weight.detach(),
+                                       layer.mlp.down_proj.weight.detach())
+        attn = importance.attention_magnitude(layer.self_attn.q_proj.weight.detach(),
+                                              layer.self_attn.o_proj.weight.detach(), heads, p.head_dim)
+    q, k = importance.keep_heads(attn.cpu(), kv, p.heads, p.kv_heads)
+    return importance.keep_channels(mlp.cpu(), p.intermediate), q, k, [round(float(x), 6) for x in attn]
+
+
+def assemble(kept: list[int], per_layer: dict[int, tuple]) -> dict:
+    choice = {"layers": kept, "mlp": {}, "heads": {}, "kv_heads": {}, "scores": {}}
+    for i in kept:
+        choice["mlp"][i], choice["heads"][i], choice["kv_heads"][i], scores = per_layer[i]
+        choice["scores"][i] = {"heads": scores}
     return choice
 
 
@@ -221,23 +240,23 @@ def sliced_state_dict(model, choice: dict, head_dim: int) -> dict[str, torch.Ten
     state = model.state_dict()
     out = {k: v for k, v in state.items() if not k.startswith("model.layers.")}
     for new, old in enumerate(choice["layers"]):
-        mlp = torch.tensor(choice["mlp"][old], dtype=torch.long)
-        q_rows = head_rows(choice["heads"][old], head_dim)
-        kv_rows = head_rows(choice["kv_heads"][old], head_dim)
-        cuts = {"mlp.gate_proj.weight": (0, mlp), "mlp.up_proj.weight": (0, mlp), "mlp.down_proj.weight": (1, mlp),
-                "self_attn.q_proj.weight": (0, q_rows), "self_attn.q_proj.bias": (0, q_rows),
-                "self_attn.k_proj.weight": (0, kv_rows), "self_attn.k_proj.bias": (0, kv_rows),
-                "self_attn.v_proj.weight": (0, kv_rows), "self_attn.v_proj.bias": (0, kv_rows),
-                "self_attn.o_proj.weight": (1, q_rows)}
         prefix = f"model.layers.{old}."
-        for key, value in state.items():
-            if key.startswith(prefix):
-                rest = key[len(prefix):]
-                if rest in cuts:
-                    dim, index = cuts[rest]
-                    value = value.index_select(dim, index)
-                out[f"model.layers.{new}.{rest}"] = value.clone()
+        block = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        out.update({f"model.layers.{new}.{rest}": v for rest, v in sliced_block(block, choice, old, head_dim).items()})
     return out
+
+
+def sliced_block(block: dict[str, torch.Tensor], choice: dict, old: int, head_dim: int) -> dict[str, torch.Tensor]:
+    """Block `old`'s tensors (named inside the block) cut to its chosen channels and heads, each a new tensor."""
+    mlp = torch.tensor(choice["mlp"][old], dtype=torch.long)
+    q_rows = head_rows(choice["heads"][old], head_dim)
+    kv_rows = head_rows(choice["kv_heads"][old], head_dim)
+    cuts = {"mlp.gate_proj.weight": (0, mlp), "mlp.up_proj.weight": (0, mlp), "mlp.down_proj.weight": (1, mlp),
+            "self_attn.q_proj.weight": (0, q_rows), "self_attn.q_proj.bias": (0, q_rows),
+            "self_attn.k_proj.weight": (0, kv_rows), "self_attn.k_proj.bias": (0, kv_rows),
+            "self_attn.v_proj.weight": (0, kv_rows), "self_attn.v_proj.bias": (0, kv_rows),
+            "self_attn.o_proj.weight": (1, q_rows)}
+    return {rest: value.index_select(*cuts[rest]) if rest in cuts else value.clone() for rest, value in block.items()}
 
 
 def shrunk_config(config, p: Plan, kept_layers: list[int]):
@@ -293,12 +312,17 @@ def sizes(config) -> dict:
 
 def shrink_checkpoint(model: str, out: str | Path, settings: ShrinkSettings, calib: str = "auto",
                       calib_samples: int = 32, calib_seq_len: int = 512, seed: int = 0, overwrite: bool = False,
-                      reuse: bool = False, trust_remote_code: bool = False) -> dict:
-    """Shrink `model` into `out` (a checkpoint directory with structure.json); checks everything it can first."""
+                      reuse: bool = False, trust_remote_code: bool = False, stream: bool = False, device: str = "cpu",
+                      progress: bool = True) -> dict:
+    """Shrink `model` into `out` (a checkpoint directory with structure.json); checks everything it can first.
+
+    `stream` scores and slices one decoder block at a time, read from the checkpoint (shrink_stream.py: bounded
+    memory, the same tensors); `device` is where that block and its calibration activations live (with --stream)."""
     from sparsetrt.architectures import check_length
     from sparsetrt.artifacts import prepare_output, staged_dir, write_json
     from sparsetrt.calibration.data import calibration_windows
-    from sparsetrt.models import load_model, resolve_checkpoint, validate_checkpoint
+    from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint, validate_checkpoint
+    from sparsetrt.prune.stage import resolve_device
 
     settings.validate()
     if calib_samples < 1 or calib_seq_len < 2:
@@ -313,6 +337,14 @@ def shrink_checkpoint(model: str, out: str | Path, settings: ShrinkSettings, cal
         raise SparsetrtError("nothing to remove: every size is the model's own; give --mlp, --heads, --kv-heads or "
                              "--layers below it")
     needs_data = settings.importance != "magnitude" or target.layers < hf_config.num_hidden_layers
+    device = resolve_device(device)
+    if stream:
+        from sparsetrt.prune import shrink_stream
+
+        shrink_stream.check_streamable(settings, target.layers < hf_config.num_hidden_layers)
+    elif device != "cpu":
+        raise SparsetrtError(f"shrink --device {device} places the block being scored, which needs --stream (without "
+                             "it the whole model runs on the CPU); add --stream")
     if needs_data:
         check_length(config, calib_seq_len, "a calibration window", "--calib-seq-len")
     run_settings = {"model": str(model), **asdict(settings), "calib": calib, "calib_samples": calib_samples,
@@ -323,24 +355,33 @@ def shrink_checkpoint(model: str, out: str | Path, settings: ShrinkSettings, cal
         return done  # an identical run already finished here
 
     start = time.perf_counter()
-    lm, tokenizer = load_model(checkpoint, trust_remote_code=trust_remote_code)
+    if stream:
+        from sparsetrt.prune.streaming import StreamedModel
+
+        streamed = StreamedModel(checkpoint, device, trust_remote_code=trust_remote_code)
+        lm, tokenizer = streamed.model, load_tokenizer(checkpoint, trust_remote_code)
+    else:
+        lm, tokenizer = load_model(checkpoint, trust_remote_code=trust_remote_code)
     corpus = None
     windows = torch.zeros(0, 2, dtype=torch.long)
     if needs_data:
         windows, corpus, _ = calibration_windows(tokenizer, calib, calib_samples, calib_seq_len, seed)
     torch.manual_seed(seed)
-    stats = gather(lm, windows, settings, target) if needs_data else {}
-    choice = choose(lm, stats, settings, target)
-    shrunk = build_shrunk(lm, choice, target)
-    before, after = sizes(lm.config), sizes(shrunk.config)
+    if stream:
+        stats, choice = shrink_stream.choose_streamed(streamed, windows, settings, target, needs_data,
+                                                      progress=progress)
+    else:
+        stats = gather(lm, windows, settings, target) if needs_data else {}
+        choice = choose(lm, stats, settings, target)
+        shrunk = build_shrunk(lm, choice, target)
+    before = sizes(lm.config)
     removed_layers = [i for i in range(lm.config.num_hidden_layers) if i not in choice["layers"]]
     manifest = {
         "format": MANIFEST_FORMAT, "stage": "shrink", "fingerprint": fingerprint, "settings": run_settings,
         "source_checkpoint": str(checkpoint),
         "calibration": None if corpus is None else {"corpus": corpus.description, "samples": calib_samples,
                                                     "seq_len": calib_seq_len, "seed": seed},
-        "before": before, "after": after,
-        "decoder_linear_removed": round(1 - after["decoder_linear_params"] / before["decoder_linear_params"], 6),
+        "before": before,
         "uniform_widths": "Hugging Face configs hold one width for all layers: every kept layer keeps the same "
                           "number of channels and heads (its own best ones)",
         "removed": {
@@ -353,11 +394,19 @@ def shrink_checkpoint(model: str, out: str | Path, settings: ShrinkSettings, cal
                                      "head_scores": choice["scores"][old]["heads"]}
                           for new, old in enumerate(choice["layers"])},
         },
-        "timings": {"shrink_s": round(time.perf_counter() - start, 3)},
+        "execution": {"device": device, "streamed": stream},
     }
     with staged_dir(out) as tmp:
-        shrunk.save_pretrained(tmp)
+        if stream:
+            config = shrink_stream.write_shrunk_streamed(streamed, choice, target, tmp, progress)
+        else:
+            shrunk.save_pretrained(tmp)
+            config = shrunk.config
         tokenizer.save_pretrained(tmp)
+        manifest["after"] = sizes(config)
+        manifest["decoder_linear_removed"] = round(1 - manifest["after"]["decoder_linear_params"] /
+                                                   before["decoder_linear_params"], 6)
+        manifest["timings"] = {"shrink_s": round(time.perf_counter() - start, 3)}
         write_json(tmp / STRUCTURE_MANIFEST, manifest)
     return manifest
 

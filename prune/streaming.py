@@ -208,16 +208,21 @@ class StreamedModel:
         self.rest_shards = [[n] for n in big] + ([[n for n in rest if n not in big]] if len(big) < len(rest) else [])
 
     def hooks(self, out: Path) -> "StreamingHooks":
-        self.writer = ShardWriter(Path(out), len(self.layers) + len(self.rest_shards), self.dtype)
-        return StreamingHooks(self, self.writer)
+        return StreamingHooks(self, self.writer_for(out, len(self.layers)))
 
-    def finish(self, out: Path) -> None:
+    def writer_for(self, out: Path, blocks: int) -> ShardWriter:
+        """The output's shard writer: `blocks` shards of blocks, then those of what lies outside them."""
+        self.writer = ShardWriter(Path(out), blocks + len(self.rest_shards), self.dtype)
+        return self.writer
+
+    def finish(self, out: Path, config=None) -> None:
         """Write the tensors outside the blocks (embedding, final norm, lm_head: unchanged, as the checkpoint
-        stores them), the config and the generation config, and the shard index."""
+        stores them), the config (the model's, or `config` for a reshaped one) and the generation config, and the
+        shard index."""
         for names in self.rest_shards:
             self.writer.write({name: self.reader.get(name, self.dtype) for name in names})
         self.writer.finish()
-        config = self.model.config
+        config = config or self.model.config
         config.dtype = self.dtype  # what loading the whole model in this dtype and saving it records
         config.architectures = [type(self.model).__name__]
         config.save_pretrained(out)
@@ -255,3 +260,48 @@ class StreamingHooks(LayerHooks):
         prefix = f"{self.streamed.layers_prefix}.{index}"
         self.writer.write({f"{prefix}.{name}": t for name, t in layer.state_dict().items()})
         layer.to("meta")
+
+
+def streamed_forward_model(checkpoint: Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                           trust_remote_code: bool = False) -> torch.nn.Module:
+    """The model of `checkpoint` for evaluation only (a distillation teacher): on the meta device, each decoder block
+    and each weight-holding module outside the blocks (embedding, final norm, lm_head) reading its weights from the
+    checkpoint just before its forward runs and dropping them after. Memory is one block in `dtype` and the
+    activations; each forward reads the whole checkpoint once (from the page cache when it fits). The outputs are
+    those of the model loaded whole in `dtype`: the same casts of the same tensors run through the same modules."""
+    reader = CheckpointReader(Path(checkpoint))
+    model = empty_model(Path(checkpoint), dtype, trust_remote_code)
+    layers = decoder_layers(model)
+    inside = {id(m) for layer in layers for m in layer.modules()}
+    units = list(layers) + [m for m in model.modules() if id(m) not in inside
+                            and next(m.parameters(recurse=False), None) is not None]
+    names = {id(m): name for name, m in model.named_modules(remove_duplicate=False)}
+    # a tied lm_head has no tensor of its own in the checkpoint: it reads the one its parameter is tied to
+    stored = {id(p): name for name, p in model.named_parameters(remove_duplicate=False) if name in reader.file_of}
+    covered = set()
+    for unit in units:
+        params = dict(unit.named_parameters(remove_duplicate=False))
+        keys = {local: stored.get(id(params[local])) if local in params else f"{names[id(unit)]}.{local}"
+                for local in unit.state_dict()}
+        missing = [f"{names[id(unit)]}.{local}" for local, key in keys.items() if key is None or key not in reader.file_of]
+        if missing:
+            raise SparsetrtError(f"{checkpoint} has no tensor '{missing[0]}'; the checkpoint is incomplete")
+        covered |= {id(p) for p in params.values()}
+        unit.register_forward_pre_hook(_reader_of(keys, reader, dtype, device))
+        unit.register_forward_hook(_drop_weights)
+    left = [name for name, p in model.named_parameters() if id(p) not in covered]
+    if left:
+        raise SparsetrtError(f"cannot stream this architecture's forward: '{left[0]}' lies in no decoder block or "
+                             "leaf module; run without streaming")
+    return model
+
+
+def _drop_weights(module, args, output) -> None:
+    module.to("meta")  # returns the module, which a forward hook must not (its return value replaces the output)
+
+
+def _reader_of(keys: dict[str, str], reader: CheckpointReader, dtype: torch.dtype, device):
+    def load(module, args):
+        module.load_state_dict({local: reader.get(key, dtype, device) for local, key in keys.items()},
+                               assign=True, strict=True)
+    return load

@@ -47,6 +47,8 @@ class ShrinkSection:
     layers: str = "1.0"
     importance: str = "activation"      # activation | taylor | magnitude
     depth_importance: str = "cosine"    # cosine | loss
+    stream: bool = False                # one decoder block in memory at a time (same result; activation/magnitude)
+    device: str = "cpu"                 # with stream: where the block being scored lives: cpu | cuda | cuda:N | auto
 
     def enabled(self) -> bool:
         return any(getattr(self, k) not in ("1.0", "1") for k in self.SIZES)
@@ -124,8 +126,9 @@ class PipelineConfig:
         data = dataclasses.asdict(self)
         if not self.shrink.enabled():  # configs without a shrink stage keep the fingerprint they always had
             data.pop("shrink")
-        for where in ("stream", "device"):  # where pruning runs does not change what it writes
+        for where in ("stream", "device"):  # where pruning (or shrinking) runs does not change what it writes
             data["prune"].pop(where)
+            data.get("shrink", {}).pop(where, None)
         data["export"].pop("stream")  # nor does streaming the export
         if not self.quantize.stream:  # a streamed quantize writes fewer artifacts; configs without it keep their print
             data["quantize"].pop("stream")

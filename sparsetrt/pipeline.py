@@ -71,7 +71,7 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
                                   depth_importance=sh.depth_importance)
         stage("shrink", shrink_checkpoint, model=source, out=tree.shrunk, settings=settings, calib=c.corpus,
               calib_samples=c.samples, calib_seq_len=c.seq_len, seed=c.seed,
-              trust_remote_code=config.model.trust_remote_code)
+              trust_remote_code=config.model.trust_remote_code, stream=sh.stream, device=sh.device, progress=progress)
         source = str(tree.shrunk)
     pruned = stage("prune", prune_checkpoint, model=source, out=tree.pruned, method=p.method,
                    pattern=p.pattern, calib=c.corpus, calib_samples=c.samples, calib_seq_len=c.seq_len, seed=c.seed,

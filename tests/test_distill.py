@@ -86,6 +86,22 @@ def test_distill_keeps_every_zero_lowers_the_loss_and_writes_a_loadable_checkpoi
     assert model(input_ids=torch.tensor([[1, 5, 7]])).logits.shape[-1] == model.config.vocab_size
 
 
+def test_a_streamed_teacher_trains_the_same_student(tiny_checkpoint, pruned_tiny, calib_file, tmp_path):
+    """--stream-teacher reads the teacher from its checkpoint block by block: the same losses and the same student
+    tensors, bit for bit, and the same run fingerprint (it changes where the teacher lives, not what it computes)."""
+    from safetensors.torch import load_file
+
+    runs = {stream: distill_checkpoint(str(tiny_checkpoint), pruned_tiny, tmp_path / f"stream-{stream}",
+                                       data=str(calib_file), settings=DistillSettings(steps=3, **SMALL),
+                                       progress=False, stream_teacher=stream) for stream in (False, True)}
+    assert runs[True]["teacher_streamed"] and not runs[False]["teacher_streamed"]
+    assert runs[True]["fingerprint"] == runs[False]["fingerprint"]
+    logs = [(tmp_path / f"stream-{s}" / "train_log.jsonl").read_text().splitlines() for s in (False, True)]
+    assert [json.loads(x)["loss"] for x in logs[0]] == [json.loads(x)["loss"] for x in logs[1]]
+    a, b = (load_file(str(tmp_path / f"stream-{s}" / "model.safetensors")) for s in (False, True))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_crashed_run_resumes_to_the_same_losses(tiny_checkpoint, pruned_tiny, calib_file, tmp_path, monkeypatch):
     settings = DistillSettings(steps=6, **SMALL)
     whole = distill_checkpoint(str(tiny_checkpoint), pruned_tiny, tmp_path / "whole", data=str(calib_file),

@@ -230,3 +230,69 @@ def test_bench_structured_reports_every_variant_against_dense(pruned_tiny, tiny_
     assert (tmp_path / "work" / "mlp-25" / "int8" / "model.int8.onnx").is_file()
     assert (artifacts / "dense" / "int8" / "model.int8.onnx").is_file()
     assert "ONNX Runtime INT8" in (tmp_path / "out" / "structured.md").read_text()
+
+
+@pytest.mark.parametrize("case", ["activation-depth-tied", "magnitude-bf16-untied"])
+def test_streamed_shrink_writes_the_in_memory_tensors_and_choices(tmp_path, calib_file, case):
+    """--stream scores and slices one block at a time from the checkpoint: the same tensors bit for bit, the same
+    config and the same choices in structure.json as the whole-model run (activation scores with a block removed
+    by cosine on a tied fp32 model; magnitude, no calibration, on a bf16 checkpoint with its own lm_head)."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    if case.startswith("activation"):
+        source = make_tiny_llama(tmp_path / "src", hidden=64, intermediate=128, layers=3, heads=8, kv_heads=4, seed=3)
+        settings = ShrinkSettings(mlp="0.5", heads="0.5", kv_heads="0.5", layers="2")
+    else:
+        fp32 = make_tiny_llama(tmp_path / "fp32", hidden=64, intermediate=128, layers=2, heads=8, kv_heads=4, seed=4,
+                               tied=False)
+        source = tmp_path / "src"
+        AutoModelForCausalLM.from_pretrained(fp32, dtype=torch.bfloat16).save_pretrained(source)
+        for file in fp32.glob("tokenizer*"):
+            shutil.copy(file, source / file.name)
+        settings = ShrinkSettings(mlp="96", heads="4", importance="magnitude")
+    runs = {stream: shrink_checkpoint(str(source), tmp_path / f"stream-{stream}", settings, calib=str(calib_file),
+                                      calib_samples=6, calib_seq_len=32, stream=stream, progress=False)
+            for stream in (False, True)}
+
+    def tensors(path):
+        found = {}
+        for file in sorted(path.glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as f:
+                found.update({k: f.get_tensor(k) for k in f.keys()})
+        return found
+
+    whole, streamed = tensors(tmp_path / "stream-False"), tensors(tmp_path / "stream-True")
+    assert whole.keys() == streamed.keys() and all(torch.equal(whole[k], streamed[k]) for k in whole), \
+        [k for k in whole if not torch.equal(whole[k], streamed.get(k, torch.empty(0)))][:3]
+    configs = [json.loads((tmp_path / f"stream-{s}" / "config.json").read_text()) for s in (False, True)]
+    assert configs[0] == configs[1]
+    assert runs[True]["removed"] == runs[False]["removed"] and runs[True]["after"] == runs[False]["after"]
+    assert runs[True]["fingerprint"] == runs[False]["fingerprint"] and runs[True]["execution"]["streamed"]
+    assert logits(load(tmp_path / "stream-True"), IDS).shape[-1] == configs[0]["vocab_size"]
+    if case.startswith("activation"):
+        assert len(runs[True]["removed"]["layers"]) == 1 and "lm_head.weight" not in streamed
+    else:
+        assert "lm_head.weight" in streamed and runs[True]["calibration"] is None
+
+
+def test_streamed_shrink_refuses_what_needs_the_whole_model(tiny_checkpoint, tmp_path, monkeypatch):
+    for settings, match in ((ShrinkSettings(mlp="0.5", importance="taylor"), "taylor needs gradients"),
+                            (ShrinkSettings(layers="1", depth_importance="loss"), "loss runs the whole model")):
+        with pytest.raises(SparsetrtError, match=match):
+            shrink_checkpoint(str(tiny_checkpoint), tmp_path / "out", settings, stream=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # refused before anything touches the GPU
+    with pytest.raises(SparsetrtError, match="needs --stream"):
+        shrink_checkpoint(str(tiny_checkpoint), tmp_path / "out", ShrinkSettings(mlp="0.5"), device="cuda")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (--device cuda); this machine has none")
+def test_streamed_shrink_on_the_gpu_keeps_the_cpus_sizes(tmp_path, calib_file):
+    source = make_tiny_llama(tmp_path / "src", hidden=64, intermediate=128, layers=3, heads=8, kv_heads=4, seed=3)
+    settings = ShrinkSettings(mlp="0.5", heads="0.5", layers="2")
+    runs = [shrink_checkpoint(str(source), tmp_path / device, settings, calib=str(calib_file), calib_samples=6,
+                              calib_seq_len=32, stream=True, device=device, progress=False) for device in ("cpu", "cuda")]
+    assert runs[1]["execution"]["device"] == "cuda" and runs[0]["after"] == runs[1]["after"]
+    assert logits(load(tmp_path / "cuda"), IDS).shape == logits(load(tmp_path / "cpu"), IDS).shape

@@ -160,7 +160,9 @@ def test_bench_scale_on_a_tiny_shape_at_two_depths(tmp_path, monkeypatch):
     # the streamed export on one depth (it exports the prune-stream output); the whole export has its own tests
     settings = scale.ScaleBenchSettings(runs=(("tiny", 1, ("prune", "prune-stream", "export-fp16-stream",
                                                            "engine-fp16", "quantize-int4-stream", "engine-int4",
-                                                           "export-fp32-stream", "quantize-int8-stream", "engine-int8")),
+                                                           "export-fp32-stream", "quantize-int8-stream", "engine-int8",
+                                                           "distill", "distill-stream-teacher", "shrink",
+                                                           "shrink-stream")),
                                               ("tiny", 3, ("prune", "prune-stream"))),
                                         calib_samples=4, calib_seq_len=32)
     report = scale.run_scale_bench(settings, tmp_path / "out", tmp_path / "work", progress=False)
@@ -185,6 +187,17 @@ def test_bench_scale_on_a_tiny_shape_at_two_depths(tmp_path, monkeypatch):
         engine = report["rows"][0]["stages"].pop(f"engine-{precision}")
         assert engine["rc"] == 0 and engine["input"] == f"quantize-{precision}-stream ONNX", engine
         assert (tmp_path / "work" / "tiny-1L" / f"engine-{precision}" / "model.engine").stat().st_size > 0
+    for stage in ("distill", "distill-stream-teacher"):  # the prune-stream student, from the random checkpoint
+        distilled = report["rows"][0]["stages"].pop(stage)
+        assert distilled["rc"] == 0 and distilled["input"].startswith("prune-stream checkpoint (student)"), distilled
+        manifest = json.loads((tmp_path / "work" / "tiny-1L" / stage / "distill.json").read_text())
+        assert manifest["steps"] == scale.DISTILL_STEPS and manifest["teacher_streamed"] == stage.endswith("teacher")
+    for stage in ("shrink", "shrink-stream"):
+        shrunk = report["rows"][0]["stages"].pop(stage)
+        assert shrunk["rc"] == 0 and shrunk["input"] == "random checkpoint", shrunk
+    shrunk = [json.loads((tmp_path / "work" / "tiny-1L" / s / "structure.json").read_text()) for s in ("shrink", "shrink-stream")]
+    assert shrunk[0]["after"]["intermediate_size"] == 96 and shrunk[1]["execution"]["streamed"]
+    assert shrunk[0]["removed"] == shrunk[1]["removed"]
     del report["rows"][0]["stages"]["export-fp16-stream"], report["rows"][0]["stages"]["export-fp32-stream"]
     for row in report["rows"]:
         assert set(row["stages"]) == {"prune", "prune-stream"}
@@ -244,3 +257,52 @@ def test_bench_scale_skips_a_stage_the_disk_has_no_room_for(tmp_path, monkeypatc
     monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(100 * scale.GiB, 99 * scale.GiB, scale.GiB // 2))
     reason = scale.disk_shortfall(tmp_path, sizes)
     assert reason.startswith("needs about 5.3 GiB free") and "0.5 GiB free" in reason and "--work" in reason
+
+
+def test_bench_scale_skips_what_would_not_fit_in_memory():
+    """Stages whose peak grows with the whole model are not started where they would not fit: the whole-model
+    export and shrink of 8B-4L, its distillation with or without the teacher in memory (the student's training state alone is
+    12 x its blocks), while 135M distils either way."""
+    from sparsetrt.runtime.bench import scale
+
+    small, big = (scale.sizes(scale.shape_of(*run)) for run in (("smollm2-135m", None), ("llama3-8b", 4)))
+    assert all(scale.over_memory(stage, small, 23.5) is None for stage in scale.STAGES)
+    assert scale.over_memory("export-fp16", big, 23.5).startswith("would need about 27 GiB (3.7x the fp32 model)")
+    assert scale.over_memory("shrink", big, 23.5).startswith("would need about 21 GiB")
+    assert "and the teacher" in scale.over_memory("distill", big, 23.5)
+    assert scale.over_memory("distill-stream-teacher", big, 100) is None  # the teacher's 7 GiB is what it saves
+    assert scale.over_memory("prune-stream", big, 1) is None  # the streamed stages are bounded: never skipped
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_streamed_forward_model_gives_the_whole_models_outputs_one_block_at_a_time(tmp_path, tied):
+    """The distillation teacher left in its checkpoint: logits and every hidden state bit for bit those of the model
+    loaded whole (bf16 on disk, fp32 in both), a tied lm_head reading the embedding; while a block runs, no other
+    block holds real weights, and after the forward none does."""
+    from transformers import AutoModelForCausalLM
+
+    from sparsetrt.models import load_model
+    from sparsetrt.prune.sequential import decoder_layers
+    from sparsetrt.prune.streaming import streamed_forward_model
+
+    source = make_tiny_llama(tmp_path / "fp32", layers=3, tied=tied, seed=2)
+    bf16 = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(bf16)
+    for file in source.glob("tokenizer*"):
+        (bf16 / file.name).write_bytes(file.read_bytes())
+    whole, _ = load_model(bf16)
+    streamed = streamed_forward_model(bf16)
+    layers = decoder_layers(streamed)
+    real_while_running = []
+    for index, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda m, a, index=index: real_while_running.append(  # after the load
+            [i for i, block in enumerate(layers) if any(p.device.type != "meta" for p in block.parameters())]))
+    ids = torch.tensor([[1, 5, 9, 3, 7, 2], [4, 4, 8, 1, 6, 3]])
+    with torch.no_grad():
+        want = whole(input_ids=ids, use_cache=False, output_hidden_states=True)
+        for _ in range(2):  # a second forward reads the weights again
+            got = streamed(input_ids=ids, use_cache=False, output_hidden_states=True)
+            assert torch.equal(got.logits, want.logits)
+            assert all(torch.equal(a, b) for a, b in zip(got.hidden_states, want.hidden_states))
+    assert real_while_running == [[0], [1], [2]] * 2
+    assert all(p.device.type == "meta" for p in streamed.parameters())

@@ -10,7 +10,10 @@ has room for it) and with --stream (fake-tensor trace, weights written one at a 
 output when that stage ran (so the 2:4 verifier runs too), else of the random checkpoint; `sparsetrt engine
 --builder rtx` (TensorRT-RTX, ahead of time, no GPU) of the fp16 ONNX an export stage of the row wrote;
 `sparsetrt quantize --stream` INT4 (over the fp16 ONNX) and INT8 (over an fp32 one, export-fp32-stream) of the
-prune-stream checkpoint, and engines of both files.
+prune-stream checkpoint, and engines of both files; `sparsetrt distill` (2 steps, batch 1) of the prune-stream
+checkpoint from the random one, with the teacher loaded whole and with --stream-teacher, what the teacher's
+streaming saves beside the student's own weights, gradients and AdamW moments; `sparsetrt shrink --mlp 0.75`
+(activation scores) of the random checkpoint, whole and with --stream.
 """
 
 from __future__ import annotations
@@ -43,11 +46,15 @@ SHAPES = {
 DEFAULT_RUNS = (("smollm2-135m", None), ("smollm2-360m", None), ("tinyllama-1.1b", None), ("llama3-8b", 1),
                 ("llama3-8b", 2))
 STAGES = ("prune", "prune-stream", "export-fp16", "export-fp16-stream", "engine-fp16", "quantize-int4-stream",
-          "engine-int4", "export-fp32-stream", "quantize-int8-stream", "engine-int8")
+          "engine-int4", "export-fp32-stream", "quantize-int8-stream", "engine-int8", "distill", "distill-stream-teacher",
+          "shrink", "shrink-stream")
 # The float graph each streamed quantizer rewrites (the quantizer's default --activations: W8A8 needs fp32's)
 QUANT_GRAPH = {"int4": "fp16", "int8": "fp32"}
 EXPORT_LIMIT_FACTOR = 3.7  # export peak measured at up to 3.7x the fp32 model (the issue's table)
 EXPORT_RAM_SHARE = 0.8     # run the whole-model export only where that peak leaves a fifth of the RAM free
+DISTILL_STEPS = 2          # enough for a steady step; the peak is reached in the first (AdamW's moments appear)
+SHRINK_MLP = "0.75"        # the shrink stages cut a quarter of every MLP (activation scores, Minitron's width cut)
+SHRINK_FACTOR = 3.0        # whole-model shrink: the fp32 model, the shrunk copy and its state dict (skip rule)
 
 
 @dataclass
@@ -77,6 +84,7 @@ def sizes(shape: dict) -> dict:
     head = 0 if shape["tie_word_embeddings"] else embedding
     params = n * block + embedding + head + h
     return {"params": params, "block_params": block, "embedding_params": embedding, "layers": n,
+            "tied": shape["tie_word_embeddings"],
             "fp32_bytes": 4 * params, "bf16_bytes": 2 * params, "bf16_block_bytes": 2 * block,
             "bf16_embedding_bytes": 2 * embedding}
 
@@ -167,6 +175,15 @@ def stage_command(stage: str, checkpoint: Path, out: Path, settings: ScaleBenchS
         return cli + ["quantize", "--model", str(pruned), "--onnx-dir", str(checkpoint), "--out", str(out),
                       "--precision", stage.split("-")[1], "--calib", "auto", "--calib-samples", str(settings.calib_samples),
                       "--calib-seq-len", str(settings.calib_seq_len), "--stream", "--no-progress", "--overwrite"]
+    if stage.startswith("distill"):  # `checkpoint` is the prune-stream student; its teacher, the source, beside it
+        return cli + ["distill", "--teacher", str(checkpoint.parent / "source"), "--student", str(checkpoint),
+                      "--out", str(out), "--steps", str(DISTILL_STEPS), "--batch-size", "1", "--seq-len",
+                      str(settings.calib_seq_len), "--no-progress", "--overwrite"] + \
+            (["--stream-teacher"] if stage.endswith("stream-teacher") else [])
+    if stage.startswith("shrink"):
+        return cli + ["shrink", "--model", str(checkpoint), "--out", str(out), "--mlp", SHRINK_MLP, "--calib", "auto",
+                      "--calib-samples", str(settings.calib_samples), "--calib-seq-len", str(settings.calib_seq_len),
+                      "--no-progress", "--overwrite"] + (["--stream"] if stage == "shrink-stream" else [])
     if stage.startswith("engine-"):
         precision = stage.removeprefix("engine-")
         return cli + ["engine", str(checkpoint), "--out", str(out), "--precision", precision, "--builder", "rtx",
@@ -179,6 +196,10 @@ def stage_input(stage: str, row_dir: Path, checkpoint: Path) -> tuple[Path | Non
     model), the engine the fp16 ONNX of an export stage; (None, why) when that is missing."""
     if stage.startswith("export") and (row_dir / "prune-stream" / "sparsity.json").is_file():
         return row_dir / "prune-stream", "pruned (prune-stream)"
+    if stage.startswith("distill"):
+        if (row_dir / "prune-stream" / "sparsity.json").is_file():
+            return row_dir / "prune-stream", "prune-stream checkpoint (student), random checkpoint (teacher)"
+        return None, "needs the prune-stream output of this row (the student) first"
     if stage == "engine-fp16":
         for export in ("export-fp16-stream", "export-fp16"):
             if (row_dir / export / "export.json").is_file():
@@ -199,6 +220,28 @@ def stage_input(stage: str, row_dir: Path, checkpoint: Path) -> tuple[Path | Non
     return checkpoint, "random checkpoint"
 
 
+def over_memory(stage: str, row_sizes: dict, memory_gib: float) -> str | None:
+    """Why a stage whose memory grows with the whole model is not started here (it would be killed or swap), or
+    None: the whole-model export at its measured multiple of the fp32 model; distillation with the student's fp32
+    weights, gradients and two AdamW moments of everything but the (frozen) embeddings, plus the teacher in fp32
+    unless it is streamed."""
+    allowed = EXPORT_RAM_SHARE * memory_gib * GiB
+    if stage == "export-fp16":
+        needed, what = row_sizes["fp32_bytes"] * EXPORT_LIMIT_FACTOR, f"{EXPORT_LIMIT_FACTOR}x the fp32 model"
+    elif stage == "shrink":
+        needed, what = row_sizes["fp32_bytes"] * SHRINK_FACTOR, f"about {SHRINK_FACTOR:.0f}x the fp32 model"
+    elif stage.startswith("distill"):
+        streamed = stage.endswith("stream-teacher")
+        trained = row_sizes["params"] - row_sizes["embedding_params"] * (1 if row_sizes["tied"] else 2)
+        needed = 4 * (row_sizes["params"] * (1 if streamed else 2) + 3 * trained)
+        what = "the student's weights, gradients and AdamW moments" + ("" if streamed else " and the teacher")
+    else:
+        return None
+    if needed <= allowed:
+        return None
+    return f"would need about {needed / GiB:.0f} GiB ({what}), over {EXPORT_RAM_SHARE:.0%} of this machine's RAM"
+
+
 def disk_shortfall(work: Path, row_sizes: dict, stage: str = "") -> str | None:
     """Why a stage cannot start on this disk, or None. Every stage writes about the model in 16 bits (a checkpoint,
     an fp16 ONNX, an engine; an fp32 ONNX twice that) plus its scratch; a full disk fails a stage midway (a shared
@@ -215,7 +258,7 @@ def disk_shortfall(work: Path, row_sizes: dict, stage: str = "") -> str | None:
 
 def stage_limit(stage: str, row_targets: dict) -> float | None:
     """The issue's bound for a stage's peak RSS (none is set for the engine build)."""
-    if stage.startswith(("prune", "quantize")):  # the issue sets one bound for both
+    if stage.startswith(("prune", "quantize", "shrink")):  # the issue sets one bound for both; shrink prunes too
         return row_targets["prune_limit_bytes"]
     return row_targets["export_limit_bytes"] if stage.startswith("export") else None
 
@@ -251,11 +294,9 @@ def run_scale_bench(settings: ScaleBenchSettings, out: Path, work: Path, progres
             if (label, stage) in earlier:  # finished by an earlier run with the same calibration: kept, and said
                 row["stages"][stage] = {**earlier[(label, stage)], "from_earlier_run": True}
                 continue
-            needed = row["sizes"]["fp32_bytes"] * EXPORT_LIMIT_FACTOR
-            if stage == "export-fp16" and needed > EXPORT_RAM_SHARE * settings.memory_gib * GiB:
-                row["stages"][stage] = {"skipped": f"would need about {EXPORT_LIMIT_FACTOR}x the fp32 model "
-                                                   f"({needed / GiB:.0f} GiB) with the whole-model exporter, over "
-                                                   f"{EXPORT_RAM_SHARE:.0%} of this machine's RAM"}
+            too_big = over_memory(stage, row["sizes"], settings.memory_gib)
+            if too_big:
+                row["stages"][stage] = {"skipped": too_big}
                 continue
             random_checkpoint(checkpoint, shape, tokenizer_dir)  # returns at once when it exists
             source, what = stage_input(stage, work / label, checkpoint)
@@ -363,7 +404,10 @@ def markdown(report: dict) -> str:
                   "verify its 2:4 pattern in the file); quantize-int4-stream (W4A16, GPTQ with the mask held) reads "
                   "the prune-stream checkpoint and the streamed fp16 ONNX, quantize-int8-stream (W8A8, Model "
                   "Optimizer's SmoothQuant + max ranges, one block at a time) the same checkpoint and the streamed "
-                  "fp32 ONNX; engine-int4 / engine-int8 build their files. "
+                  "fp32 ONNX; engine-int4 / engine-int8 build their files; distill trains the prune-stream "
+                  f"checkpoint for {DISTILL_STEPS} steps of 1 x {s['calib_seq_len']} tokens from the random one "
+                  "(teacher in memory, or --stream-teacher: read block by block at every forward); shrink cuts "
+                  f"MLP widths to {SHRINK_MLP} of the random checkpoint (activation scores, same calibration). "
                   "\"(earlier run)\": kept from an earlier report with the "
                   "same calibration settings (see the note for which code measured it).", ""]
     if report.get("fits"):

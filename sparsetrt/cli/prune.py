@@ -68,8 +68,10 @@ def shrink_arguments(p):
     p.add_argument("--depth-importance", default="cosine",
                    help="how blocks are ranked: cosine (1 - cos(input, output)) or loss (its increase when skipped)")
     options.calibration(p)
+    options.placement(p, "activation or magnitude scores, cosine depth; --device needs --stream")
     options.output(p)
     options.trust_remote_code(p)
+    options.progress(p)
 
 
 def shrink(args) -> int:
@@ -79,7 +81,8 @@ def shrink(args) -> int:
                               importance=args.importance, depth_importance=args.depth_importance)
     manifest = shrink_checkpoint(args.model, args.out, settings, calib=args.calib, calib_samples=args.calib_samples,
                                  calib_seq_len=args.calib_seq_len, seed=args.seed, overwrite=args.overwrite,
-                                 trust_remote_code=args.trust_remote_code)
+                                 trust_remote_code=args.trust_remote_code, stream=args.stream, device=args.device,
+                                 progress=not args.no_progress)
     print(summary_line(manifest, args.out))
     return 0
 
@@ -112,6 +115,9 @@ def distill_arguments(p):
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--hidden-weight", type=float, default=0.0, help="weight of the hidden-state MSE term (0 = off)")
     p.add_argument("--train-embeddings", action="store_true", help="also train the embedding / tied lm_head")
+    p.add_argument("--stream-teacher", action="store_true",
+                   help="keep the teacher in its checkpoint (safetensors), read block by block at every forward: its "
+                        "memory saved for a read of it per micro-batch; the same losses and student")
     options.seed(p)
     p.add_argument("--checkpoint-every", type=int, default=20, help="steps between resume points")
     options.progress(p)
@@ -131,7 +137,7 @@ def distill(args) -> int:
     student = ArtifactsTree(args.student)
     student = student.pruned if student.pruned.is_dir() else Path(args.student)
     m = distill_checkpoint(args.teacher, student, args.out, data=args.data, settings=settings,
-                           overwrite=args.overwrite, progress=not args.no_progress)
+                           overwrite=args.overwrite, progress=not args.no_progress, stream_teacher=args.stream_teacher)
     print(summary_line(m, args.out))
     return 0
 
