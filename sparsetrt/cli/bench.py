@@ -266,13 +266,13 @@ def scale_arguments(p):
     p.add_argument("--runs", default="smollm2-135m,smollm2-360m,tinyllama-1.1b,llama3-8b@1,llama3-8b@2",
                    help="comma-separated SHAPE[@BLOCKS][:STAGE+STAGE] (random-weight Llamas of smollm2-135m, "
                         "smollm2-360m, tinyllama-1.1b, llama3-8b shapes; stages after ':' limit that run)")
-    p.add_argument("--stages", default="prune,prune-stream,export-fp16,export-fp16-stream,engine-fp16,"
-                                       "quantize-int4-stream,engine-int4,export-fp32-stream,quantize-int8-stream,"
-                                       "engine-int8",
-                   help="comma-separated, of prune, prune-stream, export-fp16, export-fp16-stream, engine-fp16 "
-                        "(TensorRT-RTX build of the fp16 ONNX), quantize-int4-stream (W4A16 --stream of the pruned "
-                        "checkpoint and its fp16 ONNX), engine-int4 (TensorRT-RTX build of that INT4 ONNX), "
-                        "export-fp32-stream, quantize-int8-stream (W8A8 --stream over that fp32 ONNX), engine-int8")
+    p.add_argument("--stages", default="all",
+                   help="comma-separated, or all (default): prune, prune-stream, export-fp16, export-fp16-stream, "
+                        "engine-fp16 (TensorRT-RTX build of the fp16 ONNX), quantize-int4-stream (W4A16 --stream of "
+                        "the pruned checkpoint and its fp16 ONNX), engine-int4 (TensorRT-RTX build of that INT4 ONNX), "
+                        "export-fp32-stream, quantize-int8-stream (W8A8 --stream over that fp32 ONNX), engine-int8, "
+                        "distill and distill-stream-teacher (2 steps of the prune-stream checkpoint), shrink and "
+                        "shrink-stream (--mlp 0.75)")
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-seq-len", type=int, default=256)
     p.add_argument("--work", default="artifacts/scale", help="random checkpoints and stage outputs (reused)")
@@ -295,7 +295,7 @@ def scale(args) -> int:
             raise SparsetrtError(f"--runs item '{item}': use SHAPE[@BLOCKS][:STAGE+STAGE] with SHAPE one of "
                                  f"{', '.join(SHAPES)}, BLOCKS >= 1 and stages of {', '.join(known)}")
         runs.append((name, int(blocks) if blocks else None, only))
-    stages = tuple(options.comma_list(args.stages))
+    stages = known if args.stages == "all" else tuple(options.comma_list(args.stages))
     if unknown := [s for s in stages if s not in known]:
         raise SparsetrtError(f"--stages {', '.join(unknown)}: use {', '.join(known)}")
     settings = ScaleBenchSettings(runs=tuple(runs), calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
