@@ -261,8 +261,8 @@ def test_bench_scale_skips_a_stage_the_disk_has_no_room_for(tmp_path, monkeypatc
 
 def test_bench_scale_skips_what_would_not_fit_in_memory():
     """Stages whose peak grows with the whole model are not started where they would not fit: the whole-model
-    export and shrink of 8B-4L, its distillation with or without the teacher in memory (the student's training state alone is
-    12 x its blocks), while 135M distils either way."""
+    export and shrink of 8B-4L, its distillation with or without the teacher in memory (the student's training
+    state alone is 16 bytes per block parameter), while 135M distils either way."""
     from sparsetrt.runtime.bench import scale
 
     small, big = (scale.sizes(scale.shape_of(*run)) for run in (("smollm2-135m", None), ("llama3-8b", 4)))
