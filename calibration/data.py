@@ -16,6 +16,9 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from pydoc_data.topics import topics
+
+import torch
 
 from sparsetrt.errors import SparsetrtError
 
@@ -97,7 +100,6 @@ def default_corpus(split: str) -> CorpusText:
         return CorpusText(_read_text(path), f"WikiText-2 {split} ({path})")
     # Outside the workplace: text every CPython ships. Calibrate on one half, evaluate on the other, so the
     # two never overlap.
-    from pydoc_data.topics import topics
 
     keys = sorted(topics)
     half = keys[: len(keys) // 2] if split == "valid" else keys[len(keys) // 2:]
@@ -113,8 +115,6 @@ def load_corpus(spec: str, split: str) -> CorpusText:
 
 def tokenize_corpus(tokenizer, corpus: CorpusText):
     """The whole corpus as one 1-D LongTensor of token ids."""
-    import torch
-
     # One call over the whole text, as the published protocol does; verbose=False silences the warning that
     # the result is longer than the model's context (we cut it into windows next).
     ids = tokenizer(corpus.text, return_tensors=None, verbose=False)["input_ids"]
@@ -123,8 +123,6 @@ def tokenize_corpus(tokenizer, corpus: CorpusText):
 
 def random_windows(ids, count: int, seq_len: int, seed: int):
     """`count` windows of `seq_len` tokens at seeded random offsets: LongTensor [count, seq_len]."""
-    import torch
-
     _check_window_args(ids, count, seq_len)
     rng = random.Random(seed)
     starts = [rng.randint(0, len(ids) - seq_len - 1) for _ in range(count)]

@@ -1,5 +1,3 @@
 """Export: ONNX decoders with KV cache, quantization that keeps the zeros (Q/DQ INT8, blocked INT4), lint against
 the TensorRT parser, TensorRT-LLM checkpoints. Heavy modules import torch; this package file stays light."""
 
-FLOAT_PRECISIONS = ("fp32", "fp16")   # `sparsetrt export`: float decoders
-QUANT_PRECISIONS = ("int8", "int4")   # `sparsetrt quantize`: Q/DQ decoders

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import torch
 
+from sparsetrt.calibration.stats import collect_input_stats
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export import qmath
-from sparsetrt.export.quantize import LinearQuant, QuantSettings
+from sparsetrt.export.gptq import gptq_quantize
+from sparsetrt.export.qmath import LinearQuant
+from sparsetrt.export.settings import QuantSettings
 
 
 def vocabulary_tables(model) -> dict[str, list[str]]:
@@ -35,8 +38,6 @@ def vocabulary_tables(model) -> dict[str, list[str]]:
 
 def lm_head_hessian(model, windows: torch.Tensor, batch_size: int) -> torch.Tensor:
     """XᵀX / n of the lm_head's inputs (the final hidden states) on `windows`, the model as it is now."""
-    from sparsetrt.calibration.stats import collect_input_stats
-
     head = model.get_output_embeddings()
     passes = [lambda batch=batch: model(input_ids=batch, use_cache=False) for batch in windows.split(batch_size)]
     with torch.no_grad():
@@ -47,8 +48,6 @@ def lm_head_hessian(model, windows: torch.Tensor, batch_size: int) -> torch.Tens
 def quantize_embeddings(model, settings: QuantSettings, windows: torch.Tensor, batch_size: int = 4) -> dict[str, LinearQuant]:
     """Quantize the vocabulary tables as `settings.embeddings` says; the model's tensors become their
     dequantized values (ties kept). Returns {table: LinearQuant} in the [vocab, hidden] layout."""
-    from sparsetrt.export.gptq import gptq_quantize
-
     settings.validate()
     if settings.embeddings == "float":
         return {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from sparsetrt.export.qmath import dequantize
+from sparsetrt.prune.sequential import sequential_update
 from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, inverse_hessian_cholesky
 
 CLIP_GRID = torch.linspace(1.0, 0.6, 9)  # candidate fractions of max|w| for the scale
@@ -150,8 +151,6 @@ def gptq_model(model, windows: torch.Tensor, modules: dict, keep: dict, qmax: in
     module is quantized (layer streaming has no module's weight before its block is read). `hooks`: where each
     block lives (sequential_update). `sink(name, q, scale, error)`, when given, takes each module's result as
     soon as its group is done instead of the returned dict (streaming writes it out: nothing accumulates)."""
-    from sparsetrt.prune.sequential import sequential_update
-
     results = {}
     sink = sink or (lambda name, q, scale, error: results.__setitem__(name, (q, scale, error)))
     mask_of = keep if callable(keep) else (lambda name, _module: keep.get(name))

@@ -24,6 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from onnx import TensorProto as T
+from onnx import helper, numpy_helper
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+from sparsetrt.onnx_io import load_onnx
 
 TARGET = "TensorRT 10.15 ONNX parser"
 OPSET_MIN, OPSET_MAX = 9, 24
@@ -88,8 +93,6 @@ class LintReport:
 
 
 def lint_onnx(path: str | Path) -> LintReport:
-    from sparsetrt.export.onnx_io import load_onnx
-
     path = Path(path)
     model = load_onnx(path)
     report = LintReport(str(path))
@@ -121,8 +124,6 @@ def _check_opsets(model, report: LintReport) -> int:
 
 
 def _check_external_data(model, path: Path, report: LintReport) -> None:
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
-
     if model.ByteSize() >= PROTOBUF_LIMIT:
         report.add("onnx.protobuf-2gb", "model", "the .onnx protobuf is >= 2 GB; store weights as external data")
     sizes: dict[str, int] = {}
@@ -147,8 +148,6 @@ def _check_external_data(model, path: Path, report: LintReport) -> None:
 
 
 def _check_ops_and_types(graph, inits, report: LintReport) -> None:
-    from onnx import TensorProto as T
-
     supported_types = {T.FLOAT, T.FLOAT16, T.BFLOAT16, T.INT32, T.INT64, T.INT8, T.INT4, T.BOOL, T.DOUBLE,
                        T.FLOAT8E4M3FN, T.FLOAT4E2M1}
     for node in graph.node:
@@ -188,15 +187,10 @@ def _check_inputs(graph, report: LintReport) -> None:
 
 
 def _array(inits, name):
-    from onnx import numpy_helper
-
     return numpy_helper.to_array(inits[name]) if name in inits else None
 
 
 def _check_qdq(graph, inits, constants, consumers, opset: int, report: LintReport) -> None:
-    from onnx import TensorProto as T
-    from onnx import helper
-
     producers = {out: node for node in graph.node for out in node.output}
 
     for node in graph.node:
@@ -251,8 +245,6 @@ def _check_weight_readers(node, where, consumers, report: LintReport) -> None:
 
 
 def _check_quantize(node, where, inits, consumers, zp_name, report: LintReport) -> None:
-    from onnx import TensorProto as T
-
     zp_init = inits.get(zp_name) if zp_name else None
     if zp_init is not None and zp_init.data_type in (T.INT4, T.UINT4):
         report.add("schemes.int4-weights", where, "INT4 is weight-only in TensorRT; activations cannot be quantized to INT4")

@@ -18,16 +18,18 @@ data, so the 2 GB protobuf limit never bites. The exporter folds each Linear's t
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
-import os
-import time
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
+from transformers import DynamicCache
 
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.onnx_io import load_onnx
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 DEFAULT_OPSET = 21  # blocked DequantizeLinear (INT4) needs >= 21; TensorRT 10 parses opset 21
@@ -70,12 +72,10 @@ class DecoderWithCache(torch.nn.Module):
         self.num_layers = model.config.num_hidden_layers
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
-        from transformers import DynamicCache
-
         # Full-length cache layers on every layer, sliding-window ones included: the graph's contract is present =
         # past + new (the runners grow attention_mask by one column per step), and the sliding window is applied
         # by the attention mask, as transformers does during a prefill. DynamicCache(config=...) would crop the
-        # sliding layers' presents to window - 1, out of step with the mask (issue #19: Gemma2 crashed past 256).
+        # sliding layers' presents to window - 1, out of step with the mask (Gemma 2 crashed past 256 tokens).
         cache = DynamicCache()
         for layer in range(self.num_layers):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
@@ -89,8 +89,6 @@ class DecoderWithCache(torch.nn.Module):
 
 def check_opset(opset: int) -> int:
     """Refuse, before any work, an opset this exporter cannot write."""
-    import onnx
-
     newest = onnx.defs.onnx_opset_version()
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
         raise SparsetrtError(f"opset {opset} cannot be written: torch.onnx's exporter writes opsets {MIN_OPSET} to "
@@ -100,13 +98,7 @@ def check_opset(opset: int) -> int:
 
 def file_opset(path: Path) -> int:
     """The default-domain opset an ONNX file declares."""
-    from sparsetrt.export.onnx_io import load_onnx
-
     return next(o.version for o in load_onnx(path).opset_import if o.domain in ("", "ai.onnx"))
-
-
-def onnx_file_name(precision: str) -> str:
-    return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
 
 
 def export_decoder(model: torch.nn.Module, path: Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
@@ -163,7 +155,6 @@ def save_program(program, path: Path) -> None:
 def _as_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     if next(model.parameters()).dtype == dtype:
         return model
-    import copy
 
     return copy.deepcopy(model).to(dtype)
 
@@ -181,23 +172,3 @@ def _quiet():
             logging.getLogger("torch").setLevel(level)
 
 
-def onnx_files(path: Path) -> list[Path]:
-    """The .onnx file and its external-data file(s)."""
-    files = [path]
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        files.append(data)
-    return files
-
-
-def timed_export(source, path: Path, precision: str, opset: int, trust_remote_code: bool = False) -> float:
-    """Seconds to export `source`: a loaded model, or a checkpoint directory (the streamed export)."""
-    start = time.perf_counter()
-    verbose = bool(os.environ.get("SPARSETRT_VERBOSE"))
-    if isinstance(source, Path):
-        from sparsetrt.export.onnx_stream import export_decoder_streamed
-
-        export_decoder_streamed(source, path, precision, opset, verbose=verbose, trust_remote_code=trust_remote_code)
-    else:
-        export_decoder(source, path, precision, opset, verbose=verbose)
-    return time.perf_counter() - start

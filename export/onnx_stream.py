@@ -20,10 +20,17 @@ tests/test_export_stream.py); only the order of initializers in the file differs
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
+import numpy as np
+import onnx_ir as ir
 import torch
+from onnxscript.optimizer._constant_folding import DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT as FOLD_LIMIT
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from transformers import AutoModelForCausalLM
 
+from sparsetrt.checkpoint import CheckpointReader, empty_model
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.onnx_export import PRECISIONS, save_program, trace_decoder
 
@@ -34,8 +41,6 @@ FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"  # the provenance onnxscrip
 def export_decoder_streamed(checkpoint: Path, path: Path, precision: str = "fp32", opset: int = 21,
                             verbose: bool = False, trust_remote_code: bool = False) -> Path:
     """Export the checkpoint at `checkpoint` to `path` (+ `path`.data) without loading its weights at once."""
-    from sparsetrt.prune.streaming import CheckpointReader
-
     if precision not in PRECISIONS:
         raise SparsetrtError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
@@ -52,11 +57,6 @@ def export_decoder_streamed(checkpoint: Path, path: Path, precision: str = "fp32
 def fake_model(checkpoint: Path, dtype: torch.dtype, trust_remote_code: bool = False):
     """(model, buffers): the checkpoint's model with fake parameters in `dtype`, and its buffers' real values as
     load_model(...).to(dtype) has them (computed in fp32 at construction, floating ones then cast)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from transformers import AutoModelForCausalLM
-
-    from sparsetrt.prune.streaming import empty_model
-
     skeleton = empty_model(checkpoint, torch.float32, trust_remote_code)
     buffers = {name: b.to(dtype) if b.is_floating_point() else b for name, b in skeleton.named_buffers()}
     fake = FakeTensorMode(allow_non_fake_inputs=True)
@@ -72,10 +72,6 @@ def fake_model(checkpoint: Path, dtype: torch.dtype, trust_remote_code: bool = F
 
 def source_weights(graph, model: torch.nn.Module, buffers: dict, reader, dtype: torch.dtype) -> None:
     """Give every initializer of the traced graph (fake values) its data from the checkpoint (see module doc)."""
-    import onnx_ir as ir
-    from onnxscript.optimizer._constant_folding import DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT as FOLD_LIMIT
-    from torch._subclasses.fake_tensor import FakeTensor
-
     aliases = dict(model.named_parameters(remove_duplicate=False))
     for name, value in list(graph.initializers.items()):
         if not isinstance(getattr(value.const_value, "raw", None), FakeTensor):
@@ -119,8 +115,6 @@ def checkpoint_key(key: str, aliases: dict, reader) -> str:
 
 
 def _lazy(reader, key: str, dtype: torch.dtype, ir_dtype, shape, transpose: bool):
-    import onnx_ir as ir
-
     # cache=False: evaluated while saving, then dropped
     return ir.LazyTensor(lambda: CheckpointChunks(reader, key, dtype, transpose), dtype=ir_dtype, shape=shape)
 
@@ -143,8 +137,6 @@ class CheckpointChunks:
             file.write(memoryview(chunk.numpy()).cast("B"))
 
     def numpy(self):
-        import numpy as np
-
         return np.concatenate([chunk.numpy() for chunk in self.chunks()])
 
     def __array__(self, dtype=None, copy=None):
@@ -157,8 +149,6 @@ class CheckpointChunks:
 
 @contextlib.contextmanager
 def _quiet_optimizer():
-    import logging
-
     log = logging.getLogger("onnxscript")
     level = log.level
     log.setLevel(logging.ERROR)

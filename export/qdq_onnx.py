@@ -15,11 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.export.qmath import pack_int4
-from sparsetrt.export.quantize import LinearQuant
-from sparsetrt.prune.verify import consumers_of, digest
+from sparsetrt.export.qmath import LinearQuant, pack_int4
+from sparsetrt.onnx_io import initializer_array
+from sparsetrt.prune.verify import VerifyResult, check_pattern, consumers_of, digest, reduction_axes
 
 MIN_QDQ_OPSET = 21
 
@@ -27,8 +29,6 @@ MIN_QDQ_OPSET = 21
 def find_initializers(graph, arrays: dict) -> dict:
     """key -> name of the 2-D initializer whose content equals arrays[key] (in any float type the graph
     stores weights in); keys whose array is not found are left out."""
-    from onnx import helper, numpy_helper
-
     candidates = [init for init in graph.initializer if len(init.dims) == 2]
     dtypes = {init.data_type for init in candidates}
     hashes = {}
@@ -63,8 +63,6 @@ def weight_dequantize(name: str, lq: LinearQuant, transposed: bool, np_float) ->
     """The integer + scale initializers of `lq` and the DequantizeLinear that restores them, laid out as the
     graph stores the weight: transposed ([in, out], a MatMul's B) or as in PyTorch ([out, in], a table).
     Per-channel scales run along the output channels, INT4 blocks along the inputs, in either layout."""
-    from onnx import TensorProto, helper, numpy_helper
-
     q = lq.q.t().contiguous() if transposed else lq.q
     q_name, s_name = f"{name}.weight_quantized", f"{name}.weight_scale"
     out_axis, in_axis = (1, 0) if transposed else (0, 1)
@@ -88,9 +86,6 @@ def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], referen
     vocabulary tables, dequantized once for every reader (Gather, Transpose -> MatMul). `reference` /
     `table_reference` hold the float values the graph holds now, to find the initializers by content.
     """
-    import onnx
-    from onnx import helper, numpy_helper
-
     tables = tables or {}
     model = onnx.load(str(src), load_external_data=True)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -199,8 +194,6 @@ def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], referen
 def dequantized_weights(path: Path, model=None, only: set[str] | None = None) -> dict[str, tuple[np.ndarray, str]]:
     """Every DequantizeLinear over an integer initializer (of `path`, or of the already loaded `model`; only the
     nodes whose output is in `only` when given), dequantized: {initializer: (array, dq output)}."""
-    import onnx
-
     model = model if model is not None else onnx.load(str(path), load_external_data=True)
     inits = {i.name: i for i in model.graph.initializer}
     out = {}
@@ -214,12 +207,8 @@ def dequantized_weights(path: Path, model=None, only: set[str] | None = None) ->
 def dequantize_initializer(node, inits: dict, base_dir: Path | None = None) -> np.ndarray:
     """The float values of DequantizeLinear `node` over integer initializer inits[node.input[0]] (read on its own
     from the external-data file under `base_dir` when given, else from the loaded proto)."""
-    from sparsetrt.export.onnx_io import initializer_array
-
     def read(name):
         if base_dir is None:
-            from onnx import numpy_helper
-
             return numpy_helper.to_array(inits[name])
         return initializer_array(inits[name], base_dir)
 
@@ -237,8 +226,6 @@ def dequantize_initializer(node, inits: dict, base_dir: Path | None = None) -> n
 
 
 def helper_attr(attribute):
-    from onnx import helper
-
     return helper.get_attribute_value(attribute)
 
 
@@ -246,10 +233,6 @@ def verify_qdq_onnx(path: Path, modules: dict[str, np.ndarray], sparsity: dict |
     """After dequantization, every pruned module's weight in `path` still has its pattern along the
     MatMul's reduction axis, and every zero of its source weight is still exactly zero. Every module's
     weight must be present with its shape; unpruned modules are not held to their incidental zeros."""
-    import onnx
-
-    from sparsetrt.prune.verify import VerifyResult
-
     result = VerifyResult(where=f"ONNX {path} (dequantized)")
     weights = dequantized_weights(path)
     consumers = consumers_of(onnx.load(str(path), load_external_data=False).graph)
@@ -266,8 +249,6 @@ def verify_qdq_onnx(path: Path, modules: dict[str, np.ndarray], sparsity: dict |
 def check_dequantized(result, module: str, array: np.ndarray, source: np.ndarray, claimed: dict, consumers) -> None:
     """One module's dequantized weight `array` ([in, out]) against its float `source` ([out, in]): its shape,
     and for a pruned module its zeros kept and its pattern along the reduction axis (failures into `result`)."""
-    from sparsetrt.prune.verify import check_pattern, reduction_axes
-
     init = f"{module}.weight_quantized"
     result.checked += 1
     if array.shape != source.T.shape:

@@ -14,19 +14,21 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import torch
-from onnx import helper
+from onnx import TensorProto, helper
 
+from sparsetrt.checkpoint import CheckpointReader
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.export.onnx_io import PLAIN_DTYPES, initializer_array
-from sparsetrt.prune.verify import digest, digest_of_rows
+from sparsetrt.export.qdq_onnx import MIN_QDQ_OPSET, check_dequantized, dequantize_initializer
+from sparsetrt.export.qmath import pack_int4
+from sparsetrt.onnx_io import PLAIN_DTYPES, initializer_array, load_onnx
+from sparsetrt.prune.verify import VerifyResult, consumers_of, digest, digest_of_rows, iter_checkpoint_weights
 
 
 def locate_streamed(onnx_path: Path, graph, checkpoint: Path, wanted: dict) -> dict:
     """key -> name of the 2-D initializer of `graph` whose content is a checkpoint tensor, where `wanted` maps
     key -> (checkpoint tensor name, transposed). Keys not found are left out."""
-    from sparsetrt.prune.streaming import CheckpointReader
-
     reader = CheckpointReader(checkpoint)
     matrices = [init for init in graph.initializer if len(init.dims) == 2]
     by_hash: dict[str, list] = defaultdict(list)
@@ -54,8 +56,6 @@ def checkpoint_digest(reader, tensor: str, transposed: bool, dtype: np.dtype) ->
 def initializer_digest(init, base_dir: Path) -> str:
     """digest() of an initializer, its external bytes hashed in chunks straight from the .data file (they are
     the array's C-order bytes); anything else read whole."""
-    from onnx import TensorProto
-
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
     if init.data_location != TensorProto.EXTERNAL or dtype.name not in PLAIN_DTYPES:
         return digest(initializer_array(init, base_dir))
@@ -80,11 +80,6 @@ def write_qdq_onnx_streamed(src: Path, dst: Path, checkpoint: Path, shards, tabl
     integers and `table_shards` the quantized vocabulary tables', each read when it is written; `table_keys` are
     the tables' checkpoint tensor names and `checkpoint` holds the float weights the graph holds now (to find
     them by content)."""
-    import onnx_ir as ir
-
-    from sparsetrt.export.onnx_io import load_onnx
-    from sparsetrt.export.qdq_onnx import MIN_QDQ_OPSET
-
     src, dst = Path(src), Path(dst)
     proto = load_onnx(src)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -150,8 +145,6 @@ def write_qdq_onnx_streamed(src: Path, dst: Path, checkpoint: Path, shards, tabl
 def _read_from_source_file(graph) -> None:
     """Every external initializer becomes a LazyTensor that reads its bytes with one file read when saved
     (onnx_ir's ExternalTensor maps the file, and every page it touched would stay in the RSS)."""
-    import onnx_ir as ir
-
     for value in graph.initializers.values():
         tensor = value.const_value
         if not isinstance(tensor, ir.ExternalTensor):
@@ -171,10 +164,6 @@ def _dequantize_in_place(graph, init_name: str, name: str, load, block: int | No
                          users, order) -> None:
     """Replace initializer `init_name` by integer + scale initializers (lazy: `load()` gives the LinearQuant) and
     a DequantizeLinear in front of its first reader, laid out as qdq_onnx.weight_dequantize lays them out."""
-    import onnx_ir as ir
-
-    from sparsetrt.export.qmath import pack_int4
-
     old = graph.initializers[init_name]
     rows, cols = (old.shape[0], old.shape[1])
     q_type = ir.DataType.INT8 if block is None else ir.DataType.INT4
@@ -217,8 +206,6 @@ def _quantize_activations(graph, module: str, node, shards, np_float, first: boo
     """What qdq_onnx.write_qdq_onnx puts around one MatMul of a W8A8 Linear: SmoothQuant's Mul and the input's
     Q/DQ in front of it, and with an output scale a Q/DQ behind it that every reader of the result reads instead
     (the initializers once per Linear, when `first`). Returns 1 when the output was requantized, else 0."""
-    import onnx_ir as ir
-
     def constant(name: str, array: np.ndarray):
         if not first:
             return graph.initializers[name]
@@ -267,10 +254,6 @@ def _quantize_activations(graph, module: str, node, shards, np_float, first: boo
 
 def verify_qdq_onnx_streamed(path: Path, checkpoint: Path, modules: list[str], sparsity: dict | None):
     """verify_qdq_onnx, reading one dequantized weight from `path` and one checkpoint weight at a time."""
-    from sparsetrt.export.onnx_io import load_onnx
-    from sparsetrt.export.qdq_onnx import check_dequantized, dequantize_initializer
-    from sparsetrt.prune.verify import VerifyResult, consumers_of, iter_checkpoint_weights
-
     path = Path(path)
     result = VerifyResult(where=f"ONNX {path} (dequantized)")
     graph = load_onnx(path).graph

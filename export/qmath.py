@@ -10,13 +10,15 @@ An asymmetric scheme (w' = (q - z) * s with a float or rounded z) does not have 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.settings import TENSORRT_INT4_BLOCK_SIZES
 
 INT8_MAX = 127  # symmetric INT8 uses [-127, 127]; -128 is never produced so +-amax map symmetrically
 INT4_MIN, INT4_MAX = -8, 7  # TensorRT INT4: round(clip(x / s, -8, 7)); scale = amax / 7
-TENSORRT_INT4_BLOCK_SIZES = (128, 64)  # TensorRT: "The supported block sizes are {64, 128}"
 
 
 def scale_from_amax(amax: torch.Tensor, qmax: int) -> torch.Tensor:
@@ -99,3 +101,18 @@ def pack_int4(q: torch.Tensor) -> bytes:
         flat = torch.cat([flat, flat.new_zeros(1)])
     low, high = flat[0::2] & 0xF, flat[1::2] & 0xF
     return (low | (high << 4)).to(torch.uint8).numpy().tobytes()
+
+
+@dataclass
+class LinearQuant:
+    """One quantized Linear, in the layout of the HF weight ([out, in])."""
+
+    name: str
+    q: torch.Tensor                      # int8 tensor holding int8 or int4 values, [out, in]
+    scale: torch.Tensor                  # [out] (INT8 per channel) or [out, in // block] (INT4 per block)
+    block: int | None                    # None for per-channel
+    input_scale: float | None            # INT8 per-tensor activation scale (amax / 127); None for W4A16
+    pre_scale: torch.Tensor | None       # [in] multiplier applied to the input first (SmoothQuant / AWQ)
+    mask_fixes: int = 0                  # integers that had to be forced back to 0 (0 unless the math changed)
+    output_scale: float | None = None    # INT8 GEMM outputs (--int8-gemm-outputs): the result's per-tensor scale
+    extra: dict = field(default_factory=dict)

@@ -16,40 +16,70 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
+import shutil
+import tempfile
 import time
+from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
+
+import torch
+from transformers import AutoConfig
 
 from sparsetrt.architectures import check_length
 from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
+from sparsetrt.calibration.data import calibration_windows
+from sparsetrt.checkpoint import CheckpointReader, empty_model
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.export.quantize import QuantSettings
-from sparsetrt.prune.verify import SPARSITY_MANIFEST
+from sparsetrt.export import qmath, trtllm
+from sparsetrt.export import quantize as q
+from sparsetrt.export.embeddings import vocabulary_tables
+from sparsetrt.export.lint import lint_onnx
+from sparsetrt.export.ort_target import OrtTargetOptions, check_supported
+from sparsetrt.export.qdq_onnx import verify_qdq_onnx, write_qdq_onnx
+from sparsetrt.export.qdq_stream import verify_qdq_onnx_streamed, write_qdq_onnx_streamed
+from sparsetrt.export.quant_stream import (
+    NOT_STREAMED,
+    QuantShards,
+    calibrate_linears_streamed,
+    check_streamable,
+    quantize_linears_streamed,
+    quantize_tables_streamed,
+)
+from sparsetrt.export.settings import QuantSettings, check_targets
+from sparsetrt.export.stage import write_verified_ort_target
+from sparsetrt.layout import EXPORT_MANIFEST, QUANT_MANIFEST, SPARSITY_MANIFEST, onnx_file_name, onnx_files
+from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint
+from sparsetrt.modules import target_linears
+from sparsetrt.prune.masks import parse_pattern
+from sparsetrt.prune.stage import resolve_device
 
-QUANT_MANIFEST = "quantize.json"
-# Gates: export fidelity is the acceptance bar of the product (ORT vs fake-quant top-1 >= 99 %); the
-# quantization error bars are ppl within 5 % (INT8) / 15 % (INT4) of the same pruned model in fp32.
-FIDELITY_RULES = {"top1_agreement": (">=", 0.99)}
-QUANTIZATION_RULES = {"int8": {"perplexity_rel_diff": ("<=", 0.05)}, "int4": {"perplexity_rel_diff": ("<=", 0.15)}}
 BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
-# W8A8 cannot reach 0.99 against any reference on small models: one-ulp summation differences flip INT8
-# roundings, and the flips decorrelate the tokens they touch (NoiseFloorRunner). There the bar becomes the
-# measured noise floor minus this margin (~4 standard errors of a top-1 rate near 0.95 over 2048 tokens).
-NOISE_FLOOR_MARGIN = 0.02
 
 
-def fidelity_rules(noise_floor_top1: float | None) -> dict:
-    """The export-fidelity gate: top-1 >= 0.99; where the reference cannot reach that against itself (noise
-    floor below 0.99), top-1 >= noise floor - margin."""
-    op, bar = FIDELITY_RULES["top1_agreement"]
-    if noise_floor_top1 is None or noise_floor_top1 >= bar:
-        return dict(FIDELITY_RULES)
-    return {"top1_agreement": (op, round(noise_floor_top1 - NOISE_FLOOR_MARGIN, 4))}
+@dataclasses.dataclass
+class QuantizedModel:
+    """What the in-memory run holds when its Q/DQ file is written: what a parity check compares the file with.
+    The check itself is the runtime's (sparsetrt.runtime.parity.quantized): export never runs a backend."""
+
+    modelopt_model: object   # Model Optimizer's fake-quant torch model (its weights are packed right after the check)
+    quants: dict             # {Linear name: LinearQuant}, the integers and scales the file carries
+    tables: dict             # {vocabulary table name: LinearQuant}
+    tokenizer: object
+    checkpoint: Path
+    sparsity: dict | None    # the pruned checkpoint's sparsity.json (None for a dense source)
+    onnx_path: Path          # the Q/DQ file just written
+    precision: str
+    ort_target: Path | None = None  # the ONNX Runtime target written from the same integers, when asked
+
+
+# check(model, corpus, windows, seq_len) -> a parity report with "passed" and "candidates"
+ParityCheck = Callable[[QuantizedModel, str, int, int], dict]
+NOT_CHECKED = "no parity check was given (the CLI and `sparsetrt run` pass sparsetrt.runtime.parity.quantized's)"
 
 
 def model_block_size(modules: dict, requested: int, fallback: bool) -> int:
     """One INT4 block size for the whole model (TensorRT-LLM checkpoints carry a single group_size)."""
-    from sparsetrt.export import qmath
-
     common = 0
     for module in modules.values():
         common = math.gcd(common, module.in_features)
@@ -70,34 +100,35 @@ def quantize_checkpoint(
     parity_corpus: str = "auto",
     parity_windows: int = 4,
     parity_seq_len: int = 512,
+    parity: ParityCheck | None = None,
     overwrite: bool = False,
     reuse: bool = False,
     progress: bool = True,
     stream: bool = False,
     device: str = "cpu",
+    targets=("tensorrt",),
+    ort_options: OrtTargetOptions | None = None,
 ) -> dict:
     """`stream` quantizes one decoder block at a time (export/quant_stream.py): memory bounded by a
     block, same integers, but no parity references and no TensorRT-LLM checkpoints (each needs the whole model;
-    the manifest says so). `device`: where GPTQ works on each block (cpu | cuda | cuda:N | auto)."""
-    import torch
-    from transformers import AutoConfig
-
-    from sparsetrt.calibration.data import calibration_windows
-    from sparsetrt.export import trtllm
-    from sparsetrt.export.onnx_export import onnx_file_name
-    from sparsetrt.export.stage import EXPORT_MANIFEST
-    from sparsetrt.models import load_model, resolve_checkpoint
-    from sparsetrt.prune.sequential import target_linears
-    from sparsetrt.prune.stage import resolve_device
-
+    the manifest says so). `device`: where GPTQ works on each block (cpu | cuda | cuda:N | auto). `parity`: the
+    check of the written file against PyTorch references (with the parity_* evaluation text); without one the
+    manifest says it was not run. `targets`: with "onnxruntime", also the decoder made for ONNX Runtime
+    (export/ort_target.py) from the same integers, read back and checked, with `ort_options`."""
     if isinstance(settings, dict) or settings is None:
         settings = QuantSettings(**(settings or {}))
     settings.validate()
     device = resolve_device(device)
+    targets = check_targets(targets)
+    ort_options = (ort_options or OrtTargetOptions()).validate() if "onnxruntime" in targets else None
     if stream:
-        from sparsetrt.export.quant_stream import check_streamable
-
         check_streamable(settings)
+        if ort_options:
+            raise SparsetrtError("the ONNX Runtime target is written in memory; quantize without --stream, or drop "
+                                 "--target onnxruntime")
+    if ort_options and settings.embeddings == "int4":
+        raise SparsetrtError("the ONNX Runtime target reads INT8 or float vocabulary tables: with --target "
+                             "onnxruntime use --embeddings int8 (the default) or float")
     if calib_samples < 1 or calib_seq_len < 2:
         raise SparsetrtError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
     tp_sizes = sorted(set(int(t) for t in tp_sizes))
@@ -118,11 +149,10 @@ def quantize_checkpoint(
     hf_config = AutoConfig.from_pretrained(checkpoint)
     check_length(hf_config, calib_seq_len, "a calibration window", "--calib-seq-len")
     check_length(hf_config, parity_seq_len, "a parity window", "--seq-len")
+    if ort_options:
+        check_supported(hf_config, settings.precision)
 
     if stream:
-        from sparsetrt.models import load_tokenizer
-        from sparsetrt.prune.streaming import CheckpointReader, empty_model
-
         CheckpointReader(checkpoint)  # no safetensors: one clear line now, not after calibration
         lm, tokenizer = empty_model(checkpoint), load_tokenizer(checkpoint)
         tp_sizes = []  # TensorRT-LLM checkpoints need the whole model (see the manifest's trtllm_skipped)
@@ -137,8 +167,6 @@ def quantize_checkpoint(
         print(f"note: no TensorRT-LLM checkpoint for this model: {trtllm_skipped}", flush=True)
         tp_sizes = []
     if stream:
-        from sparsetrt.export.quant_stream import NOT_STREAMED
-
         trtllm_skipped = f"not written under --stream: a TensorRT-LLM checkpoint {NOT_STREAMED}"
     for tp in tp_sizes:  # refuse impossible splits before any work
         trtllm.check_tp(hf_config, tp, settings.precision, settings.block_size if settings.precision == "int4" else None)
@@ -147,6 +175,11 @@ def quantize_checkpoint(
                     "quant": settings.to_dict(), "calib": calib, "calib_samples": calib_samples,
                     "calib_seq_len": calib_seq_len, "seed": seed, "tp": tp_sizes,
                     "parity": {"corpus": parity_corpus, "windows": parity_windows, "seq_len": parity_seq_len}}
+    if parity is None and not stream:  # a file without its parity report is another artifact than one with it
+        run_settings["parity"] = None
+    if ort_options:  # runs made before the ONNX Runtime target existed keep their fingerprint
+        run_settings["targets"] = list(targets)
+        run_settings["ort"] = dataclasses.asdict(ort_options)
     if stream:  # a streamed run writes fewer artifacts (no parity, no TensorRT-LLM): never reused for a whole one
         run_settings["stream"] = True
     out = Path(out)
@@ -166,7 +199,8 @@ def quantize_checkpoint(
         else:
             built = _in_memory_artifacts(lm, modules, checkpoint, src_onnx, tmp, out, onnx_name, settings, windows,
                                          sparsity, hf_config, tp_sizes, batch_size, device, progress, timings,
-                                         tokenizer, (parity_corpus, parity_windows, parity_seq_len))
+                                         tokenizer, parity, (parity_corpus, parity_windows, parity_seq_len),
+                                         ort_options)
         verification, lint, parity = built["verification"], built["lint"], built["parity"]
         verification["where"] = f"ONNX {out / onnx_name} (dequantized)"
         sizes = _sizes(onnx_dir, export, tmp, onnx_name, built["checkpoints"], settings.precision, built["numels"],
@@ -188,6 +222,7 @@ def quantize_checkpoint(
             "trtllm": {str(tp): info for tp, info in built["checkpoints"].items()},
             "trtllm_skipped": trtllm_skipped,
             "hf_unified": built["unified"],
+            "ort_target": built.get("ort_target"),
             "parity": parity,
             "sizes": sizes,
             "timings": {k: round(v, 2) for k, v in timings.items()},
@@ -208,8 +243,6 @@ def _modules_info(quants: dict, gptq: dict) -> dict:
 
 def _checked_file(path: Path, verification) -> tuple[dict, object]:
     """The written file's 2:4 verification (raised when it failed) and its TensorRT lint (raised on an error)."""
-    from sparsetrt.export.lint import lint_onnx
-
     verification = verification.raise_if_failed().to_json()
     lint = lint_onnx(path)
     if not lint.ok:
@@ -218,14 +251,10 @@ def _checked_file(path: Path, verification) -> tuple[dict, object]:
 
 
 def _in_memory_artifacts(lm, modules, checkpoint, src_onnx, tmp, out, onnx_name, settings, windows, sparsity, hf_config,
-                         tp_sizes, batch_size, device, progress, timings, tokenizer, parity_args) -> dict:
-    """Model Optimizer calibration (+ GPTQ) of the loaded model, the Q/DQ file, TensorRT-LLM checkpoints, the
-    unified HF checkpoint and the parity report, into `tmp`."""
-    from sparsetrt.export import quantize as q
-    from sparsetrt.export import trtllm
-    from sparsetrt.export.embeddings import vocabulary_tables
-    from sparsetrt.export.qdq_onnx import verify_qdq_onnx, write_qdq_onnx
-
+                         tp_sizes, batch_size, device, progress, timings, tokenizer, parity_check, parity_args,
+                         ort_options) -> dict:
+    """Model Optimizer calibration (+ GPTQ) of the loaded model, the Q/DQ file, the ONNX Runtime target,
+    TensorRT-LLM checkpoints, the unified HF checkpoint and the parity report, into `tmp`."""
     masks = {name: modules[name].weight.detach() != 0 for name in (sparsity or {}).get("modules", {}) if name in modules}
     source = {name: m.weight.detach().float().numpy().copy() for name, m in modules.items()}
     everything = dict(lm.named_modules())
@@ -239,6 +268,12 @@ def _in_memory_artifacts(lm, modules, checkpoint, src_onnx, tmp, out, onnx_name,
     graph = write_qdq_onnx(src_onnx, tmp / onnx_name, quants, source, tables, table_source)
     timings["onnx_s"] = time.perf_counter() - start
     verification, lint = _checked_file(tmp / onnx_name, verify_qdq_onnx(tmp / onnx_name, source, sparsity))
+    ort_target = None
+    if ort_options:
+        start = time.perf_counter()
+        ort_target = write_verified_ort_target(checkpoint, tmp / onnx_file_name(settings.precision, "onnxruntime"),
+                                               settings.precision, tmp / onnx_name, ort_options, sparsity, out)
+        timings["ort_target_s"] = time.perf_counter() - start
 
     checkpoints = {}
     sparse_layers = trtllm.sparse_layer_patterns(sparsity, hf_config.num_hidden_layers)
@@ -256,38 +291,31 @@ def _in_memory_artifacts(lm, modules, checkpoint, src_onnx, tmp, out, onnx_name,
                            "validation": check, "trtllm_build": command,
                            "export_s": round(time.perf_counter() - start, 2)}
 
-    start = time.perf_counter()
-    parity = _parity(lm, quants, tables, tokenizer, checkpoint, sparsity, tmp / onnx_name,
-                     settings.precision, *parity_args)
-    timings["parity_s"] = time.perf_counter() - start
+    parity = {"passed": None, "report": None, "candidates": {}, "skipped": NOT_CHECKED}
+    if parity_check is not None:
+        start = time.perf_counter()
+        report = parity_check(QuantizedModel(lm, quants, tables, tokenizer, checkpoint, sparsity, tmp / onnx_name,
+                                             settings.precision,
+                                             ort_target and tmp / ort_target["onnx"]), *parity_args)
+        timings["parity_s"] = time.perf_counter() - start
+        parity = {"passed": report["passed"], "report": "parity.html",
+                  "candidates": {c["name"]: {"passed": c["passed"], "gated": bool(c["checks"]),
+                                             "top1": c["metrics"]["top1_agreement"],
+                                             "ppl": c["metrics"]["perplexity_candidate"],
+                                             "ppl_reference": c["metrics"]["perplexity_reference"]}
+                                 for c in report["candidates"]}}
     unified = _unified_checkpoint(lm, tmp, out, settings.precision, sparsity)  # last: the exporter packs lm's weights
     return {"verification": verification, "lint": lint, "graph": graph, "checkpoints": checkpoints,
             "unified": unified, "tables": {name: _table_info(lq.block, lq.extra) for name, lq in tables.items()},
             "modules": _modules_info(quants, gptq),
             "numels": {name: a.size for name, a in source.items()}, "library": _modelopt_version(),
-            "parity": {"passed": parity["passed"], "report": "parity.html",
-                       "candidates": {c["name"]: {"passed": c["passed"], "gated": bool(c["checks"]),
-                                                  "top1": c["metrics"]["top1_agreement"],
-                                                  "ppl": c["metrics"]["perplexity_candidate"],
-                                                  "ppl_reference": c["metrics"]["perplexity_reference"]}
-                                      for c in parity["candidates"]}}}
+            "parity": parity, "ort_target": ort_target}
 
 
 def _streamed_artifacts(checkpoint, src_onnx, tmp, onnx_name, settings, windows, sparsity, batch_size, device,
                         progress, timings) -> dict:
     """GPTQ (or rounding) one block at a time and the Q/DQ file written one tensor at a time, into `tmp`; what
     needs the whole model is recorded as not run (export/quant_stream.py)."""
-    import tempfile
-
-    from sparsetrt.export.qdq_stream import verify_qdq_onnx_streamed, write_qdq_onnx_streamed
-    from sparsetrt.export.quant_stream import (
-        NOT_STREAMED,
-        QuantShards,
-        calibrate_linears_streamed,
-        quantize_linears_streamed,
-        quantize_tables_streamed,
-    )
-
     sparse = set((sparsity or {}).get("modules", {}))
     with tempfile.TemporaryDirectory(prefix="quant-shards-", dir=tmp) as shard_dir:
         shards, table_shards = QuantShards(Path(shard_dir) / "linears"), QuantShards(Path(shard_dir) / "tables")
@@ -341,8 +369,6 @@ HF_UNIFIED_DIR = "hf-unified"
 def _unified_checkpoint(lm, tmp: Path, out: Path, precision: str, sparsity: dict | None) -> dict:
     """The TensorRT-LLM 1.x route: Model Optimizer's unified HF checkpoint in hf-unified/, checked against its
     documented layout, with serve.sh beside it; or why it could not be written (the ONNX stays the product)."""
-    from sparsetrt.export import trtllm
-
     directory = tmp / HF_UNIFIED_DIR
     start = time.perf_counter()
     try:
@@ -351,8 +377,6 @@ def _unified_checkpoint(lm, tmp: Path, out: Path, precision: str, sparsity: dict
     except SparsetrtError:  # written, but wrong (a lost zero, a bad layout): that is a failure, not a skip
         raise
     except Exception as exc:  # Model Optimizer's exporter refuses some families and layouts
-        import shutil
-
         shutil.rmtree(directory, ignore_errors=True)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"note: no unified (TensorRT-LLM 1.x) checkpoint: {reason}", flush=True)
@@ -381,73 +405,11 @@ def _linear_scheme(settings: QuantSettings) -> str:
 
 
 def _modelopt_version() -> str:
-    from importlib.metadata import version
-
     return f"nvidia-modelopt {version('nvidia-modelopt')}"
-
-
-def _parity(modelopt_model, quants, tables, tokenizer, checkpoint, sparsity, onnx_path, precision, corpus, windows,
-            seq_len) -> dict:
-    """The quantized file's parity against its references; the report (beside the file) names it relative to
-    its own directory, which is the quantize output once the staged directory is renamed."""
-    from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
-    from sparsetrt.export.quantize import NoiseFloorRunner, tensorrt_fake_quant
-    from sparsetrt.models import load_model
-    from sparsetrt.runtime.backends.onnxrt import OnnxRuntimeRunner
-    from sparsetrt.runtime.backends.pytorch import TorchRunner
-    from sparsetrt.runtime.parity.compare import candidate, compare_against, compare_runners, write_parity_files
-
-    text = load_corpus(corpus, "test")
-    eval_windows = sequential_windows(tokenize_corpus(tokenizer, text), seq_len, windows).numpy()
-    pruned = TorchRunner(load_model(checkpoint)[0])
-    dense_path = Path(sparsity["source_checkpoint"]) if sparsity else Path(checkpoint)
-    fake_quant = tensorrt_fake_quant(load_model(checkpoint)[0], quants, tables)
-    references = {"fake-quant": TorchRunner(fake_quant), "modelopt": TorchRunner(modelopt_model), "fp32": pruned}
-    if sparsity and dense_path.is_dir():
-        references["dense"] = TorchRunner(load_model(dense_path)[0])
-    metrics = compare_against(references, OnnxRuntimeRunner(onnx_path), eval_windows)
-    floor = None
-    if any(lq.input_scale is not None for lq in quants.values()):  # activations rounded: measure the floor
-        floor = compare_runners(references["fake-quant"], NoiseFloorRunner(fake_quant), eval_windows)
-    rules = fidelity_rules(None if floor is None else floor["top1_agreement"])
-    named = Path(onnx_path).name
-    pruned_name = "pruned fp32" if sparsity else "fp32"
-    candidates = [
-        candidate(f"{precision}-fidelity", precision, named, metrics["fake-quant"], rules,
-                  "PyTorch fake-quant in TensorRT's Q/DQ semantics, same integers and scales"
-                  + ("" if floor is None else f"; bar: 0.99, or noise floor - {NOISE_FLOOR_MARGIN} below it")),
-        candidate(f"{precision}-vs-modelopt", precision, named, metrics["modelopt"], {},
-                  "Model Optimizer's fake-quant model (reported, not gated: see TensorRTFakeQuantLinear)"),
-        candidate(f"{precision}-vs-{pruned_name.replace(' ', '-')}", precision, named, metrics["fp32"],
-                  QUANTIZATION_RULES[precision], f"PyTorch {pruned_name} (quantization error alone)"),
-    ]
-    if floor is not None:
-        candidates.insert(1, candidate(f"{precision}-noise-floor", precision, "(the reference itself)", floor, {},
-                                       "the fake-quant reference against itself with one float32 ulp of noise "
-                                       "before each INT8 rounding: what any correct implementation can reach "
-                                       "(reported, sets the fidelity bar)", backend="pytorch"))
-    if "dense" in metrics:
-        candidates.append(candidate(f"{precision}-vs-dense-fp32", precision, named, metrics["dense"], {},
-                                    "PyTorch dense fp32 before pruning (total error; reported, not gated)"))
-    report = {
-        "format": "sparsetrt.parity/1",
-        "stage": "parity",
-        "reference": {"backend": "pytorch", "dtype": "float32", "checkpoint": str(checkpoint)},
-        "eval": {"corpus": text.description, "windows": int(len(eval_windows)), "seq_len": seq_len},
-        "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}, CPU only",
-        "candidates": candidates,
-        "sparsity_verification": {},
-        "passed": all(c["passed"] for c in candidates),
-    }
-    write_parity_files(Path(onnx_path).parent, report)
-    return report
 
 
 def _sizes(onnx_dir, export, tmp, onnx_name, checkpoints, precision, numels: dict[str, int], sparsity) -> dict:
     """Bytes on disk of every artifact, and what 2:4-compressed storage of its pruned weights would take."""
-    from sparsetrt.export.onnx_export import onnx_files
-    from sparsetrt.prune.masks import parse_pattern
-
     def compressed(total: int, bits: int) -> int | None:
         if not sparsity:
             return None
@@ -468,6 +430,11 @@ def _sizes(onnx_dir, export, tmp, onnx_name, checkpoints, precision, numels: dic
                                            "compressed_2to4_bytes": compressed(total, BITS[float_precision])}
     total = sum(f.stat().st_size for f in onnx_files(tmp / onnx_name))
     rows[f"onnx-{precision}"] = {"path": onnx_name, "bytes": total, "compressed_2to4_bytes": compressed(total, BITS[precision])}
+    ort_name = onnx_file_name(precision, "onnxruntime")
+    if (tmp / ort_name).is_file():
+        total = sum(f.stat().st_size for f in onnx_files(tmp / ort_name))
+        rows[f"onnx-{precision}-ort-target"] = {"path": ort_name, "bytes": total,
+                                                "compressed_2to4_bytes": compressed(total, BITS[precision])}
     for tp, info in checkpoints.items():
         rows[f"trtllm-{precision}-tp{tp}"] = {"path": info["directory"], "bytes": info["bytes"],
                                                "compressed_2to4_bytes": compressed(info["bytes"], BITS[precision])}
@@ -488,6 +455,11 @@ def summary_lines(directory: Path, q: dict) -> list[str]:
              + (f", {onnx_size['ratio_to_fp16']:.2f}x fp16" if "ratio_to_fp16" in onnx_size else "")
              + f"), zeros kept on {v['checked']} weights, lint {'clean' if lint['ok'] else 'FAILED'} "
              f"({lint['warnings']} warning{'' if lint['warnings'] == 1 else 's'})"]
+    if ort := q.get("ort_target"):
+        size = sum(f["bytes"] for f in ort["files"].values()) / 2**20
+        compute = f", MatMulNBits in {ort['graph']['nbits_compute']}" if ort["graph"]["nbits_compute"] else ""
+        lines.append(f"  onnxruntime  {directory / ort['onnx']} ({size:.0f} MiB{compute}), "
+                     f"{ort['verification']['checked']} weights read back: the Q/DQ file's, zeros kept")
     for tp, info in q["trtllm"].items():
         lines.append(f"  trtllm tp={tp}   {directory / info['directory']} ({info['bytes'] / 2**20:.0f} MiB), "
                      f"{info['validation']['sparse_linears_checked']} sparse Linears verified; build: "

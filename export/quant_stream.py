@@ -29,10 +29,21 @@ import dataclasses
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from sparsetrt.checkpoint import CheckpointReader, empty_model, load_module
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export import qmath
-from sparsetrt.export.quantize import LinearQuant, QuantSettings
+from sparsetrt.export.embeddings import vocabulary_tables
+from sparsetrt.export.gptq import gptq_model
+from sparsetrt.export.onnx_stream import checkpoint_key
+from sparsetrt.export.qmath import LinearQuant
+from sparsetrt.export.quantize import CalibrationPasses, calibrate_with, extract
+from sparsetrt.export.settings import QuantSettings
+from sparsetrt.modules import decoder_layers, layers_prefix, target_linears
+from sparsetrt.prune.sequential import capture_first_layer_inputs, layer_output, progress_bar, to_device
+from sparsetrt.prune.streaming import StreamedModel, StreamingHooks
 
 NOT_STREAMED = "needs the whole model in memory; run quantize without --stream for it"
 
@@ -68,8 +79,6 @@ class QuantShards:
         self.extras: dict[str, dict] = {}
 
     def write(self, tag: str, quants: dict[str, LinearQuant]) -> None:
-        from safetensors.torch import save_file
-
         if not quants:
             return
         path = self.directory / f"{tag}.safetensors"
@@ -87,8 +96,6 @@ class QuantShards:
         save_file(tensors, str(path))
 
     def get(self, name: str) -> LinearQuant:
-        from safetensors import safe_open
-
         with safe_open(str(self.file_of[name]), framework="pt") as handle:
             q, scale = handle.get_tensor(f"{name}.q"), handle.get_tensor(f"{name}.scale")
         return LinearQuant(name, q, scale, self.blocks[name], self.input_scales[name], self.pre_scale(name),
@@ -96,8 +103,6 @@ class QuantShards:
 
     def pre_scale(self, name: str) -> torch.Tensor | None:
         """SmoothQuant's 1/s of Linear `name` (read on its own: the integers are not needed for it)."""
-        from safetensors import safe_open
-
         if not self.has_pre_scale[name]:
             return None
         with safe_open(str(self.file_of[name]), framework="pt") as handle:
@@ -127,10 +132,6 @@ def quantize_linears_streamed(checkpoint: Path, settings: QuantSettings, windows
                               trust_remote_code: bool = False) -> dict[str, float]:
     """Quantize every decoder Linear of `checkpoint` into `shards`, one block in memory at a time. `sparse`: the
     pruned modules (their zeros are the mask held). Returns {name: GPTQ error} (empty without GPTQ)."""
-    from sparsetrt.export.gptq import gptq_model
-    from sparsetrt.prune.sequential import decoder_layers, target_linears
-    from sparsetrt.prune.streaming import CheckpointReader, StreamedModel, StreamingHooks, empty_model, layers_prefix
-
     block = settings.block_size
     if not settings.use_gptq:
         reader = CheckpointReader(checkpoint)
@@ -175,10 +176,6 @@ def quantize_tables_streamed(checkpoint: Path, settings: QuantSettings, shards: 
     """The vocabulary tables rounded as the in-memory run rounds them (no statistics needed), one at a time, each
     into `shards` once done (an untied 8B model's two INT8 tables are 1 GiB, held to the end otherwise).
     Returns {table: its checkpoint tensor name}."""
-    from sparsetrt.export.embeddings import vocabulary_tables
-    from sparsetrt.export.onnx_stream import checkpoint_key
-    from sparsetrt.prune.streaming import CheckpointReader, empty_model
-
     if settings.embeddings == "float":
         return {}
     reader = CheckpointReader(checkpoint)
@@ -210,7 +207,6 @@ def quantize_tables_streamed(checkpoint: Path, settings: QuantSettings, shards: 
     return keys
 
 
-
 def calibrate_linears_streamed(checkpoint: Path, settings: QuantSettings, windows: torch.Tensor, sparse: set[str],
                                shards: QuantShards, batch_size: int = 4, device: str = "cpu", progress: bool = True,
                                trust_remote_code: bool = False) -> None:
@@ -218,10 +214,6 @@ def calibrate_linears_streamed(checkpoint: Path, settings: QuantSettings, window
     in memory at a time. Each pass calibration makes over the whole model in memory (quantize.CalibrationPasses)
     is a stream of block inputs here: block k runs on its stream and its outputs become block k+1's, so every
     block sees what it sees in the whole model's pass (tests/test_quant_stream.py: the same file bit for bit)."""
-    from sparsetrt.export.quantize import CalibrationPasses, calibrate_with, extract
-    from sparsetrt.prune.sequential import capture_first_layer_inputs, progress_bar, target_linears, to_device
-    from sparsetrt.prune.streaming import StreamedModel, load_module
-
     streamed = StreamedModel(checkpoint, device, torch.float32, trust_remote_code)
     layers, prefix = streamed.layers, streamed.layers_prefix
     linears = list(target_linears(streamed.model))
@@ -254,8 +246,6 @@ def calibrate_linears_streamed(checkpoint: Path, settings: QuantSettings, window
 def _block_pass(stream: list, outputs: dict, kind: str):
     """One calibration pass over one block: it runs on `stream` ([(hidden, layer kwargs)] per batch) and leaves
     its outputs, the next block's stream of that kind, in outputs[kind]."""
-    from sparsetrt.prune.sequential import layer_output
-
     def run(block: torch.nn.Module) -> None:
         with torch.no_grad():
             outputs[kind] = [(layer_output(block(hidden, **kwargs)), kwargs) for hidden, kwargs in stream]

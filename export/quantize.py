@@ -15,99 +15,26 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export import qmath
+from sparsetrt.export.embeddings import apply_tables, quantize_embeddings
+from sparsetrt.export.gptq import gptq_model
+from sparsetrt.export.qmath import LinearQuant
+from sparsetrt.export.settings import QuantSettings
+from sparsetrt.lazy import lazy_import
+from sparsetrt.modules import target_linears
+from sparsetrt.prune.sequential import LayerHooks
 
-QUANT_PRECISIONS = ("int8", "int4")
-CALIBRATORS = ("max", "percentile", "entropy")
-EMBEDDING_PRECISIONS = ("float", "int8", "int4")
-
-
-@dataclass
-class QuantSettings:
-    precision: str = "int8"             # int8 = W8A8 (SmoothQuant optional); int4 = W4A16 blockwise (AWQ optional)
-    calibrator: str = "max"             # INT8 activations: max | percentile | entropy
-    percentile: float = 99.99
-    smoothquant_alpha: float = -1.0     # INT8: SmoothQuant strength in (0, 1], 0 = off, -1 = auto (0.85 for INT8)
-    block_size: int = 128               # INT4: inputs per scale block (TensorRT supports 64 and 128)
-    block_fallback: bool = True         # INT4: a layer 128 does not divide gets 64 (recorded), else an error
-    awq: bool = False                   # INT4: AWQ-lite per-input-channel scale search
-    gptq: str = "auto"                  # GPTQ rounding with the mask held: on | off | auto (on for INT4)
-    activations: str = "auto"           # exported graph that carries the Q/DQ: fp16 | fp32 | auto (see validate)
-    embeddings: str = "auto"            # input embedding + lm_head, weight-only: float | int8 | int4 | auto (int8)
-    # INT8: also quantize every GEMM's output (Q/DQ after each MatMul): INT8 in *and* out, the layout TensorRT's
-    # sparse INT8 kernels are reported to need (TensorRT #4694; Model Optimizer PR #1664). Off by default: its
-    # cost is measured in the README.
-    gemm_outputs: bool = False
-
-    def validate(self) -> "QuantSettings":
-        if self.precision not in QUANT_PRECISIONS:
-            raise SparsetrtError(f"unknown quantization precision '{self.precision}'; use int8 or int4")
-        if self.calibrator not in CALIBRATORS:
-            raise SparsetrtError(f"unknown calibrator '{self.calibrator}'; use one of {', '.join(CALIBRATORS)}")
-        if not 0 < self.percentile <= 100:
-            raise SparsetrtError(f"percentile must be in (0, 100], got {self.percentile}")
-        if not (0 <= self.smoothquant_alpha <= 1 or self.smoothquant_alpha == -1):
-            raise SparsetrtError(f"SmoothQuant alpha must be in [0, 1] (0 = off, -1 = auto), got {self.smoothquant_alpha}")
-        if self.gptq not in ("auto", "on", "off"):
-            raise SparsetrtError(f"gptq must be auto, on or off, not '{self.gptq}'")
-        # Measured on SmolLM2-135M 2:4 (README): W8A8 needs SmoothQuant (activation outliers) and gains nothing
-        # from GPTQ (W8 alone is within 0.3 %); W4A16 needs GPTQ. Auto picks that; explicit values win.
-        if self.gptq == "auto":
-            self.gptq = "on" if self.precision == "int4" and not self.awq else "off"
-        if self.smoothquant_alpha == -1:
-            self.smoothquant_alpha = 0.85 if self.precision == "int8" and self.gptq == "off" else 0.0
-        if self.use_gptq and (self.awq or self.smoothquant_alpha):
-            raise SparsetrtError("GPTQ rounds the weights it is given; AWQ / SmoothQuant rescale them afterwards "
-                                 "and would undo it: use --gptq off with --awq or --smoothquant-alpha")
-        if self.activations not in ("auto", "fp16", "fp32"):
-            raise SparsetrtError(f"activations must be auto, fp16 or fp32, got '{self.activations}'")
-        if self.activations == "auto":
-            # W4A16 over the fp16 graph matches the fake-quant model (top-1 0.997 on SmolLM2); W8A8 over fp16
-            # does not (0.94: fp16 rounding moves activations across INT8 steps), so INT8 uses the fp32 graph.
-            self.activations = "fp32" if self.precision == "int8" else "fp16"
-        if self.embeddings not in EMBEDDING_PRECISIONS + ("auto",):
-            raise SparsetrtError(f"embeddings must be auto, {', '.join(EMBEDDING_PRECISIONS)}, not '{self.embeddings}'")
-        if self.embeddings == "auto":
-            # INT8 per row costs nothing measurable and halves the largest tensor of small models; INT4 costs
-            # perplexity (export/embeddings.py), so it is opt-in.
-            self.embeddings = "int8"
-        if self.gemm_outputs and self.precision != "int8":
-            raise SparsetrtError("--int8-gemm-outputs quantizes INT8 GEMMs' outputs; it needs --precision int8")
-        if "int4" in (self.precision, self.embeddings) and self.block_size not in qmath.TENSORRT_INT4_BLOCK_SIZES:
-            raise SparsetrtError(f"INT4 block size {self.block_size} is not one TensorRT supports "
-                                 f"({', '.join(map(str, qmath.TENSORRT_INT4_BLOCK_SIZES))})")
-        return self
-
-    @property
-    def use_gptq(self) -> bool:
-        return self.gptq == "on"
-
-    def to_dict(self) -> dict:
-        settings = asdict(self)
-        if not self.gemm_outputs:  # the fingerprints of runs made before the option existed stay what they were
-            settings.pop("gemm_outputs")
-        return settings
-
-
-@dataclass
-class LinearQuant:
-    """One quantized Linear, in the layout of the HF weight ([out, in])."""
-
-    name: str
-    q: torch.Tensor                      # int8 tensor holding int8 or int4 values, [out, in]
-    scale: torch.Tensor                  # [out] (INT8 per channel) or [out, in // block] (INT4 per block)
-    block: int | None                    # None for per-channel
-    input_scale: float | None            # INT8 per-tensor activation scale (amax / 127); None for W4A16
-    pre_scale: torch.Tensor | None       # [in] multiplier applied to the input first (SmoothQuant / AWQ)
-    mask_fixes: int = 0                  # integers that had to be forced back to 0 (0 unless the math changed)
-    output_scale: float | None = None    # INT8 GEMM outputs (--int8-gemm-outputs): the result's per-tensor scale
-    extra: dict = field(default_factory=dict)
+# Model Optimizer is slow to import: loaded on first use, through import_modelopt() (its version warning filtered)
+modelopt_calib = lazy_import("modelopt.torch.quantization.calib", "pip install nvidia-modelopt")
 
 
 def quantizer_config(settings: QuantSettings, modules: dict[str, torch.nn.Linear]) -> dict:
@@ -131,8 +58,6 @@ def quantizer_config(settings: QuantSettings, modules: dict[str, torch.nn.Linear
 
 
 def import_modelopt():
-    import warnings
-
     try:
         with warnings.catch_warnings():
             # "transformers X is not tested with current version of modelopt": we use only its torch-level
@@ -161,8 +86,6 @@ class CalibrationPasses:
 def calibrate(model: torch.nn.Module, modules: dict[str, torch.nn.Linear], settings: QuantSettings,
               windows: torch.Tensor, batch_size: int = 4, progress: bool = True, verbose: bool = False):
     """Quantize `model` in place with Model Optimizer (fake quant) on calibration `windows` [n, seq]."""
-    from tqdm.auto import tqdm
-
     def forward_loop(m):
         batches = windows.split(batch_size)
         with torch.no_grad():
@@ -238,11 +161,9 @@ def _histogram_activation_amax(model, modules, settings: QuantSettings, forward_
     cannot finish a histogram one (compute_amax needs a method), so we give the input quantizers a
     HistogramCalibrator and run one more pass with the quantizers' public calib switches.
     """
-    from modelopt.torch.quantization.calib import HistogramCalibrator
-
     quantizers = [modules[name].input_quantizer for name in modules]
     for q in quantizers:
-        q._calibrator = HistogramCalibrator(num_bits=8, axis=None, unsigned=False)  # no public setter
+        q._calibrator = modelopt_calib.HistogramCalibrator(num_bits=8, axis=None, unsigned=False)  # no public setter
         q.disable_quant()
         q.enable_calib()
     forward_loop(model)
@@ -303,12 +224,6 @@ def quantize_model(model, settings: QuantSettings, windows: torch.Tensor, masks:
     timings). `masks` (name -> bool keep mask) are the zeros that must survive; modules without one are
     treated as dense. The vocabulary tables are quantized last, on the quantized model's hidden states.
     """
-    import time
-
-    from sparsetrt.export.embeddings import quantize_embeddings
-    from sparsetrt.export.gptq import gptq_model
-    from sparsetrt.prune.sequential import LayerHooks, target_linears
-
     settings.validate()
     modules = target_linears(model)
     qmax = qmath.INT8_MAX if settings.precision == "int8" else qmath.INT4_MAX
@@ -350,6 +265,9 @@ def fake_quant_state(modules: dict[str, torch.nn.Module], quants: dict[str, Line
                 modules[name].weight.copy_(qmath.dequantize(lq.q, lq.scale, lq.block).to(modules[name].weight.dtype))
 
 
+ULP_FP32 = 2.0 ** -23  # relative spacing of float32 numbers: the size of one rounding difference
+
+
 class TensorRTFakeQuantLinear(torch.nn.Module):
     """A Linear computing exactly what the Q/DQ graph specifies, in TensorRT's documented semantics:
     x' = x * pre_scale; x_q = round_half_even(clip(x' / s_x, -128, 127)) * s_x; y = x_q @ (q_w * s_w)ᵀ, and with
@@ -388,8 +306,6 @@ def tensorrt_fake_quant(model: torch.nn.Module, quants: dict[str, LinearQuant],
                         tables: dict[str, LinearQuant] | None = None) -> torch.nn.Module:
     """`model` (a float copy) with every quantized Linear replaced by TensorRTFakeQuantLinear and the
     vocabulary tables holding their dequantized values."""
-    from sparsetrt.export.embeddings import apply_tables
-
     apply_tables(model, tables or {})
     for name, lq in quants.items():
         parent_name, _, child = name.rpartition(".")
@@ -397,37 +313,3 @@ def tensorrt_fake_quant(model: torch.nn.Module, quants: dict[str, LinearQuant],
         original = getattr(parent, child)
         setattr(parent, child, TensorRTFakeQuantLinear(lq, None if original.bias is None else original.bias.detach()))
     return model
-
-
-ULP_FP32 = 2.0 ** -23  # relative spacing of float32 numbers: the size of one rounding difference
-
-
-class NoiseFloorRunner:
-    """The TensorRT fake-quant model with every quantized Linear's input perturbed by one float32 ulp
-    (relative, Gaussian, seeded) before it is rounded to INT8.
-
-    Two correct implementations of a W8A8 graph (ONNX Runtime, TensorRT, PyTorch) sum in different orders
-    and so differ by about that much; wherever a value sits that close to a rounding boundary they pick
-    different integers, and through 30 layers those flips decorrelate the quantization noise of the tokens
-    they touch. The top-1 agreement of this runner with the unperturbed model is therefore the best any
-    implementation can be expected to reach against the reference: the noise floor of the fidelity check.
-    """
-
-    backend = "pytorch"
-
-    def __init__(self, model: torch.nn.Module, seed: int = 0):
-        from sparsetrt.runtime.backends.pytorch import TorchRunner
-
-        self.runner = TorchRunner(model)
-        self.layers = [m for m in model.modules() if isinstance(m, TensorRTFakeQuantLinear)]
-        self.seed = seed
-
-    def logits(self, input_ids, attention_mask=None):
-        generator = torch.Generator().manual_seed(self.seed)
-        for layer in self.layers:
-            layer.jitter = generator
-        try:
-            return self.runner.logits(input_ids, attention_mask)
-        finally:
-            for layer in self.layers:
-                layer.jitter = None

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
+from transformers import AutoConfig
+
 from sparsetrt.artifacts import file_sha256, prepare_output, read_json, staged_dir, write_json
+from sparsetrt.checkpoint import CheckpointReader
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.onnx_export import (
     DEFAULT_OPSET,
@@ -12,14 +17,15 @@ from sparsetrt.export.onnx_export import (
     PRECISIONS,
     cache_geometry,
     check_opset,
+    export_decoder,
     file_opset,
-    onnx_file_name,
-    onnx_files,
-    timed_export,
 )
-from sparsetrt.prune.verify import SPARSITY_MANIFEST, verify_onnx
-
-EXPORT_MANIFEST = "export.json"
+from sparsetrt.export.onnx_stream import export_decoder_streamed
+from sparsetrt.export.ort_target import OrtTargetOptions, check_supported, verify_ort_target, write_ort_target
+from sparsetrt.export.settings import check_targets
+from sparsetrt.layout import EXPORT_MANIFEST, SPARSITY_MANIFEST, onnx_file_name, onnx_files
+from sparsetrt.models import load_model, resolve_checkpoint, validate_checkpoint
+from sparsetrt.prune.verify import verify_onnx
 
 
 def export_checkpoint(
@@ -31,13 +37,14 @@ def export_checkpoint(
     reuse: bool = False,
     trust_remote_code: bool = False,
     stream: bool = False,
+    targets=("tensorrt",),
 ) -> dict:
     """Export `checkpoint` to ONNX; when it carries sparsity.json, prove the pattern survived in every file.
 
     `stream`: trace on fake tensors and write each weight straight from the checkpoint (onnx_stream), so memory
-    stays near one weight instead of ~3x the fp32 model; the files are the same, so it is not in the fingerprint."""
-    from sparsetrt.models import load_model, resolve_checkpoint, validate_checkpoint
-
+    stays near one weight instead of ~3x the fp32 model; the files are the same, so it is not in the fingerprint.
+    `targets`: with "onnxruntime", also the fp32 decoder made for ONNX Runtime (export/ort_target.py), its
+    weights read back and checked like the others."""
     precisions = list(dict.fromkeys(precisions))
     for p in precisions:
         if p not in PRECISIONS:
@@ -45,21 +52,26 @@ def export_checkpoint(
     if not precisions:
         raise SparsetrtError("no precision to export; pass --precision fp32 and/or fp16")
     check_opset(opset)
+    targets = check_targets(targets)
+    if "onnxruntime" in targets and stream:
+        raise SparsetrtError("the ONNX Runtime target is written in memory; export it without --stream, or drop "
+                             "--target onnxruntime")
     checkpoint = resolve_checkpoint(checkpoint, trust_remote_code)
+    if "onnxruntime" in targets:
+        check_supported(AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code,
+                                                   local_files_only=True), "fp32")
     sparsity = read_json(checkpoint / SPARSITY_MANIFEST) if (checkpoint / SPARSITY_MANIFEST).is_file() else None
     upstream = sparsity["fingerprint"] if sparsity else str(checkpoint)
     settings = {"checkpoint": str(checkpoint), "upstream": upstream, "precisions": precisions, "opset": opset,
                 "graph": GRAPH_FORMAT}
+    if targets != ("tensorrt",):  # runs made before the ONNX Runtime target existed keep their fingerprint
+        settings["targets"] = list(targets)
     out = Path(out)
     run_fingerprint, done = prepare_output(out, EXPORT_MANIFEST, "export", settings, overwrite, reuse)
     if done:
         return done  # an identical run already finished here
 
     if stream:
-        from transformers import AutoConfig
-
-        from sparsetrt.prune.streaming import CheckpointReader
-
         validate_checkpoint(checkpoint, trust_remote_code)
         CheckpointReader(checkpoint)  # refuses a checkpoint without safetensors before any work
         config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, local_files_only=True)
@@ -85,6 +97,10 @@ def export_checkpoint(
                 "export_s": round(seconds, 2),
                 "sparsity_verification": verification,
             }
+        ort_target = {}
+        if "onnxruntime" in targets:
+            ort_target["fp32"] = write_verified_ort_target(checkpoint, tmp / onnx_file_name("fp32", "onnxruntime"),
+                                                           "fp32", None, None, sparsity, out)
         manifest = {
             "format": "sparsetrt.export/1",
             "stage": "export",
@@ -95,6 +111,7 @@ def export_checkpoint(
             "sparsity": None if sparsity is None else {"method": sparsity["method"], "pattern": sparsity["pattern"],
                                                         "modules": len(sparsity["modules"])},
             "files": files,
+            "ort_target": ort_target,
         }
         write_json(tmp / EXPORT_MANIFEST, manifest)
     return manifest
@@ -113,6 +130,20 @@ def graph_description(config, opset: int) -> dict:
                         "present.{i}.key|value": ["batch", kv_heads, "past_sequence + sequence", head_dim]}}
 
 
+def write_verified_ort_target(checkpoint: Path, path: Path, precision: str, qdq: Path | None,
+                              options: OrtTargetOptions | None, sparsity: dict | None, out: Path) -> dict:
+    """The ONNX Runtime target at `path`, every Linear read back from it and checked (the source's weights
+    exactly, the claimed pattern), as the manifest records it (`out`: the stage's final directory)."""
+    print(f"writing the ONNX Runtime target {path.name} ...", flush=True)
+    start = time.perf_counter()
+    graph, parts = write_ort_target(checkpoint, path, precision, qdq, options)
+    verification = verify_ort_target(path, parts, checkpoint, qdq, sparsity).raise_if_failed().to_json()
+    verification["where"] = f"ONNX Runtime target {out / path.name}"
+    return {"onnx": path.name, "files": {f.name: {"bytes": f.stat().st_size} for f in onnx_files(path)},
+            "sha256": file_sha256(path), "export_s": round(time.perf_counter() - start, 2), "graph": graph,
+            "verification": verification}
+
+
 def summary_lines(manifest: dict, out: Path) -> list[str]:
     """What `sparsetrt export` prints: each file and how many weights had their pattern verified."""
     lines = []
@@ -120,4 +151,18 @@ def summary_lines(manifest: dict, out: Path) -> list[str]:
         v = info["sparsity_verification"]
         note = f", pattern verified on {v['checked']} weights" if v else ""
         lines.append(f"{precision}: {Path(out) / info['onnx']}{note}")
+    for precision, info in (manifest.get("ort_target") or {}).items():
+        lines.append(f"{precision} for ONNX Runtime: {Path(out) / info['onnx']}, "
+                     f"{info['verification']['checked']} weights read back and verified")
     return lines
+
+
+def timed_export(source, path: Path, precision: str, opset: int, trust_remote_code: bool = False) -> float:
+    """Seconds to export `source`: a loaded model, or a checkpoint directory (the streamed export)."""
+    start = time.perf_counter()
+    verbose = bool(os.environ.get("SPARSETRT_VERBOSE"))
+    if isinstance(source, Path):
+        export_decoder_streamed(source, path, precision, opset, verbose=verbose, trust_remote_code=trust_remote_code)
+    else:
+        export_decoder(source, path, precision, opset, verbose=verbose)
+    return time.perf_counter() - start

@@ -19,10 +19,16 @@ import shlex
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from sparsetrt.architectures import FAMILIES, max_positions, sliding_window
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.quantize import import_modelopt
+from sparsetrt.lazy import lazy_import
 from sparsetrt.prune.verify import check_pattern
+
+# loaded on first use, after import_modelopt() has imported Model Optimizer with its version warning filtered
+modelopt_export = lazy_import("modelopt.torch.export", "pip install nvidia-modelopt")
 
 TRTLLM_RELEASE = "tensorrt_llm==0.20.0"  # a release with trtllm-build --weight_sparsity (legacy TRT flow)
 DOCUMENTED_QUANT_ALGOS = {"W8A16", "W4A16", "W4A16_AWQ", "W4A8_AWQ", "W4A16_GPTQ", "FP8", "W8A8_SQ_PER_CHANNEL"}
@@ -102,17 +108,14 @@ def _quiet_unless(verbose: bool):
 
 
 def write_trtllm_checkpoint(model, out: Path, tp: int, dtype: torch.dtype = torch.float16, verbose: bool = False) -> None:
-    from sparsetrt.export.quantize import import_modelopt
-
     import_modelopt()  # the same import, with its version warning filtered
-    from modelopt.torch.export import export_tensorrt_llm_checkpoint
 
     model_type = getattr(model.config, "model_type", "")
     if model_type not in DECODER_TYPES:
         raise SparsetrtError(f"TensorRT-LLM checkpoint export supports {', '.join(DECODER_TYPES)} models, "
                              f"not '{model_type}'")
     with _quiet_unless(verbose), torch.no_grad():
-        export_tensorrt_llm_checkpoint(model, DECODER_TYPES[model_type], dtype, export_dir=str(out),
+        modelopt_export.export_tensorrt_llm_checkpoint(model, DECODER_TYPES[model_type], dtype, export_dir=str(out),
                                        inference_tensor_parallel=tp)
 
 
@@ -124,13 +127,10 @@ NO_SPARSE_KERNELS_NOTE = ("TensorRT-LLM's PyTorch backend loads this checkpoint 
 def write_hf_checkpoint(model, out: Path, verbose: bool = False) -> None:
     """Model Optimizer's unified Hugging Face checkpoint (config.json, hf_quant_config.json, safetensors): what
     TensorRT-LLM 1.x loads since its TensorRT engine backend was removed (mid-2026)."""
-    from sparsetrt.export.quantize import import_modelopt
-
     import_modelopt()
-    from modelopt.torch.export import export_hf_checkpoint
 
     with _quiet_unless(verbose), torch.no_grad():
-        export_hf_checkpoint(model, dtype=torch.float16, export_dir=str(out))
+        modelopt_export.export_hf_checkpoint(model, dtype=torch.float16, export_dir=str(out))
 
 
 def validate_hf_checkpoint(directory: Path, precision: str, sparsity: dict | None = None) -> dict:
@@ -139,8 +139,6 @@ def validate_hf_checkpoint(directory: Path, precision: str, sparsity: dict | Non
     safetensors weights), and that every pruned module's integers still hold its pattern (INT8 as (out, in);
     INT4 packed two output rows per byte, as in the TensorRT-LLM checkpoint). Returns a summary, raises with what
     is wrong."""
-    from safetensors import safe_open
-
     problems = []
     for name in ("config.json", "hf_quant_config.json"):
         if not (directory / name).is_file():
@@ -221,8 +219,6 @@ def validate_checkpoint(directory: Path, config, tp: int, precision: str, sparse
     sparse_layers: TensorRT-LLM layer prefix ("transformer.layers.0.attention.qkv") -> pattern ("2:4"),
     for layers whose every source module was pruned.
     """
-    from safetensors import safe_open
-
     cfg = json.loads((directory / "config.json").read_text())
     problems = [f"config.json lacks '{k}'" for k in MANDATORY_CONFIG if k not in cfg]
     problems += [f"config.json has {key} {cfg.get(key)!r}, the model {value!r}"

@@ -14,8 +14,15 @@ import shutil
 import time
 from pathlib import Path
 
-from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
+import torch
+from tqdm.auto import tqdm
+
+from sparsetrt.artifacts import prepare_output, pyplot, read_json, save_figure, staged_dir, write_json
+from sparsetrt.calibration.data import find_shared_wikitext, load_corpus, tokenize_corpus
+from sparsetrt.checkpoint import streamed_forward_model
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.layout import DISTILL_MANIFEST, SPARSITY_MANIFEST, STRUCTURE_MANIFEST
+from sparsetrt.models import load_model, resolve_checkpoint, validate_checkpoint
 from sparsetrt.prune.distill import (
     DistillSettings,
     apply_masks,
@@ -24,9 +31,8 @@ from sparsetrt.prune.distill import (
     train_step,
     trainable_parameters,
 )
-from sparsetrt.prune.verify import SPARSITY_MANIFEST, load_manifest, verify_checkpoint
+from sparsetrt.prune.verify import load_manifest, verify_checkpoint
 
-DISTILL_MANIFEST = "distill.json"
 STATE_FILE = "state.pt"
 STATE_SIDECAR = "state.json"  # fingerprint and progress of state.pt, readable without loading it
 
@@ -41,11 +47,6 @@ def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data:
     would (used by the tests and by anyone splitting a run over sessions). `stream_teacher` keeps the teacher in
     its checkpoint, read block by block at every forward (streamed_forward_model): the same losses and student, the
     teacher's memory traded for a read of it per micro-batch, so it stays out of the run's fingerprint."""
-    import torch
-
-    from sparsetrt.calibration.data import load_corpus, tokenize_corpus
-    from sparsetrt.models import load_model, resolve_checkpoint
-
     settings = (settings or DistillSettings()).validate()
     student = Path(student)
     manifest_name, sparsity = student_manifest(student)
@@ -168,9 +169,6 @@ def summary_line(m: dict, out: Path) -> str:
 
 def load_teacher(checkpoint: Path, stream: bool):
     """The teacher in fp32: loaded whole, or (stream) left in its checkpoint and read block by block per forward."""
-    from sparsetrt.models import load_model, validate_checkpoint
-    from sparsetrt.prune.streaming import streamed_forward_model
-
     if not stream:
         return load_model(checkpoint)[0]
     validate_checkpoint(checkpoint)
@@ -187,8 +185,6 @@ def fit_steps(recent: list[dict], remaining_s: float, done: int, settings: Disti
 
 def refuse_evaluation_split(data: str) -> None:
     """The evaluation text must never be trained on: refuse WikiText-2 test, the split perplexity is taken on."""
-    from sparsetrt.calibration.data import find_shared_wikitext
-
     if data == "auto":
         return  # auto is the calibration split
     shared = find_shared_wikitext()
@@ -201,8 +197,6 @@ def refuse_evaluation_split(data: str) -> None:
 def student_manifest(student: Path) -> tuple[str, dict]:
     """(file name, manifest) of the student: a pruned one's sparsity.json (its zeros are held fixed), else a shrunk
     one's structure.json (`sparsetrt shrink`: dense, smaller than the teacher)."""
-    from sparsetrt.prune.shrink import STRUCTURE_MANIFEST
-
     if not (student / SPARSITY_MANIFEST).is_file() and (student / STRUCTURE_MANIFEST).is_file():
         return STRUCTURE_MANIFEST, read_json(student / STRUCTURE_MANIFEST)
     return SPARSITY_MANIFEST, load_manifest(student)
@@ -231,8 +225,6 @@ def check_compatible(teacher, student, hidden_weight: float) -> None:
 
 def save_state(resume_dir: Path, run_fingerprint: str, student, optimizer, log: list[dict], total: int) -> None:
     """Training state, written to a temporary file and renamed (a kill mid-save keeps the previous state)."""
-    import torch
-
     resume_dir.mkdir(parents=True, exist_ok=True)
     tmp = resume_dir / (STATE_FILE + ".tmp")
     torch.save({"fingerprint": run_fingerprint, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
@@ -248,8 +240,6 @@ def _state_matches(resume_dir: Path, run_fingerprint: str) -> bool:
 
 
 def load_state(resume_dir: Path, run_fingerprint: str) -> dict | None:
-    import torch
-
     path = resume_dir / STATE_FILE
     if not path.is_file():
         return None
@@ -261,8 +251,6 @@ def load_state(resume_dir: Path, run_fingerprint: str) -> dict | None:
 
 
 def plot_loss(path: Path, log: list[dict], title: str) -> Path | None:
-    from sparsetrt.artifacts import pyplot, save_figure
-
     plt = pyplot()
     if plt is None:
         return None
@@ -279,6 +267,4 @@ def plot_loss(path: Path, log: list[dict], title: str) -> Path | None:
 
 
 def _bar(total: int | None, done: int, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=done, desc="distill", unit="step", disable=not enabled, leave=False)

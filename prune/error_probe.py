@@ -18,10 +18,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from sparsetrt.calibration.stats import collect_input_stats
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.modules import decoder_layers
 from sparsetrt.prune.masks import Pattern
+from sparsetrt.prune.sequential import capture_first_layer_inputs, layer_output, progress_bar
 from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, inverse_hessian_cholesky
 
 
@@ -120,8 +123,6 @@ def output_sensitivity(model: torch.nn.Module, windows: torch.Tensor, modules: d
     ½ Σ_i E[g_i²] E[(Δy_i)²], which puts every module's error in the same unit, the loss, so modules of
     different depths and kinds can be ranked against each other.
     """
-    from tqdm.auto import tqdm
-
     sums = {n: torch.zeros(m.out_features, dtype=torch.float64) for n, m in modules.items()}
     counts = {n: 0 for n in modules}
     handles = []
@@ -166,8 +167,6 @@ def probe_errors(model: torch.nn.Module, calib_windows: torch.Tensor, modules: d
                  batch_size: int = 8, sensitivity_windows: int = 0, progress: bool = True) -> ErrorProbe:
     """Estimate every target Linear's pruning error on the dense `model` (not modified). With
     `sensitivity_windows` > 0, also the loss-weighted errors (a backward pass over that many windows)."""
-    from sparsetrt.prune.sequential import capture_first_layer_inputs, decoder_layers, layer_output, progress_bar
-
     fisher = (output_sensitivity(model, calib_windows[:sensitivity_windows], modules, progress)
               if sensitivity_windows > 0 else None)
     layers = decoder_layers(model)

@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.prune.masks import Pattern
+from sparsetrt.prune.masks import Pattern, parse_pattern
 
 SCHEDULE_MODES = ("uniform", "scheduled", "owl", "hardware")
 ERROR_KINDS = ("loss", "absolute", "relative")
@@ -78,8 +78,6 @@ def plan_schedule(settings: ScheduleSettings, pattern: Pattern, probe, modules) 
     """({module: Pattern} for the modules to prune, a description for sparsity.json and the plot).
 
     `probe` is a prune.error_probe.ErrorProbe (None for uniform); `modules` the candidate names in model order."""
-    from sparsetrt.prune.masks import parse_pattern
-
     if settings.mode == "uniform":
         return {n: pattern for n in modules}, {"mode": "uniform"}
     params = probe.params()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sparsetrt.artifacts import pyplot, save_figure
+
 
 def plot_schedule(path: Path, modules: list[str], layer_of: dict[str, int], sparsity_of: dict[str, float],
                   error_of: dict[str, float], title: str) -> Path | None:
     """Two panels sharing the depth axis; one marker per module kind (q_proj, down_proj, ...). None without
     matplotlib (the `plots` extra)."""
-    from sparsetrt.artifacts import pyplot, save_figure
-
     plt = pyplot()
     if plt is None:
         return None

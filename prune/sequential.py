@@ -13,15 +13,16 @@ inputs have been seen.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
+from tqdm.auto import tqdm
 
 from sparsetrt.calibration.stats import StopForward, collect_input_stats
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.modules import decoder_layers, target_linears
 from sparsetrt.prune.magnitude import magnitude_prune
 from sparsetrt.prune.masks import Pattern, zero_fraction
 from sparsetrt.prune.result import PruneResult
@@ -45,38 +46,6 @@ class ModuleReport:
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "name"}
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The list of decoder blocks (model.model.layers for Llama, Mistral, Qwen2 and most others)."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if isinstance(layers, torch.nn.ModuleList):
-        return layers
-    n = getattr(model.config, "num_hidden_layers", None)
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
-            return module
-    raise SparsetrtError(f"cannot find the decoder layers of {type(model).__name__}; sparsetrt supports Llama-family layouts")
-
-
-def target_linears(model: torch.nn.Module, targets=("*",), exclude=()) -> dict[str, torch.nn.Linear]:
-    """Linears inside the decoder blocks whose full names match `targets` and none of `exclude`.
-
-    Embeddings and lm_head live outside the blocks and are never candidates.
-    """
-    layers = decoder_layers(model)
-    prefix = next(name for name, mod in model.named_modules() if mod is layers)
-    found = {}
-    for name, module in layers.named_modules():
-        full = f"{prefix}.{name}"
-        if isinstance(module, torch.nn.Linear) and _matches(full, targets) and not _matches(full, exclude):
-            found[full] = module
-    return found
-
-
-def _matches(name: str, patterns) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name.split(".", 1)[-1], p) for p in patterns)
 
 
 def check_prunable(modules: dict[str, torch.nn.Linear], pattern: Pattern | dict[str, Pattern]) -> None:
@@ -436,6 +405,4 @@ def layer_output(out):
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="layer", disable=not enabled, leave=False)

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
+from sparsetrt.checkpoint import load_module
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune import shrink
 from sparsetrt.prune.sequential import capture_first_layer_inputs, layer_output, progress_bar, to_device
-from sparsetrt.prune.streaming import StreamedModel, load_module
+from sparsetrt.prune.streaming import StreamedModel
 
 
 def check_streamable(settings: shrink.ShrinkSettings, removes_layers: bool) -> None:

@@ -6,15 +6,23 @@ import platform
 import time
 from pathlib import Path
 
+import torch
+
 from sparsetrt.architectures import check_length
 from sparsetrt.artifacts import prepare_output, staged_dir, write_json
+from sparsetrt.calibration.data import calibration_windows
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.layout import SPARSITY_MANIFEST
+from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint, validate_checkpoint
+from sparsetrt.modules import target_linears
 from sparsetrt.prune.error_probe import probe_errors
 from sparsetrt.prune.masks import parse_pattern
 from sparsetrt.prune.schedule import ScheduleSettings, plan_schedule
-from sparsetrt.prune.sequential import METHODS, LayerHooks, check_prunable, prune_model, target_linears
+from sparsetrt.prune.schedule_plot import plot_schedule
+from sparsetrt.prune.sequential import METHODS, LayerHooks, check_prunable, prune_model
 from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, MASK_SELECTIONS
-from sparsetrt.prune.verify import SPARSITY_MANIFEST, verify_checkpoint
+from sparsetrt.prune.streaming import StreamedModel
+from sparsetrt.prune.verify import verify_checkpoint
 
 MANIFEST_FORMAT = "sparsetrt.sparsity/1"
 
@@ -48,11 +56,6 @@ def prune_checkpoint(
     same tensors); `device` is where the block being pruned and its statistics live (cpu, cuda, auto).
     Neither changes the result, so neither enters the run's fingerprint.
     """
-    import torch
-
-    from sparsetrt.calibration.data import calibration_windows
-    from sparsetrt.models import load_model, resolve_checkpoint, validate_checkpoint
-
     if method not in METHODS:
         raise SparsetrtError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
     parsed = parse_pattern(pattern)
@@ -85,9 +88,6 @@ def prune_checkpoint(
         check_length(validate_checkpoint(checkpoint, trust_remote_code), calib_seq_len, "a calibration window",
                      "--calib-seq-len")
     if stream:
-        from sparsetrt.models import load_tokenizer
-        from sparsetrt.prune.streaming import StreamedModel
-
         validate_checkpoint(checkpoint, trust_remote_code)
         streamed = StreamedModel(checkpoint, device, trust_remote_code=trust_remote_code)
         lm, tokenizer = streamed.model, load_tokenizer(checkpoint, trust_remote_code)
@@ -139,8 +139,6 @@ def prune_checkpoint(
 
 def resolve_device(device: str) -> str:
     """cpu | cuda | cuda:N | auto (cuda when one is there) -> the device, refused when it is not there."""
-    import torch
-
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -154,8 +152,6 @@ def resolve_device(device: str) -> str:
 def _manifest(run_fingerprint, settings, checkpoint, method, parsed, corpus, corpus_tokens, calib_samples,
               calib_seq_len, seed, reports, candidates, patterns, schedule_info, sparsegpt, timings, device,
               stream) -> dict:
-    import torch
-
     pruned_params = sum(r.shape[0] * r.shape[1] for r in reports)
     zeros = sum(r.zero_fraction * r.shape[0] * r.shape[1] for r in reports)
     candidate_params = sum(m.weight.numel() for m in candidates.values())
@@ -194,8 +190,6 @@ def _manifest(run_fingerprint, settings, checkpoint, method, parsed, corpus, cor
 
 def _plot(path: Path, candidates: dict, probe, reports, info: dict, method: str, pattern) -> None:
     """Sparsity per module (measured zero fraction; 0 for the ones kept dense) and its error estimate."""
-    from sparsetrt.prune.schedule_plot import plot_schedule
-
     zero = {r.name: r.zero_fraction for r in reports}
     title = (f"{method} {info['mode']} schedule: target {pattern}, measured average {info['measured_sparsity']:.3f}"
              + (f", range {info['range'][0]:.2f}-{info['range'][1]:.2f}" if "range" in info else ""))

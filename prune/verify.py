@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
 
+from sparsetrt.artifacts import read_json
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.layout import SPARSITY_MANIFEST
+from sparsetrt.onnx_io import initializer_array, load_onnx
 from sparsetrt.prune.masks import parse_pattern
-
-SPARSITY_MANIFEST = "sparsity.json"
 
 
 @dataclass
@@ -80,8 +82,6 @@ def check_pattern(name: str, weight: np.ndarray, pattern_text: str, axis: int) -
 
 
 def load_manifest(directory: Path) -> dict:
-    from sparsetrt.artifacts import read_json
-
     path = Path(directory) / SPARSITY_MANIFEST
     if not path.is_file():
         raise SparsetrtError(f"{directory} has no {SPARSITY_MANIFEST}; pass a directory written by `sparsetrt prune`")
@@ -94,8 +94,6 @@ def load_manifest(directory: Path) -> dict:
 def iter_checkpoint_weights(checkpoint: Path, names):
     """(module, fp32 array) for each `<module>.weight` in a checkpoint's safetensors files (sharded or not), one at
     a time: an 8B checkpoint is checked without holding it."""
-    from safetensors import safe_open
-
     wanted = {f"{n}.weight": n for n in names}
     files = sorted(Path(checkpoint).glob("*.safetensors"))
     if not files:
@@ -126,8 +124,6 @@ def verify_onnx(onnx_path: Path, manifest: dict, checkpoint: Path) -> VerifyResu
 
     Streams both sides: one checkpoint weight and one initializer in memory at a time (an 8B model's ONNX is
     16 GB in fp16), matched by digest; the checkpoint is hashed once per dtype the initializers have."""
-    from sparsetrt.export.onnx_io import initializer_array, load_onnx
-
     onnx_path = Path(onnx_path)
     graph = load_onnx(onnx_path).graph  # the graph only; weights are read one by one
     modules = manifest["modules"]

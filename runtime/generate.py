@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.backends import position_ids_for
+from sparsetrt.runtime.backends.base import position_ids_for
 
 
 @dataclass

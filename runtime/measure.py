@@ -12,40 +12,19 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
+from sparsetrt.lazy import available, lazy_import
+
+pynvml = lazy_import("pynvml", "pip install nvidia-ml-py")  # NVML: GPU energy, memory and clocks, where there is one
+torch = lazy_import("torch")
+
 MIN_COUNTER_WINDOW_S = 0.5
 SAMPLE_PERIOD_S = 0.02
-
-
-def _proc_status_mb(field: str) -> float | None:
-    """A memory line of /proc/self/status (kB) in MB; None where there is no procfs."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far. On Linux from /proc/self/status VmHWM, the high-water mark
-    of this process's own address space: ru_maxrss would also carry the parent's peak across fork + exec
-    (measured: every benchmark worker then reported its parent's 4968 MB)."""
-    peak = _proc_status_mb("VmHWM")
-    if peak is not None:
-        return peak
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if platform.system() == "Darwin" else peak / 1024
-
-
-def current_rss_mb() -> float | None:
-    """Resident set size now (VmRSS), None where there is no procfs."""
-    return _proc_status_mb("VmRSS")
 
 
 def cpu_name() -> str:
@@ -60,8 +39,6 @@ def cpu_name() -> str:
 
 def _nvml():
     """(pynvml module, handle of GPU 0) or raise with the reason."""
-    import pynvml  # nvidia-ml-py
-
     pynvml.nvmlInit()
     if pynvml.nvmlDeviceGetCount() < 1:
         raise RuntimeError("NVML sees no GPU")
@@ -69,11 +46,11 @@ def _nvml():
 
 
 def nvml_status() -> tuple[bool, str]:
+    if not available("pynvml"):
+        return False, "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
     try:
         _nvml()
         return True, "NVML available"
-    except ImportError:
-        return False, "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
     except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
         return False, f"no NVIDIA GPU/driver visible to NVML ({type(exc).__name__}: {exc})"
 
@@ -82,12 +59,8 @@ def device_info(backend_device: str = "cpu") -> dict:
     """CPU always; GPU name, compute capability, clocks and driver when NVML sees one."""
     info = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
             "backend_device": backend_device}
-    try:
-        import torch
-
+    if available("torch"):  # a serving image may run ONNX Runtime without it
         info["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
     ok, reason = nvml_status()
     if not ok:
         info["gpu"] = None
@@ -193,6 +166,4 @@ class EnergyMeter:
 
 def percentile(values: list[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default method), q in [0, 100]."""
-    import numpy as np
-
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")

@@ -7,6 +7,7 @@ stage does with it is in the README's architecture table, written from FAMILIES 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +91,6 @@ def max_positions(config) -> int | None:
 
 def max_positions_of(checkpoint: Path) -> int | None:
     """The max positions the config.json in `checkpoint` declares (None without one: a bare tokenizer folder)."""
-    import json
-
     config = Path(checkpoint) / "config.json"
     return max_positions(json.loads(config.read_text())) if config.is_file() else None
 

@@ -12,9 +12,19 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from sparsetrt.architectures import check_family, supported_names
+from sparsetrt.artifacts import staged_dir, write_json
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.lazy import lazy_import
+
+huggingface_hub = lazy_import("huggingface_hub")  # only for a hub id, and only where the hub is reachable
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +79,7 @@ def validate_checkpoint(path: Path, trust_remote_code: bool = False) -> dict:
         raise SparsetrtError(f"{config_file} is corrupt ({exc}); re-download or re-save the checkpoint") from None
     if config.get("auto_map") and not trust_remote_code:
         raise SparsetrtError(f"{path} needs custom code from the checkpoint; pass --trust-remote-code if you trust it")
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from sparsetrt.architectures import check_family, supported_names
 
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
@@ -93,9 +101,6 @@ def validate_checkpoint(path: Path, trust_remote_code: bool = False) -> dict:
 
 def load_model(path: Path, dtype: str = "float32", trust_remote_code: bool = False):
     """Load (model, tokenizer) from a validated local checkpoint, in eval mode on the CPU."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     validate_checkpoint(path, trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -110,8 +115,6 @@ def load_model(path: Path, dtype: str = "float32", trust_remote_code: bool = Fal
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
     """The tokenizer saved beside a checkpoint's weights."""
-    from transformers import AutoTokenizer
-
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
@@ -121,10 +124,6 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
 
 def materialize_embedded(name: str) -> Path:
     """Convert the embedded GGUF once into a plain HF checkpoint under the cache; return its directory."""
-    from importlib import metadata
-
-    from sparsetrt.artifacts import staged_dir, write_json
-
     entry = EMBEDDED_MODELS[name]
     try:
         dist = metadata.distribution(entry.distribution)
@@ -148,9 +147,6 @@ def materialize_embedded(name: str) -> Path:
 
 
 def _convert_gguf(gguf_file: Path, out: Path) -> None:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     kwargs = dict(gguf_file=gguf_file.name, local_files_only=True)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, dtype=torch.float32, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, **kwargs)
@@ -176,13 +172,11 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 def _download_from_hub(repo_id: str, trust_remote_code: bool) -> Path:
     try:
-        from huggingface_hub import snapshot_download
-
         patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
         try:
-            path = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+            path = Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
         except Exception:
-            path = Path(snapshot_download(repo_id, allow_patterns=patterns))
+            path = Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:
         raise SparsetrtError(
             f"'{repo_id}' is not a local directory and the Hugging Face hub could not provide it "

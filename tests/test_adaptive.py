@@ -283,7 +283,7 @@ def tiny_variants(pruned_tiny, exported_tiny, tmp_path_factory):
     artifacts = root / "artifacts"
     shutil.copytree(pruned_tiny, artifacts / "pruned")
     shutil.copytree(exported_tiny[0], artifacts / "onnx")
-    manifest = build_variant_set(artifacts, root / "variants", configs=(), dense=True, progress=False)
+    manifest = build_variant_set(artifacts, root / "variants", dense=True, progress=False)
     return root, manifest
 
 
@@ -380,7 +380,7 @@ def test_bench_adaptive_models_gpu_costs_beside_the_measured_ones(tiny_variants,
     assert measured["linucb"]["modelled_gpu_cost"] == modelled["linucb"]["relative_cost"]
     assert "Modelled on GPU costs (a model, not a measurement)" in (tmp_path / "out" / "adaptive.md").read_text()
     gpu_json.write_text("{}")
-    with pytest.raises(SparsetrtError, match="not a `sparsetrt bench-gpu` report"):
+    with pytest.raises(SparsetrtError, match="not a `sparsetrt bench gpu` report"):
         run_adaptive_bench(root / "variants", tmp_path / "out", root / "work", settings, progress=False,
                            gpu_cost=gpu_json)
 
@@ -511,7 +511,8 @@ def test_structured_variants_join_the_set_and_serve_with_escalation_to_dense(tin
     (dense's own prefill and cache) and finishes."""
     from serve_support import LiveServer
 
-    from sparsetrt.prune.shrink import ShrinkSettings, shrink_checkpoint
+    from sparsetrt.prune.shrink import ShrinkSettings
+    from sparsetrt.prune.shrink_stage import shrink_checkpoint
     from sparsetrt.runtime.adaptive.router import resolve_adaptive
     from sparsetrt.runtime.adaptive.variant_set import build_variant_set
 
@@ -548,7 +549,7 @@ def test_structured_variants_join_the_set_and_serve_with_escalation_to_dense(tin
 def test_cli_reports_a_missing_variant_set(tmp_path, capsys):
     from sparsetrt.cli import main
 
-    assert main(["bench-adaptive", "--variants", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 2
+    assert main(["bench", "adaptive", "--variants", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 2
     assert "build the variant set first" in capsys.readouterr().err
     assert main(["serve", "--adaptive", "linucb", "--variants", str(tmp_path / "none")]) == 2
     assert "build the variant set first" in capsys.readouterr().err

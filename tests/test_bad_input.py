@@ -1,4 +1,4 @@
-"""Bad input as a new user sends it (issue #19's list), each kept as a regression test: the exit code, one line that
+"""Bad input as a new user sends it, each kept as a regression test: the exit code, one line that
 names the problem, and nothing half-written. The older cases (corrupt checkpoints, bad patterns, calibration text,
 foreign output directories, TOML keys and types) live in test_cli.py and test_config.py."""
 
@@ -54,7 +54,7 @@ def test_an_artifacts_tree_holding_sparsetrts_own_runs_is_accepted(tmp_path):
     """`make test` leaves artifacts/ci (a whole run) before `make demo` writes artifacts/; an interrupted run leaves
     its finished stages without a run manifest. Neither is foreign; a file of the user's is."""
     from sparsetrt.errors import SparsetrtError
-    from sparsetrt.pipeline import _check_artifacts_dir
+    from sparsetrt.pipeline.runner import _check_artifacts_dir
 
     out = tmp_path / "artifacts"
     (out / "ci" / "pruned").mkdir(parents=True)

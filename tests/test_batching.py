@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from serve_support import LiveServer, SlowServed
 
+from sparsetrt.export.ort_target import write_ort_target
 from sparsetrt.runtime.backends.base import cache_tensors, join_caches, select_cache_rows
 from sparsetrt.runtime.serve.served_model import resolve_served_model
 
@@ -20,13 +21,18 @@ PROMPTS = [" ".join((WORDS * 2)[i % 7: i % 7 + 1 + (i * 5) % 19]) for i in range
 MAX_TOKENS = [4 + (i * 7) % 21 for i in range(16)]
 
 
-@pytest.fixture(scope="module", params=["pytorch", "onnxruntime"])
-def served(request, pruned_tiny, exported_tiny):
+@pytest.fixture(scope="module", params=["pytorch", "onnxruntime", "onnxruntime-target"])
+def served(request, pruned_tiny, exported_tiny, tmp_path_factory):
+    """The tiny model on PyTorch, on ONNX Runtime through the exported (TensorRT-shaped) decoder, and through the
+    ONNX Runtime target (GroupQueryAttention: a chunked prefill of several rows runs row by row)."""
     if request.param == "pytorch":
         return resolve_served_model(str(pruned_tiny), "pytorch", max_prompt_tokens=256)
     onnx_dir, manifest = exported_tiny
-    return resolve_served_model(str(onnx_dir / manifest["files"]["fp32"]["onnx"]), "onnxruntime",
-                                tokenizer=str(pruned_tiny), max_prompt_tokens=256)
+    path = onnx_dir / manifest["files"]["fp32"]["onnx"]
+    if request.param == "onnxruntime-target":
+        path = tmp_path_factory.mktemp("ort-target") / "model.ort.onnx"
+        write_ort_target(pruned_tiny, path, "fp32")
+    return resolve_served_model(str(path), "onnxruntime", tokenizer=str(pruned_tiny), max_prompt_tokens=256)
 
 
 def complete(url: str, i: int, delay: float = 0.0, **extra) -> dict:
@@ -146,7 +152,7 @@ def test_batching_settings_out_of_range_are_refused():
 
 
 def test_bench_serve_runs_both_servers_in_one_run(pruned_tiny, tmp_path):
-    """`sparsetrt bench-serve` end to end on the tiny checkpoint (seconds, not the 60 s acceptance run)."""
+    """`sparsetrt bench serve` end to end on the tiny checkpoint (seconds, not the 60 s acceptance run)."""
     from sparsetrt.runtime.bench.serve import ServeBenchSettings, markdown, run_serve_bench
 
     settings = ServeBenchSettings(model=str(pruned_tiny), backend="pytorch", precisions=("fp32",), max_batch=2,

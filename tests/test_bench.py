@@ -86,11 +86,11 @@ def test_peak_rss_is_the_workers_own_not_its_parents():
 
     import numpy as np
 
-    from sparsetrt.runtime.measure import peak_rss_mb
+    from sparsetrt.memory import peak_rss_mb
 
     ballast = np.ones(600 * (1 << 20) // 8)  # 600 MB resident in this process while the child starts
     assert peak_rss_mb() > 600
-    child = subprocess.run([sys.executable, "-c", "from sparsetrt.runtime.measure import peak_rss_mb; "
+    child = subprocess.run([sys.executable, "-c", "from sparsetrt.memory import peak_rss_mb; "
                             "print(peak_rss_mb())"], capture_output=True, text=True, check=True)
     del ballast
     assert float(child.stdout) < 300

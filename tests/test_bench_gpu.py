@@ -1,4 +1,4 @@
-"""`sparsetrt bench-gpu` on the CPU side: its argument checks, the refusal without CUDA, the report written from a
+"""`sparsetrt bench gpu` on the CPU side: its argument checks, the refusal without CUDA, the report written from a
 synthetic result, and the GPU cost model of `bench-adaptive --gpu-cost` on a synthetic gpu.json. The measuring
 itself needs a CUDA GPU (tests/test_generate.py's gpu-marked test covers the semi-structured path there)."""
 
@@ -59,9 +59,9 @@ def test_settings_are_checked():
 def test_cli_checks_arguments_before_the_gpu(capsys, tmp_path):
     from sparsetrt.cli import main
 
-    assert main(["bench-gpu", "--out", str(tmp_path / "o"), "--samples", "5"]) == 2
+    assert main(["bench", "gpu", "--out", str(tmp_path / "o"), "--samples", "5"]) == 2
     assert "at least 20" in capsys.readouterr().err
-    assert main(["bench-gpu", "--out", str(tmp_path / "o"), "--tokens", "1,x"]) == 2
+    assert main(["bench", "gpu", "--out", str(tmp_path / "o"), "--tokens", "1,x"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -73,7 +73,7 @@ def test_refuses_without_cuda_and_writes_nothing(capsys, tmp_path):
         pytest.skip("this machine has a CUDA GPU: the refusal is for machines without one")
     from sparsetrt.cli import main
 
-    assert main(["bench-gpu", "--out", str(tmp_path / "o")]) == 2
+    assert main(["bench", "gpu", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "needs a CUDA GPU" in err and "is_available() is False" in err
     assert not (tmp_path / "o").exists()
@@ -128,7 +128,7 @@ def test_gpu_cost_model_scales_only_the_2_4_variants():
 def test_gpu_cost_file_is_checked(tmp_path):
     path = tmp_path / "gpu.json"
     path.write_text(json.dumps({"format": "something else"}))
-    with pytest.raises(SparsetrtError, match="not a `sparsetrt bench-gpu` report"):
+    with pytest.raises(SparsetrtError, match="not a `sparsetrt bench gpu` report"):
         read_gpu_report(path)
     with pytest.raises(SparsetrtError, match="does not exist"):
         read_gpu_report(tmp_path / "missing.json")
@@ -177,5 +177,5 @@ def test_the_device_script_is_clean_and_stops_at_the_cuda_check(tmp_path):
     proc = subprocess.run(["sh", str(script), str(tmp_path / "out")], cwd=root, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().startswith("sparsetrt: error: bench-gpu needs a CUDA GPU")
+    assert proc.stderr.strip().startswith("sparsetrt: error: `sparsetrt bench gpu` needs a CUDA GPU")
     assert not (tmp_path / "out").exists()

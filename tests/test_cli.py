@@ -240,7 +240,7 @@ def test_engine_prints_trtexec_and_refuses_without_tensorrt(capsys, exported_tin
     from sparsetrt.build import tensorrt_status
 
     out, _ = exported_tiny
-    code, stdout, _ = run_cli(capsys, "engine", out / "model.fp16.onnx", "--out", tmp_path / "e", "--print-trtexec")
+    code, stdout, _ = run_cli(capsys, "build", out / "model.fp16.onnx", "--out", tmp_path / "e", "--print-trtexec")
     assert code == 0 and "trtexec --onnx=" in stdout and "--sparsity=enable" in stdout
     assert not (tmp_path / "e").exists()
     if tensorrt_status()[0]:

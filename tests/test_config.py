@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from sparsetrt.config import PipelineConfig, load_config
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.pipeline.config import PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,3 +68,18 @@ def test_extends_overrides_key_by_key_and_checks_types(tmp_path):
     (tmp_path / "loop.toml").write_text("extends = 'loop.toml'\n")
     with pytest.raises(SparsetrtError, match="chains stop at 5"):
         load_config(tmp_path / "loop.toml")
+
+
+def test_the_build_section_is_also_read_under_its_earlier_name(tmp_path):
+    """[engine] (what configs already say) is [build]; both at once is refused; the fingerprint keeps the earlier
+    name, so runs made before the rename are still recognised as the same run."""
+    from sparsetrt.artifacts import fingerprint
+
+    (tmp_path / "old.toml").write_text('[engine]\nprecisions = ["fp16"]\n')
+    (tmp_path / "new.toml").write_text('[build]\nprecisions = ["fp16"]\n')
+    old, new = load_config(tmp_path / "old.toml"), load_config(tmp_path / "new.toml")
+    assert old.build.precisions == new.build.precisions == ["fp16"]
+    assert fingerprint(old.to_dict()) == fingerprint(new.to_dict()) and "engine" in new.to_dict()
+    (tmp_path / "both.toml").write_text('[engine]\nprecisions = ["fp16"]\n[build]\nprecisions = ["fp32"]\n')
+    with pytest.raises(SparsetrtError, match=r"\[engine\] and \[build\] are one section"):
+        load_config(tmp_path / "both.toml")

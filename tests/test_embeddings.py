@@ -9,7 +9,7 @@ from conftest import make_tiny_llama
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export import qmath
 from sparsetrt.export.embeddings import lm_head_hessian, quantize_embeddings, vocabulary_tables
-from sparsetrt.export.quantize import QuantSettings
+from sparsetrt.export.settings import QuantSettings
 from sparsetrt.models import load_model
 
 

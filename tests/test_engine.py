@@ -188,10 +188,10 @@ def test_engine_builds_and_generates_like_onnxruntime(exported_tiny, pruned_tiny
     from sparsetrt.runtime.generate import PARITY_PROMPTS, Sampling, compare_generations, encode_prompts, generate
 
     out, _ = exported_tiny
-    sidecar = build_engine(out / "model.onnx", tmp_path / "fp32", EngineOptions(max_batch=4, max_input_len=64,
+    engine_manifest = build_engine(out / "model.onnx", tmp_path / "fp32", EngineOptions(max_batch=4, max_input_len=64,
                                                                                   max_output_len=32))
-    assert sidecar["flags"][0] == "SPARSE_WEIGHTS" and (tmp_path / "fp32" / "layers.json").is_file()
-    assert sidecar["source_onnx"]["sha256"] and sidecar["trtexec"].startswith("trtexec ")
+    assert engine_manifest["flags"][0] == "SPARSE_WEIGHTS" and (tmp_path / "fp32" / "layers.json").is_file()
+    assert engine_manifest["source_onnx"]["sha256"] and engine_manifest["trtexec"].startswith("trtexec ")
     engine = TensorRTRunner(tmp_path / "fp32" / "model.engine")
     ort = OnnxRuntimeRunner(out / "model.onnx")
     ids = np.arange(3, 40, dtype=np.int64)[None]

@@ -13,6 +13,7 @@ from sparsetrt.build import tensorrt_rtx_status
 from sparsetrt.build.engine import EngineOptions, build_engine
 from sparsetrt.cli import main
 from sparsetrt.errors import EngineBuildError, SparsetrtError
+from sparsetrt.runtime.parity.quantized import quantized_parity
 
 OPTIONS = dict(builder="rtx", max_batch=2, max_input_len=64, max_output_len=32)
 
@@ -31,7 +32,8 @@ def quantized_tiny(pruned_tiny, exported_tiny, calib_file, tmp_path_factory) -> 
         quantize_checkpoint(pruned_tiny, onnx_dir, out, {"precision": precision, "block_size": 64,
                                                          "activations": "fp32", **extra},
                             calib=str(calib_file), calib_samples=2, calib_seq_len=32, tp_sizes=(), parity_corpus=str(
-                                calib_file), parity_windows=1, parity_seq_len=64, progress=False)
+                                calib_file), parity_windows=1, parity_seq_len=64, parity=quantized_parity,
+                            progress=False)
         files[name] = out / f"model.{precision}.onnx"
     return files
 
@@ -53,18 +55,18 @@ def engines(quantized_tiny, tmp_path_factory) -> dict[str, dict]:
     ("int8-gemm-outputs", {"INT8xINT8": 14, "INT8 weight-only (float activations)": 1}),
 ])
 def test_four_real_builds_and_what_they_compute_in(engines, precision, matmuls):
-    sidecar = engines[precision]
-    folder = Path(sidecar["dir"])
-    assert sidecar["flavour"] == "tensorrt-rtx" and sidecar["targets"] == ["sm80", "sm86"]
-    assert sidecar["flags"] == ["SPARSE_WEIGHTS"] and sidecar["strongly_typed"]
-    assert sidecar["bytes"] == (folder / "model.engine").stat().st_size > 100_000
-    assert sidecar["peak_rss_mb"] > 100 and sidecar["build_s"] > 0 and sidecar["source_onnx"]["sha256"]
-    assert sidecar["layers"]["matmuls"] == matmuls
-    assert "not determinable at AOT build time" in sidecar["sparsity"]["verdict"]
-    assert sidecar["sparsity"]["in_effect"] is None  # never claimed from a CPU build
+    engine_manifest = engines[precision]
+    folder = Path(engine_manifest["dir"])
+    assert engine_manifest["flavour"] == "tensorrt-rtx" and engine_manifest["targets"] == ["sm80", "sm86"]
+    assert engine_manifest["flags"] == ["SPARSE_WEIGHTS"] and engine_manifest["strongly_typed"]
+    assert engine_manifest["bytes"] == (folder / "model.engine").stat().st_size > 100_000
+    assert engine_manifest["peak_rss_mb"] > 100 and engine_manifest["build_s"] > 0 and engine_manifest["source_onnx"]["sha256"]
+    assert engine_manifest["layers"]["matmuls"] == matmuls
+    assert "not determinable at AOT build time" in engine_manifest["sparsity"]["verdict"]
+    assert engine_manifest["sparsity"]["in_effect"] is None  # never claimed from a CPU build
     layers = json.loads((folder / "layers.json").read_text())
-    assert layers["summary"] == sidecar["layers"] and len(layers["layers"]) == sidecar["layers"]["layers"]
-    assert json.loads((folder / "engine.json").read_text())["fingerprint"] == sidecar["fingerprint"]
+    assert layers["summary"] == engine_manifest["layers"] and len(layers["layers"]) == engine_manifest["layers"]["layers"]
+    assert json.loads((folder / "engine.json").read_text())["fingerprint"] == engine_manifest["fingerprint"]
     assert (folder / "build.log").stat().st_size > 0
 
 
@@ -164,15 +166,15 @@ def test_an_rtx_engine_says_why_it_cannot_run_here(engines):
 def test_rtx_engine_matches_onnxruntime_on_a_gpu(engines, quantized_tiny):
     from sparsetrt.runtime.backends.trt import runnable_here
 
-    sidecar = engines["fp16"]
-    ok, reason = runnable_here(sidecar)
+    engine_manifest = engines["fp16"]
+    ok, reason = runnable_here(engine_manifest)
     if not ok:
         pytest.skip(reason)
     import numpy as np
 
     from sparsetrt.runtime.backends import make_runner
 
-    engine = make_runner("tensorrt", Path(sidecar["dir"]) / "model.engine")
+    engine = make_runner("tensorrt", Path(engine_manifest["dir"]) / "model.engine")
     ort = make_runner("onnxruntime", quantized_tiny["fp16"], device="cpu")
     ids = np.arange(3, 40, dtype=np.int64)[None]
     np.testing.assert_allclose(engine.logits(ids), ort.logits(ids), atol=5e-2)

@@ -60,9 +60,9 @@ def test_streamed_export_equals_in_memory_export_and_reads_each_weight_once_whil
     weight read from the checkpoint once (each value once, in chunks), while the file is written (never held
     through tracing or optimizing). With chunks smaller than a row, a transposed weight is written in bands of a
     few columns, each gathered over many row chunks."""
+    from sparsetrt import checkpoint as streaming
+    from sparsetrt.checkpoint import CheckpointReader
     from sparsetrt.export import onnx_stream
-    from sparsetrt.prune import streaming
-    from sparsetrt.prune.streaming import CheckpointReader
 
     whole = export_checkpoint(bf16_pruned, tmp_path / "whole", precisions=["fp16"])
     if chunk_bytes:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.backends import make_runner, position_ids_for
+from sparsetrt.runtime.backends import make_runner
+from sparsetrt.runtime.backends.base import position_ids_for
 from sparsetrt.runtime.backends.onnxrt import OnnxRuntimeRunner
 from sparsetrt.runtime.backends.pytorch import TorchRunner
 from sparsetrt.runtime.generate import (

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from sparsetrt.config import PipelineConfig
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.pipeline import run_pipeline
+from sparsetrt.pipeline.config import PipelineConfig
 
 
 def tiny_config(checkpoint, calib_file, out) -> PipelineConfig:
@@ -75,25 +75,25 @@ def test_quantized_run_shares_the_float_stages(tmp_path, calib_file, capsys):
 
 def test_pipeline_ends_with_an_engine_and_checks_the_engine_section_first(tiny_checkpoint, calib_file, tmp_path,
                                                                           capsys):
-    """[engine] builds the decoder's engine as the last stage (TensorRT-RTX here, no GPU), reused on a rerun; an
+    """[build] builds the decoder's engine as the last stage (TensorRT-RTX here, no GPU), reused on a rerun; an
     engine the run cannot make is refused before the pruning starts."""
     out = tmp_path / "artifacts"
     bad = tiny_config(tiny_checkpoint, calib_file, out)
-    bad.engine.precisions = ["int8"]
+    bad.build.precisions = ["int8"]
     with pytest.raises(SparsetrtError, match=r'needs \[quantize\] precision = "int8"'):
         run_pipeline(bad, progress=False)
-    bad.engine.precisions, bad.engine.targets = ["fp32"], ["sm90"]
+    bad.build.precisions, bad.build.targets = ["fp32"], ["sm90"]
     with pytest.raises(SparsetrtError, match="need TensorRT 10/11"):
         run_pipeline(bad, progress=False)
     assert not out.exists()
 
     config = tiny_config(tiny_checkpoint, calib_file, out)
-    config.engine.precisions = ["fp32"]
-    config.engine.builder, config.engine.max_input_len, config.engine.max_output_len = "rtx", 64, 32
+    config.build.precisions = ["fp32"]
+    config.build.builder, config.build.max_input_len, config.build.max_output_len = "rtx", 64, 32
     summary = run_pipeline(config, progress=False)
-    sidecar = json.loads((out / "engines" / "fp32" / "engine.json").read_text())
+    engine_manifest = json.loads((out / "engines" / "fp32" / "engine.json").read_text())
     assert summary["passed"] and "engine fp32" in summary["stages"]
-    assert sidecar["flavour"] == "tensorrt-rtx" and (out / "engines" / "fp32" / "model.engine").is_file()
+    assert engine_manifest["flavour"] == "tensorrt-rtx" and (out / "engines" / "fp32" / "model.engine").is_file()
     assert "engine fp32" in capsys.readouterr().out
     stamp = (out / "engines" / "fp32" / "model.engine").stat().st_mtime_ns
     run_pipeline(config, progress=False)
@@ -101,7 +101,7 @@ def test_pipeline_ends_with_an_engine_and_checks_the_engine_section_first(tiny_c
 
 
 def test_a_shrink_stage_runs_before_prune_and_keeps_old_fingerprints(tiny_checkpoint, calib_file, tmp_path):
-    from sparsetrt.config import load_config
+    from sparsetrt.pipeline.config import load_config
 
     plain = tiny_config(tiny_checkpoint, calib_file, tmp_path / "plain")
     assert "shrink" not in plain.to_dict()  # configs without [shrink] fingerprint as before
@@ -120,7 +120,7 @@ def test_a_shrink_stage_runs_before_prune_and_keeps_old_fingerprints(tiny_checkp
 
 def test_stream_and_device_reach_the_stages_but_not_the_fingerprint(tiny_checkpoint, calib_file, tmp_path):
     from sparsetrt.artifacts import fingerprint
-    from sparsetrt.config import load_config
+    from sparsetrt.pipeline.config import load_config
 
     config_file = tmp_path / "stream.toml"
     config_file.write_text('[prune]\nstream = true\ndevice = "auto"\n[export]\nstream = true\n')

@@ -26,11 +26,12 @@ def pruned_and_exported(root: Path, calib_file: Path, tied: bool, precision: str
 
 def quantize(root: Path, calib_file: Path, name: str, settings: dict, stream: bool) -> dict:
     from sparsetrt.export.quant_stage import quantize_checkpoint
+    from sparsetrt.runtime.parity.quantized import quantized_parity
 
     return quantize_checkpoint(root / "pruned", root / "onnx", root / name, {"precision": "int4", **settings},
                                calib=str(calib_file), calib_samples=4, calib_seq_len=32, tp_sizes=(),
                                parity_corpus=str(calib_file), parity_windows=1, parity_seq_len=32, progress=False,
-                               stream=stream)
+                               stream=stream, parity=quantized_parity)
 
 
 @pytest.mark.parametrize("tied,settings", [
@@ -43,7 +44,7 @@ def test_streamed_quantize_writes_the_in_memory_file(calib_file, tmp_path, monke
     """Same nodes, same initializers (integers, scales, activation scales, SmoothQuant's multipliers, everything
     untouched) as the in-memory quantizer, whose integers and ranges come out of Model Optimizer's quantizers
     calibrated on the whole model; the zeros verified; what needs the whole model said."""
-    from sparsetrt.prune import streaming
+    from sparsetrt import checkpoint as streaming
 
     settings = dict(settings)
     if settings.pop("int8_outputs", False):

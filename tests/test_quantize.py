@@ -33,13 +33,14 @@ def tp_model(tmp_path_factory, calib_file):
 
 def quantize(root: Path, calib_file: Path, name: str, precision: str, **kw):
     from sparsetrt.export.quant_stage import quantize_checkpoint
+    from sparsetrt.runtime.parity.quantized import quantized_parity
 
     checkpoint = kw.pop("checkpoint", root / "pruned")
     onnx_dir = kw.pop("onnx_dir", root / "onnx")
     settings = {"precision": precision, **kw.pop("settings", {})}
     return quantize_checkpoint(checkpoint, onnx_dir, root / name, settings, calib=str(calib_file), calib_samples=8,
                                calib_seq_len=64, parity_corpus=str(calib_file), parity_windows=2,
-                               parity_seq_len=64, progress=False, **kw)
+                               parity_seq_len=64, parity=quantized_parity, progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_int8_artifacts_keep_the_zeros_and_pass_the_lint(tp_model, int8_run):
 
 
 def test_int8_fidelity_is_judged_against_the_measured_noise_floor(tp_model, int8_run):
-    from sparsetrt.export.quant_stage import NOISE_FLOOR_MARGIN
+    from sparsetrt.runtime.parity.quantized import NOISE_FLOOR_MARGIN
 
     report = json.loads((tp_model / "int8" / "parity.json").read_text())
     rows = {c["name"]: c for c in report["candidates"]}
@@ -85,8 +86,8 @@ def test_int8_fidelity_is_judged_against_the_measured_noise_floor(tp_model, int8
 
 
 def test_fidelity_bar_follows_the_floor_only_downwards():
-    from sparsetrt.export.quant_stage import fidelity_rules
     from sparsetrt.runtime.parity.compare import evaluate_checks
+    from sparsetrt.runtime.parity.quantized import fidelity_rules
 
     assert fidelity_rules(None) == {"top1_agreement": (">=", 0.99)}
     assert fidelity_rules(0.9999) == {"top1_agreement": (">=", 0.99)}
@@ -98,10 +99,12 @@ def test_fidelity_bar_follows_the_floor_only_downwards():
 def test_noise_floor_runner_leaves_the_reference_untouched(tp_model):
     import numpy as np
 
-    from sparsetrt.export.quantize import LinearQuant, NoiseFloorRunner, tensorrt_fake_quant
+    from sparsetrt.export.qmath import LinearQuant
+    from sparsetrt.export.quantize import tensorrt_fake_quant
     from sparsetrt.models import load_model
-    from sparsetrt.prune.sequential import target_linears
+    from sparsetrt.modules import target_linears
     from sparsetrt.runtime.backends.pytorch import TorchRunner
+    from sparsetrt.runtime.parity.quantized import NoiseFloorRunner
 
     model = load_model(tp_model / "pruned")[0]
     quants = {}
@@ -119,7 +122,8 @@ def test_noise_floor_runner_leaves_the_reference_untouched(tp_model):
 
 
 def test_one_ulp_of_jitter_moves_values_on_a_rounding_boundary():
-    from sparsetrt.export.quantize import LinearQuant, TensorRTFakeQuantLinear
+    from sparsetrt.export.qmath import LinearQuant
+    from sparsetrt.export.quantize import TensorRTFakeQuantLinear
 
     step = 0.25
     layer = TensorRTFakeQuantLinear(LinearQuant("x", torch.eye(8, dtype=torch.int8), torch.ones(8), None, step, None), None)

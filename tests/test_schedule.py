@@ -1,4 +1,4 @@
-"""The scheduling math of issue #5: log-level clustering, exact weighted targets, adaptive range, 2:4 coverage."""
+"""The scheduling math: log-level clustering, exact weighted targets, adaptive range, 2:4 coverage."""
 
 import pytest
 

@@ -8,6 +8,7 @@ import torch
 import sparsetrt.prune.sequential as sequential
 from sparsetrt.calibration.data import random_windows, read_corpus, tokenize_corpus
 from sparsetrt.models import load_model
+from sparsetrt.modules import decoder_layers, target_linears
 from sparsetrt.prune.masks import parse_pattern
 
 
@@ -20,19 +21,19 @@ def tiny(tiny_checkpoint, calib_file):
 
 def test_targets_default_to_every_block_linear(tiny):
     model, _ = tiny
-    names = list(sequential.target_linears(model))
+    names = list(target_linears(model))
     assert len(names) == 14 and all(".layers." in n for n in names)
     assert not any("embed" in n or "lm_head" in n for n in names)
-    mlp_only = sequential.target_linears(model, targets=["*.mlp.*"], exclude=["*.down_proj"])
+    mlp_only = target_linears(model, targets=["*.mlp.*"], exclude=["*.down_proj"])
     assert sorted({n.rsplit(".", 1)[-1] for n in mlp_only}) == ["gate_proj", "up_proj"]
 
 
 def test_groups_follow_shared_inputs(tiny):
     model, _ = tiny
-    layers = sequential.decoder_layers(model)
+    layers = decoder_layers(model)
     with torch.no_grad():
         cached = sequential.capture_first_layer_inputs(model, layers, torch.randint(0, 100, (6, 48)), 3)
-    modules = {n: m for n, m in sequential.target_linears(model).items() if ".layers.0." in n}
+    modules = {n: m for n, m in target_linears(model).items() if ".layers.0." in n}
     # repeated under no_grad, as sequential_update runs it: grouping by id() of the inputs once merged o_proj into
     # gate/up's group when the allocator reused the freed attention output's address for the MLP's input (by
     # chance: tests/test_streaming.py caught it; this loop does not reproduce it reliably)
@@ -73,7 +74,7 @@ def test_statistics_see_the_already_pruned_layers(tiny, monkeypatch):
 
 def test_memoized_attention_gives_the_same_statistics_without_recomputing(tiny):
     model, windows = tiny
-    layers = sequential.decoder_layers(model)
+    layers = decoder_layers(model)
     layer = layers[0]
     calls = []
     layer.self_attn.q_proj.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -123,7 +124,7 @@ def _compare_shortcut_and_plain(tiny, tiny_checkpoint, monkeypatch):
 
 def test_delta_propagation_matches_a_forward_pass(tiny, monkeypatch):
     model, windows = tiny
-    layers = sequential.decoder_layers(model)
+    layers = decoder_layers(model)
     with torch.no_grad():
         cached = sequential.capture_first_layer_inputs(model, layers, windows, 3)
         layer = layers[0]

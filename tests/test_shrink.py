@@ -14,7 +14,8 @@ from conftest import make_tiny_llama
 from sparsetrt.cli import main
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.importance import keep_heads
-from sparsetrt.prune.shrink import ShrinkSettings, plan, shrink_checkpoint, skip_block
+from sparsetrt.prune.shrink import ShrinkSettings, plan, skip_block
+from sparsetrt.prune.shrink_stage import shrink_checkpoint
 
 
 def load(path):
@@ -189,7 +190,7 @@ def test_an_unknown_estimator_is_refused_with_the_list(tiny_checkpoint, tmp_path
 
 def test_bench_structured_reports_every_variant_against_dense(pruned_tiny, tiny_checkpoint, calib_file,
                                                                tmp_path):
-    """`sparsetrt bench-structured` end to end on the tiny model (windows of 32 tokens, seconds of distillation)."""
+    """`sparsetrt bench structured` end to end on the tiny model (windows of 32 tokens, seconds of distillation)."""
     from sparsetrt.runtime.bench.structured import StructuredBenchSettings, markdown, run_structured_bench
 
     settings = StructuredBenchSettings(model=str(tiny_checkpoint), pruned_2to4=str(pruned_tiny),
@@ -212,6 +213,7 @@ def test_bench_structured_reports_every_variant_against_dense(pruned_tiny, tiny_
     from sparsetrt.export.quant_stage import quantize_checkpoint
     from sparsetrt.export.stage import export_checkpoint
     from sparsetrt.runtime.bench.structured import add_int8_columns
+    from sparsetrt.runtime.parity.quantized import quantized_parity
 
     artifacts = tmp_path / "artifacts"
     shutil.copytree(pruned_tiny, artifacts / "pruned")
@@ -219,7 +221,8 @@ def test_bench_structured_reports_every_variant_against_dense(pruned_tiny, tiny_
     calib = str(calib_file)
     quantize_checkpoint(artifacts / "pruned", artifacts / "onnx", artifacts / "int8", {"precision": "int8"},
                         calib=calib, calib_samples=2, calib_seq_len=32, tp_sizes=(), parity_corpus=calib,
-                        parity_windows=1, parity_seq_len=32, progress=False)
+                        parity_windows=1, parity_seq_len=32, parity=quantized_parity,
+                        progress=False)
     saved = json.loads((tmp_path / "out" / "structured.json").read_text())
     saved["rows"] = [r for r in saved["rows"] if r["variant"] in ("dense", "mlp-25")]
     (tmp_path / "out" / "structured.json").write_text(json.dumps(saved))

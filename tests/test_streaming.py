@@ -97,14 +97,14 @@ def test_checkpoint_chunks_and_their_digest_are_the_whole_tensors(tmp_path, monk
     import numpy as np
     from safetensors.torch import save_file
 
+    from sparsetrt import checkpoint
     from sparsetrt.export.qdq_stream import checkpoint_digest
-    from sparsetrt.prune import streaming
     from sparsetrt.prune.verify import digest
 
     stored = torch.randn(37, 23).to(torch.bfloat16)
     save_file({"w": stored}, str(tmp_path / "model.safetensors"))
-    monkeypatch.setattr(streaming, "READ_CHUNK_BYTES", 100)
-    reader = streaming.CheckpointReader(tmp_path)
+    monkeypatch.setattr(checkpoint, "READ_CHUNK_BYTES", 100)
+    reader = checkpoint.CheckpointReader(tmp_path)
     whole = stored.float().t() if transpose else stored.float()
     chunks = list(reader.chunks("w", torch.float32, transpose))
     assert len(chunks) > 3 and all(c.shape[0] < whole.shape[0] for c in chunks)
@@ -174,8 +174,8 @@ def test_bench_scale_on_a_tiny_shape_at_two_depths(tmp_path, monkeypatch):
     engine = report["rows"][0]["stages"].pop("engine-fp16")  # TensorRT-RTX, ahead of time: runs without a GPU
     assert engine["rc"] == 0 and engine["input"] == "export-fp16-stream ONNX", engine
     assert (tmp_path / "work" / "tiny-1L" / "engine-fp16" / "model.engine").stat().st_size > 0
-    sidecar = json.loads((tmp_path / "work" / "tiny-1L" / "engine-fp16" / "engine.json").read_text())
-    assert engine["peak_rss_bytes"] >= sidecar["peak_rss_mb"] * 1e6 * 0.99  # the build runs in a child: counted
+    engine_manifest = json.loads((tmp_path / "work" / "tiny-1L" / "engine-fp16" / "engine.json").read_text())
+    assert engine["peak_rss_bytes"] >= engine_manifest["peak_rss_mb"] * 1e6 * 0.99  # the build runs in a child: counted
     assert "| engine-fp16 |" in (tmp_path / "out" / "scale.md").read_text()
     for precision, graph in (("int4", "fp16"), ("int8", "fp32")):  # each quantizer over its float graph, then built
         quantized = report["rows"][0]["stages"].pop(f"quantize-{precision}-stream")
@@ -264,9 +264,10 @@ def test_bench_scale_skips_what_would_not_fit_in_memory():
     export and shrink of 8B-4L, its distillation with or without the teacher in memory (the student's training
     state alone is 16 bytes per block parameter), while 135M distils either way."""
     from sparsetrt.runtime.bench import scale
+    from sparsetrt.runtime.bench.settings import STAGES
 
     small, big = (scale.sizes(scale.shape_of(*run)) for run in (("smollm2-135m", None), ("llama3-8b", 4)))
-    assert all(scale.over_memory(stage, small, 23.5) is None for stage in scale.STAGES)
+    assert all(scale.over_memory(stage, small, 23.5) is None for stage in STAGES)
     assert scale.over_memory("export-fp16", big, 23.5).startswith("would need about 27 GiB (3.7x the fp32 model)")
     assert scale.over_memory("shrink", big, 23.5).startswith("would need about 21 GiB")
     assert "and the teacher" in scale.over_memory("distill", big, 23.5)
@@ -281,9 +282,9 @@ def test_streamed_forward_model_gives_the_whole_models_outputs_one_block_at_a_ti
     block holds real weights, and after the forward none does."""
     from transformers import AutoModelForCausalLM
 
+    from sparsetrt.checkpoint import streamed_forward_model
     from sparsetrt.models import load_model
-    from sparsetrt.prune.sequential import decoder_layers
-    from sparsetrt.prune.streaming import streamed_forward_model
+    from sparsetrt.modules import decoder_layers
 
     source = make_tiny_llama(tmp_path / "fp32", layers=3, tied=tied, seed=2)
     bf16 = tmp_path / "bf16"

@@ -35,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsetrt.artifacts import write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.runtime.adaptive.features import FEATURES
+from sparsetrt.runtime.settings import POLICIES
 
 log = logging.getLogger("sparsetrt.adaptive")
 STATE_VERSION = 1
-BANDITS = ("linucb", "thompson")
-POLICIES = (*BANDITS, "threshold", "static")
 ESCALATION_SAMPLES = 4000  # audited tokens kept for the escalation threshold (a sliding window)
 DESIGN_DIM = len(FEATURES) + 1
 
@@ -205,8 +205,6 @@ class Controller:
                 "escalation_samples": self.escalation_samples, "rng": self.rng.bit_generator.state}
 
     def save(self, path: Path) -> None:
-        from sparsetrt.artifacts import write_json
-
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_json(path, self.state())
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 FEATURES = ("bias", "mean_nll", "max_nll", "std_nll", "mean_entropy", "last_entropy", "log_length")
 PROBE_WINDOW = 16
@@ -29,8 +30,6 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def token_stats(logits: np.ndarray, targets: np.ndarray | None = None) -> dict:
     """Per row of `logits` [n, vocab]: entropy (nats), argmax, and the NLL of `targets` [n] when given.
     torch rather than numpy: its fused, threaded log-softmax is ~3x faster here (5 vs 19 ms for 32 x 49 152)."""
-    import torch
-
     logp = torch.log_softmax(torch.as_tensor(np.asarray(logits, dtype=np.float32)), dim=-1)
     stats = {"entropy": -(logp.exp() * logp).sum(dim=-1).numpy(), "argmax": logp.argmax(dim=-1).numpy()}
     if targets is not None:

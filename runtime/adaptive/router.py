@@ -18,6 +18,7 @@ open_request / after_token / close_request with each request's own state. The si
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,10 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.layout import VARIANT_MANIFEST
+from sparsetrt.models import load_tokenizer
 from sparsetrt.runtime.adaptive.controllers import Arms, ControllerSettings, load_controller
 from sparsetrt.runtime.adaptive.features import log_softmax, probe_features, token_stats
-from sparsetrt.runtime.adaptive.variant_set import CostModel, decision_costs
-from sparsetrt.runtime.backends import position_ids_for
+from sparsetrt.runtime.adaptive.variant_set import CostModel, decision_costs, read_variant_set
+from sparsetrt.runtime.backends import make_runner
+from sparsetrt.runtime.backends.base import position_ids_for
+from sparsetrt.runtime.serve.served_model import DEFAULT_MAX_PROMPT_TOKENS, context_tokens
 
 log = logging.getLogger("sparsetrt.adaptive")
 
@@ -252,8 +257,6 @@ class AdaptiveServed:
         return Arms(names, names.index(self.manifest["dense"]), names.index(self.manifest["probe"]))
 
     def load(self):
-        from sparsetrt.runtime.backends import make_runner
-
         arms = self.arms()
         controller = load_controller(self.state_path, arms, self.settings)
         runners = [make_runner(self.backend, v["path"], device="cpu" if self.backend == "onnxruntime" else "auto")
@@ -262,8 +265,6 @@ class AdaptiveServed:
         return AdaptiveRunner(runners, arms, controller, costs, self.state_path), self.load_tokenizer()
 
     def load_tokenizer(self):
-        from sparsetrt.models import load_tokenizer
-
         return load_tokenizer(self.tokenizer_dir)
 
     def describe(self) -> dict:
@@ -280,9 +281,6 @@ class AdaptiveServed:
 def resolve_adaptive(variants: str | Path, settings: ControllerSettings, name: str | None = None,
                      state_path: str | Path | None = None, max_prompt_tokens: int | None = None) -> AdaptiveServed:
     """Check the variant set and the controller settings before the server binds."""
-    from sparsetrt.runtime.adaptive.variant_set import VARIANT_MANIFEST, read_variant_set
-    from sparsetrt.runtime.serve.served_model import DEFAULT_MAX_PROMPT_TOKENS, context_tokens
-
     manifest = read_variant_set(Path(variants))
     manifest_path = Path(variants) if Path(variants).is_file() else Path(variants) / VARIANT_MANIFEST
     names = [v["name"] for v in manifest["variants"]]
@@ -300,8 +298,6 @@ def resolve_adaptive(variants: str | Path, settings: ControllerSettings, name: s
 
 
 def _has_threshold(state_path) -> bool:
-    import json
-
     try:
         return bool(json.loads(Path(state_path).read_text()).get("threshold"))
     except (TypeError, OSError, ValueError, AttributeError):

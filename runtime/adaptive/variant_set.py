@@ -17,10 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsetrt.artifacts import read_json, write_json
+from sparsetrt.calibration.data import load_corpus, random_windows, tokenize_corpus
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.backends import position_ids_for
+from sparsetrt.export.stage import export_checkpoint
+from sparsetrt.layout import FLOAT_PRECISIONS, STRUCTURE_MANIFEST, VARIANT_MANIFEST, ArtifactsTree
+from sparsetrt.models import load_tokenizer
+from sparsetrt.runtime.adaptive.features import token_stats
+from sparsetrt.runtime.backends import make_runner
+from sparsetrt.runtime.backends.base import position_ids_for
+from sparsetrt.runtime.deployables import discover_deployables, files_bytes
+from sparsetrt.runtime.measure import device_info
+from sparsetrt.runtime.prepare import prepare_dense, prepare_like_runs
 
-VARIANT_MANIFEST = "variants.json"
 COST_PROMPT_LENGTHS = (32, 128, 256)
 REFERENCE_REQUEST = (128, 32)
 QUALITY_WINDOWS = 4  # prompt tokens, new tokens: the request `relative_cost` in the manifest describes
@@ -107,8 +116,6 @@ PROBE_COST_TIE = 0.10  # variants within 10 % of the cheapest cost are a tie (ti
 
 def quality_nll(runner, windows: np.ndarray) -> float:
     """Mean next-token NLL of `windows` [n, seq] (calibration text): a quick quality reading for the manifest."""
-    from sparsetrt.runtime.adaptive.features import token_stats
-
     nll = [token_stats(runner.logits(w[None])[0, :-1], w[1:])["nll"].mean() for w in windows]
     return float(np.mean(nll))
 
@@ -125,15 +132,11 @@ def choose_probe(entries: list[dict]) -> dict:
 def collect_variants(artifacts: Path, backend: str = "onnxruntime", schedules: Path | None = None,
                      progress: bool = True) -> list[dict]:
     """name/pattern/precision/path of every variant `artifacts` holds for `backend` (the layout `sparsetrt run` and
-    `sparsetrt bench --dense` write), plus the hardware-mode schedules under `schedules` exported to ONNX."""
-    from sparsetrt.runtime.deployables import discover_deployables
-
+    `sparsetrt bench perf --dense` write), plus the hardware-mode schedules under `schedules` exported to ONNX."""
     found = [d for d in discover_deployables(artifacts) if d.backend == backend]
     entries = [{"name": f"{d.pattern}-{d.precision}", "pattern": d.pattern, "precision": d.precision,
                 "backend": d.backend, "path": d.path} for d in found]
     if schedules is not None and backend == "onnxruntime":
-        from sparsetrt.export.stage import export_checkpoint
-
         for checkpoint in sorted(Path(schedules).glob("*hardware*")):
             if not (checkpoint / "sparsity.json").is_file():
                 continue
@@ -152,8 +155,6 @@ STRUCTURED_PRECISIONS = ("fp32", "int8")  # INT4 weight-only costs more than INT
 def structured_checkpoint(work: Path, name: str) -> Path:
     """The checkpoint `make bench-structured` wrote for variant `name` under `work`: NAME/shrunk (one-shot) or, for
     NAME+distill, NAME/distilled."""
-    from sparsetrt.prune.shrink import STRUCTURE_MANIFEST
-
     base, distilled = (name[:-len("+distill")], True) if name.endswith("+distill") else (name, False)
     checkpoint = Path(work) / base / ("distilled" if distilled else "shrunk")
     if not (checkpoint / STRUCTURE_MANIFEST).is_file():  # a distilled student keeps its structure.json
@@ -162,17 +163,20 @@ def structured_checkpoint(work: Path, name: str) -> Path:
     return checkpoint
 
 
+def check_structured(work: Path | None, names) -> None:
+    """Refuse a structured variant `make bench-structured` has not written, before any work."""
+    for name in names:
+        structured_checkpoint(work, name)
+
+
 def structured_variants(work: Path, names, runs: Path, backend: str = "onnxruntime",
                         precisions=STRUCTURED_PRECISIONS, progress: bool = True) -> list[dict]:
     """Variant entries for shrunk (and distilled) checkpoints of `make bench-structured`: each exported and quantized
     with the settings of the 2:4 runs under `runs` into work/NAME/ (where the benchmark's fp32 export already is),
     one entry per precision. Only ONNX Runtime: the TensorRT backend needs engines, which this does not build."""
-    from sparsetrt.export import FLOAT_PRECISIONS
-    from sparsetrt.runtime.deployables import ArtifactsTree, prepare_like_runs
-
     if names and backend != "onnxruntime":
         raise SparsetrtError(f"structured variants are exported for onnxruntime; the {backend} backend needs "
-                             "engines of them (sparsetrt engine), which `sparsetrt variants` does not build")
+                             "engines of them (sparsetrt build), which `sparsetrt variants` does not build")
     checkpoints = {name: structured_checkpoint(work, name) for name in names}  # every name checked before work
     entries = []
     for name, checkpoint in checkpoints.items():
@@ -191,28 +195,14 @@ def structured_variants(work: Path, names, runs: Path, backend: str = "onnxrunti
     return entries
 
 
-def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", configs=(), dense: bool = True,
+def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", dense: bool = True,
                       schedules: Path | None = None, structured: Path | None = None, structured_names=(),
                       progress: bool = True) -> dict:
-    """Run the pipeline for `configs` (finished stages are reused), add the dense baseline and the named structured
-    variants under `structured`, time every variant and write out/variants.json. Returns the manifest."""
-    from sparsetrt.artifacts import write_json
-    from sparsetrt.config import load_config
-    from sparsetrt.pipeline import run_pipeline
-    from sparsetrt.runtime.backends import make_runner
-    from sparsetrt.runtime.deployables import ArtifactsTree, files_bytes, prepare_dense
-    from sparsetrt.runtime.measure import device_info
-
+    """The variants the pipeline already built under `artifacts` (its 2:4 runs), the dense baseline (exported and
+    quantized here when `dense`) and the named structured variants under `structured`: each timed, written to
+    out/variants.json. Returns the manifest. (sparsetrt.pipeline.variants runs the pipeline first.)"""
     artifacts, out = Path(artifacts), Path(out)
-    if structured_names:  # refuse a missing one before the pipeline runs
-        for name in structured_names:
-            structured_checkpoint(structured, name)
-    for config_path in configs:
-        config = load_config(config_path)
-        config.out = str(artifacts)
-        if progress:
-            print(f"==> pipeline {config_path} (finished stages are reused)", flush=True)
-        run_pipeline(config, overwrite=True, progress=progress)
+    check_structured(structured, structured_names)
     if dense:
         if progress:
             print("==> dense baseline (export + quantize with the 2:4 runs' settings)", flush=True)
@@ -226,8 +216,6 @@ def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", 
                              "dense variant as their quality reference)")
     if len(entries) < 2:
         raise SparsetrtError(f"only {names} under {artifacts}: an adaptive controller needs two variants or more")
-    from sparsetrt.calibration.data import load_corpus, random_windows, tokenize_corpus
-    from sparsetrt.models import load_tokenizer
 
     tokenizer = load_tokenizer(ArtifactsTree(artifacts).pruned)
     corpus = load_corpus("auto", "valid")  # never the evaluation split
@@ -261,8 +249,6 @@ def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", 
 
 def read_variant_set(path: Path) -> dict:
     """The manifest at `path` (a variants.json or the folder holding it), checked for what controllers need."""
-    from sparsetrt.artifacts import read_json
-
     path = Path(path)
     if path.is_dir():
         path = path / VARIANT_MANIFEST

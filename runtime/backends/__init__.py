@@ -4,8 +4,8 @@
   pytorch   TorchRunner: the eager reference (and cuSPARSELt 2:4 Linears on a GPU)
   onnxrt    OnnxRuntimeRunner
   trt       TensorRTRunner: a built engine on Polygraphy's TrtRunner
-Only this registry imports the backend modules, and only when a runner is asked for, so a backend module may
-import its library at the top.
+This registry names the backend modules lazily (each is imported when its runner is asked for), so a backend
+module may import its library at the top and `BACKENDS` costs nothing to read.
 """
 
 from __future__ import annotations
@@ -13,30 +13,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.backends.base import GraphRunner, position_ids_for
+from sparsetrt.lazy import lazy_import
+from sparsetrt.runtime.settings import BACKENDS
 
-__all__ = ["BACKENDS", "GraphRunner", "make_runner", "position_ids_for"]
-
-BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+onnxrt = lazy_import("sparsetrt.runtime.backends.onnxrt")
+pytorch = lazy_import("sparsetrt.runtime.backends.pytorch")
+torch = lazy_import("torch")
+trt = lazy_import("sparsetrt.runtime.backends.trt")
 
 
 def make_runner(backend: str, path: str | Path, device: str = "auto", **kwargs):
     """A runner by name: pytorch (checkpoint dir), onnxruntime (.onnx file), tensorrt (.engine file)."""
     if backend == "pytorch":
-        import torch
-
-        from sparsetrt.runtime.backends.pytorch import TorchRunner
-
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        return TorchRunner.from_checkpoint(Path(path), device=device, **kwargs)
+        return pytorch.TorchRunner.from_checkpoint(Path(path), device=device, **kwargs)
     if backend == "onnxruntime":
-        from sparsetrt.runtime.backends.onnxrt import OnnxRuntimeRunner
-
         providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if device in ("auto", "cuda") else \
             ("CPUExecutionProvider",)
-        return OnnxRuntimeRunner(Path(path), providers=providers, **kwargs)
+        return onnxrt.OnnxRuntimeRunner(Path(path), providers=providers, **kwargs)
     if backend == "tensorrt":
-        from sparsetrt.runtime.backends.trt import TensorRTRunner
-
-        return TensorRTRunner(Path(path), **kwargs)
+        return trt.TensorRTRunner(Path(path), **kwargs)
     raise SparsetrtError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")

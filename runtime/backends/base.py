@@ -12,6 +12,10 @@ The cache is whatever the backend keeps between steps (numpy arrays, torch tenso
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sparsetrt.export.onnx_export import decoder_geometry, past_names, present_names
 
 
 def position_ids_for(attention_mask: np.ndarray, new_tokens: int) -> np.ndarray:
@@ -26,8 +30,6 @@ class GraphRunner:
     Subclasses provide `_run(feeds) -> outputs` and `_empty(shape)` in their own array type."""
 
     def __init__(self, graph: dict):
-        from sparsetrt.export.onnx_export import past_names, present_names
-
         self.graph = graph
         self.past_names = past_names(graph["layers"])
         self.present_names = present_names(graph["layers"])
@@ -63,8 +65,6 @@ class GraphRunner:
 
 def graph_interface(graph) -> dict:
     """Layers, KV heads and head size of an exported decoder (an ONNX GraphProto), read from its inputs."""
-    from sparsetrt.export.onnx_export import decoder_geometry
-
     return decoder_geometry({i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
                              for i in graph.input})
 
@@ -96,7 +96,6 @@ def _left_pad(array, columns: int):
         return array
     if isinstance(array, np.ndarray):
         return np.pad(array, ((0, 0), (0, 0), (columns, 0), (0, 0)))
-    import torch.nn.functional as F
 
     return F.pad(array, (0, 0, columns, 0))
 
@@ -104,7 +103,6 @@ def _left_pad(array, columns: int):
 def _concat(arrays: list):
     if isinstance(arrays[0], np.ndarray):
         return np.concatenate(arrays, axis=0)
-    import torch
 
     return torch.cat(arrays, dim=0)
 
@@ -122,7 +120,5 @@ def select_cache_rows(cache, rows: list[int], drop_columns: int = 0):
     if isinstance(cache_tensors(cache)[0], np.ndarray):
         index = np.asarray(rows)
     else:
-        import torch
-
         index = torch.as_tensor(rows, device=cache_tensors(cache)[0].device)
     return _with_tensors(cache, [a[index][:, :, drop_columns:] for a in cache_tensors(cache)])

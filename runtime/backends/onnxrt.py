@@ -7,7 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
+from sparsetrt.export.qdq_onnx import dequantized_weights
+from sparsetrt.layout import onnx_files
+from sparsetrt.prune.verify import consumers_of
 from sparsetrt.runtime.backends.base import GraphRunner, graph_interface
 
 
@@ -16,8 +20,10 @@ class OnnxRuntimeRunner(GraphRunner):
 
     backend = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, providers=("CPUExecutionProvider",), threads: int | None = None):
-        graph = onnx.load(str(onnx_path), load_external_data=False).graph  # structure only; read once
+    def __init__(self, onnx_path: Path, providers=("CPUExecutionProvider",), threads: int | None = None,
+                 model: onnx.ModelProto | None = None):
+        """`model`: the file at `onnx_path` as already loaded (and changed) in memory, to run instead of it."""
+        graph = (model or onnx.load(str(onnx_path), load_external_data=False)).graph  # structure only; read once
         super().__init__(graph_interface(graph))
         options = ort.SessionOptions()
         # ORT fuses DequantizeLinear(int4, blocked) + MatMul into its MatMulNBits kernel, which by default
@@ -28,12 +34,16 @@ class OnnxRuntimeRunner(GraphRunner):
             options.intra_op_num_threads = threads
         available = set(ort.get_available_providers())
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-        model = fold_table_dequantization(Path(onnx_path), graph)
-        self.folded_tables = model is not None
+        folded = fold_table_dequantization(Path(onnx_path), graph)
+        self.folded_tables = folded is not None
+        model = folded or model
         source = str(onnx_path) if model is None else model.SerializeToString()
         self.session = ort.InferenceSession(source, options, providers=chosen,
                                             disabled_optimizers=broken_optimizers(graph))
         self.providers = self.session.get_providers()
+        # GroupQueryAttention (the ONNX Runtime target's attention) refuses a batch of several rows that each bring
+        # several new tokens to a non-empty cache (a chunked prefill of a batch): such a call runs row by row
+        self.row_by_row = any(node.op_type == "GroupQueryAttention" for node in graph.node)
         past = next(i for i in self.session.get_inputs() if i.name == self.past_names[0])
         self.cache_dtype = np.float16 if "float16" in past.type else np.float32
 
@@ -45,6 +55,10 @@ class OnnxRuntimeRunner(GraphRunner):
 
     def _run(self, feeds):
         names = ["logits", *self.present_names]
+        batch, new = feeds["input_ids"].shape
+        if self.row_by_row and batch > 1 and new > 1 and feeds[self.past_names[0]].shape[2] > 0:
+            rows = [self.session.run(names, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(batch)]
+            return {name: np.concatenate([row[j] for row in rows]) for j, name in enumerate(names)}
         return dict(zip(names, self.session.run(names, feeds)))
 
     @staticmethod
@@ -74,12 +88,6 @@ def fold_table_dequantization(onnx_path: Path, graph=None):
     builder does with constant weights; the file on disk stays quantized. Returns None for graphs over 1.5 GB
     (the protobuf limit applies to the in-memory copy); ORT then runs the file as it is. `graph`: the file's
     GraphProto without external data, when the caller has it already."""
-    from onnx import numpy_helper
-
-    from sparsetrt.export.onnx_export import onnx_files
-    from sparsetrt.export.qdq_onnx import dequantized_weights
-    from sparsetrt.prune.verify import consumers_of
-
     if graph is None:
         graph = onnx.load(str(onnx_path), load_external_data=False).graph
     consumers = consumers_of(graph)

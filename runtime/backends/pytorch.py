@@ -6,8 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.sparse import to_sparse_semi_structured
+from transformers import DynamicCache
 
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.models import load_model
+from sparsetrt.prune.masks import nm_violations
 from sparsetrt.runtime.backends.base import position_ids_for
 
 
@@ -25,8 +29,6 @@ class TorchRunner:
     @classmethod
     def from_checkpoint(cls, checkpoint: Path, dtype: str = "float32", device: str = "cpu",
                         semi_structured: bool = False) -> "TorchRunner":
-        from sparsetrt.models import load_model
-
         runner = cls(*load_model(Path(checkpoint), dtype=dtype), device=device)
         if semi_structured:
             to_semi_structured(runner.model)
@@ -55,8 +57,6 @@ class TorchRunner:
         return out.logits.float().cpu().numpy(), out.past_key_values
 
     def empty_cache(self, batch: int):
-        from transformers import DynamicCache
-
         # Full-length layers, as the export traces them: a sliding-window layer crops its past, which rows joined
         # into a running batch (serve's continuous batching) cannot be; the attention mask applies the window.
         return DynamicCache()
@@ -78,10 +78,6 @@ class TorchRunner:
 def to_semi_structured(model) -> int:
     """Swap every 2:4-sparse Linear weight for torch's semi-structured sparse tensor (CUDA, SM >= 80, fp16/bf16/
     int8); returns how many were swapped. Weights that are not exactly 2:4 stay dense."""
-    from torch.sparse import to_sparse_semi_structured
-
-    from sparsetrt.prune.masks import nm_violations
-
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
         raise SparsetrtError("semi-structured 2:4 weights need a CUDA GPU with compute capability >= 8.0 (Ampere)")
     swapped = 0

@@ -1,6 +1,6 @@
 """A built engine behind the decoder interface, on Polygraphy's TrtRunner: TensorRT proper's, or TensorRT-RTX's
 (whose kernels compile just in time on the GPU it runs on, kept in a runtime cache file beside the engine so the
-next start skips the compilation). The engine comes from sparsetrt.build.engine; its sidecar engine.json says
+next start skips the compilation). The engine comes from sparsetrt.build.engine; its manifest engine.json says
 which flavour built it and for which GPUs."""
 
 from __future__ import annotations
@@ -13,21 +13,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparsetrt.build import gpu_capability, tensorrt_rtx_status
-from sparsetrt.build.engine import SIDECAR_FILE, import_tensorrt
+from sparsetrt.artifacts import write_bytes_atomic
+from sparsetrt.build import gpu_capability, tensorrt_rtx_status, tensorrt_status
+from sparsetrt.build.engine import import_tensorrt
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.layout import ENGINE_MANIFEST
+from sparsetrt.lazy import lazy_import
 from sparsetrt.runtime.backends.base import GraphRunner
+
+# Imported on first use, after use_polygraphy_for() has told Polygraphy which TensorRT this process drives (it
+# reads that once, when its TensorRT backend is first imported).
+polygraphy_common = lazy_import("polygraphy.backend.common")
+polygraphy_trt = lazy_import("polygraphy.backend.trt")
+trt_rtx = lazy_import("tensorrt_rtx", "TensorRT-RTX: `make setup` installs tensorrt-rtx-cu12")
 
 RUNTIME_CACHE_FILE = "runtime.cache"
 
 
-def runnable_here(sidecar: dict) -> tuple[bool, str]:
-    """Whether this machine can run the engine `sidecar` describes, and why not: TensorRT proper needs itself and
+def runnable_here(manifest: dict) -> tuple[bool, str]:
+    """Whether this machine can run the engine `manifest` describes, and why not: TensorRT proper needs itself and
     a GPU; a TensorRT-RTX engine needs TensorRT-RTX and a GPU of one of the compute capabilities it was built for
     (no RTX engine runs on SM90/SM100: those GPUs take TensorRT proper's)."""
-    if sidecar.get("flavour") != "tensorrt-rtx":
-        from sparsetrt.build import tensorrt_status
-
+    if manifest.get("flavour") != "tensorrt-rtx":
         return tensorrt_status()
     ok, reason = tensorrt_rtx_status()
     if not ok:
@@ -37,8 +44,8 @@ def runnable_here(sidecar: dict) -> tuple[bool, str]:
         return False, ("TensorRT-RTX engines run on an NVIDIA GPU (their kernels are compiled just in time there); "
                        "none is visible here")
     here = f"sm{capability[0]}{capability[1]}"
-    if here not in sidecar.get("targets", []):
-        return False, f"this GPU is {here}; the engine was built for {'+'.join(sidecar.get('targets', []))}"
+    if here not in manifest.get("targets", []):
+        return False, f"this GPU is {here}; the engine was built for {'+'.join(manifest.get('targets', []))}"
     return True, f"TensorRT-RTX on {here}"
 
 
@@ -64,23 +71,21 @@ class TensorRTRunner(GraphRunner):
     chunked_prefill = False  # the decode profile takes one token: a prompt is prefilled whole (profile 0)
 
     def __init__(self, engine_path: Path):
-        sidecar_path = Path(engine_path).parent / SIDECAR_FILE
-        if not sidecar_path.is_file():
-            raise SparsetrtError(f"{sidecar_path} is missing; build engines with `sparsetrt engine`")
-        self.sidecar = json.loads(sidecar_path.read_text())
-        self.flavour = self.sidecar.get("flavour", "tensorrt")
-        ok, reason = runnable_here(self.sidecar)
+        manifest_path = Path(engine_path).parent / ENGINE_MANIFEST
+        if not manifest_path.is_file():
+            raise SparsetrtError(f"{manifest_path} is missing; build engines with `sparsetrt build`")
+        self.manifest = json.loads(manifest_path.read_text())
+        self.flavour = self.manifest.get("flavour", "tensorrt")
+        ok, reason = runnable_here(self.manifest)
         if not ok:
             raise SparsetrtError(f"cannot run {engine_path}: {reason}")
         use_polygraphy_for(self.flavour)
-        from polygraphy.backend.trt import TrtRunner
-
-        super().__init__(self.sidecar["graph"])
-        self.max_batch = self.sidecar["options"]["max_batch"]  # the profiles' largest batch: serving caps at it
-        self.cache_dtype = torch.float16 if self.sidecar["source_onnx"]["float_type"] == "float16" else torch.float32
+        super().__init__(self.manifest["graph"])
+        self.max_batch = self.manifest["options"]["max_batch"]  # the profiles' largest batch: serving caps at it
+        self.cache_dtype = torch.float16 if self.manifest["source_onnx"]["float_type"] == "float16" else torch.float32
         self.cache_path = Path(engine_path).parent / RUNTIME_CACHE_FILE
         self.runtime_cache = None
-        self.runner = TrtRunner(self._context(Path(engine_path)))
+        self.runner = polygraphy_trt.TrtRunner(self._context(Path(engine_path)))
         self.runner.activate()
         self.profile = 0
 
@@ -89,13 +94,8 @@ class TensorRTRunner(GraphRunner):
         cache file beside the engine."""
         if self.flavour != "tensorrt-rtx":
             import_tensorrt()
-            from polygraphy.backend.common import BytesFromPath
-            from polygraphy.backend.trt import EngineFromBytes
-
-            return EngineFromBytes(BytesFromPath(str(engine_path)))()
-        import tensorrt_rtx as trt
-
-        engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine_path.read_bytes())
+            return polygraphy_trt.EngineFromBytes(polygraphy_common.BytesFromPath(str(engine_path)))()
+        engine = trt_rtx.Runtime(trt_rtx.Logger(trt_rtx.Logger.WARNING)).deserialize_cuda_engine(engine_path.read_bytes())
         config = engine.create_runtime_config()
         self.runtime_cache = config.create_runtime_cache()
         if self.cache_path.is_file():
@@ -107,7 +107,6 @@ class TensorRTRunner(GraphRunner):
         """Write the kernels compiled so far beside the engine (atomically), so the next start reuses them."""
         if self.runtime_cache is None:
             return None
-        from sparsetrt.artifacts import write_bytes_atomic
 
         write_bytes_atomic(self.cache_path, bytes(self.runtime_cache.serialize()))
         return self.cache_path

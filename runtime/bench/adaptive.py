@@ -24,13 +24,20 @@ decision_overhead_us`), adaptive.md and adaptive.png into `out`.
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import numpy as np
+from tqdm import tqdm
 
+import sparsetrt
+from sparsetrt.artifacts import read_json, write_json
+from sparsetrt.calibration.data import default_corpus
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.models import load_tokenizer
 from sparsetrt.runtime.adaptive.controllers import (
     Arms,
     ControllerSettings,
@@ -38,50 +45,23 @@ from sparsetrt.runtime.adaptive.controllers import (
     load_controller,
     timed_decision,
 )
-from sparsetrt.runtime.adaptive.variant_set import CostModel, decision_costs
+from sparsetrt.runtime.adaptive.features import probe_features, token_stats
+from sparsetrt.runtime.adaptive.variant_set import CostModel, decision_costs, measure_request, read_variant_set
+from sparsetrt.runtime.backends import make_runner
+from sparsetrt.runtime.bench.adaptive_report import write_adaptive_report
+from sparsetrt.runtime.bench.gpu import block_speedups
+from sparsetrt.runtime.bench.settings import AdaptiveBenchSettings
 
 SOURCES = ("wikitext-valid", "python-docs", "sparsetrt-source", "repetitive", "shuffled")
 GPU_COST_NOTE = ("not modelled: pass --gpu-cost benchmarks/gpu.json (`make bench-gpu` on a CUDA GPU measures the "
                  "dense / 2:4 ratios), else only the latency measured on the current backend is reported")
-# Which GEMM measurement of `sparsetrt bench-gpu` stands for a variant's precision.
+# Which GEMM measurement of `sparsetrt bench gpu` stands for a variant's precision.
 GPU_DTYPE_OF = {"fp32": "fp16", "fp16": "fp16", "int8": "int8"}
-
-
-@dataclass
-class AdaptiveBenchSettings:
-    inputs_per_source: int = 40
-    new_tokens: int = 16
-    min_prompt_tokens: int = 24
-    max_prompt_tokens: int = 160
-    train_fraction: float = 0.5
-    lam: float | None = None         # nats per unit of cost relative to dense for the main rows; None = the
-                                     # static frontier's slope between the probe variant and dense (training half)
-    lams: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # the sweep behind the plotted curves
-    audit_fraction: float = 0.1
-    seed: int = 0
-    variants: tuple[str, ...] = ()   # a subset of the variant set's names; () = all
-
-    def validate(self) -> "AdaptiveBenchSettings":
-        if self.inputs_per_source < 2 or self.new_tokens < 2:
-            raise SparsetrtError("inputs per source must be >= 2 and new tokens >= 2")
-        if not 2 <= self.min_prompt_tokens <= self.max_prompt_tokens:
-            raise SparsetrtError("prompt lengths must satisfy 2 <= min <= max")
-        if not 0 < self.train_fraction < 1:
-            raise SparsetrtError("train fraction must be in (0, 1)")
-        if (self.lam is not None and self.lam < 0) or any(v < 0 for v in self.lams):
-            raise SparsetrtError("lam values must be >= 0")
-        return self
 
 
 # -- the stream -------------------------------------------------------------------------------------------------
 def source_texts(seed: int) -> dict[str, tuple[str, str]]:
     """{source: (text, description)}."""
-    import random
-    from pydoc_data.topics import topics
-
-    import sparsetrt
-    from sparsetrt.calibration.data import default_corpus
-
     wiki = default_corpus("valid")
     package = Path(sparsetrt.__file__).resolve().parent
     code = "\n\n".join(p.read_text() for p in sorted(package.rglob("*.py")))
@@ -121,12 +101,6 @@ def build_stream(tokenizer, settings: AdaptiveBenchSettings) -> tuple[list[dict]
 def measure_table(manifest: dict, inputs: list[dict], names: list[str], progress: bool = True) -> dict:
     """Per variant: prefill_ms [n], decode_ms [n], nll / argmax / entropy [n, new_tokens]; the probe variant's
     prompt features [n, d], feature_us [n]."""
-    from tqdm import tqdm
-
-    from sparsetrt.runtime.adaptive.features import probe_features, token_stats
-    from sparsetrt.runtime.adaptive.variant_set import measure_request
-    from sparsetrt.runtime.backends import make_runner
-
     entries = {v["name"]: v for v in manifest["variants"]}
     table = {"variants": {}}
     for name in names:
@@ -355,11 +329,9 @@ def frontier_nll(hull: list[tuple[float, float]], cost: float) -> float:
 # -- the benchmark -----------------------------------------------------------------------------------------------
 def gpu_time_factors(gpu_report: dict, variants: list[dict], prompt_tokens: float) -> dict[str, dict]:
     """Per variant: the factors its prefill and decode times are multiplied by on the modelled GPU, i.e. the
-    measured 2:4 / dense time of one SmolLM2 decoder block's Linears (bench-gpu's block-weighted GEMMs) in the
+    measured 2:4 / dense time of one SmolLM2 decoder block's Linears (bench gpu's block-weighted GEMMs) in the
     variant's precision, at the measured token count nearest the stream's median prompt (prefill) and at M = 1
     (decode). Dense variants keep 1.0; a precision with no measured 2:4 kernel (INT4) keeps 1.0 and says so."""
-    from sparsetrt.runtime.bench.gpu import block_speedups
-
     speedups = gpu_report.get("summary", {}).get("block_speedups") or block_speedups(gpu_report.get("records", []))
     measured: dict[str, dict[int, float]] = {}
     for key, value in speedups.items():
@@ -425,12 +397,10 @@ def policy_report(st: StreamTable, settings: AdaptiveBenchSettings, cost_unit: s
 
 
 def read_gpu_report(path: Path) -> dict:
-    """A gpu.json written by `sparsetrt bench-gpu`, or a SparsetrtError saying what it is not."""
-    from sparsetrt.artifacts import read_json
-
+    """A gpu.json written by `sparsetrt bench gpu`, or a SparsetrtError saying what it is not."""
     report = read_json(path)
     if not isinstance(report, dict) or not str(report.get("format", "")).startswith("sparsetrt.bench-gpu/"):
-        raise SparsetrtError(f"{path} is not a `sparsetrt bench-gpu` report (gpu.json); run `make bench-gpu` on a "
+        raise SparsetrtError(f"{path} is not a `sparsetrt bench gpu` report (gpu.json); run `make bench-gpu` on a "
                              "CUDA GPU and pass its gpu.json")
     return report
 
@@ -449,7 +419,7 @@ def modelled_gpu(table: dict, meta: dict, manifest: dict, names: list[str], sett
     unit = f"ms per request (modelled: measured CPU time x GPU 2:4/dense ratio of {device.get('name', 'a GPU')})"
     return {"note": (f"modelled, not measured: each 2:4 variant's measured time scaled by the dense / 2:4 GEMM "
                      f"ratios measured on {device.get('name', '?')} (SM "
-                     f"{''.join(map(str, device.get('compute_capability', [])))}) by `sparsetrt bench-gpu`; only "
+                     f"{''.join(map(str, device.get('compute_capability', [])))}) by `sparsetrt bench gpu`; only "
                      "the Linears speed up on a GPU, so the whole-request scaling is an upper bound on the gain"),
             "source": str(gpu_cost), "device": device.get("name"), "factors": factors,
             **policy_report(st, settings, unit, states=None)}
@@ -457,10 +427,6 @@ def modelled_gpu(table: dict, meta: dict, manifest: dict, names: list[str], sett
 
 def run_adaptive_bench(variant_set: Path, out: Path, work: Path, settings: AdaptiveBenchSettings | None = None,
                        reuse_table: bool = True, progress: bool = True, gpu_cost: Path | None = None) -> dict:
-    from sparsetrt.artifacts import write_json
-    from sparsetrt.models import load_tokenizer
-    from sparsetrt.runtime.adaptive.variant_set import read_variant_set
-
     settings = (settings or AdaptiveBenchSettings()).validate()
     gpu_report = read_gpu_report(gpu_cost) if gpu_cost else None  # a bad file fails before the long measurement
     manifest = read_variant_set(variant_set)
@@ -515,14 +481,13 @@ def run_adaptive_bench(variant_set: Path, out: Path, work: Path, settings: Adapt
               "per_source": per_source_table(st, meta)}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "adaptive.json", report)
-    from sparsetrt.runtime.bench.adaptive_report import write_adaptive_report
 
     write_adaptive_report(out, report)
     return report
 
 
 def summary_lines(report: dict, out: Path) -> list[str]:
-    """What `sparsetrt bench-adaptive` prints: each policy, the acceptance checks, the files."""
+    """What `sparsetrt bench adaptive` prints: each policy, the acceptance checks, the files."""
     lines = [f"{row['policy']:<26} cost {row['relative_cost']:.3f}x dense  NLL {row['nll']:.3f}  agreement "
              f"{row['agreement_with_dense']:.3f}  decision {row['decision_overhead_us']:.0f} us"
              for row in report["policies"]]
@@ -557,11 +522,12 @@ def replay_all(st: StreamTable, settings: AdaptiveBenchSettings, states: Path | 
     return {"main": main, "sweep": sweep, "lam": lam}
 
 
-AGREEMENT_COST_LIMIT = 0.6  # the issue's "at <= 60 % of dense cost"
+AGREEMENT_COST_LIMIT = 0.6  # adaptive routing pays only if it keeps dense's answers at <= 60 % of dense's cost
 
 
 def acceptance_checks(rows: list[dict], sweep: list[dict], dense_row: dict, prefill_probe_ms: float) -> dict:
-    """The issue's three acceptance bars, computed from this run (never assumed)."""
+    """The three bars adaptive routing must clear to be worth deploying (beat the static frontier, dense's answers
+    at a fraction of its cost, a decision far cheaper than a token), computed from this run (never assumed)."""
     bandits = [r for r in rows + sweep if r["policy"].split("@")[0].split("+")[0] in ("linucb", "thompson")]
     main = [r for r in rows if r["policy"] in ("linucb", "thompson")]
     reach = [r for r in bandits if r["agreement_with_dense"] >= 0.95 * dense_row["agreement_with_dense"]]

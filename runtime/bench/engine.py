@@ -13,17 +13,17 @@ import platform
 from pathlib import Path
 
 from sparsetrt.artifacts import read_json, write_json, write_text_atomic
+from sparsetrt.build.engine import EngineOptions, build_engine
+from sparsetrt.build.layers import matmul_text
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.layout import EXPORT_MANIFEST, QUANT_MANIFEST, ArtifactsTree, onnx_files
+from sparsetrt.runtime.measure import cpu_name
 
 PRECISIONS = ("fp16", "int8", "int4")
 
 
 def onnx_cost(tree, precision: str) -> dict:
     """Seconds and bytes of the ONNX an engine is built from, from its stage's manifest."""
-    from sparsetrt.export.onnx_export import onnx_files
-    from sparsetrt.export.quant_stage import QUANT_MANIFEST
-    from sparsetrt.export.stage import EXPORT_MANIFEST
-
     onnx = tree.onnx(precision)
     if not onnx.is_file():
         raise SparsetrtError(f"{onnx} does not exist: run `make demo{'' if precision == 'fp16' else ' PRECISION=' + precision}`"
@@ -41,23 +41,19 @@ def onnx_cost(tree, precision: str) -> dict:
 
 def run_engine_bench(artifacts: Path, out: Path, work: Path, precisions=PRECISIONS, builder: str = "auto",
                      progress: bool = True) -> dict:
-    from sparsetrt.build.engine import EngineOptions, build_engine
-    from sparsetrt.runtime.deployables import ArtifactsTree
-    from sparsetrt.runtime.measure import cpu_name
-
     tree = ArtifactsTree(artifacts)
     costs = {p: onnx_cost(tree, p) for p in precisions}  # every input checked before the first build
     rows = []
     for precision in precisions:
         if progress:
             print(f"==> engine {precision}", flush=True)
-        sidecar = build_engine(costs[precision]["onnx"], Path(work) / precision, EngineOptions(builder=builder),
+        built = build_engine(costs[precision]["onnx"], Path(work) / precision, EngineOptions(builder=builder),
                                overwrite=True, progress=progress)
-        rows.append({"precision": precision, **costs[precision], "flavour": sidecar["flavour"],
-                     "version": sidecar["tensorrt"], "targets": sidecar["targets"], "build_s": sidecar["build_s"],
-                     "peak_rss_mb": sidecar["peak_rss_mb"], "engine_bytes": sidecar["bytes"],
-                     "engine_to_onnx": sidecar["bytes"] / costs[precision]["onnx_bytes"],
-                     "matmuls": (sidecar.get("layers") or {}).get("matmuls"), "sparsity": sidecar["sparsity"]})
+        rows.append({"precision": precision, **costs[precision], "flavour": built["flavour"],
+                     "version": built["tensorrt"], "targets": built["targets"], "build_s": built["build_s"],
+                     "peak_rss_mb": built["peak_rss_mb"], "engine_bytes": built["bytes"],
+                     "engine_to_onnx": built["bytes"] / costs[precision]["onnx_bytes"],
+                     "matmuls": (built.get("layers") or {}).get("matmuls"), "sparsity": built["sparsity"]})
     report = {"format": "sparsetrt.bench-engine/1", "artifacts": str(artifacts),
               "machine": f"{cpu_name()} ({os.cpu_count()} CPUs), {platform.platform()}", "rows": rows}
     out = Path(out)
@@ -68,9 +64,7 @@ def run_engine_bench(artifacts: Path, out: Path, work: Path, precisions=PRECISIO
 
 
 def markdown(report: dict) -> str:
-    from sparsetrt.build.layers import matmul_text
-
-    lines = ["# sparsetrt bench-engine: from the 2:4 model to engines", "", f"Machine: {report['machine']}.", "",
+    lines = ["# sparsetrt bench engine: from the 2:4 model to engines", "", f"Machine: {report['machine']}.", "",
              "| decoder | ONNX made in | ONNX MiB | engine builder | targets | build s | peak RSS MB | engine MiB "
              "| engine / ONNX | weight matmuls (layer dump) |",
              "|---|---:|---:|---|---|---:|---:|---:|---:|---|"]

@@ -22,79 +22,35 @@ import math
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.sparse import to_sparse_semi_structured
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from sparsetrt.artifacts import pyplot, save_figure, write_json, write_text_atomic
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.prune.masks import nm_prune_mask
+from sparsetrt.runtime.backends.pytorch import to_semi_structured
+from sparsetrt.runtime.bench.settings import E2E_MODELS, GEMM_SHAPES, SHAPE_COUNTS, GpuBenchSettings
+from sparsetrt.runtime.measure import EnergyMeter, device_info
 
 FORMAT = "sparsetrt.bench-gpu/1"
-# Linear shapes as (out_features, in_features), one entry per distinct shape of a decoder block.
-GEMM_SHAPES = {
-    "smollm2-135m": {"q_proj, o_proj": (576, 576), "k_proj, v_proj": (192, 576), "gate_proj, up_proj": (1536, 576),
-                     "down_proj": (576, 1536)},
-    "llama-3-8b": {"q_proj, o_proj": (4096, 4096), "k_proj, v_proj": (1024, 4096),
-                   "gate_proj, up_proj": (14336, 4096), "down_proj": (4096, 14336)},
-}
-# How many of each shape one decoder block holds (for the block-weighted speedup of a model's Linears).
-SHAPE_COUNTS = {"q_proj, o_proj": 2, "k_proj, v_proj": 2, "gate_proj, up_proj": 2, "down_proj": 1}
-# Llama configurations of the end-to-end models (random weights): SmolLM2-135M's and Llama-3.2-1B's shapes.
-E2E_MODELS = {
-    "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-                     "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152},
-    "llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-                 "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256},
-}
-DTYPES = ("fp16", "bf16", "int8")
 MIN_SAMPLE_MS = 0.2
-
-
-@dataclass
-class GpuBenchSettings:
-    tokens: tuple[int, ...] = (1, 16, 128, 1024, 4096)
-    dtypes: tuple[str, ...] = DTYPES
-    gemm_models: tuple[str, ...] = tuple(GEMM_SHAPES)
-    e2e_models: tuple[str, ...] = tuple(E2E_MODELS)
-    batches: tuple[int, ...] = (1, 8, 32)
-    prompt_tokens: int = 128
-    new_tokens: int = 64
-    samples: int = 20             # timed samples per cell (the median is reported)
-    warmup: int = 5
-    e2e_repeats: int = 3          # timed generations per end-to-end cell
-    energy_window_s: float = 1.0  # NVML's counter updates every 20-100 ms: measure over at least this long
-    seed: int = 0
-
-    def validate(self) -> "GpuBenchSettings":
-        unknown = [d for d in self.dtypes if d not in DTYPES]
-        if unknown:
-            raise SparsetrtError(f"unknown dtype(s) {unknown}; choose from {', '.join(DTYPES)}")
-        for name, chosen, known in (("GEMM model", self.gemm_models, GEMM_SHAPES),
-                                    ("end-to-end model", self.e2e_models, E2E_MODELS)):
-            if any(m not in known for m in chosen):
-                raise SparsetrtError(f"unknown {name} in {list(chosen)}; choose from {', '.join(known)}")
-        if not self.tokens or min(self.tokens) < 1 or not self.batches or min(self.batches) < 1:
-            raise SparsetrtError("token counts and batch sizes must be >= 1")
-        if self.samples < 20:
-            raise SparsetrtError("--samples must be >= 20 (the median of at least 20 timed samples)")
-        if self.warmup < 1 or self.e2e_repeats < 1 or self.prompt_tokens < 1 or self.new_tokens < 2:
-            raise SparsetrtError("warm-up and repeats must be >= 1, prompt tokens >= 1 and new tokens >= 2")
-        if self.energy_window_s <= 0:
-            raise SparsetrtError("the energy window must be > 0 s")
-        return self
 
 
 def require_sparse_gpu():
     """torch with a CUDA GPU that has 2:4 sparse tensor cores, or a SparsetrtError saying why not."""
-    import torch
-
     if not torch.cuda.is_available():
         build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
-        raise SparsetrtError(f"bench-gpu needs a CUDA GPU and this machine has none ({build}: "
+        raise SparsetrtError(f"`sparsetrt bench gpu` needs a CUDA GPU and this machine has none ({build}: "
                              "torch.cuda.is_available() is False); run it on a machine with an Ampere or newer "
                              "NVIDIA GPU")
     capability = torch.cuda.get_device_capability()
     if capability < (8, 0):
-        raise SparsetrtError(f"bench-gpu needs 2:4 sparse tensor cores (SM 80, Ampere, or newer); this GPU is "
+        raise SparsetrtError(f"`sparsetrt bench gpu` needs 2:4 sparse tensor cores (SM 80, Ampere, or newer); this GPU is "
                              f"SM {capability[0]}{capability[1]}")
     return torch
 
@@ -144,8 +100,6 @@ def median_ms(torch, fn, samples: int, warmup: int, device: str = "cuda") -> tup
 
 def two_four(weight):
     """`weight` with the smallest-magnitude 2 of every 4 consecutive inputs zeroed (2:4 along the rows)."""
-    from sparsetrt.prune.masks import nm_prune_mask
-
     return weight * nm_prune_mask(weight.abs().float(), 2, 4).to(weight.dtype)
 
 
@@ -153,9 +107,6 @@ def two_four(weight):
 def gemm_cell(torch, model: str, name: str, shape: tuple[int, int], tokens: int, dtype: str,
               settings: GpuBenchSettings, device: str = "cuda") -> dict:
     """One (shape, M, dtype) cell: dense and 2:4 milliseconds, their ratio, the sparse backend, the error."""
-    import torch.nn.functional as F
-    from torch.sparse import to_sparse_semi_structured
-
     out_features, in_features = shape
     record = {"kind": "gemm", "model": model, "linear": name, "out_features": out_features,
               "in_features": in_features, "tokens": tokens, "dtype": dtype}
@@ -202,8 +153,6 @@ def gemm_cell(torch, model: str, name: str, shape: tuple[int, int], tokens: int,
 def build_model(torch, name: str, seed: int, device: str = "cuda", dtype=None):
     """A Llama of `name`'s shape, random weights (fp16 unless `dtype`) made 2:4 where it is built (every decoder
     Linear)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(**E2E_MODELS[name], max_position_embeddings=4096, tie_word_embeddings=True)
     torch.manual_seed(seed)
     with torch.device(device):
@@ -219,8 +168,6 @@ def build_model(torch, name: str, seed: int, device: str = "cuda", dtype=None):
 def generate_once(torch, model, batch: int, prompt_tokens: int, new_tokens: int, vocab: int, seed: int,
                   device: str = "cuda") -> dict:
     """Greedy generation where the model is (argmax stays there): prefill ms (TTFT) and decode ms."""
-    from transformers import DynamicCache
-
     generator = torch.Generator(device=device).manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, prompt_tokens), device=device, generator=generator)
     marks = [mark(torch, device) for _ in range(3)]
@@ -240,9 +187,6 @@ def generate_once(torch, model, batch: int, prompt_tokens: int, new_tokens: int,
 
 def e2e_cells(torch, name: str, settings: GpuBenchSettings, log) -> list[dict]:
     """Dense, then semi-structured, for every batch size: one record each."""
-    from sparsetrt.runtime.backends.pytorch import to_semi_structured
-    from sparsetrt.runtime.measure import EnergyMeter
-
     model = build_model(torch, name, settings.seed)
     vocab = model.config.vocab_size
     records = []
@@ -285,8 +229,6 @@ def e2e_cells(torch, name: str, settings: GpuBenchSettings, log) -> list[dict]:
 
 # -- the run ---------------------------------------------------------------------------------------------------------
 def gpu_facts(torch) -> dict:
-    from sparsetrt.runtime.measure import device_info
-
     index = torch.cuda.current_device()
     cusparselt = getattr(getattr(torch.backends, "cusparselt", None), "version", lambda: None)()
     return {"name": torch.cuda.get_device_name(index),
@@ -380,7 +322,7 @@ def markdown(report: dict) -> str:
     device = report["device"]
     nvml = device.get("nvml") or {}
     after = report.get("clocks_after") or {}
-    lines = ["# sparsetrt bench-gpu: 2:4 on sparse tensor cores", "",
+    lines = ["# sparsetrt bench gpu: 2:4 on sparse tensor cores", "",
              f"GPU: {device['name']} (SM {''.join(map(str, device['compute_capability']))}), driver "
              f"{nvml.get('driver', '?')}, torch {device['torch']}, CUDA {device['cuda']}, cuSPARSELt "
              f"{device['cusparselt']}. SM clock {nvml.get('sm_clock_mhz', '?')} MHz before, "

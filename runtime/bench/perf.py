@@ -1,4 +1,4 @@
-"""`sparsetrt bench`: generation speed, memory and energy of every deployable, measured in one run.
+"""`sparsetrt bench perf`: generation speed, memory and energy of every deployable, measured in one run.
 
 Method (also in the README):
 - Each deployable (backend x precision x pattern) runs in its own fresh Python process, so its peak RSS is its own
@@ -22,46 +22,30 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
+from sparsetrt.artifacts import write_json
+from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.deployables import Deployable, files_bytes
+from sparsetrt.layout import ArtifactsTree
+from sparsetrt.memory import current_rss_mb, peak_rss_mb
+from sparsetrt.models import load_tokenizer
+from sparsetrt.runtime.backends import make_runner
+from sparsetrt.runtime.bench.perf_report import write_bench_report
+from sparsetrt.runtime.bench.settings import BenchSettings
+from sparsetrt.runtime.deployables import Deployable, discover_deployables, files_bytes
+from sparsetrt.runtime.generate import Sampling, generate
+from sparsetrt.runtime.measure import EnergyMeter, device_info, gpu_memory_used_mb, percentile
+from sparsetrt.runtime.prepare import prepare_dense
 
 RECORD_MARK = "SPARSETRT-BENCH-RECORD "
 
 
-@dataclass
-class BenchSettings:
-    batches: tuple[int, ...] = (1, 4)
-    prompt_tokens: int = 128
-    new_tokens: int = 64
-    warmup: int = 1
-    repeats: int = 3
-
-    def validate(self) -> "BenchSettings":
-        if not self.batches or min(self.batches) < 1:
-            raise SparsetrtError("batch sizes must be >= 1")
-        if self.prompt_tokens < 1 or self.new_tokens < 2:
-            raise SparsetrtError("prompt tokens must be >= 1 and new tokens >= 2 (one prefill, one decode step)")
-        if self.repeats < 1 or self.warmup < 0:
-            raise SparsetrtError("repeats must be >= 1 and warmup >= 0")
-        return self
-
-
 def measure_deployable(deployable: Deployable, prompts: list[list[int]], settings: BenchSettings, pad_id: int = 0) -> list[dict]:
     """Run in the worker process: one record per batch size."""
-    from sparsetrt.runtime.backends import make_runner
-    from sparsetrt.runtime.generate import Sampling, generate
-    from sparsetrt.runtime.measure import (
-        EnergyMeter,
-        current_rss_mb,
-        device_info,
-        gpu_memory_used_mb,
-        peak_rss_mb,
-        percentile,
-    )
-
     load_start = time.perf_counter()
     runner = make_runner(deployable.backend, deployable.path, device=deployable.device, **deployable.options)
     load_s = time.perf_counter() - load_start
@@ -105,15 +89,12 @@ def measure_deployable(deployable: Deployable, prompts: list[list[int]], setting
 
 def _reset_torch_peak(gpu: bool) -> None:
     if gpu:
-        import torch
-
         torch.cuda.reset_peak_memory_stats()
 
 
 def _torch_peak(gpu: bool) -> float | None:
     if not gpu:
         return None
-    import torch
 
     return torch.cuda.max_memory_allocated() / (1 << 20)
 
@@ -143,8 +124,6 @@ def _worker(spec_path: str) -> int:
 
 
 def bench_prompts(tokenizer, corpus: str, count: int, prompt_tokens: int) -> tuple[list[list[int]], str]:
-    from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
-
     text = load_corpus(corpus, "test")
     windows = sequential_windows(tokenize_corpus(tokenizer, text), prompt_tokens, count)
     return windows.tolist(), text.description
@@ -153,8 +132,6 @@ def bench_prompts(tokenizer, corpus: str, count: int, prompt_tokens: int) -> tup
 def run_bench(deployables: list[Deployable], tokenizer, out: str | Path, settings: BenchSettings | None = None,
               corpus: str = "auto", progress: bool = True) -> list[dict]:
     """Measure every deployable (each in its own process) and write bench.json / bench.md / plots into `out`."""
-    from sparsetrt.artifacts import write_json
-
     settings = (settings or BenchSettings()).validate()
     if not deployables:
         raise SparsetrtError("nothing to benchmark: no deployable's files exist (run `make demo` first)")
@@ -174,7 +151,6 @@ def run_bench(deployables: list[Deployable], tokenizer, out: str | Path, setting
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", records)
-    from sparsetrt.runtime.bench.perf_report import write_bench_report
 
     write_bench_report(out, records, settings)
     return records
@@ -182,18 +158,13 @@ def run_bench(deployables: list[Deployable], tokenizer, out: str | Path, setting
 
 def bench_artifacts(artifacts: Path, out: Path, settings: BenchSettings, dense: bool = False, only: str | None = None,
                     corpus: str = "auto", progress: bool = True) -> list[dict]:
-    """`sparsetrt bench`: every deployable of an artifacts tree (with --dense, the dense baseline exported and
+    """`sparsetrt bench perf`: every deployable of an artifacts tree (with --dense, the dense baseline exported and
     quantized first), those whose label contains one of the comma-separated `only` substrings when given."""
-    import torch
-
-    from sparsetrt.models import load_tokenizer
-    from sparsetrt.runtime.deployables import ArtifactsTree, discover_deployables, prepare_dense
-
     settings.validate()
     if dense:
         print("==> dense baseline artifacts (export + quantize with the 2:4 runs' settings)", flush=True)
         prepare_dense(artifacts, progress=progress)
-    deployables = discover_deployables(artifacts, cuda=torch.cuda.is_available())
+    deployables = discover_deployables(artifacts, cuda=torch.cuda.is_available(), tensorrt_graphs=True)
     if only:
         keep = [k.strip() for k in only.split(",")]
         deployables = [d for d in deployables if any(k in d.label for k in keep)]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparsetrt.artifacts import save_figure, write_text_atomic
+import numpy as np
+
+from sparsetrt.artifacts import pyplot, save_figure, write_json, write_text_atomic
 
 
 def baseline(records: list[dict], batch: int = 1) -> dict | None:
@@ -27,7 +29,7 @@ def summary(records: list[dict]) -> dict:
 
 
 def headline(records: list[dict]) -> str | None:
-    """The one line `sparsetrt bench` ends with (None without a PyTorch baseline and an ONNX Runtime record)."""
+    """The one line `sparsetrt bench perf` ends with (None without a PyTorch baseline and an ONNX Runtime record)."""
     head = summary(records)
     if not head:
         return None
@@ -41,7 +43,7 @@ def markdown(records: list[dict], settings) -> str:
     machine = f"{device['cpu']} ({device['cpu_count']} CPUs), {device['platform']}" + (
         f"; GPU {gpu['name']} SM {''.join(map(str, gpu['compute_capability']))}, driver {gpu['driver']}" if gpu
         else f"; no GPU ({device.get('gpu_note', '')})")
-    lines = ["# sparsetrt bench", "",
+    lines = ["# sparsetrt bench perf", "",
              f"Machine: {machine}.", f"Prompts: {records[0]['corpus']}; {settings.prompt_tokens} tokens each, "
              f"{settings.new_tokens} new tokens (greedy, stop tokens ignored); {settings.warmup} warm-up + "
              f"{settings.repeats} timed generations per batch size, each variant in its own process.", ""]
@@ -74,8 +76,6 @@ def _mb(value) -> str:
 
 
 def write_bench_report(out: Path, records: list[dict], settings) -> list[Path]:
-    from sparsetrt.artifacts import write_json
-
     write_text_atomic(out / "bench.md", markdown(records, settings))
     write_json(out / "bench-summary.json", {"summary": summary(records), "settings": vars(settings)})
     return plot(out, records)
@@ -83,12 +83,9 @@ def write_bench_report(out: Path, records: list[dict], settings) -> list[Path]:
 
 def plot(out: Path, records: list[dict]) -> list[Path]:
     """latency CDF (batch 1), tokens/s vs batch, energy per token; skipped without matplotlib."""
-    from sparsetrt.artifacts import pyplot
-
     plt = pyplot()
     if plt is None:
         return []
-    import numpy as np
     written = []
     variants = list(dict.fromkeys(r["variant"] for r in records))
 

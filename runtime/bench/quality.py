@@ -17,11 +17,21 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from sparsetrt.artifacts import write_json, write_text_atomic
+from sparsetrt.calibration.data import default_corpus, random_windows, sequential_windows, tokenize_corpus
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.quant_stage import model_block_size
+from sparsetrt.export.quantize import quantize_model
+from sparsetrt.export.settings import QuantSettings
+from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint
+from sparsetrt.modules import target_linears
+from sparsetrt.prune.masks import parse_pattern
+from sparsetrt.prune.sequential import METHODS, prune_model
 
-# Figures the project owner measured with neighbouring tools under the same protocol on this machine class
-# (issue #2). They are quoted, not re-measured by this benchmark.
+# Figures measured with neighbouring tools under the same protocol on this machine class when the project began.
+# They are quoted, not re-measured by this benchmark.
 REFERENCE_FIGURES = [
     {"tool": "llm-compressor SparseGPTModifier (sequential, 2:4)", "perplexity": 77.4, "prune_s": 94},
     {"tool": "NVIDIA Model Optimizer mts.sparsify(mode='sparsegpt'), 2:4", "perplexity": 103.4, "prune_s": 80},
@@ -30,8 +40,6 @@ REFERENCE_FIGURES = [
 
 def perplexity(model, windows: torch.Tensor, progress: bool = False) -> float:
     """exp(mean next-token NLL) over `windows` [n, seq_len], one window per forward pass."""
-    from tqdm.auto import tqdm
-
     nll, count = 0.0, 0
     with torch.inference_mode():
         for window in tqdm(windows, desc="perplexity", unit="window", disable=not progress, leave=False):
@@ -45,16 +53,9 @@ def perplexity(model, windows: torch.Tensor, progress: bool = False) -> float:
 def quality_benchmark(model: str, out: str | Path, methods=("dense", "magnitude", "wanda", "sparsegpt"),
                       pattern: str = "2:4", calib_samples: int = 32, seq_len: int = 512, eval_windows: int = 40,
                       seed: int = 0, progress: bool = True) -> dict:
-    from sparsetrt.calibration.data import default_corpus, random_windows, sequential_windows, tokenize_corpus
-    from sparsetrt.models import load_tokenizer, resolve_checkpoint
-    from sparsetrt.prune.masks import parse_pattern
-    from sparsetrt.prune.sequential import METHODS
-
     for method in methods:
         base, _, precision = method.partition("+")
         if (base != "dense" and base not in METHODS) or precision not in ("", "int8", "int4"):
-            from sparsetrt.errors import SparsetrtError
-
             raise SparsetrtError(f"unknown method '{method}'; use dense or one of {', '.join(METHODS)}, "
                                  "optionally followed by +int8 or +int4")
     checkpoint = resolve_checkpoint(model)
@@ -103,10 +104,6 @@ def _evaluate_method(checkpoint: str, method: str, pattern: str, calib, evaluati
     held, Model Optimizer calibration on the same calibration windows) and measures the fake-quant PyTorch
     model; the parity stage proves the ONNX file computes the same (export fidelity).
     """
-    from sparsetrt.models import load_model
-    from sparsetrt.prune.masks import parse_pattern
-    from sparsetrt.prune.sequential import prune_model, target_linears
-
     base, _, precision = method.partition("+")
     lm, _ = load_model(Path(checkpoint))
     prune_s = quantize_s = None
@@ -115,9 +112,6 @@ def _evaluate_method(checkpoint: str, method: str, pattern: str, calib, evaluati
         prune_model(lm, calib, base, parse_pattern(pattern), progress=progress)
         prune_s = time.perf_counter() - start
     if precision:
-        from sparsetrt.export.quant_stage import model_block_size
-        from sparsetrt.export.quantize import QuantSettings, quantize_model
-
         start = time.perf_counter()
         modules = target_linears(lm)
         settings = QuantSettings(precision=precision).validate()
@@ -146,11 +140,12 @@ def _markdown(report: dict, dense: float | None) -> str:
     by_method = {r["method"]: r["perplexity"] for r in report["results"]}
     quantized = [r for r in report["results"] if "+" in r["method"] and r["method"].split("+")[0] in by_method]
     if quantized:
-        lines += ["", "Quantized vs the same pruned model in fp32 (quantization error alone; the acceptance bars "
-                  "of issue #3 are 1.05 for INT8 and 1.15 for INT4):", ""]
+        lines += ["", "Quantized vs the same pruned model in fp32 (quantization error alone; its bars "
+                  "are 1.05 for INT8 and 1.15 for INT4):", ""]
         lines += [f"- {r['method']}: {r['perplexity'] / by_method[r['method'].split('+')[0]]:.3f}x" for r in quantized]
-    lines += ["", "Reference figures for other tools, same protocol and machine class, quoted from issue #2 "
-              "(not re-measured by this benchmark):", "", "| tool | perplexity | pruning time (s) |", "|---|---:|---:|"]
+    lines += ["", "Reference figures for other tools, same protocol and machine class, quoted from the project's "
+              "founding measurements (not re-measured by this benchmark):", "",
+              "| tool | perplexity | pruning time (s) |", "|---|---:|---:|"]
     lines += [f"| {r['tool']} | {r['perplexity']} | {r['prune_s']} |" for r in report["reference_figures"]]
-    lines += ["", "Written by `make bench-quality` (`sparsetrt quality`).", ""]
+    lines += ["", "Written by `make bench-quality` (`sparsetrt bench quality`).", ""]
     return "\n".join(lines)

@@ -7,7 +7,7 @@ of one width separate what grows with depth from what does not; the fit memory =
 the 8B extrapolation (32 blocks) uses, and says so. Stages: `sparsetrt prune` (SparseGPT 2:4) with the whole
 model loaded, and with --stream (one block at a time); `sparsetrt export --precision fp16` whole (where the machine
 has room for it) and with --stream (fake-tensor trace, weights written one at a time), both of the prune-stream
-output when that stage ran (so the 2:4 verifier runs too), else of the random checkpoint; `sparsetrt engine
+output when that stage ran (so the 2:4 verifier runs too), else of the random checkpoint; `sparsetrt build
 --builder rtx` (TensorRT-RTX, ahead of time, no GPU) of the fp16 ONNX an export stage of the row wrote;
 `sparsetrt quantize --stream` INT4 (over the fp16 ONNX) and INT8 (over an fp32 one, export-fp32-stream) of the
 prune-stream checkpoint, and engines of both files; `sparsetrt distill` (2 steps, batch 1) of the prune-stream
@@ -18,53 +18,32 @@ streaming saves beside the student's own weights, gradients and AdamW moments; `
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from sparsetrt.artifacts import save_figure, write_report
+import torch
+from transformers import LlamaConfig
 
-GiB = 1 << 30
-# LlamaConfig sizes of public checkpoints. The tokenizer is SmolLM2's (49152 ids), so a smaller vocabulary is
-# raised to it (TinyLlama's 32000: its embedding is 1.5x the real one, said in the report).
-SHAPES = {
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
-    "smollm2-360m": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
-                         num_key_value_heads=5, vocab_size=49152, tie_word_embeddings=True),
-    "tinyllama-1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                           num_key_value_heads=4, vocab_size=49152, tie_word_embeddings=False),
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
-}
-# (shape, blocks kept; None = all). Two depths of the 8B width show what depends on depth (1 and 2 blocks: an 8B
-# block takes minutes on 2 CPUs, and the fit needs only two depths).
-DEFAULT_RUNS = (("smollm2-135m", None), ("smollm2-360m", None), ("tinyllama-1.1b", None), ("llama3-8b", 1),
-                ("llama3-8b", 2))
-STAGES = ("prune", "prune-stream", "export-fp16", "export-fp16-stream", "engine-fp16", "quantize-int4-stream",
-          "engine-int4", "export-fp32-stream", "quantize-int8-stream", "engine-int8", "distill", "distill-stream-teacher",
-          "shrink", "shrink-stream")
+from sparsetrt.artifacts import pyplot, save_figure, staged_dir, write_report
+from sparsetrt.checkpoint import ShardWriter, empty_model
+from sparsetrt.models import resolve_checkpoint
+from sparsetrt.runtime.bench.settings import SHAPES, GiB, ScaleBenchSettings
+from sparsetrt.runtime.measure import cpu_name
+
 # The float graph each streamed quantizer rewrites (the quantizer's default --activations: W8A8 needs fp32's)
 QUANT_GRAPH = {"int4": "fp16", "int8": "fp32"}
-EXPORT_LIMIT_FACTOR = 3.7  # export peak measured at up to 3.7x the fp32 model (the issue's table)
+EXPORT_LIMIT_FACTOR = 3.7  # the whole-model export's peak, measured at up to 3.7x the fp32 model
 EXPORT_RAM_SHARE = 0.8     # run the whole-model export only where that peak leaves a fifth of the RAM free
 DISTILL_STEPS = 2          # enough for a steady step; the peak is reached in the first (AdamW's moments appear)
 SHRINK_MLP = "0.75"        # the shrink stages cut a quarter of every MLP (activation scores, Minitron's width cut)
 SHRINK_FACTOR = 3.0        # whole-model shrink: the fp32 model, the shrunk copy and its state dict (skip rule)
-
-
-@dataclass
-class ScaleBenchSettings:
-    runs: tuple = DEFAULT_RUNS
-    calib_samples: int = 16
-    calib_seq_len: int = 256
-    stages: tuple[str, ...] = STAGES
-    note: str = ""  # what else ran on the machine, said in the report (the wall times depend on it)
-    memory_gib: float = field(default_factory=lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB)
 
 
 def shape_of(name: str, layers: int | None) -> dict:
@@ -91,12 +70,6 @@ def sizes(shape: dict) -> dict:
 
 def random_checkpoint(out: Path, shape: dict, tokenizer_dir: Path, seed: int = 0) -> Path:
     """A random-weight Llama of `shape` in bf16, written shard by shard (never the whole model in memory)."""
-    import torch
-    from transformers import LlamaConfig
-
-    from sparsetrt.artifacts import staged_dir
-    from sparsetrt.prune.streaming import ShardWriter, empty_model
-
     out = Path(out)
     if (out / "config.json").is_file():
         return out
@@ -186,7 +159,7 @@ def stage_command(stage: str, checkpoint: Path, out: Path, settings: ScaleBenchS
                       "--no-progress", "--overwrite"] + (["--stream"] if stage == "shrink-stream" else [])
     if stage.startswith("engine-"):
         precision = stage.removeprefix("engine-")
-        return cli + ["engine", str(checkpoint), "--out", str(out), "--precision", precision, "--builder", "rtx",
+        return cli + ["build", str(checkpoint), "--out", str(out), "--precision", precision, "--builder", "rtx",
                       "--overwrite", "--no-progress"]
     raise ValueError(stage)
 
@@ -247,8 +220,6 @@ def disk_shortfall(work: Path, row_sizes: dict, stage: str = "") -> str | None:
     """Why a stage cannot start on this disk, or None. Every stage writes about the model in 16 bits (an fp16 ONNX,
     an engine; an fp32 ONNX or checkpoint twice that) plus its scratch; a full disk fails a stage midway (a shared
     disk filled up under this benchmark once, and a `make demo` beside it died writing its ONNX)."""
-    import shutil
-
     fp32_output = "fp32" in stage or stage.startswith(("prune", "shrink", "distill"))  # they write fp32 checkpoints
     needed = (2.4 if fp32_output else 1.2) * row_sizes["bf16_bytes"] + GiB
     free = shutil.disk_usage(work).free
@@ -259,23 +230,21 @@ def disk_shortfall(work: Path, row_sizes: dict, stage: str = "") -> str | None:
 
 
 def stage_limit(stage: str, row_targets: dict) -> float | None:
-    """The issue's bound for a stage's peak RSS (none is set for the engine build)."""
-    if stage.startswith(("prune", "quantize", "shrink")):  # the issue sets one bound for both; shrink prunes too
+    """The peak-RSS bound a stage must keep to fit a large model on a small machine (none for the engine build)."""
+    if stage.startswith(("prune", "quantize", "shrink")):  # one bound for the block-by-block stages
         return row_targets["prune_limit_bytes"]
     return row_targets["export_limit_bytes"] if stage.startswith("export") else None
 
 
 def targets(row: dict) -> dict:
-    """The issue's bound for prune and quantize: 4 bf16 blocks + the embedding (bf16) + 2 GB, whatever the depth."""
+    """The memory bounds that make an 8B model fit a 24 GiB machine: prune and quantize within 4 bf16 blocks + the
+    embedding (bf16) + 2 GB, whatever the depth; export within 1.5x the bf16 model."""
     s = row["sizes"]
     return {"prune_limit_bytes": 4 * s["bf16_block_bytes"] + s["bf16_embedding_bytes"] + 2e9,
             "export_limit_bytes": 1.5 * s["bf16_bytes"]}
 
 
 def run_scale_bench(settings: ScaleBenchSettings, out: Path, work: Path, progress: bool = True) -> dict:
-    from sparsetrt.models import resolve_checkpoint
-    from sparsetrt.runtime.measure import cpu_name
-
     out, work = Path(out), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = resolve_checkpoint("smollm2-135m")
@@ -322,8 +291,6 @@ def run_scale_bench(settings: ScaleBenchSettings, out: Path, work: Path, progres
 def previous_results(path: Path, settings: ScaleBenchSettings) -> dict:
     """(model, stage) -> result of stages that finished (rc 0) in an earlier report with the same calibration, so
     an interrupted or extended run does not redo hours of pruning."""
-    import json
-
     if not path.is_file():
         return {}
     report = json.loads(path.read_text())
@@ -429,8 +396,6 @@ def markdown(report: dict) -> str:
 
 
 def plot(path: Path, rows: list[dict]) -> None:
-    from sparsetrt.artifacts import pyplot
-
     plt = pyplot()
     if plt is None:
         return

@@ -11,25 +11,24 @@ windows of WikiText-2 valid, seed 0; evaluation = the first 40 non-overlapping 5
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
+from pydoc_data.topics import topics
+
+import torch
 
 from sparsetrt.artifacts import fingerprint, pyplot, read_json, save_figure, write_json, write_text_atomic
+from sparsetrt.calibration.data import CorpusText, default_corpus, sequential_windows, tokenize_corpus
 from sparsetrt.errors import SparsetrtError
-
-
-@dataclass
-class ScheduleBenchSettings:
-    targets: list = field(default_factory=lambda: [0.6, 0.7, 0.8])
-    coverages: list = field(default_factory=lambda: [0.9, 0.75])
-    distill: list = field(default_factory=lambda: ["all"])  # variant names, "all" or "none"
-    distill_minutes: float = 30.0
-    distill_steps: int = 0  # 0 = as many as fit distill_minutes
-    eval_windows: int = 40
-    seq_len: int = 512
-    calib_samples: int = 32
-    seed: int = 0
+from sparsetrt.layout import DISTILL_MANIFEST
+from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint
+from sparsetrt.prune.distill import DistillSettings
+from sparsetrt.prune.distill_stage import distill_checkpoint
+from sparsetrt.prune.stage import prune_checkpoint
+from sparsetrt.runtime.bench.quality import perplexity
+from sparsetrt.runtime.bench.settings import ScheduleBenchSettings
 
 
 def schedule_cases(settings: ScheduleBenchSettings) -> list[dict]:
@@ -50,14 +49,8 @@ def second_domain(calibration_description: str):
     """Text the calibration and distillation never saw: Python's documentation topics when calibration is
     WikiText-2; when calibration itself fell back to the first half of those topics, the docstrings of the
     standard library's modules (another register of technical English)."""
-    from sparsetrt.calibration.data import CorpusText
-
     if "WikiText" in calibration_description:
-        from pydoc_data.topics import topics
-
         return CorpusText("\n\n".join(topics[k] for k in sorted(topics)), "Python docs topics (pydoc_data.topics)")
-    import importlib
-    import inspect
 
     names = ["argparse", "asyncio", "collections", "csv", "datetime", "decimal", "email", "functools", "http.client",
              "json", "logging", "pathlib", "re", "sqlite3", "statistics", "subprocess", "threading", "typing",
@@ -72,10 +65,6 @@ def second_domain(calibration_description: str):
 
 def schedule_benchmark(model: str, out: str | Path, work: str | Path, settings: ScheduleBenchSettings | None = None,
                        progress: bool = True) -> dict:
-    from sparsetrt.calibration.data import default_corpus, sequential_windows, tokenize_corpus
-    from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint
-    from sparsetrt.runtime.bench.quality import perplexity
-
     settings = settings or ScheduleBenchSettings()
     plan = schedule_cases(settings)
     names = [v["name"] for v in plan]
@@ -135,8 +124,6 @@ def schedule_benchmark(model: str, out: str | Path, work: str | Path, settings: 
 
 def prune_case(checkpoint: Path, work: Path, case: dict, settings: ScheduleBenchSettings, progress: bool) -> dict:
     """`sparsetrt prune` of one schedule case into work/<name> (a finished identical run is reused)."""
-    from sparsetrt.prune.stage import prune_checkpoint
-
     return prune_checkpoint(str(checkpoint), work / case["name"], method="sparsegpt", pattern=case["pattern"],
                             calib="auto", calib_samples=settings.calib_samples, calib_seq_len=settings.seq_len,
                             seed=settings.seed, schedule=case["schedule"], reuse=True, overwrite=True,
@@ -145,9 +132,6 @@ def prune_case(checkpoint: Path, work: Path, case: dict, settings: ScheduleBench
 
 def distill_case(checkpoint: Path, work: Path, name: str, settings: ScheduleBenchSettings, progress: bool) -> dict:
     """`sparsetrt distill` of work/<name> into work/<name>-distilled (reused, or resumed, when there)."""
-    from sparsetrt.prune.distill import DistillSettings
-    from sparsetrt.prune.distill_stage import distill_checkpoint
-
     return distill_checkpoint(str(checkpoint), work / name, work / f"{name}-distilled", data="auto",
                               settings=DistillSettings(max_minutes=settings.distill_minutes,
                                                        steps=settings.distill_steps, seed=settings.seed),
@@ -155,9 +139,6 @@ def distill_case(checkpoint: Path, work: Path, name: str, settings: ScheduleBenc
 
 
 def _finished_distillation(directory: Path) -> dict | None:
-    from sparsetrt.artifacts import read_json
-    from sparsetrt.prune.distill_stage import DISTILL_MANIFEST
-
     path = directory / DISTILL_MANIFEST
     return read_json(path) if path.is_file() else None
 
@@ -167,8 +148,6 @@ def _prefixed(ppl: dict, prefix: str) -> dict:
 
 
 def _write(out: Path, model, checkpoint, settings, calib_text, eval_text, other, rows) -> dict:
-    import torch
-
     report = {
         "format": "sparsetrt.schedule-bench/1", "model": str(checkpoint),
         "protocol": {"calibration": f"{settings.calib_samples} random {settings.seq_len}-token windows of "

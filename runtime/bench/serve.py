@@ -15,30 +15,19 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
 
-from sparsetrt.artifacts import save_figure, write_json, write_text_atomic
+from sparsetrt.artifacts import pyplot, save_figure, write_json, write_text_atomic
+from sparsetrt.runtime.bench.settings import ServeBenchSettings
+from sparsetrt.runtime.measure import cpu_name
 from sparsetrt.runtime.serve.loadtest import LoadSettings, run_load
 from sparsetrt.runtime.serve.metrics import scrape_batching
 from sparsetrt.runtime.serve.process import free_port, start_server, stop_server, wait_until_ready
 
-TARGET_SPEEDUP = 2.5  # the issue's target: batched tokens/s >= 2.5x unbatched, with a lower p99 latency
-
-
-@dataclass
-class ServeBenchSettings:
-    model: str = "artifacts"
-    backend: str = "onnxruntime"
-    precisions: tuple[str, ...] = ("fp32", "int8")
-    max_batch: int = 8
-    clients: int = 32
-    duration_s: float = 60.0
-    max_tokens: int = 32
-    overload_queue: int = 4
-    overload_duration_s: float = 20.0
+TARGET_SPEEDUP = 2.5  # batching must pay: batched tokens/s >= 2.5x unbatched, with a lower p99 latency
 
 
 def run_phase(name: str, settings: ServeBenchSettings, precision: str, load: LoadSettings, work: Path,
@@ -66,8 +55,6 @@ def run_phase(name: str, settings: ServeBenchSettings, precision: str, load: Loa
 
 
 def run_serve_bench(settings: ServeBenchSettings, out: Path, work: Path) -> dict:
-    from sparsetrt.runtime.measure import cpu_name
-
     out, work = Path(out), Path(work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -110,7 +97,7 @@ def compare(phases: list[dict]) -> dict:
 
 
 def summary_lines(report: dict, out: Path) -> list[str]:
-    """What `sparsetrt bench-serve` prints: one line per phase, the batched/unbatched ratios, then the files."""
+    """What `sparsetrt bench serve` prints: one line per phase, the batched/unbatched ratios, then the files."""
     lines = []
     for name, phase in report["phases"].items():
         s, b = phase["summary"], phase["batching"]
@@ -173,8 +160,6 @@ def markdown(report: dict) -> str:
 
 def plot(path: Path, phases: list[dict]) -> None:
     """Left: tokens/s and p99 latency per phase; right: how many rows each decode step of a batched server had."""
-    from sparsetrt.artifacts import pyplot
-
     plt = pyplot()
     if plt is None:
         return

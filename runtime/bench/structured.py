@@ -15,44 +15,33 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from sparsetrt.artifacts import save_figure, write_report
+from sparsetrt.artifacts import pyplot, save_figure, write_report
+from sparsetrt.calibration.data import default_corpus, sequential_windows, tokenize_corpus
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.stage import export_checkpoint
+from sparsetrt.layout import FLOAT_PRECISIONS, ArtifactsTree
+from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint
+from sparsetrt.prune.distill import DistillSettings
+from sparsetrt.prune.distill_stage import distill_checkpoint
+from sparsetrt.prune.shrink import ShrinkSettings, decoder_linear_params, flops_per_token
+from sparsetrt.prune.shrink_stage import shrink_checkpoint
+from sparsetrt.runtime.adaptive.variant_set import structured_checkpoint
+from sparsetrt.runtime.bench.perf import BenchSettings, bench_prompts, run_in_subprocess
+from sparsetrt.runtime.bench.quality import perplexity
+from sparsetrt.runtime.bench.schedule import second_domain
+from sparsetrt.runtime.bench.settings import StructuredBenchSettings
+from sparsetrt.runtime.deployables import Deployable, files_bytes
+from sparsetrt.runtime.measure import cpu_name
+from sparsetrt.runtime.prepare import prepare_like_runs
 
-# name: (shrink sizes, what it removes) for SmolLM2-135M (30 blocks, 9 heads in 3 KV groups, MLP 1536): the
-# shares of decoder Linear weights removed are computed and reported, these are only the knobs.
-SMOLLM2_VARIANTS = {
-    "mlp-25": {"mlp": "1024"},
-    "mlp-40": {"mlp": "704"},
-    "heads-12": {"heads": "3"},                       # the most heads can give: one query head per KV group
-    "depth-25": {"layers": "23"},
-    "depth-40": {"layers": "18"},
-    "mixed-25": {"mlp": "1152", "heads": "6"},        # Minitron-style: some MLP, some heads
-    "mixed-40": {"mlp": "896", "heads": "6", "layers": "27"},
-}
 TARGET_PPL_RATIO, TARGET_SPEEDUP = 1.5, 1.25  # 25 % width + 30 min distillation: <= 1.5x dense ppl, >= 1.25x tok/s
 
 
-@dataclass
-class StructuredBenchSettings:
-    model: str = "smollm2-135m"
-    variants: dict = field(default_factory=lambda: dict(SMOLLM2_VARIANTS))
-    pruned_2to4: str | None = "artifacts/pruned"   # the demo's 2:4 checkpoint, for comparison (None: skip)
-    calib_samples: int = 32
-    seq_len: int = 512
-    eval_windows: int = 40
-    second_domain_windows: int = 10
-    distill: tuple[str, ...] = ()                  # variants also distilled
-    distill_minutes: float = 30.0
-    batches: tuple[int, ...] = (1, 4)
-    prompt_tokens: int = 128
-    new_tokens: int = 64
-    repeats: int = 3
-
-
 def speed_cells(records: list[dict]) -> dict:
-    """{batch: decode tokens/s and TTFT} from `sparsetrt bench` records: one report cell per batch size."""
+    """{batch: decode tokens/s and TTFT} from `sparsetrt bench perf` records: one report cell per batch size."""
     return {str(r["batch"]): {"decode_tokens_per_s": r["decode_tokens_per_s"], "ttft_ms": r["ttft_ms"]}
             for r in records}
 
@@ -60,13 +49,6 @@ def speed_cells(records: list[dict]) -> dict:
 def evaluate_checkpoint(name: str, checkpoint: Path, work: Path, evaluation: dict, prompts, settings, tokenizer,
                         extra: dict) -> dict:
     """Perplexities, then the fp32 ONNX export timed on ONNX Runtime; one row of the report."""
-    from sparsetrt.export.stage import export_checkpoint
-    from sparsetrt.models import load_model
-    from sparsetrt.prune.shrink import decoder_linear_params, flops_per_token
-    from sparsetrt.runtime.bench.perf import BenchSettings, run_in_subprocess
-    from sparsetrt.runtime.bench.quality import perplexity
-    from sparsetrt.runtime.deployables import Deployable, files_bytes
-
     lm, _ = load_model(checkpoint)
     ppl = {domain: perplexity(lm, windows) for domain, windows in evaluation.items()}
     config = lm.config
@@ -89,15 +71,6 @@ def evaluate_checkpoint(name: str, checkpoint: Path, work: Path, evaluation: dic
 
 
 def run_structured_bench(settings: StructuredBenchSettings, out: Path, work: Path) -> dict:
-    from sparsetrt.calibration.data import default_corpus, sequential_windows, tokenize_corpus
-    from sparsetrt.models import load_tokenizer, resolve_checkpoint
-    from sparsetrt.prune.distill import DistillSettings
-    from sparsetrt.prune.distill_stage import distill_checkpoint
-    from sparsetrt.prune.shrink import ShrinkSettings, shrink_checkpoint
-    from sparsetrt.runtime.bench.perf import bench_prompts
-    from sparsetrt.runtime.bench.schedule import second_domain
-    from sparsetrt.runtime.measure import cpu_name
-
     out, work = Path(out), Path(work)
     dense = resolve_checkpoint(settings.model)
     tokenizer = load_tokenizer(dense)
@@ -155,9 +128,6 @@ def run_structured_bench(settings: StructuredBenchSettings, out: Path, work: Pat
 
 def row_checkpoint(variant: str, settings: StructuredBenchSettings, work: Path) -> Path:
     """The checkpoint a report row measured: the dense model, the demo's 2:4 one, NAME/shrunk, NAME/distilled."""
-    from sparsetrt.models import resolve_checkpoint
-    from sparsetrt.runtime.adaptive.variant_set import structured_checkpoint
-
     if variant == "dense":
         return resolve_checkpoint(settings.model)
     if variant == "2:4":
@@ -170,12 +140,6 @@ def add_int8_columns(out: Path, work: Path, artifacts: Path = Path("artifacts"),
     quantized with the settings of the INT8 demo run (`artifacts/int8`; the dense and 2:4 ones reuse the files
     `make bench-adaptive` and the demo wrote) and timed at the report's batches. Perplexity and fp32 columns stay
     as measured; the INT8 speed-ups are against dense INT8 from this run."""
-    from sparsetrt.errors import SparsetrtError
-    from sparsetrt.export import FLOAT_PRECISIONS
-    from sparsetrt.models import load_tokenizer
-    from sparsetrt.runtime.bench.perf import BenchSettings, bench_prompts, run_in_subprocess
-    from sparsetrt.runtime.deployables import ArtifactsTree, Deployable, prepare_like_runs
-
     out, work, runs = Path(out), Path(work), ArtifactsTree(artifacts)
     path = out / "structured.json"
     if not path.is_file():
@@ -214,7 +178,8 @@ def save(out: Path, report: dict) -> None:
 
 
 def targets(rows: list[dict]) -> dict:
-    """The issue's target cell: a ~25 % MLP-width variant distilled, against dense ppl and batch-1 decode speed."""
+    """The cell that says whether structured pruning is worth it: a ~25 % MLP-width variant distilled, against dense
+    perplexity (within TARGET_PPL_RATIO) and batch-1 decode speed (TARGET_SPEEDUP faster)."""
     dense = rows[0]
     cell = next((r for r in rows if r["variant"] == "mlp-25+distill"), None)
     result = {"dense_ppl": dense["ppl"]["wikitext"], "ppl_limit": TARGET_PPL_RATIO * dense["ppl"]["wikitext"],
@@ -285,8 +250,6 @@ def int8_table(report: dict) -> list[str]:
 
 
 def plot(path: Path, rows: list[dict]) -> None:
-    from sparsetrt.artifacts import pyplot
-
     plt = pyplot()
     if plt is None:
         return

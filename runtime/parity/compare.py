@@ -14,12 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsetrt.architectures import check_length, max_positions, sliding_window
 from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json, write_text_atomic
+from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.layout import ENGINE_MANIFEST, EXPORT_MANIFEST, PARITY_MANIFEST, ArtifactsTree
+from sparsetrt.runtime.backends import make_runner
+from sparsetrt.runtime.backends.trt import runnable_here
+from sparsetrt.runtime.generate import PARITY_PROMPTS, Sampling, compare_generations, encode_prompts, generate
 from sparsetrt.runtime.parity.metrics import METRICS, ParityAccumulator
 from sparsetrt.runtime.parity.report import html_report, junit_xml
-
-PARITY_MANIFEST = "parity.json"
 
 DEFAULT_TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
     "fp32": {
@@ -124,11 +128,6 @@ def run_parity(
     """Compare the checkpoint (PyTorch fp32) with every ONNX file listed in onnx_dir/export.json (ONNX Runtime)
     and with each TensorRT engine in `engines`: logits on the evaluation windows, then greedy generation of
     `generate_tokens` tokens from PARITY_PROMPTS (0 = skip), token for token."""
-    from sparsetrt.architectures import check_length
-    from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
-    from sparsetrt.export.stage import EXPORT_MANIFEST
-    from sparsetrt.runtime.backends import make_runner
-
     overrides = parse_tolerance_overrides(tolerances)
     onnx_dir = Path(onnx_dir)
     export = read_json(onnx_dir / EXPORT_MANIFEST)
@@ -152,20 +151,27 @@ def run_parity(
     generations = parity_prompt_check(reference, generate_tokens)
     long_context = long_context_check(reference, eval_tokens)
     candidates = []
-    runners = [(make_runner("onnxruntime", onnx_dir / info["onnx"], device="cpu"), precision, onnx_dir / info["onnx"])
-               for precision, info in export["files"].items()]
+    files = [(f"onnxruntime-{precision}", precision, onnx_dir / info["onnx"])
+             for precision, info in export["files"].items()]
+    files += [(f"onnxruntime-{precision}-ort-target", precision, onnx_dir / info["onnx"])
+              for precision, info in (export.get("ort_target") or {}).items()]
+    runners = [(make_runner("onnxruntime", path, device="cpu"), name, precision, path)
+               for name, precision, path in files]
     for engine in engines:
         runner = make_runner("tensorrt", engine)
-        runners.append((runner, _engine_precision(runner.sidecar), engine))
-    for runner, precision, path in runners:
+        precision = _engine_precision(runner.manifest)
+        runners.append((runner, f"tensorrt-{precision}", precision, engine))
+    for runner, name, precision, path in runners:
         metrics = compare_runners(reference, runner, eval_windows, TIE_MARGINS.get(precision, 0.0))
         metrics.update(generations.compare(runner))
         if long_context is not None:
             metrics.update(long_context.compare(runner))
-        candidates.append(candidate(f"{runner.backend}-{precision}", precision, path, metrics,
-                                    tolerances_for(precision, overrides), backend=runner.backend))
+        candidates.append(candidate(name, precision, path, metrics, tolerances_for(precision, overrides),
+                                    backend=runner.backend))
     verification = {str(onnx_dir / i["onnx"]): i["sparsity_verification"]
                     for i in export["files"].values() if i.get("sparsity_verification")}
+    verification.update({str(onnx_dir / i["onnx"]): i["verification"]
+                         for i in (export.get("ort_target") or {}).values()})
     report = {
         "format": "sparsetrt.parity/1",
         "stage": "parity",
@@ -199,15 +205,11 @@ class GenerationCheck:
         self._reference_tokens = None
 
     def _generate(self, runner) -> list[list[int]]:
-        from sparsetrt.runtime.generate import Sampling, generate
-
         # ignore_stop: compare all new_tokens even where a model would have stopped
         sampling = Sampling(max_new_tokens=self.new_tokens, ignore_stop=True)
         return generate(runner, self.prompts, sampling, pad_id=self.pad).tokens
 
     def compare(self, runner) -> dict:
-        from sparsetrt.runtime.generate import compare_generations
-
         if not self.new_tokens:
             return {}
         if self._reference_tokens is None:
@@ -221,19 +223,15 @@ class GenerationCheck:
 
 def parity_prompt_check(reference, new_tokens: int) -> GenerationCheck:
     """The ten PARITY_PROMPTS for `new_tokens` tokens (0: no generation check)."""
-    from sparsetrt.runtime.generate import PARITY_PROMPTS, encode_prompts
-
     prompts = encode_prompts(reference.tokenizer, list(PARITY_PROMPTS)) if new_tokens else []
     return GenerationCheck(reference, prompts, new_tokens)
 
 
 def long_context_check(reference, eval_tokens) -> GenerationCheck | None:
     """One greedy generation from a prompt longer than the model's sliding window: a decoder whose sliding-window
-    layers mishandle the cache passes short prompts and breaks here (issue #19). None when no layer has a window
+    layers mishandle the cache passes short prompts and breaks here (Gemma 2 did past 256 tokens). None when no layer has a window
     (or the positions end before one can be passed). The prompt is the start of the evaluation text, repeated if
     short."""
-    from sparsetrt.architectures import max_positions, sliding_window
-
     config = reference.model.config
     window = sliding_window(config)
     limit = max_positions(config) or 1 << 30
@@ -248,17 +246,15 @@ def long_context_check(reference, eval_tokens) -> GenerationCheck | None:
 
 
 def _engine_hash(engine: Path) -> str:
-    from sparsetrt.build.engine import SIDECAR_FILE
-
-    sidecar = Path(engine).parent / SIDECAR_FILE
-    if not Path(engine).is_file() or not sidecar.is_file():
-        raise SparsetrtError(f"{engine} (with engine.json beside it) does not exist; build it with `sparsetrt engine`")
-    return read_json(sidecar)["source_onnx"]["sha256"] + f"/{Path(engine).stat().st_mtime_ns}"
+    manifest = Path(engine).parent / ENGINE_MANIFEST
+    if not Path(engine).is_file() or not manifest.is_file():
+        raise SparsetrtError(f"{engine} (with engine.json beside it) does not exist; build it with `sparsetrt build`")
+    return read_json(manifest)["source_onnx"]["sha256"] + f"/{Path(engine).stat().st_mtime_ns}"
 
 
-def _engine_precision(sidecar: dict) -> str:
+def _engine_precision(manifest: dict) -> str:
     """The tolerance family of an engine: fp32 only when it computes in fp32, else fp16 (loosest float)."""
-    return "fp32" if sidecar["precision"].startswith("fp32") else "fp16"
+    return "fp32" if manifest["precision"].startswith("fp32") else "fp16"
 
 
 def candidate(name: str, precision: str, file, metrics: dict, rules: dict, compared_with: str = "pytorch fp32",
@@ -281,17 +277,13 @@ def engines_to_compare(requested: list[str], onnx_dir: Path) -> tuple[list[Path]
     """The engines `--engine` names: 'auto' means every engines/*/model.engine of the artifacts tree `onnx_dir`
     belongs to that this machine can run (TensorRT proper with a GPU; TensorRT-RTX on a GPU it was built for).
     Returns them and what to tell the user about the ones left out."""
-    from sparsetrt.build.engine import SIDECAR_FILE
-    from sparsetrt.runtime.backends.trt import runnable_here
-    from sparsetrt.runtime.deployables import ArtifactsTree
-
     named = [Path(e) for e in requested if e != "auto"]
     if "auto" not in requested:
         return named, None
     tree = ArtifactsTree(Path(onnx_dir).parent)
     found, left_out = [], []
     for engine in tree.engines():
-        ok, reason = runnable_here(read_json(engine.parent / SIDECAR_FILE))
+        ok, reason = runnable_here(read_json(engine.parent / ENGINE_MANIFEST))
         (found if ok else left_out).append(engine if ok else f"{engine.parent.name} ({reason})")
     if not found and not left_out:
         return named, (f"no engines under {tree.root / 'engines'} (build one with `make engine`); comparing PyTorch "

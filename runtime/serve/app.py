@@ -26,11 +26,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-from fastapi import Request
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import sparsetrt
+from sparsetrt.errors import SparsetrtError
 from sparsetrt.runtime.generate import Sampling
 from sparsetrt.runtime.serve.errors import ServeError
+from sparsetrt.runtime.serve.metrics import ServeMetrics, nvml_energy_counter
 from sparsetrt.runtime.serve.scheduler import BatchLimits
 from sparsetrt.runtime.serve.worker import GenerationWorker, Job, seed_for
 
@@ -52,8 +60,6 @@ class ServeSettings:
     log_level: str = "info"
 
     def validate(self) -> "ServeSettings":
-        from sparsetrt.errors import SparsetrtError
-
         for name in ("max_queue", "max_tokens_limit", "max_body_bytes", "max_batch", "max_batch_tokens"):
             if getattr(self, name) < 1:
                 raise SparsetrtError(f"--{name.replace('_', '-')} must be >= 1")
@@ -93,15 +99,6 @@ class CompletionRequest(BaseModel):
 
 def create_app(served, settings: ServeSettings, worker: GenerationWorker | None = None, on_failure=None):
     """The ASGI app. The worker (built here unless given) starts loading the model when the app starts."""
-    from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    import sparsetrt
-    from sparsetrt.runtime.serve.metrics import ServeMetrics, nvml_energy_counter
-
     energy, energy_note = nvml_energy_counter(served.backend)
     metrics = ServeMetrics(served.backend, served.name, served.precision, sparsetrt.__version__, energy)
     worker = worker or GenerationWorker(served, settings.max_queue, limits=settings.batch_limits())
@@ -405,8 +402,6 @@ def log_config(level: str) -> dict:
 def serve(served, settings: ServeSettings) -> int:
     """Run until SIGTERM/SIGINT; 0 after a graceful shutdown, 1 when the model failed to load or the port was
     taken."""
-    import uvicorn
-
     settings.validate()
     state = {"failed": False}
 

@@ -14,9 +14,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
+
+from sparsetrt.artifacts import write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.runtime.generate import PARITY_PROMPTS
 from sparsetrt.runtime.measure import percentile
+from sparsetrt.runtime.serve.metrics import scrape_counts
 
 
 @dataclass
@@ -116,10 +120,6 @@ async def one_request(client, body: dict, max_tokens: int) -> dict:
 
 async def run_load(settings: LoadSettings, progress=None) -> dict:
     """Drive the server for settings.duration_s; returns the records, a summary and the /metrics comparison."""
-    import httpx
-
-    from sparsetrt.runtime.serve.metrics import scrape_counts
-
     limits = httpx.Limits(max_connections=settings.clients + 4, max_keepalive_connections=settings.clients + 4)
     async with httpx.AsyncClient(base_url=settings.url, timeout=settings.timeout_s, limits=limits) as client:
         before = scrape_counts((await client.get("/metrics")).text)
@@ -196,8 +196,6 @@ def summarize(records: list[dict], wall_s: float, before: dict, after: dict, hea
 
 def run_loadtest(settings: LoadSettings, out: Path | None = None) -> dict:
     """`sparsetrt loadtest`: the load against a running server; records and summary written to `out` if given."""
-    from sparsetrt.artifacts import write_json
-
     settings.validate()
     try:
         result = asyncio.run(run_load(settings))

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
+
+from sparsetrt.runtime.measure import _nvml, nvml_status
 
 # Seconds; TTFT on a CPU reaches seconds under load, inter-token latency is milliseconds.
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
@@ -121,7 +124,6 @@ def nvml_energy_counter(backend: str):
     """A function returning the GPU's total energy in joules, or (None, why) where it cannot be measured."""
     if backend != "tensorrt":
         return None, f"{backend} backend runs on the CPU here; NVML measures NVIDIA GPUs only"
-    from sparsetrt.runtime.measure import _nvml, nvml_status
 
     ok, reason = nvml_status()
     if not ok:
@@ -136,8 +138,6 @@ def nvml_energy_counter(backend: str):
 
 def scrape_counts(text: str) -> dict:
     """From a /metrics page: completion responses by status code, and tokens generated (summed over labels)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     counts = {"requests": {}, "generated_tokens": 0.0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -152,8 +152,6 @@ def scrape_counts(text: str) -> dict:
 def scrape_batching(text: str) -> dict:
     """From a /metrics page: decode steps, mean rows per step, the cumulative batch-size buckets {upper edge:
     steps}, mean inter-token latency and the model thread's re-packing seconds."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     values = {"sparsetrt_batch_size_count": 0.0, "sparsetrt_batch_size_sum": 0.0,
               "sparsetrt_inter_token_seconds_count": 0.0, "sparsetrt_inter_token_seconds_sum": 0.0,
               "sparsetrt_batch_repack_seconds": 0.0}

@@ -11,10 +11,18 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.deployables import ArtifactsTree, tokenizer_dir_for
+from transformers import AutoConfig
 
-SERVE_PRECISIONS = ("auto", "fp32", "fp16", "int8", "int4")
+from sparsetrt.architectures import max_positions_of
+from sparsetrt.artifacts import read_json
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.ort_target import check_supported
+from sparsetrt.export.stage import export_checkpoint
+from sparsetrt.layout import ENGINE_MANIFEST, ArtifactsTree, tokenizer_dir_for
+from sparsetrt.models import EMBEDDED_MODELS, cache_dir, load_tokenizer, resolve_checkpoint
+from sparsetrt.runtime.backends import make_runner
+from sparsetrt.runtime.settings import BACKENDS, SERVE_PRECISIONS
+
 # Prompt cap for backends without an engine profile: prefill cost grows with the prompt, and on a CPU a
 # context-window-sized prompt would hold the single worker for minutes.
 DEFAULT_MAX_PROMPT_TOKENS = 2048
@@ -32,18 +40,22 @@ class ServedModel:
 
     def load(self):
         """(runner, tokenizer): the heavy part, run by the server's worker thread after it binds."""
-        from sparsetrt.runtime.backends import make_runner
-
         return make_runner(self.backend, self.path), self.load_tokenizer()
 
     def load_tokenizer(self):
-        from sparsetrt.models import load_tokenizer
-
         return load_tokenizer(self.tokenizer_dir)
 
     def describe(self) -> dict:
         return {"name": self.name, "backend": self.backend, "precision": self.precision, "path": str(self.path),
-                "max_prompt_tokens": self.max_prompt_tokens, "max_context_tokens": self.max_context_tokens}
+                "made_for": made_for(self.path), "max_prompt_tokens": self.max_prompt_tokens,
+                "max_context_tokens": self.max_context_tokens}
+
+
+def made_for(path: Path) -> str:
+    """What the served file was made for: its backend's own graph, or the TensorRT-shaped ONNX."""
+    if Path(path).suffix != ".onnx":
+        return "its backend"
+    return "onnxruntime" if Path(path).name.endswith(".ort.onnx") else "tensorrt"
 
 
 def resolve_served_model(spec: str, backend: str = "onnxruntime", precision: str = "auto", name: str | None = None,
@@ -51,9 +63,6 @@ def resolve_served_model(spec: str, backend: str = "onnxruntime", precision: str
                          export_cache: Path | None = None) -> ServedModel:
     """Find the file the backend runs for `spec`; export a checkpoint to ONNX (once, cached) when ONNX Runtime is
     asked to serve a checkpoint."""
-    from sparsetrt.models import EMBEDDED_MODELS, resolve_checkpoint
-    from sparsetrt.runtime.backends import BACKENDS
-
     if backend not in BACKENDS:
         raise SparsetrtError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
     if precision not in SERVE_PRECISIONS:
@@ -79,7 +88,7 @@ def resolve_served_model(spec: str, backend: str = "onnxruntime", precision: str
     context = context_tokens(checkpoint)
     limit = max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS
     if backend == "tensorrt":
-        options = _engine_sidecar(served)["options"]
+        options = _engine_manifest(served)["options"]
         context = min(context, options["max_input_len"] + options["max_output_len"])
         limit = min(limit, options["max_input_len"])
     if limit < 1:
@@ -112,7 +121,7 @@ def _from_artifacts(root: Path, backend: str, precision: str) -> tuple[Path, Pat
             raise SparsetrtError(f"{engine} does not exist; build it with `make engine"
                                  f"{'' if precision in ('auto', 'fp16') else ' PRECISION=' + precision}`")
         return engine, pruned, pruned
-    onnx = tree.onnx("fp32" if precision == "auto" else precision)
+    onnx = tree.onnxruntime_file("fp32" if precision == "auto" else precision)  # made for ONNX Runtime where there
     if not onnx.is_file():
         raise SparsetrtError(f"{onnx} does not exist; run `make demo"
                              f"{' PRECISION=' + precision if precision in ('int8', 'int4') else ''}` first")
@@ -122,24 +131,35 @@ def _from_artifacts(root: Path, backend: str, precision: str) -> tuple[Path, Pat
 def _exported(checkpoint: Path, precision: str, export_cache: Path | None) -> Path:
     """ONNX of a checkpoint for ONNX Runtime, exported once into the cache (keyed by the checkpoint's path and
     config) and reused by later `serve` runs."""
-    from sparsetrt.export.stage import export_checkpoint
-    from sparsetrt.models import cache_dir
-
     if precision in ("int8", "int4"):
         raise SparsetrtError(f"{precision} needs calibration: run `sparsetrt run` with a {precision} config and serve "
                              "its artifacts directory")
     float_precision = "fp16" if precision == "fp16" else "fp32"
     key = hashlib.sha256(f"{checkpoint.resolve()}|{(checkpoint / 'config.json').stat().st_mtime_ns}".encode())
     out = (export_cache or cache_dir() / "serve-onnx") / key.hexdigest()[:16]
-    manifest = export_checkpoint(checkpoint, out, precisions=[float_precision], reuse=True)
+    targets = ("tensorrt", "onnxruntime") if float_precision == "fp32" and ort_target_fits(checkpoint) else ("tensorrt",)
+    # the cache is sparsetrt's own: a copy from another sparsetrt version (another fingerprint) is replaced
+    manifest = export_checkpoint(checkpoint, out, precisions=[float_precision], reuse=True, overwrite=True,
+                                 targets=targets)
+    if manifest.get("ort_target"):
+        return out / manifest["ort_target"]["fp32"]["onnx"]
     return out / manifest["files"][float_precision]["onnx"]
+
+
+def ort_target_fits(checkpoint: Path) -> bool:
+    """Whether the ONNX Runtime target describes this model (else the TensorRT-shaped file is served)."""
+    try:
+        check_supported(AutoConfig.from_pretrained(checkpoint, local_files_only=True), "fp32")
+    except SparsetrtError:
+        return False
+    return True
 
 
 def _precision_of(served: Path, backend: str) -> str:
     if backend == "pytorch":
         return "fp32"
     if backend == "tensorrt":
-        return _engine_sidecar(served)["precision"]
+        return _engine_manifest(served)["precision"]
     for tag in ("int8", "int4", "fp16"):
         if f".{tag}." in served.name:
             return tag
@@ -148,13 +168,8 @@ def _precision_of(served: Path, backend: str) -> str:
 
 def context_tokens(checkpoint: Path) -> int:
     """The model's context window; 2048 when only a tokenizer directory (no config.json) came with the file."""
-    from sparsetrt.architectures import max_positions_of
-
     return max_positions_of(checkpoint) or 2048
 
 
-def _engine_sidecar(engine: Path) -> dict:
-    from sparsetrt.artifacts import read_json
-    from sparsetrt.build.engine import SIDECAR_FILE
-
-    return read_json(engine.parent / SIDECAR_FILE)
+def _engine_manifest(engine: Path) -> dict:
+    return read_json(engine.parent / ENGINE_MANIFEST)

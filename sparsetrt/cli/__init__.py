@@ -1,19 +1,19 @@
 """`sparsetrt <command>`: one CLI, one module per room, each command's parser beside its handler.
 
-  pipeline  run                                   the whole pipeline from a config file
-  prune     prune, verify, distill
+  pipeline  run
+  prune     prune, shrink, verify, distill
   export    export, quantize, lint
-  build     engine
+  build     build (alias engine)
   runtime   generate, parity
   serve     serve, loadtest
   adaptive  variants
-  bench     bench, bench-quality (alias quality), bench-schedule, bench-serve, bench-adaptive
+  bench     bench (a group: sparsetrt/cli/bench/, one module per benchmark)
 
 A handler forwards to its room and prints what the room formats. Errors print as one line, exit code 2;
 Ctrl-C exits 130 and SIGTERM 143, both after every temporary output is removed (staged directories clean up on
-the exception the signal raises). A command whose optional dependency is missing is still listed in --help, says why, and
-refuses to run with that reason. Importing this package imports no heavy library (torch, onnxruntime): each
-room is imported when its command runs.
+the exception the signal raises). A command whose optional dependency is missing is still listed in --help, says
+why, and refuses to run with that reason. Building the parser imports no heavy library (torch, onnxruntime): a
+room names the stage modules it calls with lazy_import, so they load when its command runs.
 """
 
 from __future__ import annotations
@@ -26,10 +26,14 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.lazy import lazy_import
+
+hf_logging = lazy_import("transformers.utils.logging")  # a command's run configures it; --help never imports it
 
 ROOMS = ("pipeline", "prune", "export", "build", "runtime", "serve", "adaptive", "bench")
 
@@ -44,10 +48,11 @@ INSTALL_HINTS = {
 class Command:
     name: str
     help: str
-    arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    run: Callable[[argparse.Namespace], int] | None = None
     needs: tuple[str, ...] = ()      # importable modules the command cannot run without
     aliases: tuple[str, ...] = ()
+    subcommands: tuple["Command", ...] = ()  # a group (`sparsetrt bench NAME`): these instead of arguments/run
 
     def missing(self) -> str | None:
         """Why this command cannot run here (the first missing module and how to get it), else None."""
@@ -58,8 +63,20 @@ class Command:
 
 
 def commands() -> list[Command]:
-    """Every command of every room, in room order."""
+    """Every top-level command of every room, in room order (a group's subcommands inside it)."""
     return [c for room in ROOMS for c in importlib.import_module(f"sparsetrt.cli.{room}").COMMANDS]
+
+
+def runnable_commands() -> list[tuple[str, Command]]:
+    """("bench perf", its Command), ("prune", ...): every command a user can run, under the words they type."""
+    def walk(prefix: str, command: Command):
+        name = f"{prefix}{command.name}"
+        if command.subcommands:
+            for child in command.subcommands:
+                yield from walk(f"{name} ", child)
+        else:
+            yield name, command
+    return [pair for command in commands() for pair in walk("", command)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,12 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true", help="show library logs and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in commands():
-        reason = command.missing()
-        text = command.help + (f" [unavailable: {reason}]" if reason else "")
-        p = sub.add_parser(command.name, help=text, description=text, aliases=list(command.aliases))
-        command.arguments(p)
-        p.set_defaults(command_spec=command)
+        _add(sub, command)
     return parser
+
+
+def _add(sub, command: Command) -> None:
+    reason = command.missing()
+    text = command.help + (f" [unavailable: {reason}]" if reason else "")
+    p = sub.add_parser(command.name, help=text, description=text, aliases=list(command.aliases))
+    if command.subcommands:
+        group = p.add_subparsers(dest=f"{command.name}_command", required=True, metavar="NAME")
+        for child in command.subcommands:
+            _add(group, child)
+    else:
+        command.arguments(p)
+        p.set_defaults(command_spec=command, command_words=p.prog)  # "sparsetrt bench serve"
 
 
 class Terminated(BaseException):
@@ -92,7 +118,7 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None  # `serve` sets its own
     try:
         if reason := command.missing():
-            raise SparsetrtError(f"`sparsetrt {command.name}` {reason}")
+            raise SparsetrtError(f"`{args.command_words}` {reason}")
         return command.run(args)
     except SparsetrtError as exc:
         print(f"sparsetrt: error: {exc}", file=sys.stderr)
@@ -112,10 +138,6 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        import warnings
-
         warnings.filterwarnings("ignore")
         # transformers draws a bar for every checkpoint load; ours (per layer) are the ones that matter.
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()

@@ -1,10 +1,14 @@
-"""The adaptive room: `sparsetrt variants` (the variant set `serve --adaptive` and `bench-adaptive` use)."""
+"""The adaptive room: `sparsetrt variants` (the variant set `serve --adaptive` and `bench adaptive` use)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from sparsetrt.cli import Command, options
+from sparsetrt.lazy import lazy_import
+
+variant_set = lazy_import("sparsetrt.runtime.adaptive.variant_set")
+variants_run = lazy_import("sparsetrt.pipeline.variants")
 
 
 def variants_arguments(p):
@@ -27,13 +31,13 @@ def variants_arguments(p):
 
 
 def variants(args) -> int:
-    from sparsetrt.runtime.adaptive.variant_set import build_variant_set, summary_lines
-
-    manifest = build_variant_set(Path(args.artifacts), Path(args.out), backend=args.backend, configs=args.configs,
-                                 dense=not args.no_dense, schedules=Path(args.schedules) if args.schedules else None,
-                                 structured=Path(args.structured_work),
-                                 structured_names=options.comma_list(args.structured), progress=not args.no_progress)
-    print("\n".join(summary_lines(manifest, Path(args.out))))
+    manifest = variants_run.build_variants(Path(args.artifacts), Path(args.out), backend=args.backend,
+                                           configs=args.configs, dense=not args.no_dense,
+                                           schedules=Path(args.schedules) if args.schedules else None,
+                                           structured=Path(args.structured_work),
+                                           structured_names=options.comma_list(args.structured),
+                                           progress=not args.no_progress)
+    print("\n".join(variant_set.summary_lines(manifest, Path(args.out))))
     return 0
 
 

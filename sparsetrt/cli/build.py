@@ -1,4 +1,4 @@
-"""The build room: `sparsetrt engine`."""
+"""The build room: `sparsetrt build` (also spelled `sparsetrt engine`): a TensorRT or TensorRT-RTX engine."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from pathlib import Path
 from sparsetrt.build import BUILDERS, ENGINE_PRECISIONS, RTX_DEFAULT_TARGETS, RTX_TARGETS
 from sparsetrt.cli import Command, options
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.layout import ArtifactsTree
+from sparsetrt.lazy import lazy_import
+
+engine = lazy_import("sparsetrt.build.engine")
 
 
-def engine_arguments(p):
+def build_arguments(p):
     p.add_argument("onnx", help="model.onnx / model.fp16.onnx (sparsetrt export), model.int8|int4.onnx (quantize), or "
                                 "an artifacts directory (make demo): its --precision decoder, fp16 by default")
     p.add_argument("--out", help="directory for model.engine, engine.json, layers.json, build.log (default for an "
@@ -39,8 +43,6 @@ def engine_arguments(p):
 def engine_source(source: Path, precision: str, out: str | None) -> tuple[Path, Path]:
     """(ONNX file, output directory): an .onnx as given, or an artifacts directory's decoder of `precision`
     (fp16 for auto) and its engines/<precision>."""
-    from sparsetrt.runtime.deployables import ArtifactsTree
-
     tree = ArtifactsTree(source)
     if source.is_dir() and tree.is_exported():
         chosen = "fp16" if precision == "auto" else precision
@@ -56,23 +58,21 @@ def engine_source(source: Path, precision: str, out: str | None) -> tuple[Path, 
     return source, Path(out)
 
 
-def engine(args) -> int:
-    from sparsetrt.build.engine import EngineOptions, build_engine, summary_lines, trtexec_preview
-
-    settings = EngineOptions(precision=args.precision, sparse=not args.dense, max_batch=args.max_batch,
-                             opt_batch=args.opt_batch, max_input_len=args.max_input_len,
-                             max_output_len=args.max_output_len, optimization_level=args.optimization_level,
-                             workspace_mb=args.workspace_mb, timing_cache=args.timing_cache,
-                             allow_dense_fallback=args.allow_dense_fallback, builder=args.builder,
-                             targets=tuple(options.comma_list(args.target))).validate()
+def build(args) -> int:
+    settings = engine.EngineOptions(precision=args.precision, sparse=not args.dense, max_batch=args.max_batch,
+                                    opt_batch=args.opt_batch, max_input_len=args.max_input_len,
+                                    max_output_len=args.max_output_len, optimization_level=args.optimization_level,
+                                    workspace_mb=args.workspace_mb, timing_cache=args.timing_cache,
+                                    allow_dense_fallback=args.allow_dense_fallback, builder=args.builder,
+                                    targets=tuple(options.comma_list(args.target))).validate()
     onnx, out = engine_source(Path(args.onnx), args.precision, args.out)
     if args.print_trtexec:
-        print(trtexec_preview(onnx, out, settings))
+        print(engine.trtexec_preview(onnx, out, settings))
         return 0
-    sidecar = build_engine(onnx, out, settings, overwrite=args.overwrite, progress=not args.no_progress)
-    print("\n".join(summary_lines(sidecar, out)))
+    manifest = engine.build_engine(onnx, out, settings, overwrite=args.overwrite, progress=not args.no_progress)
+    print("\n".join(engine.summary_lines(manifest, out)))
     return 0
 
 
-COMMANDS = [Command("engine", "build a TensorRT or TensorRT-RTX engine with 2:4 sparse weights from an exported ONNX",
-                    engine_arguments, engine)]
+COMMANDS = [Command("build", "build a TensorRT or TensorRT-RTX engine with 2:4 sparse weights from an exported ONNX",
+                    build_arguments, build, aliases=("engine",))]

@@ -6,7 +6,15 @@ import json
 from pathlib import Path
 
 from sparsetrt.cli import Command, options
-from sparsetrt.export import FLOAT_PRECISIONS, QUANT_PRECISIONS
+from sparsetrt.layout import FLOAT_PRECISIONS, QUANT_PRECISIONS, TARGETS
+from sparsetrt.lazy import lazy_import
+
+engine = lazy_import("sparsetrt.build.engine")
+export_stage = lazy_import("sparsetrt.export.stage")
+lint_check = lazy_import("sparsetrt.export.lint")
+quant_stage = lazy_import("sparsetrt.export.quant_stage")
+ort_target = lazy_import("sparsetrt.export.ort_target")
+parity_quantized = lazy_import("sparsetrt.runtime.parity.quantized")
 
 
 def export_arguments(p):
@@ -17,17 +25,23 @@ def export_arguments(p):
     p.add_argument("--stream", action="store_true",
                    help="trace on fake tensors and write each weight straight from the checkpoint's safetensors: "
                         "memory near one weight instead of ~3x the fp32 model (same files)")
+    target(p, "model.ort.onnx: the fp32 decoder made for ONNX Runtime's CPU provider")
     options.output(p)
     options.trust_remote_code(p)
 
 
-def export(args) -> int:
-    from sparsetrt.export.stage import export_checkpoint, summary_lines
+def target(p, what: str) -> None:
+    """--target: which files besides the TensorRT-shaped one (always written: quantize and build read it)."""
+    p.add_argument("--target", action="append", choices=TARGETS, default=[],
+                   help=f"repeatable: onnxruntime also writes {what}, fused ops for ONNX Runtime (see docs/onnxruntime.md)")
 
-    manifest = export_checkpoint(args.model, args.out, precisions=args.precision or list(FLOAT_PRECISIONS),
-                                 opset=args.opset, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
-                                 stream=args.stream)
-    print("\n".join(summary_lines(manifest, Path(args.out))))
+
+def export(args) -> int:
+    manifest = export_stage.export_checkpoint(args.model, args.out, precisions=args.precision or list(FLOAT_PRECISIONS),
+                                              opset=args.opset, overwrite=args.overwrite,
+                                              trust_remote_code=args.trust_remote_code, stream=args.stream,
+                                              targets=("tensorrt", *args.target))
+    print("\n".join(export_stage.summary_lines(manifest, Path(args.out))))
     return 0
 
 
@@ -54,6 +68,10 @@ def quantize_arguments(p):
                    help="INT8: quantize every GEMM's output too (INT8 in and out, the layout sparse INT8 tactics are "
                         "reported to need); costs fidelity, see the README")
     p.add_argument("--tp", type=int, nargs="*", default=[1], help="TensorRT-LLM tensor-parallel sizes (none: skip)")
+    target(p, "model.int8|int4.ort.onnx from the same integers")
+    p.add_argument("--ort-compute", default="int8", choices=["int8", "fp32"],
+                   help="the ONNX Runtime target's MatMulNBits (INT4 Linears, the INT8 table): int8 activations "
+                        "(ONNX Runtime GenAI's CPU mode, fastest), or fp32 (the Q/DQ file's numbers, slower)")
     options.placement(p, what="same Q/DQ file; no parity references or TensorRT-LLM checkpoints, which need the whole "
                               "model; not with AWQ or INT8 + GPTQ")
     options.calibration(p)
@@ -63,20 +81,18 @@ def quantize_arguments(p):
 
 
 def quantize(args) -> int:
-    from sparsetrt.export.quant_stage import quantize_checkpoint, summary_lines
-
     settings = {"precision": args.precision, "calibrator": args.calibrator, "percentile": args.percentile,
                 "smoothquant_alpha": args.smoothquant_alpha, "block_size": args.block_size,
                 "block_fallback": not args.no_block_fallback, "awq": args.awq, "gptq": args.gptq,
                 "activations": args.activations, "embeddings": args.embeddings,
                 "gemm_outputs": args.int8_gemm_outputs}
-    manifest = quantize_checkpoint(args.model, args.onnx_dir, args.out, settings, calib=args.calib,
-                                   calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, seed=args.seed,
-                                   tp_sizes=args.tp, parity_corpus=args.corpus, parity_windows=args.windows,
-                                   parity_seq_len=args.seq_len,
-                                   overwrite=args.overwrite, progress=not args.no_progress, stream=args.stream,
-                                   device=args.device)
-    print("\n".join(summary_lines(Path(args.out), manifest)))
+    manifest = quant_stage.quantize_checkpoint(
+        args.model, args.onnx_dir, args.out, settings, calib=args.calib, calib_samples=args.calib_samples,
+        calib_seq_len=args.calib_seq_len, seed=args.seed, tp_sizes=args.tp, parity_corpus=args.corpus,
+        parity_windows=args.windows, parity_seq_len=args.seq_len, parity=parity_quantized.quantized_parity,
+        overwrite=args.overwrite, progress=not args.no_progress, stream=args.stream, device=args.device,
+        targets=("tensorrt", *args.target), ort_options=ort_target.OrtTargetOptions(nbits_compute=args.ort_compute))
+    print("\n".join(quant_stage.summary_lines(Path(args.out), manifest)))
     return 0 if manifest["passed"] else 1
 
 
@@ -88,14 +104,10 @@ def lint_arguments(p):
 
 
 def lint(args) -> int:
-    from sparsetrt.export.lint import lint_onnx
-
-    report = lint_onnx(args.onnx)
+    report = lint_check.lint_onnx(args.onnx)
     verdict = None
     if args.build:
-        from sparsetrt.build.engine import rtx_accepts
-
-        builds, errors = rtx_accepts(Path(args.onnx))
+        builds, errors = engine.rtx_accepts(Path(args.onnx))
         verdict = {"builder": "TensorRT-RTX", "builds": builds, "errors": errors}
     if args.json:
         print(json.dumps({**report.to_json(), **({"build": verdict} if verdict else {})}, indent=2))

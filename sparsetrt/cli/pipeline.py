@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from sparsetrt.cli import Command, options
+from sparsetrt.lazy import lazy_import
+
+pipeline_config = lazy_import("sparsetrt.pipeline.config")
+runner = lazy_import("sparsetrt.pipeline.runner")
 
 
 def run_arguments(p):
@@ -13,13 +17,10 @@ def run_arguments(p):
 
 
 def run(args) -> int:
-    from sparsetrt.config import load_config
-    from sparsetrt.pipeline import run_pipeline
-
-    config = load_config(args.config)
+    config = pipeline_config.load_config(args.config)
     if args.out:
         config.out = args.out
-    summary = run_pipeline(config, overwrite=args.overwrite, progress=not args.no_progress)
+    summary = runner.run_pipeline(config, overwrite=args.overwrite, progress=not args.no_progress)
     return 0 if summary["passed"] else 1
 
 

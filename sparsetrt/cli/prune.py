@@ -5,6 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from sparsetrt.cli import Command, options
+from sparsetrt.layout import ArtifactsTree
+from sparsetrt.lazy import lazy_import
+
+distill_settings = lazy_import("sparsetrt.prune.distill")
+distill_stage = lazy_import("sparsetrt.prune.distill_stage")
+prune_stage = lazy_import("sparsetrt.prune.stage")
+shrink_math = lazy_import("sparsetrt.prune.shrink")
+shrink_stage = lazy_import("sparsetrt.prune.shrink_stage")
+verify_stage = lazy_import("sparsetrt.prune.verify")
 
 
 def prune_arguments(p):
@@ -38,11 +47,9 @@ def prune_arguments(p):
 
 
 def prune(args) -> int:
-    from sparsetrt.prune.stage import prune_checkpoint, summary_line
-
     schedule = {"mode": args.schedule, "levels": args.levels, "range": args.range, "error": args.error,
                 "probe_sparsity": args.probe_sparsity, "coverage": args.coverage, "owl_lambda": args.owl_lambda}
-    manifest = prune_checkpoint(
+    manifest = prune_stage.prune_checkpoint(
         args.model, args.out, method=args.method, pattern=args.pattern, calib=args.calib,
         calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, seed=args.seed, targets=args.targets,
         exclude=args.exclude, batch_size=args.batch_size, overwrite=args.overwrite,
@@ -50,7 +57,7 @@ def prune(args) -> int:
         schedule=schedule, trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
         stream=args.stream, device=args.device,
     )
-    print(summary_line(manifest, args.out))
+    print(prune_stage.summary_line(manifest, args.out))
     return 0
 
 
@@ -75,15 +82,15 @@ def shrink_arguments(p):
 
 
 def shrink(args) -> int:
-    from sparsetrt.prune.shrink import ShrinkSettings, shrink_checkpoint, summary_line
-
-    settings = ShrinkSettings(mlp=args.mlp, heads=args.heads, kv_heads=args.kv_heads, layers=args.layers,
-                              importance=args.importance, depth_importance=args.depth_importance)
-    manifest = shrink_checkpoint(args.model, args.out, settings, calib=args.calib, calib_samples=args.calib_samples,
-                                 calib_seq_len=args.calib_seq_len, seed=args.seed, overwrite=args.overwrite,
-                                 trust_remote_code=args.trust_remote_code, stream=args.stream, device=args.device,
-                                 progress=not args.no_progress)
-    print(summary_line(manifest, args.out))
+    settings = shrink_math.ShrinkSettings(mlp=args.mlp, heads=args.heads, kv_heads=args.kv_heads,
+                                           layers=args.layers, importance=args.importance,
+                                           depth_importance=args.depth_importance)
+    manifest = shrink_stage.shrink_checkpoint(args.model, args.out, settings, calib=args.calib,
+                                              calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
+                                              seed=args.seed, overwrite=args.overwrite,
+                                              trust_remote_code=args.trust_remote_code, stream=args.stream,
+                                              device=args.device, progress=not args.no_progress)
+    print(shrink_stage.summary_line(manifest, args.out))
     return 0
 
 
@@ -93,9 +100,7 @@ def verify_arguments(p):
 
 
 def verify(args) -> int:
-    from sparsetrt.prune.verify import verify_path
-
-    print(verify_path(Path(args.path), args.checkpoint).summary())
+    print(verify_stage.verify_path(Path(args.path), args.checkpoint).summary())
     return 0
 
 
@@ -125,20 +130,17 @@ def distill_arguments(p):
 
 
 def distill(args) -> int:
-    from sparsetrt.prune.distill import DistillSettings
-    from sparsetrt.prune.distill_stage import distill_checkpoint, summary_line
-    from sparsetrt.runtime.deployables import ArtifactsTree
-
-    settings = DistillSettings(steps=args.steps, max_minutes=args.max_minutes, seq_len=args.seq_len,
-                               batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                               temperature=args.temperature, hidden_weight=args.hidden_weight,
-                               train_embeddings=args.train_embeddings, seed=args.seed,
-                               checkpoint_every=args.checkpoint_every)
+    settings = distill_settings.DistillSettings(steps=args.steps, max_minutes=args.max_minutes, seq_len=args.seq_len,
+                                                batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                                                temperature=args.temperature, hidden_weight=args.hidden_weight,
+                                                train_embeddings=args.train_embeddings, seed=args.seed,
+                                                checkpoint_every=args.checkpoint_every)
     student = ArtifactsTree(args.student)
     student = student.pruned if student.pruned.is_dir() else Path(args.student)
-    m = distill_checkpoint(args.teacher, student, args.out, data=args.data, settings=settings,
-                           overwrite=args.overwrite, progress=not args.no_progress, stream_teacher=args.stream_teacher)
-    print(summary_line(m, args.out))
+    m = distill_stage.distill_checkpoint(args.teacher, student, args.out, data=args.data, settings=settings,
+                                         overwrite=args.overwrite, progress=not args.no_progress,
+                                         stream_teacher=args.stream_teacher)
+    print(distill_stage.summary_line(m, args.out))
     return 0
 
 

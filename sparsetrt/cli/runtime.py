@@ -8,7 +8,15 @@ from pathlib import Path
 
 from sparsetrt.cli import Command, options
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.runtime.backends import BACKENDS
+from sparsetrt.layout import ArtifactsTree, tokenizer_dir_for
+from sparsetrt.lazy import lazy_import
+from sparsetrt.runtime.settings import BACKENDS
+
+architectures = lazy_import("sparsetrt.architectures")
+backends = lazy_import("sparsetrt.runtime.backends")
+generation = lazy_import("sparsetrt.runtime.generate")
+models = lazy_import("sparsetrt.models")
+parity_stage = lazy_import("sparsetrt.runtime.parity.compare")
 
 
 def generate_arguments(p):
@@ -28,21 +36,16 @@ def generate_arguments(p):
 
 
 def generate(args) -> int:
-    from sparsetrt.architectures import max_positions_of
-    from sparsetrt.models import load_tokenizer
-    from sparsetrt.runtime.backends import make_runner
-    from sparsetrt.runtime.deployables import tokenizer_dir_for
-    from sparsetrt.runtime.generate import Sampling, generate_text, stop_tokens_of
-
     if not args.prompt:
         raise SparsetrtError("pass at least one --prompt")
     tokenizer_dir = Path(args.tokenizer) if args.tokenizer else tokenizer_dir_for(Path(args.model))
-    tokenizer = load_tokenizer(tokenizer_dir)
-    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, seed=args.seed, stop_tokens=stop_tokens_of(tokenizer)).validate()
-    runner = make_runner(args.backend, args.model, device=args.device)
-    result = generate_text(runner, tokenizer, args.prompt, sampling, chat=args.chat,
-                           max_positions=max_positions_of(tokenizer_dir))
+    tokenizer = models.load_tokenizer(tokenizer_dir)
+    sampling = generation.Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                   top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                   stop_tokens=generation.stop_tokens_of(tokenizer)).validate()
+    runner = backends.make_runner(args.backend, args.model, device=args.device)
+    result = generation.generate_text(runner, tokenizer, args.prompt, sampling, chat=args.chat,
+                                      max_positions=architectures.max_positions_of(tokenizer_dir))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -71,9 +74,6 @@ def parity_arguments(p):
 
 
 def parity(args) -> int:
-    from sparsetrt.runtime.deployables import ArtifactsTree
-    from sparsetrt.runtime.parity.compare import engines_to_compare, run_parity, summary_lines, write_junit
-
     if args.artifacts:
         tree = ArtifactsTree(args.artifacts)
         model, onnx_dir = args.model or tree.pruned, Path(args.onnx_dir) if args.onnx_dir else tree.onnx_dir
@@ -81,15 +81,15 @@ def parity(args) -> int:
         model, onnx_dir = args.model, Path(args.onnx_dir)
     else:
         raise SparsetrtError("pass --artifacts DIR, or both --model and --onnx-dir")
-    engines, note = engines_to_compare(args.engine, onnx_dir)
+    engines, note = parity_stage.engines_to_compare(args.engine, onnx_dir)
     if note:
         print(note, file=sys.stderr)
-    report = run_parity(model, onnx_dir, args.out, corpus=args.corpus, windows=args.windows,
-                        seq_len=args.seq_len, tolerances=args.tol, generate_tokens=args.generate_tokens,
-                        engines=engines, overwrite=args.overwrite)
-    print("\n".join(summary_lines(report, Path(args.out))))
+    report = parity_stage.run_parity(model, onnx_dir, args.out, corpus=args.corpus, windows=args.windows,
+                                     seq_len=args.seq_len, tolerances=args.tol, generate_tokens=args.generate_tokens,
+                                     engines=engines, overwrite=args.overwrite)
+    print("\n".join(parity_stage.summary_lines(report, Path(args.out))))
     if args.junit:
-        print(f"JUnit: {write_junit(report, Path(args.junit))}")
+        print(f"JUnit: {parity_stage.write_junit(report, Path(args.junit))}")
     return 0 if report["passed"] else 1
 
 

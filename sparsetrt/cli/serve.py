@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 
 from sparsetrt.cli import Command, options
-from sparsetrt.runtime.adaptive.controllers import POLICIES
-from sparsetrt.runtime.backends import BACKENDS
-from sparsetrt.runtime.serve.served_model import SERVE_PRECISIONS
+from sparsetrt.lazy import lazy_import
+from sparsetrt.runtime.settings import BACKENDS, POLICIES, SERVE_PRECISIONS
 
 SERVER_STACK = ("fastapi", "uvicorn", "prometheus_client")
+
+app = lazy_import("sparsetrt.runtime.serve.app")
+controllers = lazy_import("sparsetrt.runtime.adaptive.controllers")
+loadtest_client = lazy_import("sparsetrt.runtime.serve.loadtest")
+router = lazy_import("sparsetrt.runtime.adaptive.router")
+served_model = lazy_import("sparsetrt.runtime.serve.served_model")
 
 
 def serve_arguments(p):
@@ -63,27 +68,22 @@ def serve_arguments(p):
 
 
 def serve(args) -> int:
-    from sparsetrt.runtime.serve.app import ServeSettings, serve
-    from sparsetrt.runtime.serve.served_model import resolve_served_model
-
-    settings = ServeSettings(host=args.host, port=args.port, max_queue=args.max_queue, max_batch=args.max_batch,
-                             max_batch_tokens=args.max_batch_tokens, prefill_chunk=args.prefill_chunk,
-                             request_timeout_s=args.request_timeout, max_tokens_limit=args.max_tokens_limit,
-                             max_body_bytes=args.max_body_bytes, graceful_timeout_s=args.graceful_timeout,
-                             log_level=args.log_level).validate()
+    settings = app.ServeSettings(host=args.host, port=args.port, max_queue=args.max_queue, max_batch=args.max_batch,
+                                 max_batch_tokens=args.max_batch_tokens, prefill_chunk=args.prefill_chunk,
+                                 request_timeout_s=args.request_timeout, max_tokens_limit=args.max_tokens_limit,
+                                 max_body_bytes=args.max_body_bytes, graceful_timeout_s=args.graceful_timeout,
+                                 log_level=args.log_level).validate()
     if args.adaptive:
-        from sparsetrt.runtime.adaptive.controllers import ControllerSettings
-        from sparsetrt.runtime.adaptive.router import resolve_adaptive
-
-        controller = ControllerSettings(policy=args.adaptive, lam=args.lam, budget=args.budget,
-                                        audit_fraction=args.audit_fraction, escalation=args.escalation,
-                                        static_arm=args.static_variant, seed=args.seed)
-        served = resolve_adaptive(args.variants, controller, name=args.served_model_name,
-                                  state_path=args.controller_state, max_prompt_tokens=args.max_prompt_tokens)
+        controller = controllers.ControllerSettings(policy=args.adaptive, lam=args.lam, budget=args.budget,
+                                                    audit_fraction=args.audit_fraction, escalation=args.escalation,
+                                                    static_arm=args.static_variant, seed=args.seed)
+        served = router.resolve_adaptive(args.variants, controller, name=args.served_model_name,
+                                         state_path=args.controller_state, max_prompt_tokens=args.max_prompt_tokens)
     else:
-        served = resolve_served_model(args.model, args.backend, args.precision, name=args.served_model_name,
-                                      max_prompt_tokens=args.max_prompt_tokens, tokenizer=args.tokenizer)
-    return serve(served, settings)
+        served = served_model.resolve_served_model(args.model, args.backend, args.precision,
+                                                   name=args.served_model_name,
+                                                   max_prompt_tokens=args.max_prompt_tokens, tokenizer=args.tokenizer)
+    return app.serve(served, settings)
 
 
 def loadtest_arguments(p):
@@ -96,13 +96,11 @@ def loadtest_arguments(p):
 
 
 def loadtest(args) -> int:
-    from sparsetrt.runtime.serve.loadtest import LoadSettings, load_passed, run_loadtest
-
-    settings = LoadSettings(url=args.url, clients=args.clients, duration_s=args.duration, max_tokens=args.max_tokens,
-                            stream_fraction=args.stream_fraction)
-    summary = run_loadtest(settings, args.out)["summary"]
+    settings = loadtest_client.LoadSettings(url=args.url, clients=args.clients, duration_s=args.duration,
+                                            max_tokens=args.max_tokens, stream_fraction=args.stream_fraction)
+    summary = loadtest_client.run_loadtest(settings, args.out)["summary"]
     print(json.dumps(summary, indent=2))
-    return 0 if load_passed(summary) else 1
+    return 0 if loadtest_client.load_passed(summary) else 1
 
 
 COMMANDS = [

@@ -10,6 +10,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+import yaml
+
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.schedule import ScheduleSettings
 
@@ -72,6 +79,7 @@ class ExportSection:
     precisions: list = field(default_factory=lambda: ["fp32", "fp16"])
     opset: int = 21
     stream: bool = False                # trace on fake tensors, write weights one at a time (same files)
+    targets: list = field(default_factory=lambda: ["tensorrt"])  # + "onnxruntime": model.ort.onnx beside them
 
 
 @dataclass
@@ -89,6 +97,8 @@ class QuantizeSection:
     gemm_outputs: bool = False          # INT8: Q/DQ after every GEMM too (INT8 in and out; see the README)
     batch_size: int = 4
     stream: bool = False                # one decoder block in memory (same file; no parity / TensorRT-LLM)
+    targets: list = field(default_factory=lambda: ["tensorrt"])  # + "onnxruntime": model.<p>.ort.onnx beside it
+    ort_compute: str = "int8"           # the ONNX Runtime target's MatMulNBits: int8 activations (fastest) | fp32
 
 
 @dataclass
@@ -101,7 +111,8 @@ class ParitySection:
 
 
 @dataclass
-class EngineSection:
+class BuildSection:
+    """[build] (also spelled [engine]): the TensorRT engines the run ends with."""
     precisions: list = field(default_factory=list)  # engines to build: fp16 | fp32 | int8 | int4 ([] = none)
     builder: str = "auto"                           # auto | tensorrt (GPU) | rtx (TensorRT-RTX, no GPU needed)
     targets: list = field(default_factory=list)     # TensorRT-RTX compute capabilities ([] = sm80, sm86)
@@ -120,23 +131,41 @@ class PipelineConfig:
     export: ExportSection = field(default_factory=ExportSection)
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
     parity: ParitySection = field(default_factory=ParitySection)
-    engine: EngineSection = field(default_factory=EngineSection)
+    build: BuildSection = field(default_factory=BuildSection)
 
     def to_dict(self) -> dict:
+        """What the run's fingerprint is taken of (and run.json records)."""
         data = dataclasses.asdict(self)
+        # [build] keeps its earlier name here, so runs made before the section was renamed are still recognised
+        data = {("engine" if key == "build" else key): value for key, value in data.items()}
         if not self.shrink.enabled():  # configs without a shrink stage keep the fingerprint they always had
             data.pop("shrink")
         for where in ("stream", "device"):  # where pruning (or shrinking) runs does not change what it writes
             data["prune"].pop(where)
             data.get("shrink", {}).pop(where, None)
         data["export"].pop("stream")  # nor does streaming the export
+        # runs made before the ONNX Runtime target existed keep their fingerprint
+        if self.export.targets == ["tensorrt"]:
+            data["export"].pop("targets")
+        if self.quantize.targets == ["tensorrt"]:
+            data["quantize"].pop("targets")
+            data["quantize"].pop("ort_compute")
         if not self.quantize.stream:  # a streamed quantize writes fewer artifacts; configs without it keep their print
             data["quantize"].pop("stream")
         return data
 
 
+SECTION_ALIASES = {"engine": "build"}  # the spelling users already type -> the section's name
+
+
 def load_config(path: str | Path) -> PipelineConfig:
-    return from_dict(PipelineConfig, _load_raw(Path(path), depth=0), str(path))
+    data = _load_raw(Path(path), depth=0)
+    for alias, name in SECTION_ALIASES.items():
+        if alias in data:
+            if name in data:
+                raise SparsetrtError(f"{path}: [{alias}] and [{name}] are one section; keep one of them")
+            data[name] = data.pop(alias)
+    return from_dict(PipelineConfig, data, str(path))
 
 
 def _load_raw(path: Path, depth: int) -> dict:
@@ -146,14 +175,8 @@ def _load_raw(path: Path, depth: int) -> dict:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
             data = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            import yaml
-
             data = yaml.safe_load(text) or {}
         else:
             raise SparsetrtError(f"config file {path} must end in .toml, .yaml or .yml")

@@ -5,7 +5,7 @@ Layout of `out` (default artifacts/):
   onnx/        model.onnx (+ .data), model.fp16.onnx (+ .data), export.json
   parity/      parity.json, parity.html, parity.junit.xml
   int8/, int4/ quantized ONNX, TensorRT-LLM checkpoints, their parity and quantize.json ([quantize] precision)
-  engines/<p>/ TensorRT(-RTX) engines of the [engine] precisions: model.engine, engine.json, layers.json, build.log
+  engines/<p>/ TensorRT(-RTX) engines of the [build] precisions: model.engine, engine.json, layers.json, build.log
   run.json     the config, each stage's fingerprint and timing, the verdict (run-int8.json, run-int4.json
                for quantized runs, so the float and quantized demos share one artifacts directory)
 A stage whose directory already holds the identical run is reused, so re-running is cheap.
@@ -18,20 +18,25 @@ import time
 from pathlib import Path
 
 from sparsetrt.artifacts import check_output_dir, ensure_writable_parent, fingerprint, write_json, written_by_sparsetrt
-from sparsetrt.config import PipelineConfig
+from sparsetrt.build import choose_builder, parse_targets
+from sparsetrt.build.engine import EngineOptions, build_engine
+from sparsetrt.build.layers import matmul_text
 from sparsetrt.errors import SparsetrtError
-
-RUN_MANIFEST = "run.json"
+from sparsetrt.export.ort_target import OrtTargetOptions
+from sparsetrt.export.quant_stage import quantize_checkpoint, summary_lines
+from sparsetrt.export.quant_stream import check_streamable
+from sparsetrt.export.settings import QuantSettings, check_targets
+from sparsetrt.export.stage import export_checkpoint
+from sparsetrt.layout import RUN_MANIFEST, ArtifactsTree
+from sparsetrt.pipeline.config import PipelineConfig
+from sparsetrt.prune.shrink import ShrinkSettings
+from sparsetrt.prune.shrink_stage import shrink_checkpoint
+from sparsetrt.prune.stage import prune_checkpoint
+from sparsetrt.runtime.parity.compare import run_parity
+from sparsetrt.runtime.parity.quantized import quantized_parity
 
 
 def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool = True) -> dict:
-    from sparsetrt.export.quant_stage import quantize_checkpoint
-    from sparsetrt.export.quantize import QuantSettings
-    from sparsetrt.export.stage import export_checkpoint
-    from sparsetrt.prune.stage import prune_checkpoint
-    from sparsetrt.runtime.deployables import ArtifactsTree
-    from sparsetrt.runtime.parity.compare import run_parity
-
     out = Path(config.out)
     tree = ArtifactsTree(out)
     precision = config.quantize.precision
@@ -42,9 +47,10 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
     if precision != "none":
         checked = QuantSettings(**quant_settings).validate()  # a bad [quantize] value fails now, not after pruning
         if qc.stream:
-            from sparsetrt.export.quant_stream import check_streamable
-
             check_streamable(checked)
+    check_targets(config.export.targets)  # so does a target nothing writes
+    check_targets(qc.targets)
+    OrtTargetOptions(nbits_compute=qc.ort_compute).validate()
     engine_options = _engine_plan(config)  # so does an engine that cannot be built here
     manifest_name = RUN_MANIFEST if precision == "none" else f"run-{precision}.json"
     run_fingerprint = fingerprint(config.to_dict())
@@ -63,8 +69,6 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
     c, p = config.calibration, config.prune
     source = config.model.source
     if config.shrink.enabled():
-        from sparsetrt.prune.shrink import ShrinkSettings, shrink_checkpoint
-
         sh = config.shrink
         settings = ShrinkSettings(mlp=str(sh.mlp), heads=str(sh.heads), kv_heads=str(sh.kv_heads),
                                   layers=str(sh.layers), importance=sh.importance,
@@ -79,7 +83,8 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
                    batch_size=p.batch_size, stream=p.stream, device=p.device,
                    trust_remote_code=config.model.trust_remote_code, progress=progress)
     exported = stage("export", export_checkpoint, checkpoint=tree.pruned, out=tree.onnx_dir,
-                     precisions=config.export.precisions, opset=config.export.opset, stream=config.export.stream)
+                     precisions=config.export.precisions, opset=config.export.opset, stream=config.export.stream,
+                     targets=config.export.targets)
     parity = stage("parity", run_parity, checkpoint=tree.pruned, onnx_dir=tree.onnx_dir, out=tree.parity_dir,
                    corpus=config.parity.corpus, windows=config.parity.windows, seq_len=config.parity.seq_len,
                    tolerances=config.parity.tolerances, generate_tokens=config.parity.generate_tokens)
@@ -89,12 +94,12 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
                           out=tree.quant_dir(precision), settings=quant_settings, calib=c.corpus, calib_samples=c.samples,
                           calib_seq_len=c.seq_len, seed=c.seed, batch_size=qc.batch_size, tp_sizes=qc.tp,
                           parity_corpus=config.parity.corpus, parity_windows=config.parity.windows,
-                          parity_seq_len=config.parity.seq_len, progress=progress, stream=qc.stream,
+                          parity_seq_len=config.parity.seq_len, parity=quantized_parity, progress=progress,
+                          stream=qc.stream, targets=qc.targets,
+                          ort_options=OrtTargetOptions(nbits_compute=qc.ort_compute),
                           device=p.device)
     engines = {}
-    for engine_precision in config.engine.precisions:
-        from sparsetrt.build.engine import build_engine
-
+    for engine_precision in config.build.precisions:
         engines[engine_precision] = stage(f"engine {engine_precision}", build_engine,
                                           onnx_path=tree.onnx(engine_precision), out=tree.engine_dir(engine_precision),
                                           options=engine_options, progress=progress)
@@ -111,23 +116,21 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
 
 
 def _engine_plan(config: PipelineConfig):
-    """The [engine] section checked before any work: known precisions whose ONNX this run writes, a builder and
+    """The [build] section checked before any work: known precisions whose ONNX this run writes, a builder and
     targets this machine can use. Returns the EngineOptions every engine of the run is built with."""
-    section = config.engine
+    section = config.build
     if not section.precisions:
         return None
-    from sparsetrt.build import choose_builder, parse_targets
-    from sparsetrt.build.engine import EngineOptions
 
     for p in section.precisions:
         if p in ("fp32", "fp16"):
             if p not in config.export.precisions:
-                raise SparsetrtError(f"[engine] precision {p} needs {p} in [export] precisions")
+                raise SparsetrtError(f"[build] precision {p} needs {p} in [export] precisions")
         elif p in ("int8", "int4"):
             if config.quantize.precision != p:
-                raise SparsetrtError(f"[engine] precision {p} needs [quantize] precision = \"{p}\" in the same config")
+                raise SparsetrtError(f"[build] precision {p} needs [quantize] precision = \"{p}\" in the same config")
         else:
-            raise SparsetrtError(f"[engine] precision '{p}' unknown; use fp16, fp32, int8 or int4")
+            raise SparsetrtError(f"[build] precision '{p}' unknown; use fp16, fp32, int8 or int4")
     options = EngineOptions(builder=section.builder, targets=tuple(section.targets), max_batch=section.max_batch,
                             max_input_len=section.max_input_len, max_output_len=section.max_output_len).validate()
     parse_targets(choose_builder(options.builder), options.targets)
@@ -171,9 +174,14 @@ def summary_screen(tree, pruned: dict, exported: dict, parity: dict, quantized: 
         v = info.get("sparsity_verification") or {}
         lines.append(f"  onnx {precision:<7} {tree.onnx_dir / info['onnx']} ({size:.0f} MiB), "
                      f"{pruned['pattern']} verified on {v.get('checked', 0)} weights")
+    for precision, info in (exported.get("ort_target") or {}).items():
+        size = sum(f["bytes"] for f in info["files"].values()) / 2**20
+        lines.append(f"  onnxruntime  {tree.onnx_dir / info['onnx']} ({precision}, {size:.0f} MiB), "
+                     f"{info['verification']['checked']} weights read back and verified")
     for cand in parity["candidates"]:
         m = cand["metrics"]
-        lines.append(f"  parity {cand['precision']:<5} {'pass' if cand['passed'] else 'FAIL'}: top-1 {m['top1_agreement']:.4f}, "
+        name = cand["precision"] + ("-ort" if cand["name"].endswith("-ort-target") else "")
+        lines.append(f"  parity {name:<5} {'pass' if cand['passed'] else 'FAIL'}: top-1 {m['top1_agreement']:.4f}, "
                      f"max|Δ| {m['max_abs_error']:.2e}, KL {m['kl_divergence']:.2e}, "
                      f"ppl {m['perplexity_reference']:.2f} -> {m['perplexity_candidate']:.2f}")
         if "generation_identical" in m:
@@ -182,14 +190,11 @@ def summary_screen(tree, pruned: dict, exported: dict, parity: dict, quantized: 
                          f"{m['generation_tokens']} tokens (KV cache)")
     lines.append(f"  reports      {tree.parity_dir / 'parity.html'}, parity.junit.xml, parity.json")
     if quantized:
-        from sparsetrt.export.quant_stage import summary_lines
-
         lines += summary_lines(tree.quant_dir(quantized["precision"]), quantized)
-    from sparsetrt.build.layers import matmul_text
 
-    for engine_precision, sidecar in (engines or {}).items():
-        matmuls = matmul_text(sidecar.get("layers"))
-        lines.append(f"  engine {engine_precision:<5} {tree.engine(engine_precision)} ({sidecar['flavour']} "
-                     f"{sidecar['tensorrt']}, {'+'.join(sidecar['targets'])}, {sidecar['bytes'] / 2**20:.0f} MiB, "
-                     f"{sidecar['build_s']} s){'; matmuls: ' + matmuls if matmuls else ''}")
+    for engine_precision, built in (engines or {}).items():
+        matmuls = matmul_text(built.get("layers"))
+        lines.append(f"  engine {engine_precision:<5} {tree.engine(engine_precision)} ({built['flavour']} "
+                     f"{built['tensorrt']}, {'+'.join(built['targets'])}, {built['bytes'] / 2**20:.0f} MiB, "
+                     f"{built['build_s']} s){'; matmuls: ' + matmuls if matmuls else ''}")
     return "\n".join(lines)

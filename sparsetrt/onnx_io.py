@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnx
+from onnx import TensorProto, external_data_helper, helper, numpy_helper
+
 from sparsetrt.errors import SparsetrtError
 
 # dtypes whose external bytes are the array as numpy holds it (INT4 and friends are packed: onnx unpacks them)
@@ -14,9 +18,6 @@ PLAIN_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int3
 def initializer_array(tensor, base_dir: str | Path):
     """One initializer's array, read on its own from the external-data file when it lives there (nothing else of
     the file is loaded), else from the proto: what numpy_helper.to_array gives for the fully loaded model."""
-    import numpy as np
-    from onnx import TensorProto, external_data_helper, helper, numpy_helper
-
     if tensor.data_location != TensorProto.EXTERNAL:
         return numpy_helper.to_array(tensor)
     info = {entry.key: entry.value for entry in tensor.external_data}
@@ -38,8 +39,6 @@ def initializer_array(tensor, base_dir: str | Path):
 
 def load_onnx(path: str | Path, external_data: bool = False):
     """The ModelProto at `path` (with its weights when `external_data`), or a SparsetrtError naming the file."""
-    import onnx
-
     path = Path(path)
     if not path.is_file():
         raise SparsetrtError(f"{path} does not exist; pass an .onnx file")
