@@ -18,7 +18,7 @@ ARTIFACTS   ?= artifacts
 # Whether a demo run has finished there (every `sparsetrt run` writes a run*.json at the top).
 DEMO_DONE    = $(wildcard $(ARTIFACTS)/run*.json)
 
-.PHONY: setup demo lint test test-fast bench bench-cpu bench-quality bench-schedule bench-serve bench-adaptive bench-gpu bench-engine bench-structured bench-scale distill engine \
+.PHONY: setup demo docs lint test test-fast bench bench-cpu bench-quality bench-schedule bench-serve bench-adaptive bench-gpu bench-engine bench-structured bench-scale distill engine \
 	parity serve \
 	docker-lint docker-build docker-runtime docker-cpu clean distclean help
 
@@ -44,6 +44,7 @@ help:
 	@echo "make bench-quality  WikiText-2 perplexity: dense vs magnitude/Wanda/SparseGPT 2:4 (benchmarks/)"
 	@echo "make distill        recover the demo's 2:4 model by distillation from the dense one (MINUTES=30)"
 	@echo "make bench-schedule sparsity schedules (uniform/scheduled/OWL/hardware) before and after distillation"
+	@echo "make docs           regenerate docs/settings.md (every option, type, range, default) from the settings models"
 	@echo "make clean          remove artifacts and build scratch (keeps .venv and the model cache)"
 
 setup: $(STAMP)
@@ -62,6 +63,9 @@ demo: setup
 
 lint: setup
 	$(BIN)/sparsetrt lint $(ONNX)
+
+docs: setup
+	$(BIN)/python -m sparsetrt.cli.reference > docs/settings.md.tmp && mv docs/settings.md.tmp docs/settings.md
 
 # Code checks (ruff) and the parity gate first (it builds the small end-to-end artifacts the e2e tests reuse),
 # then the suite.

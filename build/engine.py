@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -32,14 +32,13 @@ import torch
 
 from sparsetrt.artifacts import file_sha256, prepare_output, staged_dir, write_json
 from sparsetrt.build import (
-    BUILDERS,
-    ENGINE_PRECISIONS,
     choose_builder,
     installed_tensorrt_version,
     parse_targets,
     tensorrt_status,
 )
 from sparsetrt.build.layers import matmul_text, parse_layer_dump, precision_summary
+from sparsetrt.build.settings import EngineOptions
 from sparsetrt.errors import EngineBuildError, SparsetrtError
 from sparsetrt.export import lint
 from sparsetrt.export.onnx_export import decoder_geometry
@@ -54,38 +53,6 @@ polygraphy_trt = lazy_import("polygraphy.backend.trt")
 tensorrt = lazy_import("tensorrt", "TensorRT proper: pip install tensorrt on a CUDA machine")
 
 SPARSE_MIN_SM = (8, 0)  # sparse tensor cores: Ampere and later
-
-
-@dataclass
-class EngineOptions:
-    precision: str = "auto"          # auto: what the ONNX carries; fp16/bf16 on an fp32 graph need TensorRT 10
-    sparse: bool = True              # BuilderFlag.SPARSE_WEIGHTS
-    max_batch: int = 4
-    opt_batch: int = 1               # latency-oriented default: kernels tuned for one sequence
-    max_input_len: int = 512
-    max_output_len: int = 128
-    optimization_level: int = 3      # builder optimization level 0-5
-    workspace_mb: int | None = None  # None: TensorRT's default (the GPU's memory)
-    timing_cache: str | None = None  # read if present, written after the build
-    allow_dense_fallback: bool = False
-    builder: str = "auto"            # auto | tensorrt | rtx (sparsetrt.build.choose_builder)
-    targets: tuple[str, ...] = ()    # TensorRT-RTX compute capabilities, "sm80" ... (default sm80 + sm86)
-
-    def validate(self) -> "EngineOptions":
-        if self.precision not in ENGINE_PRECISIONS:
-            raise SparsetrtError(f"engine precision '{self.precision}' unknown; use one of {', '.join(ENGINE_PRECISIONS)}")
-        if not 1 <= self.opt_batch <= self.max_batch:
-            raise SparsetrtError(f"opt batch {self.opt_batch} must be between 1 and max batch {self.max_batch}")
-        if self.max_input_len < 1 or self.max_output_len < 1:
-            raise SparsetrtError("max input and output lengths must be >= 1")
-        if not 0 <= self.optimization_level <= 5:
-            raise SparsetrtError("builder optimization level must be 0..5")
-        if self.workspace_mb is not None and self.workspace_mb < 1:
-            raise SparsetrtError("workspace must be >= 1 MiB")
-        if self.builder not in BUILDERS:
-            raise SparsetrtError(f"unknown builder '{self.builder}'; use one of {', '.join(BUILDERS)}")
-        self.targets = tuple(self.targets)
-        return self
 
 
 @dataclass
@@ -206,7 +173,6 @@ def plan_engine(onnx_path: Path, engine_path: Path, options: EngineOptions, tens
                 ) -> EnginePlan:
     """Everything the build will ask TensorRT (or TensorRT-RTX) for, as data: testable here, recorded in the
     manifest. TensorRT-RTX takes its targets as compute capabilities; TensorRT proper builds for its GPU."""
-    options.validate()
     facts = facts or onnx_facts(onnx_path)
     strongly_typed, flags, description = precision_mode(facts, options.precision, tensorrt_version, flavour)
     profiles = decoder_profiles(facts.inputs, options)
@@ -325,7 +291,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: EngineOptions 
     layers.json, build.log (and trtexec.sh for TensorRT proper). Our lint runs first: a graph it fails is refused
     with its lines. A graph the builder rejects raises EngineBuildError with the builder's own lines (exit 1).
     `reuse`: an identical finished build in `out` is returned as it is."""
-    options = (options or EngineOptions()).validate()
+    options = options or EngineOptions()
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise SparsetrtError(f"{onnx_path} does not exist; pass an .onnx file written by `sparsetrt export` or "
@@ -338,7 +304,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, options: EngineOptions 
     facts = onnx_facts(onnx_path)
     version = installed_tensorrt_version(flavour) or "?"
     plan = plan_engine(onnx_path, Path(out) / ENGINE_FILE, options, version, facts, flavour, targets)
-    settings = {"onnx_sha256": facts.sha256, "options": asdict(options), "flavour": flavour, "version": version,
+    settings = {"onnx_sha256": facts.sha256, "options": options.model_dump(), "flavour": flavour, "version": version,
                 "targets": targets}
     out = Path(out)
     run_fingerprint, done = prepare_output(out, ENGINE_MANIFEST, "engine", settings, overwrite, reuse)
@@ -496,7 +462,7 @@ def describe_engine(plan: EnginePlan, options: EngineOptions, facts: OnnxFacts, 
         "host": platform.node(),
         "source_onnx": {"path": plan.onnx, "sha256": facts.sha256, "float_type": facts.float_type, "qdq": facts.qdq,
                         "int4": facts.int4},
-        "options": asdict(options),
+        "options": options.model_dump(),
         "precision": plan.precision,
         "strongly_typed": plan.strongly_typed,
         "flags": (["SPARSE_WEIGHTS"] if options.sparse else []) + [f.upper() for f in plan.builder_flags],

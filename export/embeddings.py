@@ -48,7 +48,7 @@ def lm_head_hessian(model, windows: torch.Tensor, batch_size: int) -> torch.Tens
 def quantize_embeddings(model, settings: QuantSettings, windows: torch.Tensor, batch_size: int = 4) -> dict[str, LinearQuant]:
     """Quantize the vocabulary tables as `settings.embeddings` says; the model's tensors become their
     dequantized values (ties kept). Returns {table: LinearQuant} in the [vocab, hidden] layout."""
-    settings.validate()
+    settings = settings.resolved()
     if settings.embeddings == "float":
         return {}
     modules = dict(model.named_modules())

@@ -24,16 +24,14 @@ import logging
 import warnings
 from pathlib import Path
 
-import onnx
 import torch
 from transformers import DynamicCache
 
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.settings import DEFAULT_OPSET
 from sparsetrt.onnx_io import load_onnx
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
-DEFAULT_OPSET = 21  # blocked DequantizeLinear (INT4) needs >= 21; TensorRT 10 parses opset 21
-MIN_OPSET = 18      # torch.onnx's dynamo exporter writes nothing older (asked for less, it writes 18 and warns)
 # Part of the export fingerprint: artifacts of an older graph layout are redone (/2: full-length presents on
 # sliding-window layers).
 GRAPH_FORMAT = "decoder-kv/2"
@@ -85,15 +83,6 @@ class DecoderWithCache(torch.nn.Module):
         for layer in out.past_key_values.layers[: self.num_layers]:
             presents += [layer.keys, layer.values]
         return (out.logits, *presents)
-
-
-def check_opset(opset: int) -> int:
-    """Refuse, before any work, an opset this exporter cannot write."""
-    newest = onnx.defs.onnx_opset_version()
-    if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
-        raise SparsetrtError(f"opset {opset} cannot be written: torch.onnx's exporter writes opsets {MIN_OPSET} to "
-                             f"{newest} (INT4 quantization needs >= 21); pass --opset {DEFAULT_OPSET}")
-    return opset
 
 
 def file_opset(path: Path) -> int:

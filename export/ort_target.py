@@ -29,6 +29,7 @@ into MatMulNBits' layout is a few lines of numpy (`pack_matmul_nbits`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,25 @@ def check_supported(config, precision: str) -> None:
                              "target for this model")
     if precision not in ("fp32", "int8", "int4"):
         raise SparsetrtError(f"the ONNX Runtime target is written in fp32, int8 or int4, not {precision}")
+    check_onnxruntime_version()
+
+
+# GroupQueryAttention's position_ids and attention_bias inputs run on the CPU provider from 1.22 on (ONNX Runtime
+# PR #23944); checked against 1.32. (Its CUDA provider took attention_bias only in 2026: the target is for the CPU.)
+MIN_ONNXRUNTIME = (1, 22)
+
+
+def check_onnxruntime_version(installed: str | None = None) -> None:
+    """Refuse, before any work, an onnxruntime too old for the ops the target writes."""
+    try:
+        installed = installed or metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError:
+        return  # another build of it (onnxruntime-gpu, ...): its version is what its import reports at run time
+    parts = tuple(int(p) for p in installed.split(".")[:2] if p.isdigit())
+    if parts < MIN_ONNXRUNTIME:
+        raise SparsetrtError(f"the ONNX Runtime target needs onnxruntime >= {'.'.join(map(str, MIN_ONNXRUNTIME))} "
+                             f"(GroupQueryAttention with position_ids and an attention bias); this one is {installed}: "
+                             "upgrade it, or drop the onnxruntime target")
 
 
 # ------------------------------------------------------------------------------------------------ the weights

@@ -29,7 +29,9 @@ from transformers import AutoConfig
 from sparsetrt.architectures import check_length
 from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
 from sparsetrt.calibration.data import calibration_windows
+from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.checkpoint import CheckpointReader, empty_model
+from sparsetrt.devices import resolve_device
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export import qmath, trtllm
 from sparsetrt.export import quantize as q
@@ -42,17 +44,15 @@ from sparsetrt.export.quant_stream import (
     NOT_STREAMED,
     QuantShards,
     calibrate_linears_streamed,
-    check_streamable,
     quantize_linears_streamed,
     quantize_tables_streamed,
 )
-from sparsetrt.export.settings import QuantSettings, check_targets
+from sparsetrt.export.settings import EvaluationSettings, QuantizeSettings, QuantSettings
 from sparsetrt.export.stage import write_verified_ort_target
 from sparsetrt.layout import EXPORT_MANIFEST, QUANT_MANIFEST, SPARSITY_MANIFEST, onnx_file_name, onnx_files
 from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint
 from sparsetrt.modules import target_linears
-from sparsetrt.prune.masks import parse_pattern
-from sparsetrt.prune.stage import resolve_device
+from sparsetrt.prune.settings import parse_pattern
 
 BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 
@@ -86,51 +86,31 @@ def model_block_size(modules: dict, requested: int, fallback: bool) -> int:
     return qmath.int4_block_size(common, requested, fallback)
 
 
-def quantize_checkpoint(
-    checkpoint: str | Path,
-    onnx_dir: str | Path,
-    out: str | Path,
-    settings: QuantSettings | dict | None = None,
-    calib: str = "auto",
-    calib_samples: int = 32,
-    calib_seq_len: int = 512,
-    seed: int = 0,
-    batch_size: int = 4,
-    tp_sizes=(1,),
-    parity_corpus: str = "auto",
-    parity_windows: int = 4,
-    parity_seq_len: int = 512,
-    parity: ParityCheck | None = None,
-    overwrite: bool = False,
-    reuse: bool = False,
-    progress: bool = True,
-    stream: bool = False,
-    device: str = "cpu",
-    targets=("tensorrt",),
-    ort_options: OrtTargetOptions | None = None,
-) -> dict:
-    """`stream` quantizes one decoder block at a time (export/quant_stream.py): memory bounded by a
-    block, same integers, but no parity references and no TensorRT-LLM checkpoints (each needs the whole model;
-    the manifest says so). `device`: where GPTQ works on each block (cpu | cuda | cuda:N | auto). `parity`: the
-    check of the written file against PyTorch references (with the parity_* evaluation text); without one the
-    manifest says it was not run. `targets`: with "onnxruntime", also the decoder made for ONNX Runtime
-    (export/ort_target.py) from the same integers, read back and checked, with `ort_options`."""
-    if isinstance(settings, dict) or settings is None:
-        settings = QuantSettings(**(settings or {}))
-    settings.validate()
-    device = resolve_device(device)
-    targets = check_targets(targets)
-    ort_options = (ort_options or OrtTargetOptions()).validate() if "onnxruntime" in targets else None
-    if stream:
-        check_streamable(settings)
-        if ort_options:
-            raise SparsetrtError("the ONNX Runtime target is written in memory; quantize without --stream, or drop "
-                                 "--target onnxruntime")
-    if ort_options and settings.embeddings == "int4":
-        raise SparsetrtError("the ONNX Runtime target reads INT8 or float vocabulary tables: with --target "
-                             "onnxruntime use --embeddings int8 (the default) or float")
-    if calib_samples < 1 or calib_seq_len < 2:
-        raise SparsetrtError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
+def quantize_checkpoint(checkpoint: str | Path, onnx_dir: str | Path, out: str | Path, settings: QuantizeSettings,
+                        calibration: CalibrationSettings | None = None, evaluation: EvaluationSettings | None = None,
+                        parity: ParityCheck | None = None, *, overwrite: bool = False, reuse: bool = False,
+                        progress: bool = True, ort_options: OrtTargetOptions | None = None) -> dict:
+    """Quantize `checkpoint` (the zeros kept) over the ONNX file `sparsetrt export` wrote into `onnx_dir`.
+
+    `settings.stream` quantizes one decoder block at a time (export/quant_stream.py): memory bounded by a block,
+    same integers, but no parity references and no TensorRT-LLM checkpoints (each needs the whole model; the
+    manifest says so). `settings.device`: where GPTQ works on each block. `parity`: the check of the written file
+    against PyTorch references on the `evaluation` text; without one the manifest says it was not run. With
+    "onnxruntime" in `settings.targets`, also the decoder made for ONNX Runtime (export/ort_target.py) from the
+    same integers, read back and checked; `ort_options` overrides how it computes (the benchmarks' variants)."""
+    if settings.precision == "none":
+        raise SparsetrtError("quantize needs a precision: int8 or int4")
+    calibration, evaluation = calibration or CalibrationSettings(), evaluation or EvaluationSettings()
+    calib, calib_samples, calib_seq_len, seed = (calibration.corpus, calibration.samples, calibration.seq_len,
+                                                 calibration.seed)
+    parity_corpus, parity_windows, parity_seq_len = evaluation.corpus, evaluation.windows, evaluation.seq_len
+    stream, batch_size, targets, tp_sizes = settings.stream, settings.batch_size, settings.targets, settings.tp
+    device = resolve_device(settings.device or "cpu")
+    if "onnxruntime" in targets:
+        ort_options = (ort_options or OrtTargetOptions(nbits_compute=settings.ort_compute)).validate()
+    else:
+        ort_options = None
+    settings = settings.quant()
     tp_sizes = sorted(set(int(t) for t in tp_sizes))
     checkpoint = resolve_checkpoint(checkpoint)
     onnx_dir = Path(onnx_dir)
@@ -160,8 +140,8 @@ def quantize_checkpoint(
         lm, tokenizer = load_model(checkpoint)
     modules = target_linears(lm)
     if settings.precision == "int4":
-        settings = dataclasses.replace(settings, block_size=model_block_size(modules, settings.block_size,
-                                                                            settings.block_fallback))
+        settings = settings.model_copy(update={"block_size": model_block_size(modules, settings.block_size,
+                                                                               settings.block_fallback)})
     trtllm_skipped = trtllm.unsupported_reason(hf_config) if tp_sizes else None
     if trtllm_skipped:  # the ONNX is the main product: write it, and say why there is no TensorRT-LLM checkpoint
         print(f"note: no TensorRT-LLM checkpoint for this model: {trtllm_skipped}", flush=True)

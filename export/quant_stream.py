@@ -33,7 +33,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sparsetrt.checkpoint import CheckpointReader, empty_model, load_module
-from sparsetrt.errors import SparsetrtError
 from sparsetrt.export import qmath
 from sparsetrt.export.embeddings import vocabulary_tables
 from sparsetrt.export.gptq import gptq_model
@@ -46,19 +45,6 @@ from sparsetrt.prune.sequential import capture_first_layer_inputs, layer_output,
 from sparsetrt.prune.streaming import StreamedModel, StreamingHooks
 
 NOT_STREAMED = "needs the whole model in memory; run quantize without --stream for it"
-
-
-def check_streamable(settings: QuantSettings) -> None:
-    """Refuse, before any work, what the streamed quantizer cannot do."""
-    if settings.precision == "int8" and settings.use_gptq:
-        raise SparsetrtError("--stream with --precision int8 --gptq on: Model Optimizer's ranges would be calibrated "
-                             "on other inputs than GPTQ's; use --gptq off (the INT8 default) or run without --stream")
-    if settings.awq:
-        raise SparsetrtError("--stream does not run AWQ (Model Optimizer searches its scales on the whole model); "
-                             "use GPTQ (the INT4 default) or run without --stream")
-    if settings.embeddings == "int4" and settings.use_gptq:
-        raise SparsetrtError("--stream with --embeddings int4: GPTQ on the lm_head needs the final hidden states of "
-                             "the whole model; use --embeddings int8 (the default) or run without --stream")
 
 
 class QuantShards:

@@ -102,7 +102,7 @@ def calibrate_with(model: torch.nn.Module, modules: dict[str, torch.nn.Linear], 
     """Quantize `modules` of `model` (a whole model, or one decoder block) in place with Model Optimizer, running
     `passes` for its statistics; returns the converted model."""
     mtq = import_modelopt()
-    settings.validate()
+    settings = settings.resolved()
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with quiet:  # Model Optimizer prints a line per step ("Inserted 56 quantizers", ...)
         if settings.precision == "int8" and settings.smoothquant_alpha:
@@ -224,7 +224,7 @@ def quantize_model(model, settings: QuantSettings, windows: torch.Tensor, masks:
     timings). `masks` (name -> bool keep mask) are the zeros that must survive; modules without one are
     treated as dense. The vocabulary tables are quantized last, on the quantized model's hidden states.
     """
-    settings.validate()
+    settings = settings.resolved()
     modules = target_linears(model)
     qmax = qmath.INT8_MAX if settings.precision == "int8" else qmath.INT4_MAX
     timings, gptq = {}, {}

@@ -11,63 +11,44 @@ from transformers import AutoConfig
 from sparsetrt.artifacts import file_sha256, prepare_output, read_json, staged_dir, write_json
 from sparsetrt.checkpoint import CheckpointReader
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.export.onnx_export import (
-    DEFAULT_OPSET,
-    GRAPH_FORMAT,
-    PRECISIONS,
-    cache_geometry,
-    check_opset,
-    export_decoder,
-    file_opset,
-)
+from sparsetrt.export.onnx_export import GRAPH_FORMAT, cache_geometry, export_decoder, file_opset
 from sparsetrt.export.onnx_stream import export_decoder_streamed
 from sparsetrt.export.ort_target import OrtTargetOptions, check_supported, verify_ort_target, write_ort_target
-from sparsetrt.export.settings import check_targets
+from sparsetrt.export.settings import ExportSettings
 from sparsetrt.layout import EXPORT_MANIFEST, SPARSITY_MANIFEST, onnx_file_name, onnx_files
 from sparsetrt.models import load_model, resolve_checkpoint, validate_checkpoint
 from sparsetrt.prune.verify import verify_onnx
 
 
-def export_checkpoint(
-    checkpoint: str | Path,
-    out: str | Path,
-    precisions=("fp32", "fp16"),
-    opset: int = DEFAULT_OPSET,
-    overwrite: bool = False,
-    reuse: bool = False,
-    trust_remote_code: bool = False,
-    stream: bool = False,
-    targets=("tensorrt",),
-) -> dict:
+def run_settings_of(checkpoint: Path, upstream: str, settings: ExportSettings) -> dict:
+    """What an export's fingerprint is taken of: the checkpoint, the pruning run it came from (or the checkpoint
+    itself when dense), the files asked for (streaming is left out: the same files)."""
+    run_settings = {"checkpoint": str(checkpoint), "upstream": upstream, "precisions": list(settings.precisions),
+                    "opset": settings.opset, "graph": GRAPH_FORMAT}
+    if settings.targets != ["tensorrt"]:  # runs made before the ONNX Runtime target existed keep their fingerprint
+        run_settings["targets"] = list(settings.targets)
+    return run_settings
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, settings: ExportSettings | None = None, *,
+                      overwrite: bool = False, reuse: bool = False, trust_remote_code: bool = False) -> dict:
     """Export `checkpoint` to ONNX; when it carries sparsity.json, prove the pattern survived in every file.
 
-    `stream`: trace on fake tensors and write each weight straight from the checkpoint (onnx_stream), so memory
-    stays near one weight instead of ~3x the fp32 model; the files are the same, so it is not in the fingerprint.
-    `targets`: with "onnxruntime", also the fp32 decoder made for ONNX Runtime (export/ort_target.py), its
-    weights read back and checked like the others."""
-    precisions = list(dict.fromkeys(precisions))
-    for p in precisions:
-        if p not in PRECISIONS:
-            raise SparsetrtError(f"unknown precision '{p}'; use one of {', '.join(PRECISIONS)}")
-    if not precisions:
-        raise SparsetrtError("no precision to export; pass --precision fp32 and/or fp16")
-    check_opset(opset)
-    targets = check_targets(targets)
-    if "onnxruntime" in targets and stream:
-        raise SparsetrtError("the ONNX Runtime target is written in memory; export it without --stream, or drop "
-                             "--target onnxruntime")
+    `settings.stream`: trace on fake tensors and write each weight straight from the checkpoint (onnx_stream), so
+    memory stays near one weight instead of ~3x the fp32 model; the files are the same, so it is not in the
+    fingerprint. With "onnxruntime" in `settings.targets`, also the fp32 decoder made for ONNX Runtime
+    (export/ort_target.py), its weights read back and checked like the others."""
+    settings = settings or ExportSettings()
+    precisions, opset, stream, targets = settings.precisions, settings.opset, settings.stream, tuple(settings.targets)
     checkpoint = resolve_checkpoint(checkpoint, trust_remote_code)
     if "onnxruntime" in targets:
         check_supported(AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code,
                                                    local_files_only=True), "fp32")
     sparsity = read_json(checkpoint / SPARSITY_MANIFEST) if (checkpoint / SPARSITY_MANIFEST).is_file() else None
     upstream = sparsity["fingerprint"] if sparsity else str(checkpoint)
-    settings = {"checkpoint": str(checkpoint), "upstream": upstream, "precisions": precisions, "opset": opset,
-                "graph": GRAPH_FORMAT}
-    if targets != ("tensorrt",):  # runs made before the ONNX Runtime target existed keep their fingerprint
-        settings["targets"] = list(targets)
+    run_settings = run_settings_of(checkpoint, upstream, settings)
     out = Path(out)
-    run_fingerprint, done = prepare_output(out, EXPORT_MANIFEST, "export", settings, overwrite, reuse)
+    run_fingerprint, done = prepare_output(out, EXPORT_MANIFEST, "export", run_settings, overwrite, reuse)
     if done:
         return done  # an identical run already finished here
 
@@ -105,7 +86,7 @@ def export_checkpoint(
             "format": "sparsetrt.export/1",
             "stage": "export",
             "fingerprint": run_fingerprint,
-            "settings": settings,
+            "settings": run_settings,
             "graph": graph_description(config, opset),
             "execution": {"streamed": stream},
             "sparsity": None if sparsity is None else {"method": sparsity["method"], "pattern": sparsity["pattern"],

@@ -14,44 +14,11 @@ that never stopped.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 
 from sparsetrt.errors import SparsetrtError
-
-
-@dataclass
-class DistillSettings:
-    steps: int = 0  # optimizer steps; 0 = as many as fit in max_minutes (measured, then fixed for resumes)
-    max_minutes: float = 30.0
-    seq_len: int = 256
-    batch_size: int = 4  # windows per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-4
-    min_lr_ratio: float = 0.1  # the cosine ends at lr x this
-    warmup_steps: int = 10
-    weight_decay: float = 0.0  # decay pulls surviving weights towards zero, which is the opposite of recovery
-    temperature: float = 1.0
-    hidden_weight: float = 0.0  # > 0 adds the hidden-state MSE term
-    train_embeddings: bool = False  # the (usually tied) embedding / lm_head stays the teacher's by default
-    seed: int = 0
-    checkpoint_every: int = 20  # steps between saved training states (resume points)
-
-    def validate(self) -> "DistillSettings":
-        positive = {"seq_len": self.seq_len, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "checkpoint_every": self.checkpoint_every}
-        for name, value in positive.items():
-            if value < 1:
-                raise SparsetrtError(f"distillation {name} must be >= 1, got {value}")
-        if self.steps < 0 or self.max_minutes <= 0:
-            raise SparsetrtError("--steps must be >= 0 (0 = fit the time budget) and --max-minutes > 0")
-        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.temperature > 0 and self.hidden_weight >= 0):
-            raise SparsetrtError("need lr > 0, 0 <= min_lr_ratio <= 1, temperature > 0 and hidden_weight >= 0")
-        return self
-
-    def to_json(self) -> dict:
-        return asdict(self)
+from sparsetrt.prune.settings import DistillSettings
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
@@ -87,7 +54,7 @@ def learning_rate(step: int, total: int, settings: DistillSettings) -> float:
 def step_windows(tokens: torch.Tensor, step: int, micro: int, settings: DistillSettings) -> torch.Tensor:
     """The [batch, seq_len] windows of micro-batch `micro` of step `step`: random offsets from a generator
     seeded by (seed, step, micro), so any step can be replayed exactly after a resume."""
-    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step * 1_009 + micro)
+    generator = torch.Generator().manual_seed((settings.seed * 1_000_003 + step * 1_009 + micro) % 2**64)
     high = len(tokens) - settings.seq_len
     if high <= 0:
         raise SparsetrtError(f"the training text has {len(tokens)} tokens, fewer than one window of "

@@ -24,13 +24,13 @@ from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import DISTILL_MANIFEST, SPARSITY_MANIFEST, STRUCTURE_MANIFEST
 from sparsetrt.models import load_model, resolve_checkpoint, validate_checkpoint
 from sparsetrt.prune.distill import (
-    DistillSettings,
     apply_masks,
     mask_violations,
     masks_of,
     train_step,
     trainable_parameters,
 )
+from sparsetrt.prune.settings import DistillSettings
 from sparsetrt.prune.verify import load_manifest, verify_checkpoint
 
 STATE_FILE = "state.pt"
@@ -47,7 +47,7 @@ def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data:
     would (used by the tests and by anyone splitting a run over sessions). `stream_teacher` keeps the teacher in
     its checkpoint, read block by block at every forward (streamed_forward_model): the same losses and student, the
     teacher's memory traded for a read of it per micro-batch, so it stays out of the run's fingerprint."""
-    settings = (settings or DistillSettings()).validate()
+    settings = settings or DistillSettings()
     student = Path(student)
     manifest_name, sparsity = student_manifest(student)
     refuse_evaluation_split(data)

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from sparsetrt.calibration.stats import collect_input_stats
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.modules import decoder_layers
-from sparsetrt.prune.masks import Pattern
 from sparsetrt.prune.sequential import capture_first_layer_inputs, layer_output, progress_bar
+from sparsetrt.prune.settings import Pattern
 from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, inverse_hessian_cholesky
 
 

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import torch
 
-WIDTH_IMPORTANCE = ("activation", "taylor", "magnitude")
-DEPTH_IMPORTANCE = ("cosine", "loss")
-
 
 def head_scores(per_channel: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     """Per-head L2 norm of a per-channel quantity given as sums of squares [heads * head_dim] -> [heads]."""

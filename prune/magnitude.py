@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from sparsetrt.prune.masks import Pattern, prune_mask
+from sparsetrt.prune.masks import prune_mask
 from sparsetrt.prune.result import PruneResult
+from sparsetrt.prune.settings import Pattern
 
 
 def magnitude_prune(weight: torch.Tensor, pattern: Pattern) -> PruneResult:

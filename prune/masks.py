@@ -9,46 +9,10 @@ Masks returned by the pruning functions are *keep* masks (True = weight survives
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 import torch
 
 from sparsetrt.errors import SparsetrtError
-
-
-@dataclass(frozen=True)
-class Pattern:
-    n: int | None = None  # non-zeros kept per group (N:M)
-    m: int | None = None  # group size (N:M)
-    ratio: float | None = None  # fraction zeroed (unstructured)
-
-    @property
-    def is_nm(self) -> bool:
-        return self.m is not None
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - self.n / self.m if self.is_nm else float(self.ratio)
-
-    def __str__(self) -> str:
-        return f"{self.n}:{self.m}" if self.is_nm else f"unstructured:{self.ratio:g}"
-
-
-def parse_pattern(text: str) -> Pattern:
-    """'2:4', '4:8', 'unstructured:0.5' (or just '0.5')."""
-    text = str(text).strip().lower()
-    if match := re.fullmatch(r"(\d+):(\d+)", text):
-        n, m = int(match[1]), int(match[2])
-        if not 0 < n < m:
-            raise SparsetrtError(f"pattern {text}: N:M needs 0 < N < M (N non-zeros kept of every M), e.g. 2:4")
-        return Pattern(n=n, m=m)
-    if match := re.fullmatch(r"(?:unstructured:)?(0?\.\d+|0|1(?:\.0*)?)", text):
-        ratio = float(match[1])
-        if not 0.0 < ratio < 1.0:
-            raise SparsetrtError(f"pattern {text}: the unstructured ratio must lie strictly between 0 and 1")
-        return Pattern(ratio=ratio)
-    raise SparsetrtError(f"unknown pattern '{text}'; use N:M (e.g. 2:4, 4:8) or unstructured:RATIO (e.g. unstructured:0.5)")
+from sparsetrt.prune.settings import Pattern
 
 
 def nm_prune_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -16,62 +16,9 @@ Everything is plain functions on {module: number} dictionaries; `plan_schedule` 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.prune.masks import Pattern, parse_pattern
-
-SCHEDULE_MODES = ("uniform", "scheduled", "owl", "hardware")
-ERROR_KINDS = ("loss", "absolute", "relative")
-
-
-@dataclass
-class ScheduleSettings:
-    mode: str = "uniform"
-    levels: int = 4  # k of the log-level clustering
-    range: str = "auto"  # "LO,HI" (e.g. "0.6,0.8"), or "auto": width from the spread of the log errors
-    max_half_width: float = 0.2  # auto range: the widest it gets, target ± this
-    error: str = "loss"  # OBS error weighted by the loss's sensitivity (default), raw, or relative to the output
-    sensitivity_windows: int = 8  # calibration windows of the backward pass behind the "loss" kind
-    probe_sparsity: float = 0.0  # 0 = the target
-    coverage: float = 0.9  # hardware: fraction of decoder Linear weights that must be N:M
-    owl_lambda: float = 0.08  # OWL: sparsities spread over target ± lambda
-    owl_m: float = 5.0  # OWL: a score is an outlier above M x the layer mean
-
-    def validate(self, pattern: Pattern) -> "ScheduleSettings":
-        if self.mode not in SCHEDULE_MODES:
-            raise SparsetrtError(f"unknown schedule '{self.mode}'; use one of {', '.join(SCHEDULE_MODES)}")
-        if self.error not in ERROR_KINDS:
-            raise SparsetrtError(f"unknown error kind '{self.error}'; use one of {', '.join(ERROR_KINDS)}")
-        if self.mode in ("scheduled", "owl") and pattern.is_nm:
-            raise SparsetrtError(f"schedule '{self.mode}' spreads an unstructured target over the modules; give "
-                                 "--pattern unstructured:RATIO (e.g. 0.7), or use --schedule hardware for N:M")
-        if self.mode == "hardware" and not pattern.is_nm:
-            raise SparsetrtError("schedule 'hardware' chooses dense or N:M per Linear; give --pattern 2:4 (or 4:8)")
-        if self.levels < 1:
-            raise SparsetrtError("--levels must be >= 1")
-        if self.error == "loss" and self.sensitivity_windows < 1:
-            raise SparsetrtError("error kind 'loss' needs sensitivity_windows >= 1 (calibration windows to backpropagate)")
-        if self.mode == "scheduled" and (bounds := self.bounds()):
-            check_reachable(pattern.ratio, *bounds)  # before any work
-        if not 0 <= self.probe_sparsity < 1:
-            raise SparsetrtError(f"probe sparsity {self.probe_sparsity} must lie in [0, 1) (0 = the target)")
-        if not 0 <= self.coverage <= 1:
-            raise SparsetrtError(f"--coverage {self.coverage} must be a fraction in [0, 1], e.g. 0.9")
-        return self
-
-    def bounds(self) -> tuple[float, float] | None:
-        """(lo, hi) of a user range, None for "auto"."""
-        if str(self.range).strip() == "auto":
-            return None
-        try:
-            lo, hi = (float(v) for v in str(self.range).split(","))
-        except ValueError:
-            raise SparsetrtError(f"sparsity range {self.range!r} must be 'auto' or 'LO,HI', e.g. 0.6,0.8") from None
-        return lo, hi
-
-    def to_json(self) -> dict:
-        return asdict(self)
+from sparsetrt.prune.settings import Pattern, ScheduleSettings, parse_pattern
 
 
 def plan_schedule(settings: ScheduleSettings, pattern: Pattern, probe, modules) -> tuple[dict[str, Pattern], dict]:

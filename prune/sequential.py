@@ -24,12 +24,11 @@ from sparsetrt.calibration.stats import StopForward, collect_input_stats
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.modules import decoder_layers, target_linears
 from sparsetrt.prune.magnitude import magnitude_prune
-from sparsetrt.prune.masks import Pattern, zero_fraction
+from sparsetrt.prune.masks import zero_fraction
 from sparsetrt.prune.result import PruneResult
+from sparsetrt.prune.settings import METHODS, Pattern
 from sparsetrt.prune.sparsegpt import row_reconstruction_errors, sparsegpt_prune
 from sparsetrt.prune.wanda import wanda_prune
-
-METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
 @dataclass

@@ -20,46 +20,10 @@ from transformers import AutoModelForCausalLM
 
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune import importance
+from sparsetrt.prune.settings import ShrinkSettings, parse_size
 
 SLICEABLE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
 FLOPS_CONTEXT = 512  # the context length the attention part of FLOPs per token is given at
-
-
-@dataclass(frozen=True)
-class ShrinkSettings:
-    mlp: str = "1.0"             # keep fraction ("0.75") or intermediate size ("384")
-    heads: str = "1.0"           # query heads
-    kv_heads: str = "1.0"        # KV heads (whole groups)
-    layers: str = "1.0"          # decoder blocks
-    importance: str = "activation"
-    depth_importance: str = "cosine"
-
-    def validate(self) -> "ShrinkSettings":
-        if self.importance not in importance.WIDTH_IMPORTANCE:
-            raise SparsetrtError(f"unknown --importance '{self.importance}'; use one of "
-                                 f"{', '.join(importance.WIDTH_IMPORTANCE)}")
-        if self.depth_importance not in importance.DEPTH_IMPORTANCE:
-            raise SparsetrtError(f"unknown --depth-importance '{self.depth_importance}'; use one of "
-                                 f"{', '.join(importance.DEPTH_IMPORTANCE)}")
-        for option in ("mlp", "heads", "kv_heads", "layers"):
-            parse_size(getattr(self, option), option, 10**9)  # the form; the model's sizes are checked in plan()
-        return self
-
-
-def parse_size(text: str, option: str, full: int) -> int:
-    """A fraction in (0, 1] keeps that share of `full` (at least 1); an integer in [1, full] is the size."""
-    flag = "--" + option.replace("_", "-")
-    try:
-        value = float(text) if "." in str(text) else int(text)
-    except ValueError:
-        raise SparsetrtError(f"{flag} {text}: give a fraction to keep (0.75) or a size (384)") from None
-    if isinstance(value, float):
-        if not 0 < value <= 1:
-            raise SparsetrtError(f"{flag} {text}: a fraction to keep must be in (0, 1]")
-        return max(1, round(value * full))
-    if not 1 <= value <= full:
-        raise SparsetrtError(f"{flag} {text}: the size must be between 1 and the model's {full}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ slicing are prune/shrink.py's; prune/shrink_stream.py does them one block at a t
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -13,28 +12,31 @@ from transformers import AutoConfig
 from sparsetrt.architectures import check_length
 from sparsetrt.artifacts import prepare_output, staged_dir, write_json
 from sparsetrt.calibration.data import calibration_windows
+from sparsetrt.calibration.settings import CalibrationSettings
+from sparsetrt.devices import resolve_device
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import STRUCTURE_MANIFEST
 from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint, validate_checkpoint
 from sparsetrt.prune import shrink_stream
-from sparsetrt.prune.shrink import ShrinkSettings, build_shrunk, choose, gather, plan, sizes
-from sparsetrt.prune.stage import resolve_device
+from sparsetrt.prune.settings import ShrinkSettings
+from sparsetrt.prune.shrink import build_shrunk, choose, gather, plan, sizes
 from sparsetrt.prune.streaming import StreamedModel
 
 MANIFEST_FORMAT = "sparsetrt.structure/1"
 
 
-def shrink_checkpoint(model: str, out: str | Path, settings: ShrinkSettings, calib: str = "auto",
-                      calib_samples: int = 32, calib_seq_len: int = 512, seed: int = 0, overwrite: bool = False,
-                      reuse: bool = False, trust_remote_code: bool = False, stream: bool = False, device: str = "cpu",
-                      progress: bool = True) -> dict:
+def shrink_checkpoint(model: str, out: str | Path, settings: ShrinkSettings,
+                      calibration: CalibrationSettings | None = None, *, overwrite: bool = False, reuse: bool = False,
+                      trust_remote_code: bool = False, progress: bool = True) -> dict:
     """Shrink `model` into `out` (a checkpoint directory with structure.json); checks everything it can first.
 
-    `stream` scores and slices one decoder block at a time, read from the checkpoint (shrink_stream.py: bounded
-    memory, the same tensors); `device` is where that block and its calibration activations live (with --stream)."""
-    settings.validate()
-    if calib_samples < 1 or calib_seq_len < 2:
-        raise SparsetrtError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
+    `settings.stream` scores and slices one decoder block at a time, read from the checkpoint (shrink_stream.py:
+    bounded memory, the same tensors); `settings.device` is where that block and its calibration activations live
+    (with stream)."""
+    calibration = calibration or CalibrationSettings()
+    calib, calib_samples, calib_seq_len, seed = (calibration.corpus, calibration.samples, calibration.seq_len,
+                                                 calibration.seed)
+    stream = settings.stream
     checkpoint = resolve_checkpoint(model, trust_remote_code)
     config = validate_checkpoint(checkpoint, trust_remote_code)
 
@@ -44,7 +46,7 @@ def shrink_checkpoint(model: str, out: str | Path, settings: ShrinkSettings, cal
         raise SparsetrtError("nothing to remove: every size is the model's own; give --mlp, --heads, --kv-heads or "
                              "--layers below it")
     needs_data = settings.importance != "magnitude" or target.layers < hf_config.num_hidden_layers
-    device = resolve_device(device)
+    device = resolve_device(settings.device)
     if stream:
         shrink_stream.check_streamable(settings, target.layers < hf_config.num_hidden_layers)
     elif device != "cpu":
@@ -52,7 +54,8 @@ def shrink_checkpoint(model: str, out: str | Path, settings: ShrinkSettings, cal
                              "it the whole model runs on the CPU); add --stream")
     if needs_data:
         check_length(config, calib_seq_len, "a calibration window", "--calib-seq-len")
-    run_settings = {"model": str(model), **asdict(settings), "calib": calib, "calib_samples": calib_samples,
+    sizes_and_scores = settings.model_dump(exclude={"stream", "device"})  # where it runs does not change the result
+    run_settings = {"model": str(model), **sizes_and_scores, "calib": calib, "calib_samples": calib_samples,
                     "calib_seq_len": calib_seq_len, "seed": seed}
     out = Path(out)
     fingerprint, done = prepare_output(out, STRUCTURE_MANIFEST, "shrink", run_settings, overwrite, reuse)

@@ -27,10 +27,9 @@ from math import comb
 import torch
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.prune.masks import Pattern
 from sparsetrt.prune.result import PruneResult
+from sparsetrt.prune.settings import MASK_SELECTIONS, Pattern
 
-MASK_SELECTIONS = ("joint", "independent")
 DEFAULT_DAMPING = 0.01  # fraction of mean(diag H), as published
 
 

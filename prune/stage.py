@@ -11,73 +11,44 @@ import torch
 from sparsetrt.architectures import check_length
 from sparsetrt.artifacts import prepare_output, staged_dir, write_json
 from sparsetrt.calibration.data import calibration_windows
-from sparsetrt.errors import SparsetrtError
+from sparsetrt.calibration.settings import CalibrationSettings
+from sparsetrt.devices import resolve_device
 from sparsetrt.layout import SPARSITY_MANIFEST
 from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint, validate_checkpoint
 from sparsetrt.modules import target_linears
 from sparsetrt.prune.error_probe import probe_errors
-from sparsetrt.prune.masks import parse_pattern
-from sparsetrt.prune.schedule import ScheduleSettings, plan_schedule
+from sparsetrt.prune.schedule import plan_schedule
 from sparsetrt.prune.schedule_plot import plot_schedule
-from sparsetrt.prune.sequential import METHODS, LayerHooks, check_prunable, prune_model
-from sparsetrt.prune.sparsegpt import DEFAULT_DAMPING, MASK_SELECTIONS
+from sparsetrt.prune.sequential import LayerHooks, check_prunable, prune_model
+from sparsetrt.prune.settings import PruneSettings, parse_pattern
 from sparsetrt.prune.streaming import StreamedModel
 from sparsetrt.prune.verify import verify_checkpoint
 
 MANIFEST_FORMAT = "sparsetrt.sparsity/1"
 
 
-def prune_checkpoint(
-    model: str,
-    out: str | Path,
-    method: str = "sparsegpt",
-    pattern: str = "2:4",
-    calib: str = "auto",
-    calib_samples: int = 32,
-    calib_seq_len: int = 512,
-    seed: int = 0,
-    targets=("*",),
-    exclude=(),
-    sparsegpt: dict | None = None,
-    schedule: dict | None = None,
-    batch_size: int = 8,
-    overwrite: bool = False,
-    reuse: bool = False,
-    trust_remote_code: bool = False,
-    progress: bool = True,
-    stream: bool = False,
-    device: str = "cpu",
-) -> dict:
+def prune_checkpoint(model: str, out: str | Path, settings: PruneSettings | None = None,
+                     calibration: CalibrationSettings | None = None, *, overwrite: bool = False, reuse: bool = False,
+                     trust_remote_code: bool = False, progress: bool = True) -> dict:
     """Prune `model` (directory, embedded name or hub id) and write the result into `out`.
 
-    `schedule` (ScheduleSettings fields) spreads the pattern's sparsity over the modules: "scheduled" (log-level
-    clustering of OBS error estimates), "owl", or "hardware" (dense or N:M per Linear under a coverage budget).
-    `stream` reads one decoder block at a time from the checkpoint and writes it out when pruned (bounded memory,
-    same tensors); `device` is where the block being pruned and its statistics live (cpu, cuda, auto).
+    `settings.schedule` spreads the pattern's sparsity over the modules: "scheduled" (log-level clustering of OBS
+    error estimates), "owl", or "hardware" (dense or N:M per Linear under a coverage budget). `settings.stream`
+    reads one decoder block at a time from the checkpoint and writes it out when pruned (bounded memory, same
+    tensors); `settings.device` is where the block being pruned and its statistics live (cpu, cuda, auto).
     Neither changes the result, so neither enters the run's fingerprint.
     """
-    if method not in METHODS:
-        raise SparsetrtError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
-    parsed = parse_pattern(pattern)
-    plan = ScheduleSettings(**(schedule or {})).validate(parsed)
-    selection = (sparsegpt or {}).get("mask_selection", "joint")
-    if selection not in MASK_SELECTIONS:
-        raise SparsetrtError(f"unknown mask selection '{selection}'; use one of {', '.join(MASK_SELECTIONS)}")
-    if calib_samples < 1 or calib_seq_len < 2:
-        raise SparsetrtError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
-    device = resolve_device(device)
-    if stream and plan.mode != "uniform":
-        raise SparsetrtError(f"--stream prunes one block at a time; the {plan.mode} schedule probes the whole model "
-                             "first: run it without --stream")
-    settings = {
-        "model": str(model), "method": method, "pattern": str(parsed), "calib": str(calib),
-        "calib_samples": calib_samples, "calib_seq_len": calib_seq_len, "seed": seed,
-        "targets": list(targets), "exclude": list(exclude), "sparsegpt": sparsegpt or {},
-    }
-    if plan.mode != "uniform":  # uniform runs keep the fingerprint they always had
-        settings["schedule"] = plan.to_json()
+    settings = settings or PruneSettings()
+    calibration = calibration or CalibrationSettings()
+    method, parsed, plan, stream = settings.method, settings.parsed_pattern, settings.schedule, settings.stream
+    targets, exclude, batch_size = settings.targets, settings.exclude, settings.batch_size
+    sparsegpt = settings.sparsegpt.model_dump()
+    calib, calib_samples, calib_seq_len, seed = (calibration.corpus, calibration.samples, calibration.seq_len,
+                                                 calibration.seed)
+    device = resolve_device(settings.device)
+    run_settings = run_settings_of(model, settings, calibration)
     out = Path(out)
-    run_fingerprint, done = prepare_output(out, SPARSITY_MANIFEST, "prune", settings, overwrite, reuse)
+    run_fingerprint, done = prepare_output(out, SPARSITY_MANIFEST, "prune", run_settings, overwrite, reuse)
     if done:
         return done  # an identical run already finished here
 
@@ -110,7 +81,7 @@ def prune_checkpoint(
         start = time.perf_counter()
         probe_at = plan.probe_sparsity or parsed.sparsity
         probe = probe_errors(lm, windows, candidates, probe_at, parsed if parsed.is_nm else parse_pattern("2:4"),
-                            damping=(sparsegpt or {}).get("damping", DEFAULT_DAMPING), outlier_m=plan.owl_m,
+                            damping=sparsegpt["damping"], outlier_m=plan.owl_m,
                             batch_size=batch_size, progress=progress,
                             sensitivity_windows=plan.sensitivity_windows if plan.error == "loss" and plan.mode != "owl" else 0)
         timings["probe_s"] = time.perf_counter() - start
@@ -120,7 +91,7 @@ def prune_checkpoint(
         hooks = streamed.hooks(tmp) if streamed else LayerHooks(device)
         reports = prune_model(lm, windows, method, patterns, targets, exclude, batch_size, sparsegpt, progress, hooks)
         timings["prune_s"] = time.perf_counter() - start
-        manifest = _manifest(run_fingerprint, settings, checkpoint, method, parsed, corpus, corpus_tokens,
+        manifest = _manifest(run_fingerprint, run_settings, checkpoint, method, parsed, corpus, corpus_tokens,
                              calib_samples, calib_seq_len, seed, reports, candidates, patterns, schedule_info,
                              sparsegpt, timings, device, stream)
         start = time.perf_counter()
@@ -137,16 +108,17 @@ def prune_checkpoint(
     return manifest
 
 
-def resolve_device(device: str) -> str:
-    """cpu | cuda | cuda:N | auto (cuda when one is there) -> the device, refused when it is not there."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SparsetrtError(f"--device {device}: this machine has no CUDA GPU that PyTorch can use "
-                             f"(torch {torch.__version__}); use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise SparsetrtError(f"unknown --device '{device}'; use cpu, cuda, cuda:N or auto")
-    return device
+def run_settings_of(model: str | Path, settings: PruneSettings, calibration: CalibrationSettings) -> dict:
+    """What a prune run's fingerprint is taken of (where the work runs is left out: it does not change the result)."""
+    run_settings = {
+        "model": str(model), "method": settings.method, "pattern": str(settings.parsed_pattern),
+        "calib": str(calibration.corpus), "calib_samples": calibration.samples, "calib_seq_len": calibration.seq_len,
+        "seed": calibration.seed, "targets": list(settings.targets), "exclude": list(settings.exclude),
+        "sparsegpt": settings.sparsegpt.model_dump(),
+    }
+    if settings.schedule.mode != "uniform":  # uniform runs keep the fingerprint they always had
+        run_settings["schedule"] = settings.schedule.to_json()
+    return run_settings
 
 
 def _manifest(run_fingerprint, settings, checkpoint, method, parsed, corpus, corpus_tokens, calib_samples,
@@ -176,7 +148,7 @@ def _manifest(run_fingerprint, settings, checkpoint, method, parsed, corpus, cor
             "zero_fraction": round(zeros / pruned_params, 6),
             "mean_relative_error": sum(r.relative_error for r in reports) / len(reports),
             "dampening_raised": [r.name for r in reports if r.damping is not None
-                                 and r.damping > (sparsegpt or {}).get("damping", DEFAULT_DAMPING)],
+                                 and r.damping > sparsegpt["damping"]],
         },
         "schedule": schedule_info,
         "timings": timings,

@@ -20,7 +20,7 @@ from sparsetrt.artifacts import read_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import SPARSITY_MANIFEST
 from sparsetrt.onnx_io import initializer_array, load_onnx
-from sparsetrt.prune.masks import parse_pattern
+from sparsetrt.prune.settings import parse_pattern
 
 
 @dataclass

@@ -183,10 +183,13 @@ def generate_text(runner, tokenizer, texts: list[str], sampling: Sampling, chat:
     before any step, prompts that with max_new_tokens would run past the model's `max_positions`."""
     prompts = encode_prompts(tokenizer, texts, chat=chat)
     longest = max(len(p) for p in prompts)
+    if max_positions and longest >= max_positions:
+        raise SparsetrtError(f"the longest prompt ({longest} tokens) leaves no room for a new token in the model's "
+                             f"{max_positions} positions; shorten it to under {max_positions} tokens")
     if max_positions and longest + sampling.max_new_tokens > max_positions:
         raise SparsetrtError(f"the longest prompt ({longest} tokens) + --max-new-tokens {sampling.max_new_tokens} is "
                              f"more than the model's {max_positions} positions; lower --max-new-tokens to "
-                             f"{max(max_positions - longest, 0)} or shorten the prompt")
+                             f"{max_positions - longest} or shorten the prompt")
     result = generate(runner, prompts, sampling, pad_id=tokenizer.pad_token_id or 0)
     outputs = [{"prompt": p, "tokens": t, "text": tokenizer.decode(t, skip_special_tokens=True)}
                for p, t in zip(texts, result.tokens)]

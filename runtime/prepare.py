@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from sparsetrt.artifacts import read_json
+from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.export.ort_target import OrtTargetOptions
 from sparsetrt.export.quant_stage import quantize_checkpoint
+from sparsetrt.export.settings import EvaluationSettings, ExportSettings, QuantizeSettings
 from sparsetrt.export.stage import export_checkpoint
 from sparsetrt.layout import EXPORT_MANIFEST, FLOAT_PRECISIONS, QUANT_MANIFEST, QUANT_PRECISIONS, ArtifactsTree
 from sparsetrt.runtime.parity.quantized import quantized_parity
@@ -34,19 +36,21 @@ def prepare_like_runs(source: Path, files: ArtifactsTree, runs: ArtifactsTree, f
     exported = runs.onnx_dir / EXPORT_MANIFEST
     export_targets = read_json(exported)["settings"].get("targets", ["tensorrt"]) if exported.is_file() else ["tensorrt"]
     # these trees are derived from the runs: one made with other settings is replaced, an identical one reused
-    export_checkpoint(source, files.onnx_dir, precisions=list(floats), reuse=True, overwrite=True,
-                      targets=export_targets)
+    export_checkpoint(source, files.onnx_dir, ExportSettings(precisions=list(floats), targets=export_targets),
+                      reuse=True, overwrite=True)
     done = list(floats)
     for precision in precisions:
         manifest = runs.quant_dir(precision) / QUANT_MANIFEST
         if not manifest.is_file():
             continue
         run = read_json(manifest)["settings"]
-        quantize_checkpoint(source, files.onnx_dir, files.quant_dir(precision), run["quant"], calib=run["calib"],
-                            calib_samples=run["calib_samples"], calib_seq_len=run["calib_seq_len"], seed=run["seed"],
-                            tp_sizes=(), parity_corpus=run["parity"]["corpus"], parity_windows=run["parity"]["windows"],
-                            parity_seq_len=run["parity"]["seq_len"], parity=quantized_parity, reuse=True,
-                            overwrite=True, progress=progress, targets=run.get("targets", ["tensorrt"]),
-                            ort_options=OrtTargetOptions(**run["ort"]) if run.get("ort") else None)
+        ort = OrtTargetOptions(**run["ort"]) if run.get("ort") else None
+        settings = QuantizeSettings(**run["quant"], tp=[], targets=run.get("targets", ["tensorrt"]),
+                                    **({"ort_compute": ort.nbits_compute} if ort else {}))
+        calibration = CalibrationSettings(corpus=run["calib"], samples=run["calib_samples"],
+                                          seq_len=run["calib_seq_len"], seed=run["seed"])
+        evaluation = EvaluationSettings(**run["parity"]) if run.get("parity") else None
+        quantize_checkpoint(source, files.onnx_dir, files.quant_dir(precision), settings, calibration, evaluation,
+                            quantized_parity, reuse=True, overwrite=True, progress=progress, ort_options=ort)
         done.append(precision)
     return done

@@ -46,10 +46,32 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 -> what any tool's new file gets
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(root: Path) -> None:
+    """Give `root` and everything under it the modes a new file or directory gets from the user's umask (0644 /
+    0755 under umask 022): temporary directories and files are created private (0700 / 0600), and the outputs
+    renamed out of them would stay so, unreadable to a serving container or a colleague."""
+    mask = current_umask()
+    for path in [root, *Path(root).rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            os.chmod(path, 0o777 & ~mask)
+        else:
+            executable = path.stat().st_mode & 0o111
+            os.chmod(path, (0o666 | executable) & ~mask)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -205,6 +227,7 @@ def staged_dir(out: Path) -> Iterator[Path]:
         raise SparsetrtError(f"cannot write output directory {out}: {exc.strerror or exc}; choose another --out") from None
     try:
         yield tmp
+        follow_umask(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -59,11 +59,11 @@ class CheckpointReader:
             stored = _SAFETENSORS_DTYPES.get(view.get_dtype())
             if stored is None or len(shape) < 2 or _nbytes(shape, stored) <= READ_CHUNK_BYTES:
                 tensor = handle.get_tensor(name)
-                return tensor.to(device=device, dtype=dtype or tensor.dtype, copy=True)
+                return finite(self.checkpoint, name, tensor.to(device=device, dtype=dtype or tensor.dtype, copy=True))
         out = torch.empty(shape, dtype=dtype or stored)
         for start, stop in self.row_chunks(name):
             out[start:stop].copy_(self.rows(name, start, stop))
-        return out.to(device)
+        return finite(self.checkpoint, name, out.to(device))
 
     def header(self, name: str) -> tuple[list[int], torch.dtype | None]:
         """(shape, dtype as stored; None for a dtype torch lacks) of tensor `name`, from its file's header."""
@@ -94,7 +94,7 @@ class CheckpointReader:
         row_chunks = self.row_chunks(name)
         if not transpose:
             for start, stop in row_chunks:
-                yield self.rows(name, start, stop, dtype)
+                yield finite(self.checkpoint, name, self.rows(name, start, stop, dtype))
             return
         rows, cols = self.header(name)[0]
         width = max(1, READ_CHUNK_BYTES // (rows * dtype.itemsize))
@@ -106,6 +106,15 @@ class CheckpointReader:
 
     def nbytes(self, name: str, dtype: torch.dtype) -> int:
         return _nbytes(self.header(name)[0], dtype)
+
+def finite(checkpoint: Path, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, refused when it holds NaN or infinities: a corrupt checkpoint is named as such, before the
+    numbers it would poison are blamed on something else (a singular Hessian, a failed parity)."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise SparsetrtError(f"{checkpoint}: weight {name} holds NaN or infinite values; the checkpoint is corrupt "
+                             "(re-save or re-download it)")
+    return tensor
+
 
 READ_CHUNK_BYTES = 64 << 20  # a tensor above this is read in row chunks of about this size
 

@@ -21,6 +21,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from sparsetrt.architectures import check_family, supported_names
 from sparsetrt.artifacts import staged_dir, write_json
+from sparsetrt.checkpoint import finite
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.lazy import lazy_import
 
@@ -64,6 +65,24 @@ def resolve_checkpoint(spec: str | os.PathLike, trust_remote_code: bool = False)
         f"model '{spec}' is neither a checkpoint directory nor a known name ({', '.join(EMBEDDED_MODELS)}); "
         "pass a local Hugging Face checkpoint directory"
     )
+
+
+def local_checkpoint(spec: str | os.PathLike, trust_remote_code: bool = False) -> Path | None:
+    """The checkpoint directory `spec` names when it is already on this machine (a directory, checked; the embedded
+    model once converted), None when getting it is work still to do (the first conversion, a hub download); a spec
+    that names nothing is refused as resolve_checkpoint refuses it. Writes nothing."""
+    spec = str(spec)
+    if spec in EMBEDDED_MODELS:
+        try:
+            version = metadata.version(EMBEDDED_MODELS[spec].distribution)
+        except metadata.PackageNotFoundError:
+            return resolve_checkpoint(spec)  # the line that says how to install it
+        target = cache_dir() / "models" / f"{spec}-{version}"
+        return target if (target / "sparsetrt-source.json").is_file() else None
+    path = Path(spec).expanduser()
+    if path.exists() or not _looks_like_hub_id(spec):
+        return resolve_checkpoint(spec, trust_remote_code)
+    return None
 
 
 def validate_checkpoint(path: Path, trust_remote_code: bool = False) -> dict:
@@ -110,16 +129,26 @@ def load_model(path: Path, dtype: str = "float32", trust_remote_code: bool = Fal
         raise SparsetrtError(f"could not load the weights in {path}: {_first_line(exc)}; the checkpoint may be corrupt "
                              "or incomplete") from None
     model.eval()
+    for name, tensor in model.state_dict().items():
+        finite(path, name, tensor)
     return model, load_tokenizer(path, trust_remote_code)
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
-    """The tokenizer saved beside a checkpoint's weights."""
+    """The tokenizer saved beside a checkpoint's weights, refused when it can yield token ids past the model's
+    vocabulary (config.json's vocab_size): the embedding lookup would fail deep inside the first forward pass."""
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
         raise SparsetrtError(f"could not load a tokenizer from {path}: {_first_line(exc)}; save the tokenizer files "
                              "beside the weights") from None
+    config = Path(path) / "config.json"
+    vocab = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise SparsetrtError(f"{path}: the tokenizer has {len(tokenizer)} token ids but the model's vocabulary "
+                             f"(vocab_size) holds {vocab}: ids from {vocab} on have no embedding; the tokenizer and "
+                             "the weights do not belong together")
+    return tokenizer
 
 
 def materialize_embedded(name: str) -> Path:

@@ -40,6 +40,10 @@ def initializer_array(tensor, base_dir: str | Path):
 def load_onnx(path: str | Path, external_data: bool = False):
     """The ModelProto at `path` (with its weights when `external_data`), or a SparsetrtError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.onnx"))
+        raise SparsetrtError(f"{path} is a directory; pass an .onnx file"
+                             + (f" in it ({', '.join(inside[:4])})" if inside else ""))
     if not path.is_file():
         raise SparsetrtError(f"{path} does not exist; pass an .onnx file")
     try:

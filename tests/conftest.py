@@ -63,11 +63,13 @@ def calib_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pruned_tiny(tiny_checkpoint, calib_file, tmp_path_factory) -> Path:
+    from sparsetrt.calibration.settings import CalibrationSettings
+    from sparsetrt.prune.settings import PruneSettings
     from sparsetrt.prune.stage import prune_checkpoint
 
     out = tmp_path_factory.mktemp("pruned") / "sparsegpt"
-    prune_checkpoint(str(tiny_checkpoint), out, method="sparsegpt", pattern="2:4", calib=str(calib_file),
-                     calib_samples=8, calib_seq_len=64, progress=False)
+    prune_checkpoint(str(tiny_checkpoint), out, PruneSettings(method="sparsegpt", pattern="2:4"),
+                     CalibrationSettings(corpus=str(calib_file), samples=8, seq_len=64), progress=False)
     return out
 
 
@@ -78,3 +80,15 @@ def exported_tiny(pruned_tiny, tmp_path_factory) -> tuple[Path, dict]:
 
     out = tmp_path_factory.mktemp("onnx") / "onnx"
     return out, export_checkpoint(pruned_tiny, out)
+
+
+def settings_refusal(model, **data) -> str:
+    """The one line a settings model refuses `data` with, its options named as on the command line."""
+    from sparsetrt.settings import SettingsError, checked, flag_of, walk
+
+    fields = dict(walk(model))
+    try:
+        checked(model, data, lambda path: flag_of(path, fields[path]) if path in fields else "")
+    except SettingsError as exc:
+        return str(exc)
+    raise AssertionError(f"{model.__name__} accepted {data}")

@@ -52,9 +52,10 @@ class LiveServer:
         """`wait`: enter once /health says ready (False: as soon as the thread runs, the model still loading)."""
         import uvicorn
 
-        from sparsetrt.runtime.serve.app import ServeSettings, create_app
+        from sparsetrt.runtime.serve.app import create_app
+        from sparsetrt.runtime.settings import ServeSettings
 
-        self.settings = ServeSettings(port=free_port(), **settings).validate()
+        self.settings = ServeSettings(port=free_port(), **settings)
         self.app = create_app(served, self.settings)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.settings.port, log_config=None,
                                 access_log=False, lifespan="on", timeout_graceful_shutdown=10)

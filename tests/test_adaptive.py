@@ -7,12 +7,13 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import settings_refusal
 
+from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.runtime.adaptive.controllers import (
     Arms,
@@ -162,12 +163,10 @@ def test_budget_moves_the_price_of_cost():
 
 
 def test_settings_are_checked():
-    with pytest.raises(SparsetrtError, match="unknown adaptive policy"):
-        ControllerSettings(policy="greedy").validate(ARMS.names)
+    assert "must be one of 'linucb'" in settings_refusal(ControllerSettings, policy="greedy")
     with pytest.raises(SparsetrtError, match="policy static needs one of the variants"):
-        ControllerSettings(policy="static", static_arm="nope").validate(ARMS.names)
-    with pytest.raises(SparsetrtError, match="budget"):
-        ControllerSettings(budget=0).validate(ARMS.names)
+        ControllerSettings(policy="static", static_arm="nope").check_arms(ARMS.names)
+    assert settings_refusal(ControllerSettings, budget=0) == "--budget must be > 0, not 0"
     with pytest.raises(SparsetrtError, match="has not been fitted"):
         Controller(ARMS, ControllerSettings(policy="threshold")).decide(np.ones(len(FEATURES)), COSTS)
     assert Controller(ARMS, ControllerSettings(policy="static", static_arm="dense")).decide(
@@ -250,7 +249,7 @@ def test_escalation_hands_unsure_tokens_to_dense():
     st = synthetic_table()
     cheap = ControllerSettings(policy="static", static_arm="cheap", audit_fraction=1.0)
     plain = replay_controller(st, cheap, "cheap")
-    escalating = replay_controller(st, replace(cheap, escalation=True), "cheap+escalation")
+    escalating = replay_controller(st, cheap.model_copy(update=dict(escalation=True)), "cheap+escalation")
     assert 0.5 < escalating.entropy_threshold < 4.0  # between the sure (0.5) and the unsure (4.0) tokens
     assert escalating.escalations > 0.3 * len(escalating.nll)  # the hard inputs (40 %)
     assert np.mean(escalating.nll) < np.mean(plain.nll) - 0.5
@@ -349,7 +348,7 @@ def test_bench_adaptive_writes_the_contract(tiny_variants):
     assert "Acceptance (computed by this run)" in (root / "out" / "adaptive.md").read_text()
     table = root / "work" / "table.npz"
     stamp = table.stat().st_mtime_ns
-    run_adaptive_bench(root / "variants", root / "out", root / "work", replace(settings, lam=0.5), progress=False)
+    run_adaptive_bench(root / "variants", root / "out", root / "work", settings.model_copy(update=dict(lam=0.5)), progress=False)
     assert table.stat().st_mtime_ns == stamp  # same stream and variants: the measured table is reused
 
 
@@ -511,7 +510,7 @@ def test_structured_variants_join_the_set_and_serve_with_escalation_to_dense(tin
     (dense's own prefill and cache) and finishes."""
     from serve_support import LiveServer
 
-    from sparsetrt.prune.shrink import ShrinkSettings
+    from sparsetrt.prune.settings import ShrinkSettings
     from sparsetrt.prune.shrink_stage import shrink_checkpoint
     from sparsetrt.runtime.adaptive.router import resolve_adaptive
     from sparsetrt.runtime.adaptive.variant_set import build_variant_set
@@ -519,7 +518,7 @@ def test_structured_variants_join_the_set_and_serve_with_escalation_to_dense(tin
     root, _ = tiny_variants
     work = tmp_path / "structured"
     shrink_checkpoint(str(tiny_checkpoint), work / "mlp-half" / "shrunk", ShrinkSettings(mlp="0.5"),
-                      calib=str(calib_file), calib_samples=4, calib_seq_len=32)
+                      CalibrationSettings(corpus=str(calib_file), samples=4, seq_len=32))
     with pytest.raises(SparsetrtError, match="no structured variant 'mlp-half\\+distill'"):  # refused before work
         build_variant_set(root / "artifacts", tmp_path / "refused", structured=work,
                           structured_names=["mlp-half", "mlp-half+distill"], progress=False)

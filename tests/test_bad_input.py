@@ -54,20 +54,20 @@ def test_an_artifacts_tree_holding_sparsetrts_own_runs_is_accepted(tmp_path):
     """`make test` leaves artifacts/ci (a whole run) before `make demo` writes artifacts/; an interrupted run leaves
     its finished stages without a run manifest. Neither is foreign; a file of the user's is."""
     from sparsetrt.errors import SparsetrtError
-    from sparsetrt.pipeline.runner import _check_artifacts_dir
+    from sparsetrt.pipeline.checks import check_artifacts_dir
 
     out = tmp_path / "artifacts"
     (out / "ci" / "pruned").mkdir(parents=True)
     (out / "ci" / "run.json").write_text(json.dumps({"stage": "run", "fingerprint": "x"}))
     (out / "ci" / "pruned" / "sparsity.json").write_text(json.dumps({"stage": "prune"}))
     (out / "ci" / "pruned" / "model.safetensors").write_bytes(b"weights")
-    _check_artifacts_dir(out, "run.json", "y", overwrite=False)
+    check_artifacts_dir(out, "run.json", "y", overwrite=False)
     (out / "pruned").mkdir()
     (out / "pruned" / "sparsity.json").write_text(json.dumps({"stage": "prune", "fingerprint": "z"}))
-    _check_artifacts_dir(out, "run.json", "y", overwrite=False)
+    check_artifacts_dir(out, "run.json", "y", overwrite=False)
     (out / "notes.txt").write_text("mine")
     with pytest.raises(SparsetrtError, match=r"did not write \(notes.txt\)"):
-        _check_artifacts_dir(out, "run.json", "y", overwrite=False)
+        check_artifacts_dir(out, "run.json", "y", overwrite=False)
 
 
 # 4, 5 ---------------------------------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def test_tp_that_does_not_split_is_refused_before_any_work(capsys, pruned_tiny, 
     onnx_dir, _ = exported_tiny
     out = tmp_path / "q"
     one_line(*run(capsys, "quantize", "--model", pruned_tiny, "--onnx-dir", onnx_dir, "--precision", "int8",
-                  "--tp", 3, "--out", out), "tensor-parallel size must be a power of two")
+                  "--tp", 3, "--out", out), "--tp must hold powers of two (1, 2, 4, ...), not 3")
     assert leftovers(out) == []
 
 

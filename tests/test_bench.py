@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import settings_refusal
 
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.runtime.bench.perf import BenchSettings, run_bench
@@ -56,12 +57,11 @@ def test_worker_failure_is_reported(pruned_tiny, calib_file, tmp_path):
     from sparsetrt.models import load_tokenizer
 
     broken = Deployable("onnxruntime", "fp32", "2:4", str(tmp_path / "missing.onnx"))
-    with pytest.raises(SparsetrtError, match="worker for 'onnxruntime fp32 2:4' failed"):
+    with pytest.raises(SparsetrtError, match="worker for 'onnxruntime fp32 2:4.*' failed"):
         run_bench([broken], load_tokenizer(pruned_tiny), tmp_path / "out",
                   BenchSettings(batches=(1,), prompt_tokens=4, new_tokens=2, repeats=1), corpus=str(calib_file),
                   progress=False)
-    with pytest.raises(SparsetrtError, match="new tokens >= 2"):
-        BenchSettings(new_tokens=1).validate()
+    assert settings_refusal(BenchSettings, new_tokens=1) == "--new-tokens must be >= 2, not 1"
 
 
 def test_discover_deployables_needs_a_pipeline_run(tmp_path):

@@ -118,10 +118,10 @@ def test_in_features_not_divisible(capsys, tmp_path, calib_file):
 
 
 @pytest.mark.parametrize("extra,pattern", [
-    (["--method", "obs"], "unknown method 'obs'"),
+    (["--method", "obs"], "--method must be one of 'magnitude', 'wanda' or 'sparsegpt', not 'obs'"),
     (["--pattern", "3:2"], "0 < N < M"),
     (["--pattern", "dense"], "unknown pattern 'dense'"),
-    (["--mask-selection", "best"], "unknown mask selection"),
+    (["--mask-selection", "best"], "--mask-selection must be one of 'joint' or 'independent'"),
 ])
 def test_unknown_method_or_pattern(capsys, tiny_checkpoint, calib_file, tmp_path, extra, pattern):
     out = tmp_path / "out"
@@ -259,7 +259,7 @@ def test_prune_schedule_flags_and_refusals(capsys, tiny_checkpoint, calib_file, 
     assert schedule["range"] == [0.5, 0.7] and schedule["range_source"] == "user" and schedule["k"] == 3
     code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, tmp_path / "x", "--pattern", "0.7",
                                                "--schedule", "scheduled", "--range", "0.75,0.8"))
-    assert_one_line_error(code, err, r"cannot be reached inside \[0.75, 0.8\].*widen the range")
+    assert_one_line_error(code, err, r"cannot be reached inside --range \[0.75, 0.8\].*widen the range")
     assert_nothing_written(tmp_path / "x")
     code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, tmp_path / "y", "--schedule", "owl"))
     assert_one_line_error(code, err, "unstructured:RATIO")

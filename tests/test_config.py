@@ -30,7 +30,10 @@ def test_yaml_and_defaults(tmp_path):
     ("[calibration]\nsamples = 'many'\n", "samples must be an integer"),
     ("[export]\nprecisions = 'fp16'\n", "precisions must be a list"),
     ("[model]\ntrust_remote_code = 1\n", "true or false"),
-    ("prune = 3\n", "prune must be a table"),
+    ("prune = 3\n", r"\[prune\] must be a table"),
+    ("[parity]\nwindows = 0\n", r"\[parity\] windows must be >= 1, not 0"),
+    ("[prune.sparsegpt]\ndamping = nan\n", r"\[prune.sparsegpt\] damping must be a finite number"),
+    ("[export]\nopset = 7\n", r"\[export\] opset 7 cannot be written"),
     ("[prune\n", "does not parse"),
 ])
 def test_bad_configs_are_refused_with_the_key(tmp_path, text, message):
@@ -63,7 +66,7 @@ def test_extends_overrides_key_by_key_and_checks_types(tmp_path):
     config = load_config(tmp_path / "child.toml")
     assert (config.calibration.samples, config.calibration.seq_len, config.quantize.tp) == (4, 64, [1, 2])
     (tmp_path / "bad.toml").write_text("[quantize]\ntp = ['1']\n")
-    with pytest.raises(SparsetrtError, match="tp must be a list of integers"):
+    with pytest.raises(SparsetrtError, match=r"\[quantize\] tp must be an integer, not '1'"):
         load_config(tmp_path / "bad.toml")
     (tmp_path / "loop.toml").write_text("extends = 'loop.toml'\n")
     with pytest.raises(SparsetrtError, match="chains stop at 5"):

@@ -6,10 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import settings_refusal
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.prune.distill import DistillSettings, distillation_loss, learning_rate, step_windows
+from sparsetrt.prune.distill import distillation_loss, learning_rate, step_windows
 from sparsetrt.prune.distill_stage import distill_checkpoint
+from sparsetrt.prune.settings import DistillSettings
 
 SMALL = dict(seq_len=32, batch_size=2, lr=3e-3, warmup_steps=2, checkpoint_every=2)
 
@@ -159,5 +161,4 @@ def test_the_evaluation_split_and_bad_students_are_refused(tiny_checkpoint, prun
     with pytest.raises(SparsetrtError, match="sparsity.json"):
         distill_checkpoint(str(tiny_checkpoint), tiny_checkpoint, tmp_path / "y", data=str(calib_file),
                            settings=DistillSettings(steps=1, **SMALL), progress=False)
-    with pytest.raises(SparsetrtError, match="must be >= 1"):
-        DistillSettings(seq_len=0).validate()
+    assert settings_refusal(DistillSettings, seq_len=0) == "--seq-len must be >= 2, not 0"

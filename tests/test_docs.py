@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sparsetrt.cli import build_parser
+from sparsetrt.errors import SparsetrtError
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND_DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -62,8 +63,8 @@ def test_every_documented_command_parses(doc, command):
     """A command shown as a command line parses with today's options (placeholders in capitals stand for a value)."""
     try:
         build_parser().parse_args(words_of(command))
-    except SystemExit as exc:
-        pytest.fail(f"{doc}: `{command}` does not parse (exit {exc.code})")
+    except SparsetrtError as exc:
+        pytest.fail(f"{doc}: `{command}` does not parse ({exc})")
 
 
 @pytest.mark.parametrize("doc,command", documented(inline_commands))
@@ -80,7 +81,7 @@ def test_every_command_named_in_the_text_exists_with_its_options(doc, command):
 def test_the_checkers_see_a_broken_command():
     text = "```sh\nsparsetrt prune --model m --out o --no-such-option \\\n  --seed 1\n```\n`sparsetrt shrink --mlpp 1`"
     [line] = code_block_commands(text)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SparsetrtError, match="unrecognized arguments: --no-such-option"):
         build_parser().parse_args(words_of(line))
     parser, rest = subparser(build_parser(), words_of(inline_commands(text)[0]))
     assert parser.prog == "sparsetrt shrink" and "--mlpp" not in {s for a in parser._actions for s in a.option_strings}

@@ -3,6 +3,7 @@ checked here without TensorRT; the build and the runner themselves run where Ten
 
 import numpy as np
 import pytest
+from conftest import settings_refusal
 
 from sparsetrt.build import tensorrt_status
 from sparsetrt.build.engine import (
@@ -160,10 +161,12 @@ def test_gpu_generation_checks_for_sparse_builds():
 
 
 def test_bad_options_are_refused():
-    for bad in (EngineOptions(precision="fp8"), EngineOptions(opt_batch=5, max_batch=4),
-                EngineOptions(optimization_level=6), EngineOptions(max_input_len=0), EngineOptions(workspace_mb=0)):
-        with pytest.raises(SparsetrtError):
-            bad.validate()
+    for bad, message in ((dict(precision="fp8"), "--precision must be one of"),
+                         (dict(opt_batch=5, max_batch=4), "--opt-batch 5 must be between 1 and --max-batch 4"),
+                         (dict(optimization_level=6), "--optimization-level must be <= 5"),
+                         (dict(max_input_len=0), "--max-input-len must be >= 1"),
+                         (dict(workspace_mb=0), "--workspace-mb must be >= 1")):
+        assert settings_refusal(EngineOptions, **bad).startswith(message)
 
 
 def test_build_without_tensorrt_says_why(exported_tiny, tmp_path):

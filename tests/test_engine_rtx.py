@@ -11,8 +11,10 @@ import pytest
 
 from sparsetrt.build import tensorrt_rtx_status
 from sparsetrt.build.engine import EngineOptions, build_engine
+from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.cli import main
 from sparsetrt.errors import EngineBuildError, SparsetrtError
+from sparsetrt.export.settings import EvaluationSettings, QuantizeSettings
 from sparsetrt.runtime.parity.quantized import quantized_parity
 
 OPTIONS = dict(builder="rtx", max_batch=2, max_input_len=64, max_output_len=32)
@@ -29,10 +31,10 @@ def quantized_tiny(pruned_tiny, exported_tiny, calib_file, tmp_path_factory) -> 
     for name, precision, extra in (("int8", "int8", {}), ("int4", "int4", {}),
                                    ("int8-gemm-outputs", "int8", {"gemm_outputs": True})):
         out = root / name
-        quantize_checkpoint(pruned_tiny, onnx_dir, out, {"precision": precision, "block_size": 64,
-                                                         "activations": "fp32", **extra},
-                            calib=str(calib_file), calib_samples=2, calib_seq_len=32, tp_sizes=(), parity_corpus=str(
-                                calib_file), parity_windows=1, parity_seq_len=64, parity=quantized_parity,
+        settings = QuantizeSettings(precision=precision, block_size=64, activations="fp32", tp=[], **extra)
+        quantize_checkpoint(pruned_tiny, onnx_dir, out, settings,
+                            CalibrationSettings(corpus=str(calib_file), samples=2, seq_len=32),
+                            EvaluationSettings(corpus=str(calib_file), windows=1, seq_len=64), quantized_parity,
                             progress=False)
         files[name] = out / f"model.{precision}.onnx"
     return files

@@ -9,7 +9,8 @@ from onnx import numpy_helper
 
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.verify import load_manifest, verify_onnx
-from sparsetrt.runtime.parity.compare import parse_tolerance_overrides, run_parity, tolerances_for
+from sparsetrt.runtime.parity.compare import run_parity, tolerances_for
+from sparsetrt.runtime.settings import ParitySettings, parse_tolerance_overrides
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def test_onnx_verifier_catches_a_broken_initializer(exported, pruned_tiny, tmp_p
 
 def test_parity_reports_and_passes_fp32(exported, pruned_tiny, calib_file, tmp_path):
     out, _ = exported
-    report = run_parity(pruned_tiny, out, tmp_path / "parity", corpus=str(calib_file), windows=2, seq_len=64)
+    report = run_parity(pruned_tiny, out, tmp_path / "parity", ParitySettings(corpus=str(calib_file), windows=2,
+                                                                            seq_len=64))
     fp32 = next(c for c in report["candidates"] if c["precision"] == "fp32")
     assert fp32["passed"], fp32["checks"]
     assert fp32["metrics"]["max_abs_error"] <= 1e-3 and fp32["metrics"]["top1_agreement"] >= 0.999
@@ -81,8 +83,9 @@ def test_parity_reports_and_passes_fp32(exported, pruned_tiny, calib_file, tmp_p
 
 def test_parity_fails_when_a_tolerance_is_broken(exported, pruned_tiny, calib_file, tmp_path):
     out, _ = exported
-    report = run_parity(pruned_tiny, out, tmp_path / "parity", corpus=str(calib_file), windows=1, seq_len=32,
-                        tolerances=["fp32.max_abs_error=1e-12"])
+    report = run_parity(pruned_tiny, out, tmp_path / "parity",
+                        ParitySettings(corpus=str(calib_file), windows=1, seq_len=32,
+                                       tolerances=["fp32.max_abs_error=1e-12"]))
     assert not report["passed"]
     junit = (tmp_path / "parity" / "parity.junit.xml").read_text()
     assert 'failures="1"' in junit and "ToleranceExceeded" in junit
@@ -92,8 +95,14 @@ def test_tolerance_overrides():
     assert parse_tolerance_overrides(["fp16.max_abs_error=0.5"]) == {"fp16": {"max_abs_error": 0.5}}
     rules = tolerances_for("fp16", {"fp16": {"max_abs_error": 0.5, "top1_agreement": 0.9}})
     assert rules["max_abs_error"] == ("<=", 0.5) and rules["top1_agreement"] == (">=", 0.9)
-    with pytest.raises(SparsetrtError, match="PRECISION.METRIC=VALUE"):
-        parse_tolerance_overrides(["max_abs_error"])
+    from conftest import settings_refusal
+
+    from sparsetrt.runtime.settings import ParitySettings
+
+    assert "--tol 'max_abs_error' is not PRECISION.METRIC=VALUE" in \
+        settings_refusal(ParitySettings, tolerances=["max_abs_error"])
+    assert "unknown parity metric 'speed'" in settings_refusal(ParitySettings, tolerances=["fp32.speed=1"])
+    assert "finite" in settings_refusal(ParitySettings, tolerances=["fp32.max_abs_error=nan"])
     with pytest.raises(SparsetrtError, match="unknown parity metric"):
         tolerances_for("fp32", {"fp32": {"speed": 1.0}})
 
@@ -101,7 +110,8 @@ def test_tolerance_overrides():
 def test_metric_list_matches_what_the_accumulator_reports():
     import numpy as np
 
-    from sparsetrt.runtime.parity.metrics import METRICS, ParityAccumulator
+    from sparsetrt.runtime.parity.metrics import ParityAccumulator
+    from sparsetrt.runtime.settings import METRICS
 
     acc = ParityAccumulator()
     logits = np.random.default_rng(0).standard_normal((1, 4, 16)).astype(np.float32)

@@ -10,7 +10,10 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
+from sparsetrt.calibration.settings import CalibrationSettings
+from sparsetrt.export.settings import ExportSettings
 from sparsetrt.export.stage import export_checkpoint
+from sparsetrt.prune.settings import PruneSettings
 from sparsetrt.prune.stage import prune_checkpoint
 
 
@@ -48,8 +51,8 @@ def bf16_pruned(calib_file, tmp_path_factory) -> Path:
     for file in source.glob("tokenizer*"):
         (bf16 / file.name).write_bytes(file.read_bytes())
     out = root / "pruned"
-    prune_checkpoint(str(bf16), out, method="sparsegpt", pattern="2:4", calib=str(calib_file), calib_samples=4,
-                     calib_seq_len=32, progress=False, stream=True)
+    prune_checkpoint(str(bf16), out, PruneSettings(stream=True),
+                     CalibrationSettings(corpus=str(calib_file), samples=4, seq_len=32), progress=False)
     return out
 
 
@@ -64,7 +67,7 @@ def test_streamed_export_equals_in_memory_export_and_reads_each_weight_once_whil
     from sparsetrt.checkpoint import CheckpointReader
     from sparsetrt.export import onnx_stream
 
-    whole = export_checkpoint(bf16_pruned, tmp_path / "whole", precisions=["fp16"])
+    whole = export_checkpoint(bf16_pruned, tmp_path / "whole", ExportSettings(precisions=["fp16"]))
     if chunk_bytes:
         monkeypatch.setattr(streaming, "READ_CHUNK_BYTES", chunk_bytes)
     reads, saving = [], []
@@ -87,7 +90,7 @@ def test_streamed_export_equals_in_memory_export_and_reads_each_weight_once_whil
     monkeypatch.setattr(CheckpointReader, "get", get)
     monkeypatch.setattr(CheckpointReader, "rows", rows)
     monkeypatch.setattr(onnx_stream, "save_program", save)
-    streamed = export_checkpoint(bf16_pruned, tmp_path / "streamed", precisions=["fp16"], stream=True)
+    streamed = export_checkpoint(bf16_pruned, tmp_path / "streamed", ExportSettings(precisions=["fp16"], stream=True))
     assert whole["fingerprint"] == streamed["fingerprint"]  # where it ran is not what it wrote
     assert (whole["execution"], streamed["execution"]) == ({"streamed": False}, {"streamed": True})
     assert_same_export(tmp_path / "whole" / "model.fp16.onnx", tmp_path / "streamed" / "model.fp16.onnx")
@@ -106,8 +109,8 @@ def test_streamed_export_equals_in_memory_export_and_reads_each_weight_once_whil
 def test_streamed_export_of_a_tied_model_and_its_small_weights(tiny_checkpoint, tmp_path):
     """Tied embeddings (one initializer feeds Gather and the head's Transpose: not folded) and weights under the
     folding limit (read at once and folded by onnxscript itself) give the in-memory file too."""
-    export_checkpoint(tiny_checkpoint, tmp_path / "whole", precisions=["fp16"])
-    export_checkpoint(tiny_checkpoint, tmp_path / "streamed", precisions=["fp16"], stream=True)
+    export_checkpoint(tiny_checkpoint, tmp_path / "whole", ExportSettings(precisions=["fp16"]))
+    export_checkpoint(tiny_checkpoint, tmp_path / "streamed", ExportSettings(precisions=["fp16"], stream=True))
     assert_same_export(tmp_path / "whole" / "model.fp16.onnx", tmp_path / "streamed" / "model.fp16.onnx")
 
 
@@ -139,8 +142,8 @@ def test_streamed_export_of_other_families(family, tmp_path):
     from test_architectures import make_checkpoint
 
     checkpoint = make_checkpoint(family, tmp_path / family)
-    export_checkpoint(checkpoint, tmp_path / "whole", precisions=["fp32"])
-    export_checkpoint(checkpoint, tmp_path / "streamed", precisions=["fp32"], stream=True)
+    export_checkpoint(checkpoint, tmp_path / "whole", ExportSettings(precisions=["fp32"]))
+    export_checkpoint(checkpoint, tmp_path / "streamed", ExportSettings(precisions=["fp32"], stream=True))
     assert_same_export(tmp_path / "whole" / "model.onnx", tmp_path / "streamed" / "model.onnx")
 
 

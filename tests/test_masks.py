@@ -2,14 +2,8 @@ import pytest
 import torch
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.prune.masks import (
-    Pattern,
-    nm_prune_mask,
-    nm_violations,
-    parse_pattern,
-    unstructured_prune_mask,
-    zero_fraction,
-)
+from sparsetrt.prune.masks import nm_prune_mask, nm_violations, unstructured_prune_mask, zero_fraction
+from sparsetrt.prune.settings import Pattern, parse_pattern
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import make_tiny_llama, make_tokenizer
 
+from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.cli import main
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.ort_target import (
@@ -25,6 +26,7 @@ from sparsetrt.export.ort_target import (
     write_ort_target,
 )
 from sparsetrt.export.quant_stage import quantize_checkpoint
+from sparsetrt.export.settings import EvaluationSettings, ExportSettings, QuantizeSettings
 from sparsetrt.export.stage import export_checkpoint
 from sparsetrt.models import load_model
 from sparsetrt.runtime.backends.base import position_ids_for
@@ -116,15 +118,15 @@ def test_matmul_nbits_packing_round_trips_and_keeps_zero_at_zero():
 def quantized_targets(pruned_tiny, calib_file, tmp_path_factory):
     """pruned_tiny exported (fp32 graph) and quantized to INT4 and INT8 with the ONNX Runtime target beside each."""
     root = tmp_path_factory.mktemp("ort-quant")
-    export_checkpoint(pruned_tiny, root / "onnx", precisions=["fp32"])
+    export_checkpoint(pruned_tiny, root / "onnx", ExportSettings(precisions=["fp32"]))
     manifests = {}
     for precision in ("int4", "int8"):
+        settings = QuantizeSettings(precision=precision, block_size=64, activations="fp32", tp=[],
+                                    targets=["onnxruntime"])
         manifests[precision] = quantize_checkpoint(
-            pruned_tiny, root / "onnx", root / precision, {"precision": precision, "block_size": 64,
-                                                           "activations": "fp32"},
-            calib=str(calib_file), calib_samples=4, calib_seq_len=32, tp_sizes=(), parity_corpus=str(calib_file),
-            parity_windows=1, parity_seq_len=64, parity=quantized_parity, progress=False,
-            targets=("tensorrt", "onnxruntime"))
+            pruned_tiny, root / "onnx", root / precision, settings,
+            CalibrationSettings(corpus=str(calib_file), samples=4, seq_len=32),
+            EvaluationSettings(corpus=str(calib_file), windows=1, seq_len=64), quantized_parity, progress=False)
     return root, manifests
 
 
@@ -174,10 +176,18 @@ def test_what_the_target_cannot_describe_is_refused_before_any_work(pruned_tiny,
                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
                       ).save_pretrained(tmp_path / "gemma")
     with pytest.raises(SparsetrtError, match="describes llama, mistral, qwen2, qwen3, phi3 decoders, not 'gemma2'"):
-        export_checkpoint(tmp_path / "gemma", tmp_path / "out", targets=("tensorrt", "onnxruntime"))
+        export_checkpoint(tmp_path / "gemma", tmp_path / "out", ExportSettings(targets=["onnxruntime"]))
     assert not (tmp_path / "out").exists()
     assert main(["export", "--model", str(pruned_tiny), "--out", str(tmp_path / "s"), "--stream",
                  "--target", "onnxruntime"]) == 2
     assert "written in memory" in capsys.readouterr().err and not (tmp_path / "s").exists()
     with pytest.raises(SparsetrtError, match="--ort-compute int4: use int8 or fp32"):
         OrtTargetOptions(nbits_compute="int4").validate()
+
+
+def test_an_onnxruntime_too_old_for_the_target_is_refused():
+    from sparsetrt.export.ort_target import check_onnxruntime_version
+
+    check_onnxruntime_version("1.32.0")
+    with pytest.raises(SparsetrtError, match="needs onnxruntime >= 1.22.*this one is 1.20.1"):
+        check_onnxruntime_version("1.20.1")

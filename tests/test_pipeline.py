@@ -1,10 +1,11 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.pipeline import run_pipeline
-from sparsetrt.pipeline.config import PipelineConfig
+from sparsetrt.pipeline.config import PipelineConfig, load_config
 
 
 def tiny_config(checkpoint, calib_file, out) -> PipelineConfig:
@@ -44,8 +45,10 @@ def test_bad_quantize_settings_fail_before_any_stage(tiny_checkpoint, calib_file
     pytest.importorskip("modelopt.torch.quantization")
     out = tmp_path / "artifacts"
     config = tiny_config(tiny_checkpoint, calib_file, out)
-    config.quantize.precision, config.quantize.embeddings = "int4", "int2"
-    with pytest.raises(SparsetrtError, match="embeddings must be"):
+    config.quantize.precision = "int4"
+    with pytest.raises(ValidationError, match="embeddings"):
+        config.quantize.embeddings = "int2"  # refused as it is set
+    with pytest.raises(SparsetrtError, match=r"add fp16 to \[export\] precisions"):  # INT4's graph is fp16
         run_pipeline(config, progress=False)
     assert not out.exists()
 
@@ -68,9 +71,8 @@ def test_quantized_run_shares_the_float_stages(tmp_path, calib_file, capsys):
     for path in ("run.json", "run-int4.json", "int4/model.int4.onnx", "int4/quantize.json", "int4/parity.junit.xml",
                  "int4/trtllm-tp1/config.json", "int4/trtllm-tp1/rank0.safetensors", "int4/trtllm-tp1/build.sh"):
         assert (out / path).is_file(), path
-    config.quantize.precision = "int3"
-    with pytest.raises(SparsetrtError, match="precision must be none, int8 or int4"):
-        run_pipeline(config, progress=False)
+    with pytest.raises(ValidationError, match="precision"):
+        config.quantize.precision = "int3"
 
 
 def test_pipeline_ends_with_an_engine_and_checks_the_engine_section_first(tiny_checkpoint, calib_file, tmp_path,
@@ -148,7 +150,11 @@ def test_a_streamed_quantize_is_in_the_fingerprint_and_refused_up_front_where_it
     streamed = tiny_config(tiny_checkpoint, calib_file, tmp_path / "plain")
     streamed.quantize.stream = True
     assert fingerprint(streamed.to_dict()) != fingerprint(plain.to_dict())  # it writes fewer artifacts
-    streamed.quantize.precision, streamed.quantize.gptq = "int8", "on"
-    with pytest.raises(SparsetrtError, match=r"--stream with --precision int8 --gptq on"):
-        run_pipeline(streamed, progress=False)
+    streamed.quantize.precision = "int8"
+    with pytest.raises(ValidationError, match="gptq"):
+        streamed.quantize.gptq = "on"  # refused as it is set
+    path = tmp_path / "c.toml"
+    path.write_text('[quantize]\nprecision = "int8"\nstream = true\ngptq = "on"\n')
+    with pytest.raises(SparsetrtError, match=r"\[quantize\] stream with \[quantize\] precision int8 and \[quantize\] gptq on"):
+        load_config(path)
     assert not (tmp_path / "plain").exists()  # refused before any stage ran

@@ -10,6 +10,10 @@ from conftest import make_tiny_llama
 from test_cli import assert_nothing_written, assert_one_line_error, run_cli
 from test_export_stream import onnx_contents
 
+from sparsetrt.calibration.settings import CalibrationSettings
+from sparsetrt.export.settings import EvaluationSettings, ExportSettings, QuantizeSettings
+from sparsetrt.prune.settings import PruneSettings
+
 pytest.importorskip("modelopt.torch.quantization")
 
 
@@ -18,9 +22,9 @@ def pruned_and_exported(root: Path, calib_file: Path, tied: bool, precision: str
     from sparsetrt.prune.stage import prune_checkpoint
 
     dense = make_tiny_llama(root / "dense", hidden=128, intermediate=256, heads=4, kv_heads=2, tied=tied, seed=5)
-    prune_checkpoint(str(dense), root / "pruned", method="sparsegpt", pattern="2:4", calib=str(calib_file),
-                     calib_samples=4, calib_seq_len=32, progress=False)
-    export_checkpoint(root / "pruned", root / "onnx", precisions=[precision])
+    prune_checkpoint(str(dense), root / "pruned", PruneSettings(),
+                     CalibrationSettings(corpus=str(calib_file), samples=4, seq_len=32), progress=False)
+    export_checkpoint(root / "pruned", root / "onnx", ExportSettings(precisions=[precision]))
     return root
 
 
@@ -28,10 +32,11 @@ def quantize(root: Path, calib_file: Path, name: str, settings: dict, stream: bo
     from sparsetrt.export.quant_stage import quantize_checkpoint
     from sparsetrt.runtime.parity.quantized import quantized_parity
 
-    return quantize_checkpoint(root / "pruned", root / "onnx", root / name, {"precision": "int4", **settings},
-                               calib=str(calib_file), calib_samples=4, calib_seq_len=32, tp_sizes=(),
-                               parity_corpus=str(calib_file), parity_windows=1, parity_seq_len=32, progress=False,
-                               stream=stream, parity=quantized_parity)
+    return quantize_checkpoint(root / "pruned", root / "onnx", root / name,
+                               QuantizeSettings(**{"precision": "int4", **settings}, tp=[], stream=stream),
+                               CalibrationSettings(corpus=str(calib_file), samples=4, seq_len=32),
+                               EvaluationSettings(corpus=str(calib_file), windows=1, seq_len=32), quantized_parity,
+                               progress=False)
 
 
 @pytest.mark.parametrize("tied,settings", [
@@ -83,7 +88,7 @@ def test_streamed_quantize_writes_the_in_memory_file(calib_file, tmp_path, monke
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["--precision", "int8", "--gptq", "on", "--smoothquant-alpha", "0"], r"--stream with --precision int8 --gptq on"),
+    (["--precision", "int8", "--gptq", "on", "--smoothquant-alpha", "0"], r"--stream with --precision int8 and --gptq on"),
     (["--precision", "int4", "--awq", "--gptq", "off"], r"--stream does not run AWQ"),
     (["--precision", "int4", "--embeddings", "int4"], r"GPTQ on the lm_head needs the final hidden states"),
 ])
@@ -125,10 +130,11 @@ def test_gptq_on_the_gpu_matches_the_cpu(calib_file, tmp_path, stream):
     root = pruned_and_exported(tmp_path, calib_file, tied=False)
     runs = {}
     for device in ("cpu", "cuda"):
-        runs[device] = quantize_checkpoint(root / "pruned", root / "onnx", root / device, {"precision": "int4"},
-                                           calib=str(calib_file), calib_samples=4, calib_seq_len=32, tp_sizes=(),
-                                           parity_corpus=str(calib_file), parity_windows=1, parity_seq_len=32,
-                                           progress=False, stream=stream, device=device)
+        runs[device] = quantize_checkpoint(root / "pruned", root / "onnx", root / device,
+                                           QuantizeSettings(precision="int4", tp=[], stream=stream, device=device),
+                                           CalibrationSettings(corpus=str(calib_file), samples=4, seq_len=32),
+                                           EvaluationSettings(corpus=str(calib_file), windows=1, seq_len=32),
+                                           progress=False)
     assert runs["cuda"]["execution"]["device"] == "cuda" and runs["cuda"]["onnx"]["sparsity_verification"]["ok"]
     for name, info in runs["cpu"]["modules"].items():
         assert runs["cuda"]["modules"][name]["gptq_error"] == pytest.approx(info["gptq_error"], rel=0.05), name
@@ -142,9 +148,10 @@ def test_streamed_int8_calibration_on_the_gpu_matches_the_cpu(calib_file, tmp_pa
     from sparsetrt.export.quant_stage import quantize_checkpoint
 
     root = pruned_and_exported(tmp_path, calib_file, tied=False, precision="fp32")
-    runs = {device: quantize_checkpoint(root / "pruned", root / "onnx", root / device, {"precision": "int8"},
-                                        calib=str(calib_file), calib_samples=4, calib_seq_len=32, tp_sizes=(),
-                                        progress=False, stream=True, device=device) for device in ("cpu", "cuda")}
+    runs = {device: quantize_checkpoint(root / "pruned", root / "onnx", root / device,
+                                        QuantizeSettings(precision="int8", tp=[], stream=True, device=device),
+                                        CalibrationSettings(corpus=str(calib_file), samples=4, seq_len=32),
+                                        progress=False) for device in ("cpu", "cuda")}
     assert runs["cuda"]["execution"]["device"] == "cuda" and runs["cuda"]["onnx"]["sparsity_verification"]["ok"]
     for name, info in runs["cpu"]["modules"].items():
         assert runs["cuda"]["modules"][name]["input_scale"] == pytest.approx(info["input_scale"], rel=0.01), name

@@ -11,7 +11,11 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
+from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.settings import EvaluationSettings, ExportSettings, QuantizeSettings
+from sparsetrt.prune.settings import PruneSettings
+from sparsetrt.settings import SettingsError, checked
 
 pytest.importorskip("modelopt.torch.quantization")
 
@@ -25,8 +29,8 @@ def tp_model(tmp_path_factory, calib_file):
 
     root = tmp_path_factory.mktemp("quant")
     dense = make_tiny_llama(root / "dense", hidden=256, intermediate=512, heads=4, kv_heads=4)
-    prune_checkpoint(str(dense), root / "pruned", method="sparsegpt", pattern="2:4", calib=str(calib_file),
-                     calib_samples=8, calib_seq_len=64, progress=False)
+    prune_checkpoint(str(dense), root / "pruned", PruneSettings(),
+                     CalibrationSettings(corpus=str(calib_file), samples=8, seq_len=64), progress=False)
     export_checkpoint(root / "pruned", root / "onnx")
     return root
 
@@ -37,10 +41,13 @@ def quantize(root: Path, calib_file: Path, name: str, precision: str, **kw):
 
     checkpoint = kw.pop("checkpoint", root / "pruned")
     onnx_dir = kw.pop("onnx_dir", root / "onnx")
-    settings = {"precision": precision, **kw.pop("settings", {})}
-    return quantize_checkpoint(checkpoint, onnx_dir, root / name, settings, calib=str(calib_file), calib_samples=8,
-                               calib_seq_len=64, parity_corpus=str(calib_file), parity_windows=2,
-                               parity_seq_len=64, parity=quantized_parity, progress=False, **kw)
+    if "tp_sizes" in kw:
+        kw["tp"] = list(kw.pop("tp_sizes"))
+    settings = QuantizeSettings(**{"precision": precision, **kw.pop("settings", {}), **kw})
+    return quantize_checkpoint(checkpoint, onnx_dir, root / name, settings,
+                               CalibrationSettings(corpus=str(calib_file), samples=8, seq_len=64),
+                               EvaluationSettings(corpus=str(calib_file), windows=2, seq_len=64), quantized_parity,
+                               progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +192,7 @@ def test_quantizing_an_unpruned_model_works(tmp_path, calib_file):
     with torch.no_grad():
         model.model.layers[0].self_attn.q_proj.weight[:, :3] = 0.0
     model.save_pretrained(dense)
-    export_checkpoint(dense, tmp_path / "onnx", precisions=["fp32"])
+    export_checkpoint(dense, tmp_path / "onnx", ExportSettings(precisions=["fp32"]))
     manifest = quantize(tmp_path, calib_file, "int4", "int4", checkpoint=dense, tp_sizes=(1,),
                         settings={"activations": "fp32", "block_size": 64, "embeddings": "int4"})
     assert manifest["onnx"]["sparsity_verification"]["ok"]
@@ -237,17 +244,20 @@ def test_trtllm_layout_matches_the_documented_split(tp_model, int8_run):
             assert f.get_tensor("transformer.layers.0.mlp.proj.weight").dtype == torch.int8
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"tp_sizes": (3,)}, "power of two"),
-    ({"tp_sizes": (8,)}, "4 attention heads do not split over 8 ranks"),
-    ({"settings": {"block_size": 32}}, "block size 32 is not one TensorRT supports"),
-    ({"settings": {"calibrator": "mse"}}, "unknown calibrator 'mse'"),
-    ({"settings": {"smoothquant_alpha": 1.5}}, "SmoothQuant alpha must be in"),
+@pytest.mark.parametrize("data,match", [
+    ({"tp": [3]}, r"\[quantize\] tp must hold powers of two"),
+    ({"precision": "int4", "block_size": 32}, r"\[quantize\] block_size 32 is not an INT4 block size TensorRT"),
+    ({"calibrator": "mse"}, r"\[quantize\] calibrator must be one of 'max', 'percentile' or 'entropy', not 'mse'"),
+    ({"smoothquant_alpha": 1.5}, r"\[quantize\] smoothquant_alpha must be <= 1"),
 ])
-def test_bad_settings_are_refused_before_any_output(tp_model, calib_file, kwargs, match):
-    precision = "int4" if "block_size" in kwargs.get("settings", {}) else "int8"
-    with pytest.raises(SparsetrtError, match=match):
-        quantize(tp_model, calib_file, "refused", precision, **kwargs)
+def test_bad_settings_are_refused_by_name(data, match):
+    with pytest.raises(SettingsError, match=match):
+        checked(QuantizeSettings, {"precision": "int8", **data}, lambda path: f"[quantize] {path[-1]}")
+
+
+def test_a_split_the_shapes_do_not_allow_is_refused_before_any_output(tp_model, calib_file):
+    with pytest.raises(SparsetrtError, match="4 attention heads do not split over 8 ranks"):
+        quantize(tp_model, calib_file, "refused", "int8", tp_sizes=(8,))
     assert not (tp_model / "refused").exists()
 
 

@@ -66,27 +66,27 @@ def test_owl_gives_outlier_rich_layers_less_sparsity_and_hits_the_target():
 
 
 def test_settings_refuse_mismatched_patterns_and_unreachable_ranges_before_any_work():
-    from sparsetrt.prune.masks import parse_pattern
-    from sparsetrt.prune.schedule import ScheduleSettings
+    from conftest import settings_refusal
 
-    with pytest.raises(SparsetrtError, match="--schedule hardware for N:M"):
-        ScheduleSettings(mode="scheduled").validate(parse_pattern("2:4"))
-    with pytest.raises(SparsetrtError, match="give --pattern 2:4"):
-        ScheduleSettings(mode="hardware").validate(parse_pattern("0.5"))
-    with pytest.raises(SparsetrtError, match=r"cannot be reached inside \[0.75, 0.8\]"):
-        ScheduleSettings(mode="scheduled", range="0.75,0.8").validate(parse_pattern("0.7"))
-    with pytest.raises(SparsetrtError, match="'auto' or 'LO,HI'"):
-        ScheduleSettings(mode="scheduled", range="0.6-0.8").validate(parse_pattern("0.7"))
-    with pytest.raises(SparsetrtError, match="unknown schedule"):
-        ScheduleSettings(mode="sometimes").validate(parse_pattern("0.7"))
-    assert ScheduleSettings(mode="scheduled", range="0.6,0.8").validate(parse_pattern("0.7")).bounds() == (0.6, 0.8)
+    from sparsetrt.prune.settings import PruneSettings
+
+    def refusal(pattern, **schedule):
+        return settings_refusal(PruneSettings, pattern=pattern, schedule=schedule)
+
+    assert "use --schedule hardware for N:M" in refusal("2:4", mode="scheduled")
+    assert "give --pattern 2:4" in refusal("0.5", mode="hardware")
+    assert "cannot be reached inside --range [0.75, 0.8]" in refusal("0.7", mode="scheduled", range="0.75,0.8")
+    assert refusal("0.7", mode="scheduled", range="0.6-0.8").startswith("--range must be 'auto' or 'LO,HI'")
+    assert refusal("0.7", mode="sometimes").startswith("--schedule must be one of")
+    assert PruneSettings(pattern="0.7", schedule={"mode": "scheduled", "range": "0.6,0.8"}).schedule.bounds() == \
+        (0.6, 0.8)
 
 
 def test_obs_score_of_the_first_column_is_the_closed_form_optimal_brain_surgeon_error():
     import torch
 
     from sparsetrt.prune.error_probe import damped_inverse_diagonal, error_at_pattern, error_at_sparsity, obs_scores
-    from sparsetrt.prune.masks import parse_pattern
+    from sparsetrt.prune.settings import parse_pattern
 
     torch.manual_seed(0)
     X = torch.randn(500, 8) @ torch.randn(8, 8)
@@ -106,11 +106,15 @@ def test_scheduled_owl_and_hardware_pruning_write_their_schedule(tiny_checkpoint
 
     from safetensors.torch import load_file
 
+    from sparsetrt.calibration.settings import CalibrationSettings
+    from sparsetrt.prune.settings import PruneSettings, ScheduleSettings
     from sparsetrt.prune.stage import prune_checkpoint
 
-    common = dict(calib=str(calib_file), calib_samples=8, calib_seq_len=64, progress=False)
+    calibration = CalibrationSettings(corpus=str(calib_file), samples=8, seq_len=64)
     for mode in ("scheduled", "owl"):
-        m = prune_checkpoint(str(tiny_checkpoint), tmp_path / mode, pattern="0.7", schedule={"mode": mode}, **common)
+        m = prune_checkpoint(str(tiny_checkpoint), tmp_path / mode,
+                             PruneSettings(pattern="0.7", schedule=ScheduleSettings(mode=mode)), calibration,
+                             progress=False)
         s = m["schedule"]
         assert s["mode"] == mode and s["planned_sparsity"] == pytest.approx(0.7, abs=1e-9)
         assert s["measured_sparsity"] == pytest.approx(0.7, abs=0.02)  # per-row rounding of each module's ratio
@@ -119,8 +123,9 @@ def test_scheduled_owl_and_hardware_pruning_write_their_schedule(tiny_checkpoint
         saved = json.loads((tmp_path / mode / "sparsity.json").read_text())
         assert set(saved["schedule"]["sparsities"]) == set(m["modules"])
     original = load_file(str(tiny_checkpoint / "model.safetensors"))
-    m = prune_checkpoint(str(tiny_checkpoint), tmp_path / "hw", pattern="2:4",
-                         schedule={"mode": "hardware", "coverage": 0.6}, **common)
+    m = prune_checkpoint(str(tiny_checkpoint), tmp_path / "hw",
+                         PruneSettings(schedule=ScheduleSettings(mode="hardware", coverage=0.6)), calibration,
+                         progress=False)
     s, pruned = m["schedule"], load_file(str(tmp_path / "hw" / "model.safetensors"))
     assert s["coverage"] >= 0.6 and s["dense_modules"] and set(s["dense_modules"]).isdisjoint(m["modules"])
     assert all(torch_equal(pruned[f"{n}.weight"], original[f"{n}.weight"]) for n in s["dense_modules"])

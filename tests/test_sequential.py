@@ -9,7 +9,7 @@ import sparsetrt.prune.sequential as sequential
 from sparsetrt.calibration.data import random_windows, read_corpus, tokenize_corpus
 from sparsetrt.models import load_model
 from sparsetrt.modules import decoder_layers, target_linears
-from sparsetrt.prune.masks import parse_pattern
+from sparsetrt.prune.settings import parse_pattern
 
 
 @pytest.fixture()

@@ -11,11 +11,15 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
+from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.cli import main
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.settings import EvaluationSettings, ExportSettings, QuantizeSettings
 from sparsetrt.prune.importance import keep_heads
-from sparsetrt.prune.shrink import ShrinkSettings, plan, skip_block
+from sparsetrt.prune.settings import ShrinkSettings
+from sparsetrt.prune.shrink import plan, skip_block
 from sparsetrt.prune.shrink_stage import shrink_checkpoint
+from sparsetrt.runtime.settings import ParitySettings
 
 
 def load(path):
@@ -90,8 +94,8 @@ def test_query_heads_are_ranked_within_their_kv_group(kv_heads):
 
 def test_the_output_round_trips_through_from_pretrained(tiny_checkpoint, calib_file, tmp_path):
     out = tmp_path / "shrunk"
-    shrink_checkpoint(str(tiny_checkpoint), out, ShrinkSettings(mlp="0.5", heads="0.5"), calib=str(calib_file),
-                      calib_samples=4, calib_seq_len=32)
+    shrink_checkpoint(str(tiny_checkpoint), out, ShrinkSettings(mlp="0.5", heads="0.5"),
+                      CalibrationSettings(corpus=str(calib_file), samples=4, seq_len=32))
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and "auto_map" not in config
     assert (config["intermediate_size"], config["num_attention_heads"], config["num_key_value_heads"]) == (64, 2, 2)
@@ -105,7 +109,7 @@ def test_removing_a_block_equals_skipping_it(tiny_checkpoint, calib_file, tmp_pa
     out = tmp_path / "shallow"
     manifest = shrink_checkpoint(str(tiny_checkpoint), out, ShrinkSettings(layers="1",
                                                                            depth_importance=depth_importance),
-                                 calib=str(calib_file), calib_samples=4, calib_seq_len=32)
+                                 calibration=CalibrationSettings(corpus=str(calib_file), samples=4, seq_len=32))
     (removed,) = manifest["removed"]["layers"]
     scores = manifest["removed"]["layer_scores"]
     ranked = scores["skip_loss_increase"] if depth_importance == "loss" else scores["cosine_influence"]
@@ -126,17 +130,17 @@ def test_the_shrunk_model_exports_and_passes_fp32_parity(tiny_checkpoint, calib_
 
     out = tmp_path / "shrunk"
     shrink_checkpoint(str(tiny_checkpoint), out, ShrinkSettings(mlp="0.75", heads="0.5", importance=importance),
-                      calib=str(calib_file), calib_samples=4, calib_seq_len=32)
-    export_checkpoint(out, tmp_path / "onnx", precisions=["fp32"])
-    report = run_parity(out, tmp_path / "onnx", tmp_path / "parity", corpus=str(calib_file), windows=2, seq_len=32,
-                        generate_tokens=8)
+                      calibration=CalibrationSettings(corpus=str(calib_file), samples=4, seq_len=32))
+    export_checkpoint(out, tmp_path / "onnx", ExportSettings(precisions=["fp32"]))
+    report = run_parity(out, tmp_path / "onnx", tmp_path / "parity",
+                        ParitySettings(corpus=str(calib_file), windows=2, seq_len=32, generate_tokens=8))
     assert report["passed"], report
 
 
 @pytest.mark.parametrize("args,message", [
     (["--mlp", "1.5"], "--mlp 1.5: a fraction to keep must be in (0, 1]"),
-    (["--mlp", "0"], "--mlp 0: the size must be between 1"),
-    (["--layers", "0"], "--layers 0: the size must be between 1"),
+    (["--mlp", "0"], "--mlp 0: the size must be at least 1"),
+    (["--layers", "0"], "--layers 0: the size must be at least 1"),
     (["--layers", "9"], "--layers 9: the size must be between 1 and the model's 2"),
     (["--heads", "3"], "--heads 3 does not divide into 2 KV groups"),
     (["--heads", "4", "--kv-heads", "1"], "--heads 4 with 1 KV heads would need 4 query heads per group"),
@@ -161,12 +165,12 @@ def test_families_it_cannot_slice_are_refused(tiny_checkpoint):
 
 
 def test_a_shrunk_student_is_distilled_from_its_dense_teacher(tiny_checkpoint, calib_file, tmp_path):
-    from sparsetrt.prune.distill import DistillSettings
     from sparsetrt.prune.distill_stage import distill_checkpoint
+    from sparsetrt.prune.settings import DistillSettings
 
     student = tmp_path / "shrunk"
-    shrink_checkpoint(str(tiny_checkpoint), student, ShrinkSettings(mlp="0.5", layers="1"), calib=str(calib_file),
-                      calib_samples=4, calib_seq_len=32)
+    shrink_checkpoint(str(tiny_checkpoint), student, ShrinkSettings(mlp="0.5", layers="1"),
+                      CalibrationSettings(corpus=str(calib_file), samples=4, seq_len=32))
     small = {"seq_len": 32, "batch_size": 2, "lr": 1e-3}
     with pytest.raises(SparsetrtError, match="student has 1 blocks and the teacher 2"):
         distill_checkpoint(str(tiny_checkpoint), student, tmp_path / "h", data=str(calib_file),
@@ -185,7 +189,7 @@ def test_a_shrunk_student_is_distilled_from_its_dense_teacher(tiny_checkpoint, c
 def test_an_unknown_estimator_is_refused_with_the_list(tiny_checkpoint, tmp_path, capsys):
     assert main(["shrink", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "x"), "--mlp", "0.5",
                  "--importance", "fisher"]) == 2
-    assert "unknown --importance 'fisher'; use one of activation, taylor, magnitude" in capsys.readouterr().err
+    assert "--importance must be one of 'activation', 'taylor' or 'magnitude', not 'fisher'" in capsys.readouterr().err
 
 
 def test_bench_structured_reports_every_variant_against_dense(pruned_tiny, tiny_checkpoint, calib_file,
@@ -219,10 +223,9 @@ def test_bench_structured_reports_every_variant_against_dense(pruned_tiny, tiny_
     shutil.copytree(pruned_tiny, artifacts / "pruned")
     export_checkpoint(artifacts / "pruned", artifacts / "onnx")
     calib = str(calib_file)
-    quantize_checkpoint(artifacts / "pruned", artifacts / "onnx", artifacts / "int8", {"precision": "int8"},
-                        calib=calib, calib_samples=2, calib_seq_len=32, tp_sizes=(), parity_corpus=calib,
-                        parity_windows=1, parity_seq_len=32, parity=quantized_parity,
-                        progress=False)
+    quantize_checkpoint(artifacts / "pruned", artifacts / "onnx", artifacts / "int8",
+                        QuantizeSettings(precision="int8", tp=[]), CalibrationSettings(corpus=calib, samples=2, seq_len=32),
+                        EvaluationSettings(corpus=calib, windows=1, seq_len=32), quantized_parity, progress=False)
     saved = json.loads((tmp_path / "out" / "structured.json").read_text())
     saved["rows"] = [r for r in saved["rows"] if r["variant"] in ("dense", "mlp-25")]
     (tmp_path / "out" / "structured.json").write_text(json.dumps(saved))
@@ -254,8 +257,9 @@ def test_streamed_shrink_writes_the_in_memory_tensors_and_choices(tmp_path, cali
         for file in fp32.glob("tokenizer*"):
             shutil.copy(file, source / file.name)
         settings = ShrinkSettings(mlp="96", heads="4", importance="magnitude")
-    runs = {stream: shrink_checkpoint(str(source), tmp_path / f"stream-{stream}", settings, calib=str(calib_file),
-                                      calib_samples=6, calib_seq_len=32, stream=stream, progress=False)
+    calibration = CalibrationSettings(corpus=str(calib_file), samples=6, seq_len=32)
+    runs = {stream: shrink_checkpoint(str(source), tmp_path / f"stream-{stream}",
+                                      settings.model_copy(update={"stream": stream}), calibration, progress=False)
             for stream in (False, True)}
 
     def tensors(path):
@@ -283,10 +287,10 @@ def test_streamed_shrink_refuses_what_needs_the_whole_model(tiny_checkpoint, tmp
     for settings, match in ((ShrinkSettings(mlp="0.5", importance="taylor"), "taylor needs gradients"),
                             (ShrinkSettings(layers="1", depth_importance="loss"), "loss runs the whole model")):
         with pytest.raises(SparsetrtError, match=match):
-            shrink_checkpoint(str(tiny_checkpoint), tmp_path / "out", settings, stream=True)
+            shrink_checkpoint(str(tiny_checkpoint), tmp_path / "out", settings.model_copy(update={"stream": True}))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # refused before anything touches the GPU
     with pytest.raises(SparsetrtError, match="needs --stream"):
-        shrink_checkpoint(str(tiny_checkpoint), tmp_path / "out", ShrinkSettings(mlp="0.5"), device="cuda")
+        shrink_checkpoint(str(tiny_checkpoint), tmp_path / "out", ShrinkSettings(mlp="0.5", device="cuda"))
     assert not (tmp_path / "out").exists()
 
 
@@ -295,7 +299,9 @@ def test_streamed_shrink_refuses_what_needs_the_whole_model(tiny_checkpoint, tmp
 def test_streamed_shrink_on_the_gpu_keeps_the_cpus_sizes(tmp_path, calib_file):
     source = make_tiny_llama(tmp_path / "src", hidden=64, intermediate=128, layers=3, heads=8, kv_heads=4, seed=3)
     settings = ShrinkSettings(mlp="0.5", heads="0.5", layers="2")
-    runs = [shrink_checkpoint(str(source), tmp_path / device, settings, calib=str(calib_file), calib_samples=6,
-                              calib_seq_len=32, stream=True, device=device, progress=False) for device in ("cpu", "cuda")]
+    calibration = CalibrationSettings(corpus=str(calib_file), samples=6, seq_len=32)
+    runs = [shrink_checkpoint(str(source), tmp_path / device, settings.model_copy(update={"stream": True,
+                                                                                          "device": device}),
+                              calibration, progress=False) for device in ("cpu", "cuda")]
     assert runs[1]["execution"]["device"] == "cuda" and runs[0]["after"] == runs[1]["after"]
     assert logits(load(tmp_path / "cuda"), IDS).shape == logits(load(tmp_path / "cpu"), IDS).shape

@@ -7,7 +7,8 @@ import torch
 
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.magnitude import magnitude_prune
-from sparsetrt.prune.masks import nm_violations, parse_pattern
+from sparsetrt.prune.masks import nm_violations
+from sparsetrt.prune.settings import parse_pattern
 from sparsetrt.prune.sparsegpt import group_kernels, nm_group_step, reconstruction_error, sparsegpt_prune
 from sparsetrt.prune.wanda import wanda_prune
 

@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_llama
+from pydantic import ValidationError
 from safetensors import safe_open
 
+from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.prune.settings import PruneSettings, ScheduleSettings
 from sparsetrt.prune.stage import prune_checkpoint
 
 
@@ -29,11 +32,12 @@ def config_of(checkpoint: Path) -> dict:
     return config
 
 
-def prune_both(source: Path, tmp_path: Path, **kwargs) -> tuple[Path, Path]:
-    kwargs = {"calib_samples": 6, "calib_seq_len": 48, "progress": False, "batch_size": 4, **kwargs}
+def prune_both(source: Path, tmp_path: Path, calib: str = "auto", **fields) -> tuple[Path, Path]:
+    calibration = CalibrationSettings(corpus=calib, samples=6, seq_len=48)
     whole, streamed = tmp_path / "whole", tmp_path / "streamed"
-    a = prune_checkpoint(str(source), whole, **kwargs)
-    b = prune_checkpoint(str(source), streamed, stream=True, **kwargs)
+    a = prune_checkpoint(str(source), whole, PruneSettings(batch_size=4, **fields), calibration, progress=False)
+    b = prune_checkpoint(str(source), streamed, PruneSettings(batch_size=4, stream=True, **fields), calibration,
+                         progress=False)
     assert a["fingerprint"] == b["fingerprint"]  # the same run: streaming changes where, not what
     assert a["modules"] == {k: {**v, "seconds": a["modules"][k]["seconds"]} for k, v in b["modules"].items()}
     assert (a["execution"], b["execution"]) == ({"device": "cpu", "streamed": False},
@@ -115,11 +119,11 @@ def test_checkpoint_chunks_and_their_digest_are_the_whole_tensors(tmp_path, monk
 def test_stream_refusals_before_any_work(tiny_checkpoint, calib_file, tmp_path, capsys):
     from sparsetrt.cli import main
 
-    with pytest.raises(SparsetrtError, match="probes the whole model"):
-        prune_checkpoint(str(tiny_checkpoint), tmp_path / "a", calib=str(calib_file), stream=True,
-                         schedule={"mode": "hardware"})
-    with pytest.raises(SparsetrtError, match="unknown --device 'tpu'"):
-        prune_checkpoint(str(tiny_checkpoint), tmp_path / "a", calib=str(calib_file), device="tpu")
+    calibration = CalibrationSettings(corpus=str(calib_file))
+    with pytest.raises(ValidationError, match="probes the whole model"):
+        PruneSettings(stream=True, schedule=ScheduleSettings(mode="hardware"))
+    with pytest.raises(ValidationError, match="must be cpu, cuda, cuda:N or auto, not 'tpu'"):
+        PruneSettings(device="tpu")
     binary = tmp_path / "bin"
     binary.mkdir()
     for file in tiny_checkpoint.iterdir():
@@ -127,7 +131,7 @@ def test_stream_refusals_before_any_work(tiny_checkpoint, calib_file, tmp_path, 
             (binary / file.name).write_bytes(file.read_bytes())
     torch.save(tensors(tiny_checkpoint), binary / "pytorch_model.bin")  # the older weight format
     with pytest.raises(SparsetrtError, match="layer streaming reads safetensors"):
-        prune_checkpoint(str(binary), tmp_path / "a", calib=str(calib_file), stream=True, progress=False)
+        prune_checkpoint(str(binary), tmp_path / "a", PruneSettings(stream=True), calibration, progress=False)
     assert not (tmp_path / "a").exists()
     if not torch.cuda.is_available():
         code = main(["prune", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--calib",
@@ -139,9 +143,11 @@ def test_stream_refusals_before_any_work(tiny_checkpoint, calib_file, tmp_path, 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (--device cuda); this machine has none")
 def test_streamed_pruning_on_the_gpu_matches_the_cpu(tiny_checkpoint, calib_file, tmp_path):
-    kwargs = {"calib": str(calib_file), "calib_samples": 6, "calib_seq_len": 48, "progress": False}
-    cpu = prune_checkpoint(str(tiny_checkpoint), tmp_path / "cpu", stream=True, **kwargs)
-    gpu = prune_checkpoint(str(tiny_checkpoint), tmp_path / "gpu", stream=True, device="cuda", **kwargs)
+    calibration = CalibrationSettings(corpus=str(calib_file), samples=6, seq_len=48)
+    cpu = prune_checkpoint(str(tiny_checkpoint), tmp_path / "cpu", PruneSettings(stream=True), calibration,
+                           progress=False)
+    gpu = prune_checkpoint(str(tiny_checkpoint), tmp_path / "gpu", PruneSettings(stream=True, device="cuda"),
+                           calibration, progress=False)
     assert gpu["execution"]["device"] == "cuda"
     a, b = tensors(tmp_path / "cpu"), tensors(tmp_path / "gpu")
     for name in a:  # GPU matmuls round differently: masks may differ on ties, errors stay close

@@ -38,7 +38,7 @@ import numpy as np
 from sparsetrt.artifacts import write_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.runtime.adaptive.features import FEATURES
-from sparsetrt.runtime.settings import POLICIES
+from sparsetrt.runtime.settings import ControllerSettings
 
 log = logging.getLogger("sparsetrt.adaptive")
 STATE_VERSION = 1
@@ -49,34 +49,6 @@ DESIGN_DIM = len(FEATURES) + 1
 def design(x: np.ndarray) -> np.ndarray:
     """The controllers' regressors: the features plus mean NLL squared."""
     return np.append(x, x[FEATURES.index("mean_nll")] ** 2)
-
-
-@dataclass
-class ControllerSettings:
-    policy: str = "linucb"          # linucb | thompson | threshold | static
-    lam: float = 0.25               # nats per unit of relative cost (fixed, or the start of dual ascent)
-    budget: float | None = None     # mean cost relative to dense; set -> lam follows dual ascent
-    eta: float = 0.5                # dual ascent step
-    alpha: float = 0.3              # LinUCB exploration width (at 0.1 one bad first draw locks an arm out)
-    noise: float = 0.3              # Thompson posterior scale (nats)
-    ridge: float = 1.0              # prior precision of each arm's quality regression
-    audit_fraction: float = 0.1     # share of requests also run on the dense arm to measure quality
-    escalation: bool = False        # per-token escalation to dense when entropy crosses the learned threshold
-    static_arm: str | None = None   # policy static: the variant's name
-    seed: int = 0
-
-    def validate(self, arms: list[str]) -> "ControllerSettings":
-        if self.policy not in POLICIES:
-            raise SparsetrtError(f"unknown adaptive policy '{self.policy}'; use one of {', '.join(POLICIES)}")
-        if self.lam < 0 or self.eta < 0 or self.alpha < 0 or self.noise < 0 or self.ridge <= 0:
-            raise SparsetrtError("lam, eta, alpha and noise must be >= 0 and ridge > 0")
-        if self.budget is not None and not 0 < self.budget <= 2:
-            raise SparsetrtError("budget is the mean cost relative to the dense variant: give a value in (0, 2]")
-        if not 0 <= self.audit_fraction <= 1:
-            raise SparsetrtError("audit fraction must be in [0, 1]")
-        if self.policy == "static" and self.static_arm not in arms:
-            raise SparsetrtError(f"policy static needs one of the variants {', '.join(arms)}, not {self.static_arm!r}")
-        return self
 
 
 @dataclass
@@ -236,7 +208,7 @@ class Controller:
 def load_controller(path: Path | None, arms: Arms, settings: ControllerSettings) -> Controller:
     """The controller saved at `path` when there is one that fits these arms, else a fresh one. A file that cannot
     be read back is reported, kept beside as <name>.corrupt for inspection, and replaced by a fresh controller."""
-    settings.validate(arms.names)
+    settings.check_arms(arms.names)
     if path is None or not Path(path).exists():
         return Controller(arms, settings)
     path = Path(path)

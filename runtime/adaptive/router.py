@@ -29,12 +29,13 @@ import numpy as np
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import VARIANT_MANIFEST
 from sparsetrt.models import load_tokenizer
-from sparsetrt.runtime.adaptive.controllers import Arms, ControllerSettings, load_controller
+from sparsetrt.runtime.adaptive.controllers import Arms, load_controller
 from sparsetrt.runtime.adaptive.features import log_softmax, probe_features, token_stats
 from sparsetrt.runtime.adaptive.variant_set import CostModel, decision_costs, read_variant_set
 from sparsetrt.runtime.backends import make_runner
 from sparsetrt.runtime.backends.base import position_ids_for
 from sparsetrt.runtime.serve.served_model import DEFAULT_MAX_PROMPT_TOKENS, context_tokens
+from sparsetrt.runtime.settings import ControllerSettings
 
 log = logging.getLogger("sparsetrt.adaptive")
 
@@ -284,7 +285,7 @@ def resolve_adaptive(variants: str | Path, settings: ControllerSettings, name: s
     manifest = read_variant_set(Path(variants))
     manifest_path = Path(variants) if Path(variants).is_file() else Path(variants) / VARIANT_MANIFEST
     names = [v["name"] for v in manifest["variants"]]
-    settings.validate(names)
+    settings.check_arms(names)
     if settings.policy == "threshold" and not _has_threshold(state_path):
         raise SparsetrtError("--adaptive threshold needs a fitted threshold: pass --controller-state "
                              "artifacts/adaptive/controller-threshold.json (make bench-adaptive fits it), or use "

@@ -20,6 +20,7 @@ import numpy as np
 from sparsetrt.artifacts import read_json, write_json
 from sparsetrt.calibration.data import load_corpus, random_windows, tokenize_corpus
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.settings import ExportSettings
 from sparsetrt.export.stage import export_checkpoint
 from sparsetrt.layout import FLOAT_PRECISIONS, STRUCTURE_MANIFEST, VARIANT_MANIFEST, ArtifactsTree
 from sparsetrt.models import load_tokenizer
@@ -141,7 +142,7 @@ def collect_variants(artifacts: Path, backend: str = "onnxruntime", schedules: P
             if not (checkpoint / "sparsity.json").is_file():
                 continue
             onnx_dir = checkpoint / "onnx"
-            exported = export_checkpoint(checkpoint, onnx_dir, precisions=["fp32"], reuse=True)
+            exported = export_checkpoint(checkpoint, onnx_dir, ExportSettings(precisions=["fp32"]), reuse=True)
             entries.append({"name": f"{checkpoint.name}-fp32", "pattern": checkpoint.name, "precision": "fp32",
                             "backend": backend, "path": str(onnx_dir / exported["files"]["fp32"]["onnx"])})
     return entries

@@ -12,24 +12,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sparsetrt.devices import resolve_device
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.lazy import lazy_import
 from sparsetrt.runtime.settings import BACKENDS
 
 onnxrt = lazy_import("sparsetrt.runtime.backends.onnxrt")
 pytorch = lazy_import("sparsetrt.runtime.backends.pytorch")
-torch = lazy_import("torch")
+ort = lazy_import("onnxruntime")
 trt = lazy_import("sparsetrt.runtime.backends.trt")
 
 
 def make_runner(backend: str, path: str | Path, device: str = "auto", **kwargs):
     """A runner by name: pytorch (checkpoint dir), onnxruntime (.onnx file), tensorrt (.engine file)."""
     if backend == "pytorch":
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        return pytorch.TorchRunner.from_checkpoint(Path(path), device=device, **kwargs)
+        return pytorch.TorchRunner.from_checkpoint(Path(path), device=resolve_device(device), **kwargs)
     if backend == "onnxruntime":
-        providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if device in ("auto", "cuda") else \
-            ("CPUExecutionProvider",)
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise SparsetrtError(f"--device {device}: this onnxruntime has no CUDA provider (it has "
+                                 f"{', '.join(ort.get_available_providers())}); use --device cpu, or install "
+                                 "onnxruntime-gpu on a CUDA machine")
+        providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if device != "cpu" else ("CPUExecutionProvider",)
         return onnxrt.OnnxRuntimeRunner(Path(path), providers=providers, **kwargs)
     if backend == "tensorrt":
         return trt.TensorRTRunner(Path(path), **kwargs)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -40,7 +40,6 @@ from sparsetrt.errors import SparsetrtError
 from sparsetrt.models import load_tokenizer
 from sparsetrt.runtime.adaptive.controllers import (
     Arms,
-    ControllerSettings,
     fit_threshold,
     load_controller,
     timed_decision,
@@ -51,6 +50,7 @@ from sparsetrt.runtime.backends import make_runner
 from sparsetrt.runtime.bench.adaptive_report import write_adaptive_report
 from sparsetrt.runtime.bench.gpu import block_speedups
 from sparsetrt.runtime.bench.settings import AdaptiveBenchSettings
+from sparsetrt.runtime.settings import ControllerSettings
 
 SOURCES = ("wikitext-valid", "python-docs", "sparsetrt-source", "repetitive", "shuffled")
 GPU_COST_NOTE = ("not modelled: pass --gpu-cost benchmarks/gpu.json (`make bench-gpu` on a CUDA GPU measures the "
@@ -427,7 +427,7 @@ def modelled_gpu(table: dict, meta: dict, manifest: dict, names: list[str], sett
 
 def run_adaptive_bench(variant_set: Path, out: Path, work: Path, settings: AdaptiveBenchSettings | None = None,
                        reuse_table: bool = True, progress: bool = True, gpu_cost: Path | None = None) -> dict:
-    settings = (settings or AdaptiveBenchSettings()).validate()
+    settings = settings or AdaptiveBenchSettings()
     gpu_report = read_gpu_report(gpu_cost) if gpu_cost else None  # a bad file fails before the long measurement
     manifest = read_variant_set(variant_set)
     all_names = [v["name"] for v in manifest["variants"]]
@@ -441,7 +441,7 @@ def run_adaptive_bench(variant_set: Path, out: Path, work: Path, settings: Adapt
     work, out = Path(work), Path(out)
     work.mkdir(parents=True, exist_ok=True)
     table_path = work / "table.npz"
-    key = {"settings": {k: v for k, v in asdict(settings).items()
+    key = {"settings": {k: v for k, v in settings.model_dump().items()
                         if k in ("inputs_per_source", "new_tokens", "min_prompt_tokens", "max_prompt_tokens", "seed")},
            "variants": {n: next(v["path"] for v in manifest["variants"] if v["name"] == n) for n in names}}
     table, meta = None, None
@@ -471,7 +471,7 @@ def run_adaptive_bench(variant_set: Path, out: Path, work: Path, settings: Adapt
     report = {"policies": measured["policies"], "sweep": measured["sweep"], "acceptance": measured["acceptance"],
               "frontier": measured["frontier"], "lam": measured["lam"],
               "modelled_gpu_cost_note": GPU_COST_NOTE if gpu is None else gpu["note"], "modelled_gpu": gpu,
-              "settings": asdict(settings), "variants": manifest["variants"],
+              "settings": settings.model_dump(), "variants": manifest["variants"],
               "dense": manifest["dense"], "probe": manifest["probe"], "machine": machine,
               "stream": {"inputs": st.n, "train": st.train, "evaluate": st.n - st.train, "sources": meta["sources"],
                          "per_source": {s: meta["source_of"].count(s) for s in meta["sources"]},
@@ -510,12 +510,12 @@ def replay_all(st: StreamTable, settings: AdaptiveBenchSettings, states: Path | 
     for label, policy, escalation in (("threshold", "threshold", False), ("linucb", "linucb", False),
                                       ("thompson", "thompson", False), ("linucb+escalation", "linucb", True)):
         save_to = None if states is None else Path(states) / f"controller-{label}.json"
-        main.append(replay_controller(st, replace(base, policy=policy, escalation=escalation), label, save_to))
+        main.append(replay_controller(st, base.model_copy(update=dict(policy=policy, escalation=escalation)), label, save_to))
     main.append(replay_oracle(st, lam))
     sweep = []
     for price in settings.lams:
         for policy in ("linucb", "thompson"):
-            sweep.append(replay_controller(st, replace(base, policy=policy, lam=price), f"{policy}@{price:g}"))
+            sweep.append(replay_controller(st, base.model_copy(update=dict(policy=policy, lam=price)), f"{policy}@{price:g}"))
         oracle = replay_oracle(st, price)
         oracle.policy = f"oracle@{price:g}"
         sweep.append(oracle)

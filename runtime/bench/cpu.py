@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -222,7 +221,6 @@ def _worker(spec_path: str) -> int:
 # ------------------------------------------------------------------------------------------------ the run
 
 def run_cpu_bench(artifacts: Path, out: Path, work: Path, settings: CpuBenchSettings, progress: bool = True) -> dict:
-    settings.validate()
     tree = ArtifactsTree(artifacts)
     if not tree.onnx("fp32", "onnxruntime").is_file():
         raise SparsetrtError(f"{tree.onnx('fp32', 'onnxruntime')} does not exist: run `make demo` (and `make demo "
@@ -237,8 +235,7 @@ def run_cpu_bench(artifacts: Path, out: Path, work: Path, settings: CpuBenchSett
     if settings.genai:
         rows.append(genai_model(tree.dense_checkpoint(), Path(work), progress))
     tokenizer = load_tokenizer(tree.pruned)
-    speed = BenchSettings(batches=settings.batches, prompt_tokens=settings.prompt_tokens,
-                          new_tokens=settings.new_tokens, warmup=settings.warmup, repeats=settings.repeats)
+    speed = settings.speed()
     prompts, corpus = bench_prompts(tokenizer, settings.corpus, max(settings.batches), settings.prompt_tokens)
     text = load_corpus(settings.corpus, "test")
     windows = sequential_windows(tokenize_corpus(tokenizer, text), settings.seq_len, settings.eval_windows).tolist()
@@ -248,7 +245,7 @@ def run_cpu_bench(artifacts: Path, out: Path, work: Path, settings: CpuBenchSett
             print(f"[{index}/{len(rows)}] {candidate['label']} ...", flush=True)
         if candidate["kind"] == "genai":
             candidate["speed"] = run_worker("genai-speed", {"candidate": candidate, "prompts": prompts,
-                                                            "settings": asdict(speed)})["records"]
+                                                            "settings": speed.model_dump()})["records"]
         else:
             deployable = Deployable("onnxruntime", candidate["precision"], candidate["pattern"], candidate["path"])
             candidate["speed"] = [{k: r[k] for k in ("batch", "ttft_ms", "decode_tokens_per_s", "e2e_ms",
@@ -260,7 +257,7 @@ def run_cpu_bench(artifacts: Path, out: Path, work: Path, settings: CpuBenchSett
             cells = ", ".join(f"b{r['batch']} {r['decode_tokens_per_s']:.1f} tok/s" for r in candidate["speed"])
             print(f"    {cells}; TTFT {candidate['speed'][0]['ttft_ms']:.0f} ms; ppl {candidate['perplexity']:.2f}",
                   flush=True)
-    report = {"format": "sparsetrt.bench-cpu/1", "artifacts": str(artifacts), "settings": asdict(settings),
+    report = {"format": "sparsetrt.bench-cpu/1", "artifacts": str(artifacts), "settings": settings.model_dump(),
               "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform(),
                           "onnxruntime": ort.__version__,
                           "onnxruntime_genai": og.__version__ if settings.genai else None},

@@ -22,7 +22,6 @@ import math
 import platform
 import statistics
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -239,7 +238,7 @@ def gpu_facts(torch) -> dict:
 
 def run_gpu_bench(out: Path, settings: GpuBenchSettings | None = None, progress: bool = True) -> dict:
     """Everything above, then gpu.json / gpu.md / gpu.png in `out`. Refuses first where no GPU can run it."""
-    settings = (settings or GpuBenchSettings()).validate()
+    settings = settings or GpuBenchSettings()
     torch = require_sparse_gpu()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +270,7 @@ def run_gpu_bench(out: Path, settings: GpuBenchSettings | None = None, progress:
             records += e2e_cells(torch, model, settings, log)
     after = gpu_facts(torch)
     report = {"format": FORMAT, "device": before, "clocks_after": (after.get("nvml") or {}),
-              "settings": asdict(settings), "seconds": round(time.perf_counter() - started, 1),
+              "settings": settings.model_dump(), "seconds": round(time.perf_counter() - started, 1),
               "records": records, "log": lines}
     report["summary"] = summarize(records)
     write_json(out / "gpu.json", report)

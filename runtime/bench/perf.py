@@ -102,7 +102,7 @@ def _torch_peak(gpu: bool) -> float | None:
 def run_in_subprocess(deployable: Deployable, prompts: list[list[int]], settings: BenchSettings, pad_id: int) -> list[dict]:
     """Measure `deployable` in a fresh interpreter; returns its records (or raises with the worker's last words)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"deployable": asdict(deployable), "prompts": prompts, "settings": asdict(settings), "pad_id": pad_id}, f)
+        json.dump({"deployable": asdict(deployable), "prompts": prompts, "settings": settings.model_dump(), "pad_id": pad_id}, f)
         spec = f.name
     try:
         proc = subprocess.run([sys.executable, "-m", __name__, spec], capture_output=True, text=True)
@@ -132,7 +132,7 @@ def bench_prompts(tokenizer, corpus: str, count: int, prompt_tokens: int) -> tup
 def run_bench(deployables: list[Deployable], tokenizer, out: str | Path, settings: BenchSettings | None = None,
               corpus: str = "auto", progress: bool = True) -> list[dict]:
     """Measure every deployable (each in its own process) and write bench.json / bench.md / plots into `out`."""
-    settings = (settings or BenchSettings()).validate()
+    settings = settings or BenchSettings()
     if not deployables:
         raise SparsetrtError("nothing to benchmark: no deployable's files exist (run `make demo` first)")
     prompts, corpus_description = bench_prompts(tokenizer, corpus, max(settings.batches), settings.prompt_tokens)
@@ -160,7 +160,6 @@ def bench_artifacts(artifacts: Path, out: Path, settings: BenchSettings, dense: 
                     corpus: str = "auto", progress: bool = True) -> list[dict]:
     """`sparsetrt bench perf`: every deployable of an artifacts tree (with --dense, the dense baseline exported and
     quantized first), those whose label contains one of the comma-separated `only` substrings when given."""
-    settings.validate()
     if dense:
         print("==> dense baseline artifacts (export + quantize with the 2:4 runs' settings)", flush=True)
         prepare_dense(artifacts, progress=progress)

@@ -77,7 +77,7 @@ def _mb(value) -> str:
 
 def write_bench_report(out: Path, records: list[dict], settings) -> list[Path]:
     write_text_atomic(out / "bench.md", markdown(records, settings))
-    write_json(out / "bench-summary.json", {"summary": summary(records), "settings": vars(settings)})
+    write_json(out / "bench-summary.json", {"summary": summary(records), "settings": settings.model_dump()})
     return plot(out, records)
 
 

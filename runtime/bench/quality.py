@@ -27,8 +27,8 @@ from sparsetrt.export.quantize import quantize_model
 from sparsetrt.export.settings import QuantSettings
 from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint
 from sparsetrt.modules import target_linears
-from sparsetrt.prune.masks import parse_pattern
-from sparsetrt.prune.sequential import METHODS, prune_model
+from sparsetrt.prune.sequential import prune_model
+from sparsetrt.prune.settings import METHODS, parse_pattern
 
 # Figures measured with neighbouring tools under the same protocol on this machine class when the project began.
 # They are quoted, not re-measured by this benchmark.
@@ -114,7 +114,7 @@ def _evaluate_method(checkpoint: str, method: str, pattern: str, calib, evaluati
     if precision:
         start = time.perf_counter()
         modules = target_linears(lm)
-        settings = QuantSettings(precision=precision).validate()
+        settings = QuantSettings(precision=precision).resolved()
         if precision == "int4":
             settings.block_size = model_block_size(modules, settings.block_size, settings.block_fallback)
         masks = {name: m.weight.detach() != 0 for name, m in modules.items()} if base != "dense" else {}

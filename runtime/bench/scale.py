@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -250,7 +249,7 @@ def run_scale_bench(settings: ScaleBenchSettings, out: Path, work: Path, progres
     tokenizer_dir = resolve_checkpoint("smollm2-135m")
     started = time.perf_counter()
     rows = []
-    report = {"format": "sparsetrt.scale-bench/1", "settings": asdict(settings),
+    report = {"format": "sparsetrt.scale-bench/1", "settings": settings.model_dump(),
               "machine": f"{cpu_name()} ({os.cpu_count()} CPUs, {settings.memory_gib:.1f} GiB), {platform.platform()}",
               "rows": rows}
     earlier = previous_results(out / "scale.json", settings)

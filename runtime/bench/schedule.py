@@ -21,11 +21,12 @@ import torch
 
 from sparsetrt.artifacts import fingerprint, pyplot, read_json, save_figure, write_json, write_text_atomic
 from sparsetrt.calibration.data import CorpusText, default_corpus, sequential_windows, tokenize_corpus
+from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import DISTILL_MANIFEST
 from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint
-from sparsetrt.prune.distill import DistillSettings
 from sparsetrt.prune.distill_stage import distill_checkpoint
+from sparsetrt.prune.settings import DistillSettings, PruneSettings, ScheduleSettings
 from sparsetrt.prune.stage import prune_checkpoint
 from sparsetrt.runtime.bench.quality import perplexity
 from sparsetrt.runtime.bench.settings import ScheduleBenchSettings
@@ -124,9 +125,9 @@ def schedule_benchmark(model: str, out: str | Path, work: str | Path, settings: 
 
 def prune_case(checkpoint: Path, work: Path, case: dict, settings: ScheduleBenchSettings, progress: bool) -> dict:
     """`sparsetrt prune` of one schedule case into work/<name> (a finished identical run is reused)."""
-    return prune_checkpoint(str(checkpoint), work / case["name"], method="sparsegpt", pattern=case["pattern"],
-                            calib="auto", calib_samples=settings.calib_samples, calib_seq_len=settings.seq_len,
-                            seed=settings.seed, schedule=case["schedule"], reuse=True, overwrite=True,
+    prune = PruneSettings(method="sparsegpt", pattern=case["pattern"], schedule=ScheduleSettings(**case["schedule"]))
+    calibration = CalibrationSettings(samples=settings.calib_samples, seq_len=settings.seq_len, seed=settings.seed)
+    return prune_checkpoint(str(checkpoint), work / case["name"], prune, calibration, reuse=True, overwrite=True,
                             progress=progress)
 
 
@@ -158,7 +159,7 @@ def _write(out: Path, model, checkpoint, settings, calib_text, eval_text, other,
                      "distillation": f"{settings.distill_minutes:g} min per variant on the calibration split"},
         "machine": {"processor": platform.processor() or platform.machine(), "platform": platform.platform(),
                     "cpu_threads": torch.get_num_threads(), "torch": torch.__version__},
-        "settings": vars(settings),
+        "settings": settings.model_dump(),
         "results": rows,
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -23,9 +22,10 @@ import httpx
 from sparsetrt.artifacts import pyplot, save_figure, write_json, write_text_atomic
 from sparsetrt.runtime.bench.settings import ServeBenchSettings
 from sparsetrt.runtime.measure import cpu_name
-from sparsetrt.runtime.serve.loadtest import LoadSettings, run_load
+from sparsetrt.runtime.serve.loadtest import run_load
 from sparsetrt.runtime.serve.metrics import scrape_batching
 from sparsetrt.runtime.serve.process import free_port, start_server, stop_server, wait_until_ready
+from sparsetrt.runtime.settings import LoadSettings
 
 TARGET_SPEEDUP = 2.5  # batching must pay: batched tokens/s >= 2.5x unbatched, with a lower p99 latency
 
@@ -60,7 +60,7 @@ def run_serve_bench(settings: ServeBenchSettings, out: Path, work: Path) -> dict
     work.mkdir(parents=True, exist_ok=True)
 
     def load(duration_s: float) -> LoadSettings:
-        return LoadSettings(url="", clients=settings.clients, duration_s=duration_s, max_tokens=settings.max_tokens)
+        return LoadSettings(clients=settings.clients, duration_s=duration_s, max_tokens=settings.max_tokens)
 
     phases = []
     for precision in settings.precisions:
@@ -70,7 +70,7 @@ def run_serve_bench(settings: ServeBenchSettings, out: Path, work: Path) -> dict
                                     "--max-batch", str(batch)))
     phases.append(run_phase("overload", settings, settings.precisions[0], load(settings.overload_duration_s), work,
                             "--max-batch", str(settings.max_batch), "--max-queue", str(settings.overload_queue)))
-    report = {"format": "sparsetrt.serve-bench/2", "settings": asdict(settings),
+    report = {"format": "sparsetrt.serve-bench/2", "settings": settings.model_dump(),
               "machine": f"{cpu_name()} ({os.cpu_count()} CPUs), {platform.platform()}; server and clients share it",
               "phases": {p["phase"]: {k: v for k, v in p.items() if k != "records"} for p in phases},
               "comparison": compare(phases)}

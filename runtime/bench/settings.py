@@ -4,59 +4,64 @@ parsers from it without importing a benchmark, torch or onnxruntime)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
-from sparsetrt.errors import SparsetrtError
+from pydantic import Field, model_validator
+
+from sparsetrt.runtime.settings import BACKENDS, SERVE_PRECISIONS
+from sparsetrt.settings import SEED_MAX, Settings, named, option
+
+Positive = Annotated[int, Field(ge=1, le=1 << 20)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
 # perf: `sparsetrt bench perf`
-@dataclass
-class BenchSettings:
-    batches: tuple[int, ...] = (1, 4)
-    prompt_tokens: int = 128
-    new_tokens: int = 64
-    warmup: int = 1
-    repeats: int = 3
+class BenchSettings(Settings):
+    """Timing."""
 
-    def validate(self) -> "BenchSettings":
-        if not self.batches or min(self.batches) < 1:
-            raise SparsetrtError("batch sizes must be >= 1")
-        if self.prompt_tokens < 1 or self.new_tokens < 2:
-            raise SparsetrtError("prompt tokens must be >= 1 and new tokens >= 2 (one prefill, one decode step)")
-        if self.repeats < 1 or self.warmup < 0:
-            raise SparsetrtError("repeats must be >= 1 and warmup >= 0")
-        return self
+    batches: list[Positive] = option([1, 4], "comma-separated batch sizes", style="comma", min_length=1)
+    prompt_tokens: int = option(128, "prompt tokens per request", ge=1, le=1 << 20)
+    new_tokens: int = option(64, "new tokens per request (>= 2: one prefill, one decode step)", ge=2, le=1 << 20)
+    warmup: int = option(1, "untimed generations first", ge=0, le=1000)
+    repeats: int = option(3, "timed generations per batch size", ge=1, le=1000)
 
 
 # schedule: `sparsetrt bench schedule`
-@dataclass
-class ScheduleBenchSettings:
-    targets: list = field(default_factory=lambda: [0.6, 0.7, 0.8])
-    coverages: list = field(default_factory=lambda: [0.9, 0.75])
-    distill: list = field(default_factory=lambda: ["all"])  # variant names, "all" or "none"
-    distill_minutes: float = 30.0
-    distill_steps: int = 0  # 0 = as many as fit distill_minutes
-    eval_windows: int = 40
-    seq_len: int = 512
-    calib_samples: int = 32
-    seed: int = 0
+class ScheduleBenchSettings(Settings):
+    """Schedules compared."""
+
+    targets: list[Fraction] = option([0.6, 0.7, 0.8], "unstructured target sparsities", style="comma", min_length=1)
+    coverages: list[Annotated[float, Field(ge=0, le=1)]] = option(
+        [0.9, 0.75], "hardware mode: fractions of Linear weights made 2:4", style="comma", min_length=1)
+    distill: list[str] = option(["all"], "comma-separated schedule cases to distill, all, or none", style="comma",
+                                min_length=1)
+    distill_minutes: float = option(30.0, "budget per distilled case", gt=0, le=10**6)
+    distill_steps: int = option(0, "steps per distilled case (0: as many as fit the minutes)", ge=0, le=10**9,
+                                cli=False)
+    eval_windows: int = option(40, "evaluation windows per domain", ge=1, le=100_000)
+    seq_len: int = option(512, "tokens per window", ge=2, le=1 << 20, cli=False)
+    calib_samples: int = option(32, "calibration windows", ge=1, le=100_000, cli=False)
+    seed: int = option(0, "random seed", ge=0, le=SEED_MAX, cli=False)
 
 
 # serve: `sparsetrt bench serve`
-@dataclass
-class ServeBenchSettings:
-    model: str = "artifacts"
-    backend: str = "onnxruntime"
-    precisions: tuple[str, ...] = ("fp32", "int8")
-    max_batch: int = 8
-    clients: int = 32
-    duration_s: float = 60.0
-    max_tokens: int = 32
-    overload_queue: int = 4
-    overload_duration_s: float = 20.0
+class ServeBenchSettings(Settings):
+    """Servers and load."""
+
+    model: str = option("artifacts", "what `serve --model` gets (default: the demo's artifacts)", min_length=1)
+    backend: Literal[BACKENDS] = option("onnxruntime", "the servers' backend")
+    precisions: list[Literal[SERVE_PRECISIONS[1:]]] = option(
+        ["fp32", "int8"], "comma-separated: a batched and an unbatched server each", style="comma", min_length=1)
+    max_batch: int = option(8, "the batching servers' --max-batch (>= 2; the unbatched server, --max-batch 1, runs "
+                               "beside it)", ge=2, le=4096)
+    clients: int = option(32, "concurrent clients", ge=1, le=100_000)
+    duration_s: float = option(60.0, "seconds of the load phase", flag="--duration", gt=0, le=86_400)
+    max_tokens: int = option(32, "max_tokens of each request", ge=1, le=1 << 20)
+    overload_queue: int = option(4, "queue limit of the overload phase", ge=1, le=100_000)
+    overload_duration_s: float = option(20.0, "seconds of the overload phase", flag="--overload-duration", gt=0,
+                                        le=86_400)
 
 
-# structured: `sparsetrt bench structured`
 # name: (shrink sizes, what it removes) for SmolLM2-135M (30 blocks, 9 heads in 3 KV groups, MLP 1536): the
 # shares of decoder Linear weights removed are computed and reported, these are only the knobs.
 SMOLLM2_VARIANTS = {
@@ -70,21 +75,23 @@ SMOLLM2_VARIANTS = {
 }
 
 
-@dataclass
-class StructuredBenchSettings:
-    model: str = "smollm2-135m"
-    variants: dict = field(default_factory=lambda: dict(SMOLLM2_VARIANTS))
-    pruned_2to4: str | None = "artifacts/pruned"   # the demo's 2:4 checkpoint, for comparison (None: skip)
-    calib_samples: int = 32
-    seq_len: int = 512
-    eval_windows: int = 40
-    second_domain_windows: int = 10
-    distill: tuple[str, ...] = ()                  # variants also distilled
-    distill_minutes: float = 30.0
-    batches: tuple[int, ...] = (1, 4)
-    prompt_tokens: int = 128
-    new_tokens: int = 64
-    repeats: int = 3
+class StructuredBenchSettings(Settings):
+    """Variants and measurements."""
+
+    model: str = option("smollm2-135m", "the dense model (the variants' sizes are SmolLM2's)", min_length=1)
+    variants: dict[str, dict[str, str]] = option(dict(SMOLLM2_VARIANTS), "name -> shrink sizes", cli=False)
+    pruned_2to4: str | None = option("artifacts/pruned", "a 2:4 checkpoint to compare with (none: skip)",
+                                     cli=False)
+    calib_samples: int = option(32, "calibration windows", ge=1, le=100_000, cli=False)
+    seq_len: int = option(512, "tokens per window", ge=2, le=1 << 20, cli=False)
+    eval_windows: int = option(40, "evaluation windows", ge=1, le=100_000)
+    second_domain_windows: int = option(10, "windows of the second domain", ge=1, le=100_000, cli=False)
+    distill: list[str] = option([], "variants also distilled", cli=False)
+    distill_minutes: float = option(30.0, "budget per distilled variant", gt=0, le=10**6)
+    batches: list[Positive] = option([1, 4], "batch sizes timed", cli=False, min_length=1)
+    prompt_tokens: int = option(128, "prompt tokens", ge=1, le=1 << 20, cli=False)
+    new_tokens: int = option(64, "new tokens", ge=2, le=1 << 20, cli=False)
+    repeats: int = option(3, "timed generations per batch size", ge=1, le=1000)
 
 
 # gpu: `sparsetrt bench gpu`
@@ -113,38 +120,28 @@ E2E_MODELS = {
 DTYPES = ("fp16", "bf16", "int8")
 
 
-@dataclass
-class GpuBenchSettings:
-    tokens: tuple[int, ...] = (1, 16, 128, 1024, 4096)
-    dtypes: tuple[str, ...] = DTYPES
-    gemm_models: tuple[str, ...] = tuple(GEMM_SHAPES)
-    e2e_models: tuple[str, ...] = tuple(E2E_MODELS)
-    batches: tuple[int, ...] = (1, 8, 32)
-    prompt_tokens: int = 128
-    new_tokens: int = 64
-    samples: int = 20             # timed samples per cell (the median is reported)
-    warmup: int = 5
-    e2e_repeats: int = 3          # timed generations per end-to-end cell
-    energy_window_s: float = 1.0  # NVML's counter updates every 20-100 ms: measure over at least this long
-    seed: int = 0
+class GpuBenchSettings(Settings):
+    """GEMMs and end-to-end generation."""
 
-    def validate(self) -> "GpuBenchSettings":
-        unknown = [d for d in self.dtypes if d not in DTYPES]
-        if unknown:
-            raise SparsetrtError(f"unknown dtype(s) {unknown}; choose from {', '.join(DTYPES)}")
-        for name, chosen, known in (("GEMM model", self.gemm_models, GEMM_SHAPES),
-                                    ("end-to-end model", self.e2e_models, E2E_MODELS)):
-            if any(m not in known for m in chosen):
-                raise SparsetrtError(f"unknown {name} in {list(chosen)}; choose from {', '.join(known)}")
-        if not self.tokens or min(self.tokens) < 1 or not self.batches or min(self.batches) < 1:
-            raise SparsetrtError("token counts and batch sizes must be >= 1")
-        if self.samples < 20:
-            raise SparsetrtError("--samples must be >= 20 (the median of at least 20 timed samples)")
-        if self.warmup < 1 or self.e2e_repeats < 1 or self.prompt_tokens < 1 or self.new_tokens < 2:
-            raise SparsetrtError("warm-up and repeats must be >= 1, prompt tokens >= 1 and new tokens >= 2")
-        if self.energy_window_s <= 0:
-            raise SparsetrtError("the energy window must be > 0 s")
-        return self
+    tokens: list[Positive] = option([1, 16, 128, 1024, 4096], "GEMM: comma-separated token counts (M)",
+                                    style="comma", min_length=1)
+    dtypes: list[Literal[DTYPES]] = option(list(DTYPES), "GEMM: comma-separated dtypes", style="comma",
+                                           min_length=1)
+    gemm_models: list[Literal[tuple(GEMM_SHAPES)]] = option(list(GEMM_SHAPES), "whose Linear shapes to time",
+                                                            style="comma")
+    e2e_models: list[Literal[tuple(E2E_MODELS)]] = option(
+        list(E2E_MODELS), "end-to-end models (random weights, made 2:4 on the GPU); empty for none", style="comma")
+    batches: list[Positive] = option([1, 8, 32], "end to end: comma-separated batch sizes", style="comma",
+                                     min_length=1)
+    prompt_tokens: int = option(128, "end to end: prompt tokens", ge=1, le=1 << 20, cli=False)
+    new_tokens: int = option(64, "end to end: new tokens", ge=2, le=1 << 20, cli=False)
+    samples: int = option(20, "timed samples per GEMM cell (>= 20; the median is reported)", ge=20, le=100_000)
+    warmup: int = option(5, "untimed runs first", ge=1, le=10_000, cli=False)
+    e2e_repeats: int = option(3, "timed generations per end-to-end cell", ge=1, le=10_000)
+    # NVML's counter updates every 20-100 ms: measure over at least this long
+    energy_window_s: float = option(1.0, "seconds NVML energy is measured over", flag="--energy-window", gt=0,
+                                    le=3600)
+    seed: int = option(0, "random seed", ge=0, le=SEED_MAX, cli=False)
 
 
 # scale: `sparsetrt bench scale`
@@ -176,59 +173,57 @@ STAGES = ("prune", "prune-stream", "export-fp16", "export-fp16-stream", "engine-
           "shrink", "shrink-stream")
 
 
-@dataclass
-class ScaleBenchSettings:
-    runs: tuple = DEFAULT_RUNS
-    calib_samples: int = 16
-    calib_seq_len: int = 256
-    stages: tuple[str, ...] = STAGES
-    note: str = ""  # what else ran on the machine, said in the report (the wall times depend on it)
-    memory_gib: float = field(default_factory=lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB)
+class ScaleBenchSettings(Settings):
+    """Runs and stages."""
+
+    runs: list = option(list(DEFAULT_RUNS), "(shape, blocks kept or None, stages or ()) per run", cli=False)
+    calib_samples: int = option(16, "calibration windows", ge=1, le=100_000)
+    calib_seq_len: int = option(256, "tokens per calibration window", ge=2, le=1 << 20)
+    stages: list[Literal[STAGES]] = option(list(STAGES), "stages run", cli=False, min_length=1)
+    note: str = option("", "what else ran on the machine (written into the report: the wall times depend on it)")
+    memory_gib: float = option(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB,
+                               "this machine's memory", cli=False, gt=0)
 
 
 # adaptive: `sparsetrt bench adaptive`
-@dataclass
-class AdaptiveBenchSettings:
-    inputs_per_source: int = 40
-    new_tokens: int = 16
-    min_prompt_tokens: int = 24
-    max_prompt_tokens: int = 160
-    train_fraction: float = 0.5
-    lam: float | None = None         # nats per unit of cost relative to dense for the main rows; None = the
-                                     # static frontier's slope between the probe variant and dense (training half)
-    lams: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # the sweep behind the plotted curves
-    audit_fraction: float = 0.1
-    seed: int = 0
-    variants: tuple[str, ...] = ()   # a subset of the variant set's names; () = all
+class AdaptiveBenchSettings(Settings):
+    """The stream and the policies."""
 
-    def validate(self) -> "AdaptiveBenchSettings":
-        if self.inputs_per_source < 2 or self.new_tokens < 2:
-            raise SparsetrtError("inputs per source must be >= 2 and new tokens >= 2")
-        if not 2 <= self.min_prompt_tokens <= self.max_prompt_tokens:
-            raise SparsetrtError("prompt lengths must satisfy 2 <= min <= max")
-        if not 0 < self.train_fraction < 1:
-            raise SparsetrtError("train fraction must be in (0, 1)")
-        if (self.lam is not None and self.lam < 0) or any(v < 0 for v in self.lams):
-            raise SparsetrtError("lam values must be >= 0")
+    inputs_per_source: int = option(40, "inputs drawn from each text source", ge=2, le=100_000)
+    new_tokens: int = option(16, "true continuation tokens scored per input", ge=2, le=1 << 20)
+    min_prompt_tokens: int = option(24, "shortest prompt", ge=2, le=1 << 20)
+    max_prompt_tokens: int = option(160, "longest prompt", ge=2, le=1 << 20)
+    train_fraction: float = option(0.5, "share of the stream the controllers learn on", gt=0, lt=1, cli=False)
+    lam: float | None = option(None, "price of cost (nats per unit relative to dense); default: the static "
+                                     "frontier's slope between the probe variant and dense", ge=0, le=1e6)
+    lams: list[Annotated[float, Field(ge=0, le=1e6)]] = option(
+        [0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0], "the sweep behind the plotted curves", cli=False)
+    audit_fraction: float = option(0.1, "share of requests also run on dense", ge=0, le=1)
+    seed: int = option(0, "random seed", ge=0, le=SEED_MAX)
+    variants: list[str] = option([], "comma-separated variant names to use (dense and the probe are always kept)",
+                                 flag="--only", style="comma")
+
+    @model_validator(mode="after")
+    def prompt_range(self) -> "AdaptiveBenchSettings":
+        if self.min_prompt_tokens > self.max_prompt_tokens:
+            raise ValueError(f"{named('min_prompt_tokens')} must not exceed {named('max_prompt_tokens')}")
         return self
-
 
 
 # cpu: `sparsetrt bench cpu`
-@dataclass
-class CpuBenchSettings:
-    batches: tuple[int, ...] = (1, 4)
-    prompt_tokens: int = 64
-    new_tokens: int = 128
-    warmup: int = 1
-    repeats: int = 3
-    eval_windows: int = 40       # perplexity: the first windows of the evaluation text
-    seq_len: int = 512
-    corpus: str = "auto"
-    genai: bool = True           # the ONNX Runtime GenAI row (needs `pip install 'sparsetrt[bench]'`)
+class CpuBenchSettings(BenchSettings):
+    """Speed and perplexity."""
 
-    def validate(self) -> "CpuBenchSettings":
-        BenchSettings(self.batches, self.prompt_tokens, self.new_tokens, self.warmup, self.repeats).validate()
-        if self.eval_windows < 1 or self.seq_len < 2:
-            raise SparsetrtError("--eval-windows must be >= 1 and --seq-len >= 2")
-        return self
+    prompt_tokens: int = option(64, "prompt tokens per request", ge=1, le=1 << 20)
+    new_tokens: int = option(128, "new tokens per request (>= 2)", ge=2, le=1 << 20)
+    warmup: int = option(1, "untimed generations first", ge=0, le=1000, cli=False)
+    eval_windows: int = option(40, "perplexity: the first windows of --seq-len tokens of the evaluation text", ge=1,
+                               le=100_000)
+    seq_len: int = option(512, "tokens per evaluation window", ge=2, le=1 << 20)
+    corpus: str = option("auto", "prompt and evaluation text (auto: WikiText-2 test / Python docs)", min_length=1)
+    genai: bool = option(True, "the ONNX Runtime GenAI row (needs `pip install 'sparsetrt[bench]'`; --no-genai: "
+                               "leave it out)")
+
+    def speed(self) -> BenchSettings:
+        return BenchSettings(batches=list(self.batches), prompt_tokens=self.prompt_tokens,
+                             new_tokens=self.new_tokens, warmup=self.warmup, repeats=self.repeats)

@@ -15,18 +15,19 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from sparsetrt.artifacts import pyplot, save_figure, write_report
 from sparsetrt.calibration.data import default_corpus, sequential_windows, tokenize_corpus
+from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.settings import ExportSettings
 from sparsetrt.export.stage import export_checkpoint
 from sparsetrt.layout import FLOAT_PRECISIONS, ArtifactsTree
 from sparsetrt.models import load_model, load_tokenizer, resolve_checkpoint
-from sparsetrt.prune.distill import DistillSettings
 from sparsetrt.prune.distill_stage import distill_checkpoint
-from sparsetrt.prune.shrink import ShrinkSettings, decoder_linear_params, flops_per_token
+from sparsetrt.prune.settings import DistillSettings, ShrinkSettings
+from sparsetrt.prune.shrink import decoder_linear_params, flops_per_token
 from sparsetrt.prune.shrink_stage import shrink_checkpoint
 from sparsetrt.runtime.adaptive.variant_set import structured_checkpoint
 from sparsetrt.runtime.bench.perf import BenchSettings, bench_prompts, run_in_subprocess
@@ -54,10 +55,10 @@ def evaluate_checkpoint(name: str, checkpoint: Path, work: Path, evaluation: dic
     config = lm.config
     del lm
     onnx_dir = work / name / "onnx"
-    exported = export_checkpoint(checkpoint, onnx_dir, precisions=["fp32"], reuse=True)
+    exported = export_checkpoint(checkpoint, onnx_dir, ExportSettings(precisions=["fp32"]), reuse=True)
     onnx = onnx_dir / exported["files"]["fp32"]["onnx"]
     bench = BenchSettings(batches=settings.batches, prompt_tokens=settings.prompt_tokens,
-                          new_tokens=settings.new_tokens, repeats=settings.repeats).validate()
+                          new_tokens=settings.new_tokens, repeats=settings.repeats)
     records = run_in_subprocess(Deployable("onnxruntime", "fp32", name, str(onnx)), prompts, bench,
                                 tokenizer.pad_token_id or 0)
     row = {"variant": name, **extra, "ppl": ppl, "decoder_linear_params": decoder_linear_params(config),
@@ -94,7 +95,7 @@ def run_structured_bench(settings: StructuredBenchSettings, out: Path, work: Pat
         interrupted one keeps what it measured)."""
         rows.append(evaluate_checkpoint(name, Path(checkpoint), work, evaluation, prompts, settings, tokenizer, extra))
         pending = [n for n in settings.variants if n not in {r["variant"] for r in rows}]
-        save(out, {"format": "sparsetrt.structured-bench/1", "settings": asdict(settings), "model": str(dense),
+        save(out, {"format": "sparsetrt.structured-bench/1", "settings": settings.model_dump(), "model": str(dense),
                    "protocol": protocol, "machine": f"{cpu_name()} ({os.cpu_count()} CPUs), {platform.platform()}",
                    "wall_s": round(time.perf_counter() - started, 1), "complete": False, "not_yet_run": pending,
                    "rows": rows, "targets": targets(rows)})
@@ -107,9 +108,8 @@ def run_structured_bench(settings: StructuredBenchSettings, out: Path, work: Pat
     for name, sizes in settings.variants.items():
         shrunk[name] = work / name / "shrunk"
         start = time.perf_counter()
-        manifest = shrink_checkpoint(str(dense), shrunk[name], ShrinkSettings(**sizes), calib="auto",
-                                     calib_samples=settings.calib_samples, calib_seq_len=settings.seq_len,
-                                     reuse=True)
+        calibration = CalibrationSettings(samples=settings.calib_samples, seq_len=settings.seq_len)
+        manifest = shrink_checkpoint(str(dense), shrunk[name], ShrinkSettings(**sizes), calibration, reuse=True)
         row(name, shrunk[name], kind="one-shot", removed=manifest["decoder_linear_removed"], shrink=sizes,
             shrink_s=round(time.perf_counter() - start, 1))
     for name in settings.distill:  # last: the one-shot rows are on record even if a long distillation is cut short
@@ -153,7 +153,7 @@ def add_int8_columns(out: Path, work: Path, artifacts: Path = Path("artifacts"),
     tokenizer = load_tokenizer(row_checkpoint("dense", settings, work))
     prompts, _ = bench_prompts(tokenizer, "auto", max(settings.batches), settings.prompt_tokens)
     bench = BenchSettings(batches=settings.batches, prompt_tokens=settings.prompt_tokens,
-                          new_tokens=settings.new_tokens, repeats=settings.repeats).validate()
+                          new_tokens=settings.new_tokens, repeats=settings.repeats)
     started = time.perf_counter()
     trees = {"dense": (runs.dense, FLOAT_PRECISIONS), "2:4": (runs, FLOAT_PRECISIONS)}
     for row in report["rows"]:

@@ -22,8 +22,9 @@ from sparsetrt.layout import ENGINE_MANIFEST, EXPORT_MANIFEST, PARITY_MANIFEST, 
 from sparsetrt.runtime.backends import make_runner
 from sparsetrt.runtime.backends.trt import runnable_here
 from sparsetrt.runtime.generate import PARITY_PROMPTS, Sampling, compare_generations, encode_prompts, generate
-from sparsetrt.runtime.parity.metrics import METRICS, ParityAccumulator
+from sparsetrt.runtime.parity.metrics import ParityAccumulator
 from sparsetrt.runtime.parity.report import html_report, junit_xml
+from sparsetrt.runtime.settings import METRICS, ParitySettings, parse_tolerance_overrides
 
 DEFAULT_TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
     "fp32": {
@@ -49,22 +50,6 @@ TIE_MARGINS = {"fp32": DEFAULT_TOLERANCES["fp32"]["max_abs_error"][1]}
 LONG_CONTEXT_NEW_TOKENS = 16
 # Part of the parity fingerprint: reports made before near-ties and the long-context check are redone.
 CHECKS_VERSION = 2
-
-
-def parse_tolerance_overrides(items) -> dict[str, dict[str, float]]:
-    """["fp16.max_abs_error=0.5", ...] -> {"fp16": {"max_abs_error": 0.5}}."""
-    out: dict[str, dict[str, float]] = {}
-    for item in items or ():
-        key, sep, value = str(item).partition("=")
-        precision, dot, metric = key.strip().partition(".")
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-        if not sep or not dot or number is None:
-            raise SparsetrtError(f"bad tolerance '{item}'; write PRECISION.METRIC=VALUE, e.g. fp16.max_abs_error=0.5")
-        out.setdefault(precision, {})[metric] = number
-    return out
 
 
 def tolerances_for(precision: str, overrides: dict[str, dict[str, float]]) -> dict[str, tuple[str, float]]:
@@ -112,34 +97,31 @@ def compare_against(references: dict, candidate, windows: np.ndarray, tie_margin
     return {name: {**acc.result(), "seconds": seconds} for name, acc in accs.items()}
 
 
-def run_parity(
-    checkpoint: str | Path,
-    onnx_dir: str | Path,
-    out: str | Path,
-    corpus: str = "auto",
-    windows: int = 4,
-    seq_len: int = 512,
-    tolerances=(),
-    generate_tokens: int = 32,
-    engines=(),
-    overwrite: bool = False,
-    reuse: bool = False,
-) -> dict:
+def run_settings_of(export_fingerprint: str, settings: ParitySettings, engines) -> dict:
+    """What a parity run's fingerprint is taken of: the export it checks, its settings, the engines' bytes."""
+    return {"checks": CHECKS_VERSION, "export": export_fingerprint, "corpus": settings.corpus,
+            "windows": settings.windows, "seq_len": settings.seq_len,
+            "tolerances": parse_tolerance_overrides(settings.tolerances),
+            "generate_tokens": settings.generate_tokens, "engines": {str(e): _engine_hash(e) for e in engines}}
+
+
+def run_parity(checkpoint: str | Path, onnx_dir: str | Path, out: str | Path, settings: ParitySettings | None = None,
+               engines=(), *, overwrite: bool = False, reuse: bool = False) -> dict:
     """Compare the checkpoint (PyTorch fp32) with every ONNX file listed in onnx_dir/export.json (ONNX Runtime)
-    and with each TensorRT engine in `engines`: logits on the evaluation windows, then greedy generation of
-    `generate_tokens` tokens from PARITY_PROMPTS (0 = skip), token for token."""
+    and with each TensorRT engine in `engines`: logits on `settings`' evaluation windows, then greedy generation
+    of `settings.generate_tokens` tokens from PARITY_PROMPTS (0 = skip), token for token."""
+    settings = settings or ParitySettings()
+    corpus, windows, seq_len = settings.corpus, settings.windows, settings.seq_len
+    tolerances, generate_tokens = settings.tolerances, settings.generate_tokens
     overrides = parse_tolerance_overrides(tolerances)
     onnx_dir = Path(onnx_dir)
     export = read_json(onnx_dir / EXPORT_MANIFEST)
     positions = {"max_position_embeddings": export["graph"].get("max_positions")}
     check_length(positions, seq_len, "a parity window", "--seq-len")
     engines = [Path(e) for e in engines]
-    settings = {"checks": CHECKS_VERSION, "export": export["fingerprint"], "corpus": corpus, "windows": windows,
-                "seq_len": seq_len,
-                "tolerances": overrides, "generate_tokens": generate_tokens,
-                "engines": {str(e): _engine_hash(e) for e in engines}}
+    run_settings = run_settings_of(export["fingerprint"], settings, engines)
     out = Path(out)
-    run_fingerprint, done = prepare_output(out, PARITY_MANIFEST, "parity", settings, overwrite, reuse)
+    run_fingerprint, done = prepare_output(out, PARITY_MANIFEST, "parity", run_settings, overwrite, reuse)
     if done:
         return done  # an identical run already finished here
 
@@ -176,7 +158,7 @@ def run_parity(
         "format": "sparsetrt.parity/1",
         "stage": "parity",
         "fingerprint": run_fingerprint,
-        "settings": settings,
+        "settings": run_settings,
         "reference": {"backend": "pytorch", "dtype": "float32", "checkpoint": str(checkpoint)},
         "eval": {"corpus": text.description, "windows": int(len(eval_windows)), "seq_len": seq_len},
         "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}"

@@ -27,15 +27,6 @@ def top_k(x: np.ndarray, k: int) -> np.ndarray:
 
 
 # Every metric `ParityAccumulator.result()` reports, in report order.
-METRICS = ("positions", "max_abs_error", "mean_abs_error", "cosine_similarity", "min_cosine_similarity",
-           "top1_agreement", "top1_near_ties", "top1_near_tie_flips", "top5_agreement", "kl_divergence",
-           "max_kl_divergence", "perplexity_reference", "perplexity_candidate", "perplexity_rel_diff")
-# Greedy generation from the same prompts (sparsetrt.runtime.generate.compare_generations), when run; the long_
-# ones from a prompt longer than the model's sliding window, when it has one.
-GENERATION_METRICS = ("generation_identical", "generation_first_divergence", "generation_prompts", "generation_tokens",
-                      "long_generation_identical", "long_generation_first_divergence", "long_generation_tokens")
-
-
 class ParityAccumulator:
     def __init__(self, tie_margin: float = 0.0) -> None:
         self.tie_margin = tie_margin

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import xml.etree.ElementTree as ET
 
-from sparsetrt.runtime.parity.metrics import GENERATION_METRICS, METRICS
+from sparsetrt.runtime.settings import GENERATION_METRICS, METRICS
 
 
 def junit_xml(report: dict) -> str:

@@ -16,14 +16,15 @@ accepting connections, lets queued and running requests finish, then exits 0.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import re
 import signal
+import socket
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Literal
 
 import uvicorn
@@ -41,38 +42,10 @@ from sparsetrt.runtime.serve.errors import ServeError
 from sparsetrt.runtime.serve.metrics import ServeMetrics, nvml_energy_counter
 from sparsetrt.runtime.serve.scheduler import BatchLimits
 from sparsetrt.runtime.serve.worker import GenerationWorker, Job, seed_for
+from sparsetrt.runtime.settings import ServeSettings
+from sparsetrt.settings import SEED_MAX
 
 log = logging.getLogger("sparsetrt.serve")
-
-
-@dataclass
-class ServeSettings:
-    host: str = "127.0.0.1"            # loopback unless told otherwise: exposing a model is a deliberate act
-    port: int = 8000
-    max_queue: int = 64                # requests waiting for the model thread; one more gets 429
-    max_batch: int = 8                 # rows decoded together (1 = one request at a time)
-    max_batch_tokens: int = 16384      # KV-cache positions of the running batch (rows x widest prompt+max_tokens)
-    prefill_chunk: int = 256           # prompt tokens prefilled per scheduler turn (0 = whole prompts)
-    request_timeout_s: float = 120.0   # queue wait + generation
-    max_tokens_limit: int = 256        # largest max_tokens a request may ask for
-    max_body_bytes: int = 256 * 1024
-    graceful_timeout_s: float | None = None  # SIGTERM -> in-flight requests get this long (default: request timeout)
-    log_level: str = "info"
-
-    def validate(self) -> "ServeSettings":
-        for name in ("max_queue", "max_tokens_limit", "max_body_bytes", "max_batch", "max_batch_tokens"):
-            if getattr(self, name) < 1:
-                raise SparsetrtError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.prefill_chunk < 0:
-            raise SparsetrtError("--prefill-chunk must be >= 0 (0 = whole prompts)")
-        if self.request_timeout_s <= 0:
-            raise SparsetrtError("--request-timeout must be > 0 seconds")
-        if not 0 <= self.port < 65536:
-            raise SparsetrtError(f"--port {self.port} is not a TCP port (0-65535)")
-        return self
-
-    def batch_limits(self) -> BatchLimits:
-        return BatchLimits(self.max_batch, self.max_batch_tokens, self.prefill_chunk)
 
 
 # JSON allows "\ud800" escapes that decode to half a UTF-16 pair: no tokenizer or UTF-8 encoder accepts them.
@@ -90,7 +63,7 @@ class CompletionRequest(BaseModel):
     max_tokens: int = Field(16, ge=1, description="tokens to generate at most (server limit: see /health)")
     temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy")
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = Field(None, ge=0, lt=1 << 63, description="same seed, same prompt, same output")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="same seed, same prompt, same output")
     stop: str | list[str] | None = Field(None, description="up to 4 strings; the text ends before the first")
     stream: bool = False
     n: Literal[1] = 1
@@ -101,7 +74,8 @@ def create_app(served, settings: ServeSettings, worker: GenerationWorker | None 
     """The ASGI app. The worker (built here unless given) starts loading the model when the app starts."""
     energy, energy_note = nvml_energy_counter(served.backend)
     metrics = ServeMetrics(served.backend, served.name, served.precision, sparsetrt.__version__, energy)
-    worker = worker or GenerationWorker(served, settings.max_queue, limits=settings.batch_limits())
+    limits = BatchLimits(settings.max_batch, settings.max_batch_tokens, settings.prefill_chunk)
+    worker = worker or GenerationWorker(served, settings.max_queue, limits=limits)
     worker.metrics, worker.on_failure = metrics, on_failure
 
     @asynccontextmanager
@@ -181,20 +155,21 @@ def create_app(served, settings: ServeSettings, worker: GenerationWorker | None 
 
 def make_job(body: CompletionRequest, served, settings: ServeSettings, worker, loop) -> Job:
     """The checks the schema cannot make (they depend on the model and the server's limits), then the job."""
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    for param, texts in (("prompt", prompts), ("stop", stops), ("user", [body.user or ""]),
+                         ("model", [body.model or ""])):
+        if lone := next((m.group() for t in texts if (m := LONE_SURROGATE.search(t))), None):
+            raise ServeError(400, f"{param} holds a lone UTF-16 surrogate (U+{ord(lone):04X}), which is not Unicode "
+                                  "text; send valid UTF-8", param=param, code="invalid_text")
     if body.model is not None and body.model != served.name:
         raise ServeError(404, f"model '{body.model}' is not served here; this server serves '{served.name}'",
                          code="model_not_found", param="model")
     if body.max_tokens > settings.max_tokens_limit:
         raise ServeError(400, f"max_tokens {body.max_tokens} is over this server's limit of "
                               f"{settings.max_tokens_limit}", param="max_tokens", code="max_tokens_too_large")
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         raise ServeError(400, f"one prompt per request, got a list of {len(prompts)}", param="prompt")
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    for param, texts in (("prompt", prompts), ("stop", stops), ("user", [body.user or ""])):
-        if lone := next((m.group() for t in texts if (m := LONE_SURROGATE.search(t))), None):
-            raise ServeError(400, f"{param} holds a lone UTF-16 surrogate (U+{ord(lone):04X}), which is not Unicode "
-                                  "text; send valid UTF-8", param=param, code="invalid_text")
     if len(stops) > 4 or any(not s for s in stops):
         raise ServeError(400, "stop takes at most 4 non-empty strings", param="stop")
     if not prompts[0]:
@@ -399,10 +374,33 @@ def log_config(level: str) -> dict:
             "formatters": {"json": {"()": JsonLogFormatter}}, "handlers": {"json": handler}, "loggers": loggers}
 
 
-def serve(served, settings: ServeSettings) -> int:
-    """Run until SIGTERM/SIGINT; 0 after a graceful shutdown, 1 when the model failed to load or the port was
-    taken."""
-    settings.validate()
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads: a busy port or an address this machine does not have
+    is refused at once, with the option to change."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise SparsetrtError(f"--host {host!r} is not an address this machine can bind ({exc}); use 127.0.0.1, "
+                             "0.0.0.0 or one of its own addresses") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        what = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror or exc})"
+        raise SparsetrtError(f"--host {host} --port {port}: the address {what}; choose another --port (or stop "
+                             "what holds it)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(served, settings: ServeSettings, listening: socket.socket | None = None) -> int:
+    """Run until SIGTERM/SIGINT on `listening` (bound here when not given); 0 after a graceful shutdown, 1 when
+    the model failed to load."""
+    listening = listening or bind(settings.host, settings.port)
     state = {"failed": False}
 
     class Server(uvicorn.Server):
@@ -425,7 +423,7 @@ def serve(served, settings: ServeSettings) -> int:
     # with these no-op handlers in place as the "previous" ones, a graceful SIGTERM ends with exit code 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run()
+    server.run(sockets=[listening])
     if state["failed"] or not server.started:
         return 1
     log.info("stopped", extra={"event": "stopped"})

@@ -11,7 +11,6 @@ import json
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -21,23 +20,7 @@ from sparsetrt.errors import SparsetrtError
 from sparsetrt.runtime.generate import PARITY_PROMPTS
 from sparsetrt.runtime.measure import percentile
 from sparsetrt.runtime.serve.metrics import scrape_counts
-
-
-@dataclass
-class LoadSettings:
-    url: str
-    clients: int = 32
-    duration_s: float = 60.0
-    max_tokens: int = 32
-    stream_fraction: float = 0.5     # share of requests sent with stream=true
-    temperature: float = 0.7
-    seed: int = 0
-    timeout_s: float = 600.0         # client-side; the server's own timeout should fire first
-
-    def validate(self) -> "LoadSettings":
-        if self.clients < 1 or self.duration_s <= 0 or self.max_tokens < 1:
-            raise SparsetrtError("--clients and --max-tokens must be >= 1 and --duration > 0")
-        return self
+from sparsetrt.runtime.settings import LoadSettings
 
 
 def completion_problems(body, max_tokens: int) -> list[str]:
@@ -157,7 +140,7 @@ async def run_load(settings: LoadSettings, progress=None) -> dict:
         health_after = (await client.get("/health")).status_code
     for record in records:
         record["start"] -= start
-    return {"settings": asdict(settings), "wall_s": wall, "records": records,
+    return {"settings": settings.model_dump(), "wall_s": wall, "records": records,
             "summary": summarize(records, wall, before, after, health_failures, health_after)}
 
 
@@ -196,7 +179,6 @@ def summarize(records: list[dict], wall_s: float, before: dict, after: dict, hea
 
 def run_loadtest(settings: LoadSettings, out: Path | None = None) -> dict:
     """`sparsetrt loadtest`: the load against a running server; records and summary written to `out` if given."""
-    settings.validate()
     try:
         result = asyncio.run(run_load(settings))
     except OSError as exc:

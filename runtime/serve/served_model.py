@@ -17,6 +17,7 @@ from sparsetrt.architectures import max_positions_of
 from sparsetrt.artifacts import read_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.ort_target import check_supported
+from sparsetrt.export.settings import ExportSettings
 from sparsetrt.export.stage import export_checkpoint
 from sparsetrt.layout import ENGINE_MANIFEST, ArtifactsTree, tokenizer_dir_for
 from sparsetrt.models import EMBEDDED_MODELS, cache_dir, load_tokenizer, resolve_checkpoint
@@ -139,8 +140,8 @@ def _exported(checkpoint: Path, precision: str, export_cache: Path | None) -> Pa
     out = (export_cache or cache_dir() / "serve-onnx") / key.hexdigest()[:16]
     targets = ("tensorrt", "onnxruntime") if float_precision == "fp32" and ort_target_fits(checkpoint) else ("tensorrt",)
     # the cache is sparsetrt's own: a copy from another sparsetrt version (another fingerprint) is replaced
-    manifest = export_checkpoint(checkpoint, out, precisions=[float_precision], reuse=True, overwrite=True,
-                                 targets=targets)
+    manifest = export_checkpoint(checkpoint, out, ExportSettings(precisions=[float_precision], targets=list(targets)),
+                                 reuse=True, overwrite=True)
     if manifest.get("ort_target"):
         return out / manifest["ort_target"]["fp32"]["onnx"]
     return out / manifest["files"][float_precision]["onnx"]

@@ -9,6 +9,9 @@
   adaptive  variants
   bench     bench (a group: sparsetrt/cli/bench/, one module per benchmark)
 
+A command declares its options as a settings model (sparsetrt.settings; the parser is built from it,
+sparsetrt.cli.options) and gets the validated model; every command takes --check: the settings and the plan are
+checked (the command's `check`, which writes nothing) and printed, and nothing runs.
 A handler forwards to its room and prints what the room formats. Errors print as one line, exit code 2;
 Ctrl-C exits 130 and SIGTERM 143, both after every temporary output is removed (staged directories clean up on
 the exception the signal raises). A command whose optional dependency is missing is still listed in --help, says
@@ -23,6 +26,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -30,8 +34,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sparsetrt.cli.options import ArgumentParser, add_settings, settings_from
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.lazy import lazy_import
+from sparsetrt.settings import Settings
 
 hf_logging = lazy_import("transformers.utils.logging")  # a command's run configures it; --help never imports it
 
@@ -48,8 +54,9 @@ INSTALL_HINTS = {
 class Command:
     name: str
     help: str
-    arguments: Callable[[argparse.ArgumentParser], None] | None = None
-    run: Callable[[argparse.Namespace], int] | None = None
+    settings: type[Settings] | None = None  # the options, declared once (the parser is built from it)
+    run: Callable[[Settings], int] | None = None
+    check: Callable[[Settings], list[str]] | None = None  # --check: deeper checks that write nothing; the plan
     needs: tuple[str, ...] = ()      # importable modules the command cannot run without
     aliases: tuple[str, ...] = ()
     subcommands: tuple["Command", ...] = ()  # a group (`sparsetrt bench NAME`): these instead of arguments/run
@@ -80,7 +87,8 @@ def runnable_commands() -> list[tuple[str, Command]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparsetrt", description="2:4-sparse LLM deployment pipeline")
+    """The parser of every command, its options built from the commands' settings models."""
+    parser = ArgumentParser(prog="sparsetrt", description="2:4-sparse LLM deployment pipeline")
     parser.add_argument("--verbose", "-v", action="store_true", help="show library logs and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in commands():
@@ -97,7 +105,9 @@ def _add(sub, command: Command) -> None:
         for child in command.subcommands:
             _add(group, child)
     else:
-        command.arguments(p)
+        add_settings(p, command.settings)
+        p.add_argument("--check", action="store_true",
+                       help="check every setting and print the plan, then exit without writing anything")
         p.set_defaults(command_spec=command, command_words=p.prog)  # "sparsetrt bench serve"
 
 
@@ -111,17 +121,22 @@ def _terminate(signum, frame):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    command: Command = args.command_spec
     main_thread = threading.current_thread() is threading.main_thread()  # signals can be caught there only
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None  # `serve` sets its own
     try:
+        args = build_parser().parse_args(argv)
+        _setup_logging(args.verbose)
+        command: Command = args.command_spec
+        settings = settings_from(args, command.settings)
         if reason := command.missing():
             raise SparsetrtError(f"`{args.command_words}` {reason}")
-        return command.run(args)
+        if args.check:
+            plan = command.check(settings) if command.check else []
+            print("\n".join([f"{args.command_words}: every setting checked; nothing was written", *plan]))
+            return 0
+        return command.run(settings)
     except SparsetrtError as exc:
-        print(f"sparsetrt: error: {exc}", file=sys.stderr)
+        print(f"sparsetrt: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sparsetrt: interrupted; no partial output was kept", file=sys.stderr)
@@ -132,6 +147,15 @@ def main(argv=None) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """A refusal stays one line whatever the user typed: control characters in it (a newline in an option's value)
+    are shown escaped."""
+    return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _setup_logging(verbose: bool) -> None:

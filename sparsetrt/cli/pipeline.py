@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-from sparsetrt.cli import Command, options
+from sparsetrt.cli import Command
 from sparsetrt.lazy import lazy_import
+from sparsetrt.settings import Progress, Settings, option
 
+checks = lazy_import("sparsetrt.pipeline.checks")
 pipeline_config = lazy_import("sparsetrt.pipeline.config")
 runner = lazy_import("sparsetrt.pipeline.runner")
 
 
-def run_arguments(p):
-    p.add_argument("--config", required=True, help="pipeline config (TOML or YAML), e.g. configs/demo.toml")
-    p.add_argument("--out", help="override the config's output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace a different run's artifacts")
-    options.progress(p)
+class RunCommand(Settings):
+    config: str = option(..., "pipeline config (TOML or YAML), e.g. configs/demo.toml", min_length=1)
+    out: str | None = option(None, "override the config's output directory", min_length=1)
+    overwrite: bool = option(False, "replace a different run's artifacts")
+    progress: Progress = option(Progress, "progress")
+
+    def load(self):
+        return pipeline_config.load_config(self.config, {"out": self.out} if self.out else None)
 
 
-def run(args) -> int:
-    config = pipeline_config.load_config(args.config)
-    if args.out:
-        config.out = args.out
-    summary = runner.run_pipeline(config, overwrite=args.overwrite, progress=not args.no_progress)
+def run(s: RunCommand) -> int:
+    summary = runner.run_pipeline(s.load(), overwrite=s.overwrite, progress=s.progress.progress)
     return 0 if summary["passed"] else 1
 
 
-COMMANDS = [Command("run", "the whole pipeline from a config file (TOML or YAML)", run_arguments, run)]
+def check_run(s: RunCommand) -> list[str]:
+    return checks.check_plan(s.load(), s.overwrite, convert=False)
+
+
+COMMANDS = [Command("run", "the whole pipeline from a config file (TOML or YAML)", RunCommand, run, check_run)]

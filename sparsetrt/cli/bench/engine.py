@@ -1,33 +1,35 @@
-"""`sparsetrt bench engine` (make bench-engine): ONNX and engine build time, peak RSS, bytes and layer precisions
-of each decoder's engine."""
+"""`sparsetrt bench engine`: ONNX and engine build time, peak RSS, bytes and layer precisions per decoder."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from sparsetrt.build import BUILDERS
-from sparsetrt.cli import Command, options
+from sparsetrt.build.settings import BUILDER_HELP
+from sparsetrt.cli import Command
 from sparsetrt.lazy import lazy_import
+from sparsetrt.settings import Progress, Settings, option
 
 engine_bench = lazy_import("sparsetrt.runtime.bench.engine")
 
 
-def arguments(p):
-    p.add_argument("--artifacts", default="artifacts", help="the tree `make demo PRECISION=int8|int4` wrote")
-    p.add_argument("--precisions", default="fp16,int8,int4", help="comma-separated decoders to build engines of")
-    p.add_argument("--builder", default="auto", choices=BUILDERS)
-    p.add_argument("--out", default="benchmarks")
-    p.add_argument("--work", default="artifacts/bench-engine", help="where the engines of this run go")
-    options.progress(p)
+class EngineBenchCommand(Settings):
+    artifacts: str = option("artifacts", "the tree `make demo PRECISION=int8|int4` wrote", min_length=1)
+    precisions: list[Literal["fp32", "fp16", "int8", "int4"]] = option(
+        ["fp16", "int8", "int4"], "comma-separated decoders to build engines of", style="comma", min_length=1)
+    builder: Literal[BUILDERS] = option("auto", BUILDER_HELP)
+    out: str = option("benchmarks", "where engine.json and engine.md go", min_length=1)
+    work: str = option("artifacts/bench-engine", "where the engines of this run go", min_length=1)
+    progress: Progress = option(Progress, "progress")
 
 
-def run(args) -> int:
-    report = engine_bench.run_engine_bench(Path(args.artifacts), Path(args.out), Path(args.work),
-                                           precisions=tuple(options.comma_list(args.precisions)),
-                                           builder=args.builder, progress=not args.no_progress)
-    print("\n".join(engine_bench.summary_lines(report, Path(args.out))))
+def run(s: EngineBenchCommand) -> int:
+    report = engine_bench.run_engine_bench(Path(s.artifacts), Path(s.out), Path(s.work), precisions=tuple(s.precisions),
+                                           builder=s.builder, progress=s.progress.progress)
+    print("\n".join(engine_bench.summary_lines(report, Path(s.out))))
     return 0
 
 
 COMMAND = Command("engine", "ONNX and engine build time, peak RSS, bytes and layer precisions per decoder "
-                            "(engine.json/md)", arguments, run)
+                            "(engine.json/md)", EngineBenchCommand, run)

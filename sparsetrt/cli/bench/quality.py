@@ -1,35 +1,51 @@
-"""`sparsetrt bench quality` (make bench-quality): WikiText-2 perplexity of dense vs pruned (and quantized)
-models."""
+"""`sparsetrt bench quality`: WikiText-2 perplexity of dense vs pruned (and quantized) models."""
 
 from __future__ import annotations
 
 import json
 
-from sparsetrt.cli import Command, options
+from pydantic import field_validator
+
+from sparsetrt.cli import Command
 from sparsetrt.lazy import lazy_import
+from sparsetrt.prune.settings import METHODS, pattern_text
+from sparsetrt.settings import SEED_MAX, Progress, Settings, option
 
 quality = lazy_import("sparsetrt.runtime.bench.quality")
 
 
-def arguments(p):
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt,sparsegpt+int8,sparsegpt+int4",
-                   help="comma-separated; METHOD+int8 / +int4 quantizes after pruning")
-    p.add_argument("--pattern", default="2:4")
-    p.add_argument("--out", default="benchmarks")
-    p.add_argument("--calib-samples", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--eval-windows", type=int, default=40)
-    options.seed(p)
-    options.progress(p)
+class QualityCommand(Settings):
+    model: str = option("smollm2-135m", "checkpoint directory or 'smollm2-135m'", min_length=1)
+    methods: list[str] = option(["dense", "magnitude", "wanda", "sparsegpt", "sparsegpt+int8", "sparsegpt+int4"],
+                                "comma-separated; METHOD+int8 / +int4 quantizes after pruning", style="comma",
+                                min_length=1)
+    pattern: str = option("2:4", "N:M or unstructured:RATIO")
+    out: str = option("benchmarks", "where quality.json and quality.md go", min_length=1)
+    calib_samples: int = option(32, "calibration windows", ge=1, le=100_000)
+    seq_len: int = option(512, "tokens per window", ge=2, le=1 << 20)
+    eval_windows: int = option(40, "evaluation windows", ge=1, le=100_000)
+    seed: int = option(0, "random seed", ge=0, le=SEED_MAX)
+    progress: Progress = option(Progress, "progress")
+
+    @field_validator("methods")
+    @classmethod
+    def known_methods(cls, value: list[str]) -> list[str]:
+        for method in value:
+            base, _, precision = method.partition("+")
+            if (base != "dense" and base not in METHODS) or precision not in ("", "int8", "int4"):
+                raise ValueError(f"{method!r} is not dense or one of {', '.join(METHODS)}, optionally with +int8 or "
+                                 "+int4")
+        return value
+
+    known_pattern = field_validator("pattern")(classmethod(lambda cls, value: pattern_text(value)))
 
 
-def run(args) -> int:
-    result = quality.quality_benchmark(args.model, args.out, methods=options.comma_list(args.methods),
-                                       pattern=args.pattern, calib_samples=args.calib_samples, seq_len=args.seq_len,
-                                       eval_windows=args.eval_windows, seed=args.seed, progress=not args.no_progress)
+def run(s: QualityCommand) -> int:
+    result = quality.quality_benchmark(s.model, s.out, methods=s.methods, pattern=s.pattern,
+                                       calib_samples=s.calib_samples, seq_len=s.seq_len, eval_windows=s.eval_windows,
+                                       seed=s.seed, progress=s.progress.progress)
     print(json.dumps({r["method"]: round(r["perplexity"], 2) for r in result["results"]}))
     return 0
 
 
-COMMAND = Command("quality", "WikiText-2 perplexity of dense vs pruned models", arguments, run)
+COMMAND = Command("quality", "WikiText-2 perplexity of dense vs pruned models", QualityCommand, run)
