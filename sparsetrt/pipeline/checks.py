@@ -30,7 +30,7 @@ from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import (
     EXPORT_MANIFEST,
     PARITY_MANIFEST,
-    RUN_MANIFEST,
+    QUANT_MANIFEST,
     SPARSITY_MANIFEST,
     STRUCTURE_MANIFEST,
     ArtifactsTree,
@@ -96,23 +96,41 @@ def check_output(out: Path, option: str = "--out") -> None:
 
 # -- a stage command's checks -------------------------------------------------------------------------------------
 
+def output_plan(out: Path, manifest: str, stage: str, overwrite: bool) -> str:
+    """The plan's line for a stage command's --out: refused now where the run would refuse it (a file, an
+    unwritable parent, files sparsetrt did not write, another stage's output); a run of the same stage there is
+    replaced when identical, else refused without --overwrite (which the settings decide, known when it runs)."""
+    check_output(out)
+    previous = read_manifest(out / manifest)
+    if previous.get("stage") == stage and not overwrite:
+        return f"  writes       {out} (it holds a {stage} run: reused when identical, else refused without --overwrite)"
+    with naming("--out"):
+        check_output_dir(out, manifest, stage, "", overwrite)
+    return f"  writes       {out}"
+
+
+def read_manifest(path: Path) -> dict:
+    """A stage manifest's content, {} where there is none to read."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def check_stage_input(stage: str, model: str, output, trust_remote_code: bool) -> list[str]:
     """`sparsetrt export --check`: the checkpoint and the output directory."""
-    check_output(Path(output.out))
-    with naming("--out"):
-        check_output_dir(Path(output.out), EXPORT_MANIFEST, stage, "", output.overwrite)
+    writes = output_plan(Path(output.out), EXPORT_MANIFEST, stage, output.overwrite)
     _, _, lines = model_facts(model, trust_remote_code, "--model")
-    return lines + [f"  writes       {output.out}"]
+    return lines + [writes]
 
 
 def check_calibrating_stage(stage: str, model: str, output, calibration, trust_remote_code: bool, device: str,
                             calibrates: bool = True, shrink=None, evaluation=None, onnx_dir: str | None = None
                             ) -> list[str]:
     """`prune|shrink|quantize --check`: device, corpus, model positions, output."""
-    manifest = {"prune": SPARSITY_MANIFEST, "shrink": STRUCTURE_MANIFEST}.get(stage, "quantize.json")
-    check_output(Path(output.out))
-    with naming("--out"):
-        check_output_dir(Path(output.out), manifest, stage, "", output.overwrite)
+    manifest = {"prune": SPARSITY_MANIFEST, "shrink": STRUCTURE_MANIFEST}.get(stage, QUANT_MANIFEST)
+    writes = output_plan(Path(output.out), manifest, stage, output.overwrite)
     lines = [f"  device       {check_device(device, '--device')}"]
     if calibrates:
         lines.append(f"  calibration  {describe_corpus(calibration.corpus, 'valid', '--calib')}, "
@@ -131,14 +149,12 @@ def check_calibrating_stage(stage: str, model: str, output, calibration, trust_r
             check_length(config, evaluation.seq_len, "a parity window", "--seq-len")
         if shrink is not None:
             shrink_math.plan(transformers.AutoConfig.from_pretrained(checkpoint, local_files_only=True), shrink)
-    return model_lines + lines + [f"  writes       {output.out}"]
+    return model_lines + lines + [writes]
 
 
 def check_parity_inputs(model, onnx_dir: Path, output, settings) -> list[str]:
     """`parity --check`: the export it compares, the text, the window against the exported positions."""
-    check_output(Path(output.out))
-    with naming("--out"):
-        check_output_dir(Path(output.out), PARITY_MANIFEST, "parity", "", output.overwrite)
+    writes = output_plan(Path(output.out), PARITY_MANIFEST, "parity", output.overwrite)
     if not (Path(onnx_dir) / EXPORT_MANIFEST).is_file():
         raise SparsetrtError(f"{onnx_dir} has no {EXPORT_MANIFEST}; pass --onnx-dir (or --artifacts) with what "
                              "`sparsetrt export` wrote")
@@ -147,8 +163,7 @@ def check_parity_inputs(model, onnx_dir: Path, output, settings) -> list[str]:
                  "a parity window", "--seq-len")
     _, _, lines = model_facts(str(model), False, "--model")
     return lines + [f"  parity text  {describe_corpus(settings.corpus, 'test', '--corpus')}",
-                    f"  compares     {', '.join(export.get('files', {}))} ONNX files in {onnx_dir}",
-                    f"  writes       {output.out}"]
+                    f"  compares     {', '.join(export.get('files', {}))} ONNX files in {onnx_dir}", writes]
 
 
 def check_engine_plan(onnx: Path, out: Path, options, overwrite: bool) -> list[str]:
@@ -189,8 +204,7 @@ def check_plan(config: PipelineConfig, overwrite: bool, convert: bool = True) ->
     out = Path(config.out)
     tree = ArtifactsTree(out)
     precision = config.quantize.precision
-    manifest_name = RUN_MANIFEST if precision == "none" else f"run-{precision}.json"
-    run_fingerprint = fingerprint(config.to_dict())
+    manifest_name, run_fingerprint = config.run_manifest(), fingerprint(config.to_dict())
     check_output(out, "out")
     check_artifacts_dir(out, manifest_name, run_fingerprint, overwrite)
     lines = [f"  run          {manifest_name} in {out}, fingerprint {run_fingerprint}"]

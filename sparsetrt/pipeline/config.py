@@ -21,6 +21,7 @@ from sparsetrt.build.settings import BuildSettings
 from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.settings import ExportSettings, QuantizeSettings
+from sparsetrt.layout import RUN_MANIFEST
 from sparsetrt.prune.settings import PruneSettings, ShrinkSettings
 from sparsetrt.runtime.settings import ParitySettings
 from sparsetrt.settings import ModelSource, Settings, checked, named, option
@@ -55,6 +56,10 @@ class PipelineConfig(Settings):
                                  f"graph: add {graph} to {named('export.precisions')} (or set "
                                  f"{named('quantize.activations')})")
         return self
+
+    def run_manifest(self) -> str:
+        """run.json for a float run, run-int8.json / run-int4.json for a quantized one (they share the stages)."""
+        return RUN_MANIFEST if self.quantize.precision == "none" else f"run-{self.quantize.precision}.json"
 
     def to_dict(self) -> dict:
         """What the run's fingerprint is taken of (and run.json records)."""

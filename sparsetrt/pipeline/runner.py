@@ -21,7 +21,7 @@ from sparsetrt.build.engine import build_engine
 from sparsetrt.build.layers import matmul_text
 from sparsetrt.export.quant_stage import quantize_checkpoint, summary_lines
 from sparsetrt.export.stage import export_checkpoint
-from sparsetrt.layout import RUN_MANIFEST, ArtifactsTree
+from sparsetrt.layout import ArtifactsTree
 from sparsetrt.pipeline.checks import check_plan
 from sparsetrt.pipeline.config import PipelineConfig, validated
 from sparsetrt.prune.shrink_stage import shrink_checkpoint
@@ -32,16 +32,12 @@ from sparsetrt.runtime.parity.quantized import quantized_parity
 
 def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool = True) -> dict:
     config = validated(config)
-    out = Path(config.out)
-    tree = ArtifactsTree(out)
-    precision = config.quantize.precision
-    manifest_name = RUN_MANIFEST if precision == "none" else f"run-{precision}.json"
-    run_fingerprint = fingerprint(config.to_dict())
     check_plan(config, overwrite)  # every value the stages will meet, before the first of them starts
+    out = Path(config.out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        summary = _run_stages(config, tree, manifest_name, run_fingerprint, overwrite, progress)
+        summary = _run_stages(config, ArtifactsTree(out), overwrite, progress)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run refused before its first stage wrote anything leaves nothing behind
@@ -49,8 +45,7 @@ def run_pipeline(config: PipelineConfig, overwrite: bool = False, progress: bool
     return summary
 
 
-def _run_stages(config: PipelineConfig, tree: ArtifactsTree, manifest_name: str, run_fingerprint: str,
-                overwrite: bool, progress: bool) -> dict:
+def _run_stages(config: PipelineConfig, tree: ArtifactsTree, overwrite: bool, progress: bool) -> dict:
     stages: dict[str, dict] = {}
 
     def stage(name: str, fn, *args, **kwargs) -> dict:
@@ -84,12 +79,12 @@ def _run_stages(config: PipelineConfig, tree: ArtifactsTree, manifest_name: str,
                                           tree.engine_dir(engine_precision), options, progress=progress)
     summary = {
         "stage": "run",
-        "fingerprint": run_fingerprint,
+        "fingerprint": fingerprint(config.to_dict()),
         "config": config.to_dict(),
         "stages": stages,
         "passed": parity["passed"] and (quantized is None or quantized["passed"]),
     }
-    write_json(tree.root / manifest_name, summary)
+    write_json(tree.root / config.run_manifest(), summary)
     print(summary_screen(tree, pruned, exported, parity, quantized, engines))
     return summary
 
