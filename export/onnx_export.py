@@ -117,7 +117,7 @@ def trace_decoder(model: torch.nn.Module, dtype: torch.dtype, opset: int, verbos
                torch.arange(p, p + s).expand(b, s).contiguous(),
                *[torch.zeros(b, kv_heads, p, head_dim, dtype=dtype) for _ in range(2 * layers)])
     quiet = contextlib.nullcontext() if verbose else _quiet()
-    with quiet, torch.no_grad():
+    with quiet, torch.no_grad(), _module_tensors_kept(model):
         program = torch.onnx.export(
             wrapper,
             example,
@@ -141,11 +141,45 @@ def save_program(program, path: Path) -> None:
     program.save(str(path), external_data=True)
 
 
+def keeps_fp32(module: torch.nn.Module, buffer: str) -> bool:
+    """Whether a buffer stays fp32 in a half-precision export: the inv_freq of a rope whose forward rewrites it in
+    place from fp32 attributes (longrope picks its long or short set, dynamic rope grows it). A cast buffer makes
+    that copy change dtype, which the exporter refuses; the rope math is fp32 either way."""
+    kinds = getattr(module, "rope_type", None)
+    kinds = kinds.values() if isinstance(kinds, dict) else [kinds]
+    return buffer.endswith("inv_freq") and any(isinstance(k, str) and (k == "longrope" or "dynamic" in k)
+                                               for k in kinds)
+
+
 def _as_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     if next(model.parameters()).dtype == dtype:
         return model
+    cast = copy.deepcopy(model)
+    kept = [(module, name, value) for module in cast.modules() for name, value in module._buffers.items()
+            if value is not None and keeps_fp32(module, name)]
+    cast.to(dtype)
+    for module, name, value in kept:
+        module._buffers[name] = value.float()
+    return cast
 
-    return copy.deepcopy(model).to(dtype)
+
+@contextlib.contextmanager
+def _module_tensors_kept(model: torch.nn.Module):
+    """Put back every module's buffers and plain tensor attributes after a trace. torch.export runs forward on
+    fake tensors, and a forward that caches a tensor on its module (longrope's long_inv_freq, dynamic rope's
+    inv_freq) would leave a fake one behind: the next copy or forward of the model then fails."""
+    saved = [(module, dict(module._buffers), {k: v for k, v in vars(module).items() if isinstance(v, torch.Tensor)})
+             for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, buffers, tensors in saved:
+            module._buffers.clear()
+            module._buffers.update(buffers)
+            for name in [k for k, v in vars(module).items() if isinstance(v, torch.Tensor) and k not in tensors]:
+                delattr(module, name)
+            for name, value in tensors.items():
+                setattr(module, name, value)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM
 
 from sparsetrt.checkpoint import CheckpointReader, empty_model
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.export.onnx_export import PRECISIONS, save_program, trace_decoder
+from sparsetrt.export.onnx_export import PRECISIONS, keeps_fp32, save_program, trace_decoder
 
 WRAPPER_PREFIX = "model."  # DecoderWithCache holds the HF model as .model: its initializers are named model.<key>
 FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"  # the provenance onnxscript's constant folding records
@@ -56,9 +56,14 @@ def export_decoder_streamed(checkpoint: Path, path: Path, precision: str = "fp32
 
 def fake_model(checkpoint: Path, dtype: torch.dtype, trust_remote_code: bool = False):
     """(model, buffers): the checkpoint's model with fake parameters in `dtype`, and its buffers' real values as
-    load_model(...).to(dtype) has them (computed in fp32 at construction, floating ones then cast)."""
+    an fp16 export has them (computed in fp32 at construction, floating ones cast but those keeps_fp32 names)."""
     skeleton = empty_model(checkpoint, torch.float32, trust_remote_code)
-    buffers = {name: b.to(dtype) if b.is_floating_point() else b for name, b in skeleton.named_buffers()}
+    buffers = {}
+    for module_name, module in skeleton.named_modules():
+        for name, b in module._buffers.items():
+            if b is not None:
+                cast = b.is_floating_point() and not keeps_fp32(module, name)
+                buffers[f"{module_name}.{name}" if module_name else name] = b.to(dtype) if cast else b
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     with fake:
         model = AutoModelForCausalLM.from_config(skeleton.config, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -35,6 +35,8 @@ DOCUMENTED_QUANT_ALGOS = {"W8A16", "W4A16", "W4A16_AWQ", "W4A8_AWQ", "W4A16_GPTQ
 MANDATORY_CONFIG = ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidden_layers",
                     "num_attention_heads", "hidden_act")
 # HF model type -> Model Optimizer's decoder type, from the one table of supported families.
+# TensorRT-LLM 0.20's RotaryScalingType names: the "type" its config reader accepts in rotary_scaling.
+ROTARY_SCALING_TYPES = ("none", "linear", "dynamic", "longrope", "llama3", "yarn", "mrope")
 DECODER_TYPES = {model_type: family.trtllm for model_type, family in FAMILIES.items() if family.trtllm}
 # HF Llama module -> TensorRT-LLM layer name (q, k, v are fused into qkv; gate_proj is `fc`, up_proj `gate`).
 LAYER_NAMES = {"self_attn.q_proj": "attention.qkv", "self_attn.k_proj": "attention.qkv",
@@ -57,24 +59,40 @@ def unsupported_reason(config) -> str | None:
 
 def rope_settings(config) -> dict:
     """TensorRT-LLM's rotary settings for an HF config: rotary_base (rope_theta) and, for a non-default rope
-    (llama3, linear, dynamic, yarn ...), rotary_scaling as the HF config states it."""
+    (llama3, linear, dynamic, yarn ...), rotary_scaling as the HF config states it; None for a plain rope, since
+    transformers 5 reports even an unscaled rope as {"rope_type": "default"}, a type TensorRT-LLM refuses."""
     params = dict(getattr(config, "rope_parameters", None) or {})
     theta = params.pop("rope_theta", None) or getattr(config, "rope_theta", None) or 10000.0
     scaling = params if params.get("rope_type", "default") != "default" else getattr(config, "rope_scaling", None)
-    if scaling and "rope_type" in scaling and "type" not in scaling:
-        scaling = {"type": scaling["rope_type"], **scaling}
-    return {"rotary_base": float(theta), "rotary_scaling": scaling or None}
+    scaling = {k: v for k, v in (scaling or {}).items() if k != "rope_theta"}
+    kind = scaling.get("type") or scaling.get("rope_type") or "default"
+    return {"rotary_base": float(theta), "rotary_scaling": None if kind == "default" else {"type": kind, **scaling}}
+
+
+def rotary_scaling_problem(written: dict) -> str | None:
+    """What TensorRT-LLM's config reader would raise on config.json's rotary_scaling: it reads the dict's "type"
+    into its RotaryScalingType enum, whose names are fixed (no "default")."""
+    scaling = written.get("rotary_scaling")
+    if scaling is None:
+        return None
+    kind = scaling.get("type") if isinstance(scaling, dict) else None
+    if kind not in ROTARY_SCALING_TYPES:
+        return (f"config.json's rotary_scaling type {kind!r} is not one TensorRT-LLM reads "
+                f"({', '.join(ROTARY_SCALING_TYPES)})")
+    return None
 
 
 def complete_config(directory: Path, config) -> dict:
-    """Add to the checkpoint's config.json the rotary settings the exporter leaves out (they change every
-    attention score of a llama3-rope model); returns what was added."""
+    """Set in the checkpoint's config.json the rotary settings the exporter leaves out (they change every
+    attention score of a llama3-rope model) and drop the unscaled rotary_scaling it copies from transformers 5's
+    config; returns what changed (None: removed)."""
     path = directory / "config.json"
     written = json.loads(path.read_text())
-    added = {k: v for k, v in rope_settings(config).items() if v is not None and written.get(k) != v}
-    if added:
-        path.write_text(json.dumps({**written, **added}, indent=2) + "\n")
-    return added
+    changed = {k: v for k, v in rope_settings(config).items() if written.get(k) != v and (v is not None or k in written)}
+    if changed:
+        kept = {k: v for k, v in written.items() if k not in changed}
+        path.write_text(json.dumps({**kept, **{k: v for k, v in changed.items() if v is not None}}, indent=2) + "\n")
+    return changed
 
 
 def check_tp(config, tp: int, precision: str, group_size: int | None) -> None:
@@ -222,7 +240,8 @@ def validate_checkpoint(directory: Path, config, tp: int, precision: str, sparse
     cfg = json.loads((directory / "config.json").read_text())
     problems = [f"config.json lacks '{k}'" for k in MANDATORY_CONFIG if k not in cfg]
     problems += [f"config.json has {key} {cfg.get(key)!r}, the model {value!r}"
-                 for key, value in rope_settings(config).items() if value is not None and cfg.get(key) != value]
+                 for key, value in rope_settings(config).items() if cfg.get(key) != value]
+    problems += [problem for problem in [rotary_scaling_problem(cfg)] if problem]
     mapping = cfg.get("mapping", {})
     if mapping.get("world_size") != tp or mapping.get("tp_size", 1) != tp:
         problems.append(f"mapping {mapping} does not say world_size = tp_size = {tp}")

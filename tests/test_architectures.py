@@ -42,13 +42,13 @@ def config_of(family: str, vocab: int):
     raise AssertionError(f"no tiny config for {family}")
 
 
-def make_checkpoint(family: str, directory: Path) -> Path:
+def make_checkpoint(family: str, directory: Path, config=None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = make_tokenizer(directory)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config_of(family, len(tokenizer))).eval()
+    model = AutoModelForCausalLM.from_config(config or config_of(family, len(tokenizer))).eval()
     with torch.no_grad():  # spread the random init so layers differ (as conftest's tiny Llama does)
         for p in model.parameters():
             if p.ndim == 2:
@@ -128,3 +128,31 @@ def test_family_through_the_pipeline(family, capsys, calib_file, tmp_path):
                     "--tokenizer", pruned, "--prompt", "def f(x):", "--max-new-tokens", 8, "--json")
     assert code == 0, out
     assert len(json.loads(out.splitlines()[0])["outputs"][0]["tokens"]) == 8
+
+
+def test_phi3_longrope_exports_in_fp32_and_fp16(capsys, calib_file, tmp_path):
+    """Phi-3-mini-128k's rope: longrope switches from its short to its long factors past the original positions.
+    Its forward caches tensors on the rotary module and rewrites inv_freq in place, which broke the second export
+    of a run (a fake tensor left behind) and the fp16 one (a dtype-changing copy). Both precisions, loaded and
+    streamed, must match PyTorch on windows past the switch."""
+    import transformers
+
+    head_dim = COMMON["hidden_size"] // COMMON["num_attention_heads"]
+    config = transformers.Phi3Config(vocab_size=256, **{**COMMON, "max_position_embeddings": 256},
+                                     original_max_position_embeddings=32,
+                                     rope_scaling={"type": "longrope", "short_factor": [1.0] * (head_dim // 2),
+                                                   "long_factor": [4.0] * (head_dim // 2)})
+    checkpoint = make_checkpoint("phi3", tmp_path / "phi3", config)
+    pruned = tmp_path / "pruned"
+    code, out = run(capsys, "prune", "--model", checkpoint, "--out", pruned, "--method", "magnitude", "--no-progress")
+    assert code == 0, out
+    for name, stream in (("onnx", ()), ("onnx-stream", ("--stream",))):
+        code, out = run(capsys, "export", "--model", pruned, "--out", tmp_path / name, *stream)
+        assert code == 0, out
+        code, out = run(capsys, "parity", "--model", pruned, "--onnx-dir", tmp_path / name, "--out",
+                        tmp_path / f"parity-{name}", "--corpus", calib_file, "--windows", 1, "--seq-len", 96,
+                        "--generate-tokens", 8)
+        assert code == 0, out
+        report = json.loads((tmp_path / f"parity-{name}" / "parity.json").read_text())
+        assert sorted(c["name"] for c in report["candidates"]) == ["onnxruntime-fp16", "onnxruntime-fp32"]
+        assert all(c["passed"] for c in report["candidates"]), report["candidates"]

@@ -75,6 +75,8 @@ def test_int8_artifacts_keep_the_zeros_and_pass_the_lint(tp_model, int8_run):
         assert check["sparse_linears_checked"] == 10 * int(tp)  # qkv, dense, fc, gate, proj x 2 layers per rank
         assert "--weight_sparsity" in int8_run["trtllm"][tp]["trtllm_build"]
         assert (out / f"trtllm-tp{tp}" / "build.sh").is_file()
+        written = json.loads((out / f"trtllm-tp{tp}" / "config.json").read_text())
+        assert "rotary_scaling" not in written and written["rotary_base"] == 10000.0  # a plain rope: no scaling entry
     for name in ("parity.json", "parity.html", "parity.junit.xml"):
         assert (out / name).is_file()
 
@@ -282,6 +284,32 @@ def test_smollm2_shapes_refuse_tensor_parallel_with_the_reason():
     check_tp(smollm2, 1, "int4", 64)
     with pytest.raises(SparsetrtError, match="9 attention heads do not split over 2 ranks"):
         check_tp(smollm2, 2, "int8", None)
+
+
+def test_rotary_settings_are_ones_tensorrt_llm_reads(tmp_path):
+    """transformers 5 reports a plain rope as {"rope_type": "default"}, which TensorRT-LLM's RotaryScalingType
+    refuses: the checkpoint drops it, keeps a real scaling with the "type" key TensorRT-LLM reads, and the
+    validation names a type TensorRT-LLM would raise on."""
+    from transformers import LlamaConfig
+
+    from sparsetrt.export.trtllm import complete_config, rope_settings, rotary_scaling_problem
+
+    plain = LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=32, rope_theta=50000.0)
+    assert rope_settings(plain) == {"rotary_base": 50000.0, "rotary_scaling": None}
+    llama3 = LlamaConfig(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    scaling = rope_settings(llama3)["rotary_scaling"]
+    assert scaling["type"] == "llama3" and scaling["factor"] == 8.0 and "rope_theta" not in scaling
+
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "LlamaForCausalLM", "rotary_base": 10000.0,
+                                                      "rotary_scaling": {"rope_type": "default", "rope_theta": 5e4}}))
+    assert rotary_scaling_problem(json.loads((tmp_path / "config.json").read_text())) is not None
+    assert complete_config(tmp_path, plain) == {"rotary_base": 50000.0, "rotary_scaling": None}
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written == {"architecture": "LlamaForCausalLM", "rotary_base": 50000.0}
+    assert rotary_scaling_problem(written) is None and complete_config(tmp_path, plain) == {}
+    complete_config(tmp_path, llama3)
+    assert rotary_scaling_problem(json.loads((tmp_path / "config.json").read_text())) is None
 
 
 def test_unpack_int4_rows_inverts_model_optimizer_packing():
