@@ -6,7 +6,10 @@ Python documentation topics every CPython ships (`pydoc_data.topics`), and says 
 
 The windows follow the protocol every published SparseGPT/Wanda number uses: tokenize the whole corpus
 once, then take `count` windows at `random.randint` offsets after `random.seed(seed)` (calibration), or
-the first N non-overlapping windows (evaluation).
+the first N non-overlapping windows (evaluation). Where the tokenizer puts a BOS before every text (Gemma,
+Llama 2), each window starts with it and holds one token less of the stream: a window cut from the middle of the
+text then starts the way every training text did (Gemma's attention sink sits on the BOS). SmolLM2's and Qwen's
+tokenizers put none, so their windows are the protocol's exactly.
 """
 
 from __future__ import annotations
@@ -114,28 +117,58 @@ def load_corpus(spec: str, split: str) -> CorpusText:
 
 
 def tokenize_corpus(tokenizer, corpus: CorpusText):
-    """The whole corpus as one 1-D LongTensor of token ids."""
+    """The whole corpus as one 1-D LongTensor of token ids, without special tokens (window_bos says which one
+    starts each window)."""
     # One call over the whole text, as the published protocol does; verbose=False silences the warning that
     # the result is longer than the model's context (we cut it into windows next).
-    ids = tokenizer(corpus.text, return_tensors=None, verbose=False)["input_ids"]
+    ids = tokenizer(corpus.text, return_tensors=None, verbose=False, add_special_tokens=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
 
-def random_windows(ids, count: int, seq_len: int, seed: int):
-    """`count` windows of `seq_len` tokens at seeded random offsets: LongTensor [count, seq_len]."""
+def window_bos(tokenizer) -> int | None:
+    """The token every window starts with: the tokenizer's BOS where it puts one before a text, else None."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("a", return_tensors=None)["input_ids"]
+    return bos if bos is not None and ids and ids[0] == bos else None
+
+
+def random_windows(ids, count: int, seq_len: int, seed: int, bos: int | None = None):
+    """`count` windows of `seq_len` tokens at seeded random offsets: LongTensor [count, seq_len] (each starting
+    with `bos` when one is given)."""
     _check_window_args(ids, count, seq_len)
     rng = random.Random(seed)
-    starts = [rng.randint(0, len(ids) - seq_len - 1) for _ in range(count)]
-    return torch.stack([ids[s: s + seq_len] for s in starts])
+    body = seq_len - (bos is not None)
+    starts = [rng.randint(0, len(ids) - body - 1) for _ in range(count)]
+    return with_bos(torch.stack([ids[s: s + body] for s in starts]), bos)
 
 
-def sequential_windows(ids, seq_len: int, max_windows: int | None = None):
-    """The first non-overlapping windows of `seq_len` tokens: LongTensor [n, seq_len]."""
+def sequential_windows(ids, seq_len: int, max_windows: int | None = None, bos: int | None = None):
+    """The first non-overlapping windows of `seq_len` tokens: LongTensor [n, seq_len] (each starting with `bos`
+    when one is given)."""
     _check_window_args(ids, 1, seq_len)
-    n = len(ids) // seq_len
+    body = seq_len - (bos is not None)
+    n = len(ids) // body
     if max_windows is not None:
         n = min(n, max_windows)
-    return ids[: n * seq_len].view(n, seq_len)
+    return with_bos(ids[: n * body].view(n, body), bos)
+
+
+def with_bos(windows: torch.Tensor, bos: int | None) -> torch.Tensor:
+    """[n, body] windows with a first column of `bos` (as they are when it is None)."""
+    if bos is None:
+        return windows
+    return torch.cat([torch.full((len(windows), 1), bos, dtype=windows.dtype), windows], dim=1)
+
+
+def sampled_windows(tokenizer, corpus: CorpusText, count: int, seq_len: int, seed: int):
+    """Calibration windows of `corpus` for `tokenizer` (random_windows, starting with its BOS where it adds one)."""
+    return random_windows(tokenize_corpus(tokenizer, corpus), count, seq_len, seed, window_bos(tokenizer))
+
+
+def evaluation_windows(tokenizer, corpus: CorpusText, seq_len: int, max_windows: int | None = None):
+    """Evaluation windows of `corpus` for `tokenizer` (sequential_windows, starting with its BOS where it adds
+    one)."""
+    return sequential_windows(tokenize_corpus(tokenizer, corpus), seq_len, max_windows, window_bos(tokenizer))
 
 
 def _check_window_args(ids, count: int, seq_len: int) -> None:
@@ -152,4 +185,4 @@ def calibration_windows(tokenizer, corpus_spec: str, samples: int, seq_len: int,
     """(windows [samples, seq_len], corpus, number of corpus tokens) for pruning or quantization."""
     corpus = load_corpus(corpus_spec, split)
     ids = tokenize_corpus(tokenizer, corpus)
-    return random_windows(ids, samples, seq_len, seed), corpus, len(ids)
+    return random_windows(ids, samples, seq_len, seed, window_bos(tokenizer)), corpus, len(ids)

@@ -28,7 +28,7 @@ from transformers import AutoConfig
 
 from sparsetrt.architectures import check_length
 from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
-from sparsetrt.calibration.data import calibration_windows
+from sparsetrt.calibration.data import calibration_windows, window_bos
 from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.checkpoint import CheckpointReader, empty_model
 from sparsetrt.devices import resolve_device
@@ -193,7 +193,8 @@ def quantize_checkpoint(checkpoint: str | Path, onnx_dir: str | Path, out: str |
             "precision": settings.precision,
             "scheme": _scheme(settings),
             "calibration": {"corpus": corpus.description, "corpus_tokens": corpus_tokens, "samples": calib_samples,
-                            "seq_len": calib_seq_len, "seed": seed, "library": built["library"]},
+                            "seq_len": calib_seq_len, "seed": seed, "window_bos": window_bos(tokenizer),
+                            "library": built["library"]},
             "modules": built["modules"],
             "mask_fixes": sum(m["mask_fixes"] for m in built["modules"].values()),
             "embeddings": {name: {"precision": settings.embeddings, **info} for name, info in built["tables"].items()},

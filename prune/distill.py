@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from sparsetrt.calibration.data import with_bos
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune.settings import DistillSettings
 
@@ -51,16 +52,19 @@ def learning_rate(step: int, total: int, settings: DistillSettings) -> float:
     return floor + (settings.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def step_windows(tokens: torch.Tensor, step: int, micro: int, settings: DistillSettings) -> torch.Tensor:
+def step_windows(tokens: torch.Tensor, step: int, micro: int, settings: DistillSettings,
+                 bos: int | None = None) -> torch.Tensor:
     """The [batch, seq_len] windows of micro-batch `micro` of step `step`: random offsets from a generator
-    seeded by (seed, step, micro), so any step can be replayed exactly after a resume."""
+    seeded by (seed, step, micro), so any step can be replayed exactly after a resume; each starts with `bos` when
+    one is given (the tokenizer puts one before every text)."""
     generator = torch.Generator().manual_seed((settings.seed * 1_000_003 + step * 1_009 + micro) % 2**64)
-    high = len(tokens) - settings.seq_len
+    body = settings.seq_len - (bos is not None)
+    high = len(tokens) - body
     if high <= 0:
         raise SparsetrtError(f"the training text has {len(tokens)} tokens, fewer than one window of "
                              f"{settings.seq_len}; use more text or a shorter --seq-len")
     starts = torch.randint(0, high + 1, (settings.batch_size,), generator=generator)
-    return torch.stack([tokens[s: s + settings.seq_len] for s in starts.tolist()])
+    return with_bos(torch.stack([tokens[s: s + body] for s in starts.tolist()]), bos)
 
 
 def masks_of(model: torch.nn.Module, names) -> dict[str, torch.Tensor]:
@@ -105,7 +109,7 @@ def trainable_parameters(model: torch.nn.Module, train_embeddings: bool) -> list
 
 
 def train_step(student, teacher, optimizer, tokens: torch.Tensor, step: int, total: int, masks,
-               settings: DistillSettings) -> dict:
+               settings: DistillSettings, bos: int | None = None) -> dict:
     """One optimizer step over grad_accum micro-batches; returns its log record (loss averaged over them)."""
     lr = learning_rate(step, total, settings)
     for group in optimizer.param_groups:
@@ -113,7 +117,7 @@ def train_step(student, teacher, optimizer, tokens: torch.Tensor, step: int, tot
     want_hidden = settings.hidden_weight > 0
     totals: dict[str, float] = {}
     for micro in range(settings.grad_accum):
-        ids = step_windows(tokens, step, micro, settings)
+        ids = step_windows(tokens, step, micro, settings, bos)
         with torch.no_grad():
             t_out = teacher(input_ids=ids, use_cache=False, output_hidden_states=want_hidden)
         s_out = student(input_ids=ids, use_cache=False, output_hidden_states=want_hidden)

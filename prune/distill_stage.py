@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparsetrt.artifacts import prepare_output, pyplot, read_json, save_figure, staged_dir, write_json
-from sparsetrt.calibration.data import find_shared_wikitext, load_corpus, tokenize_corpus
+from sparsetrt.calibration.data import find_shared_wikitext, load_corpus, tokenize_corpus, window_bos
 from sparsetrt.checkpoint import streamed_forward_model
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import DISTILL_MANIFEST, SPARSITY_MANIFEST, STRUCTURE_MANIFEST
@@ -70,7 +70,7 @@ def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data:
     check_compatible(teacher_lm, student_lm, settings.hidden_weight)
     teacher_lm.eval()
     student_lm.train()
-    tokens = tokenize_corpus(tokenizer, corpus)
+    tokens, bos = tokenize_corpus(tokenizer, corpus), window_bos(tokenizer)
     masks = masks_of(student_lm, sparsity.get("modules", {}))  # a shrunk, dense student holds no zeros
     params = trainable_parameters(student_lm, settings.train_embeddings)
     for p in teacher_lm.parameters():
@@ -94,7 +94,8 @@ def distill_checkpoint(teacher: str, student: str | Path, out: str | Path, data:
         while total == 0 or len(log) < total:
             step = len(log)
             t0 = time.perf_counter()
-            record = train_step(student_lm, teacher_lm, optimizer, tokens, step, max(total, step + 1), masks, settings)
+            record = train_step(student_lm, teacher_lm, optimizer, tokens, step, max(total, step + 1), masks, settings,
+                                bos)
             seconds = time.perf_counter() - t0
             record.update(seconds=round(seconds, 3), tokens_per_s=round(step_tokens / seconds, 1))
             log.append(record)

@@ -22,7 +22,12 @@ from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune import importance
 from sparsetrt.prune.settings import ShrinkSettings, parse_size
 
-SLICEABLE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+SLICEABLE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "granite", "olmo2", "smollm3",
+             "cohere")
+NOT_SLICEABLE = {"phi3": "its fused qkv_proj / gate_up_proj are not sliced yet",
+                 "stablelm": "its attention takes the head size as hidden / heads, so a cut head count changes it"}
+# Config lists with one entry per decoder block, cut with the blocks a depth cut keeps.
+PER_LAYER_KEYS = ("layer_types", "no_rope_layers")
 FLOPS_CONTEXT = 512  # the context length the attention part of FLOPs per token is given at
 
 
@@ -42,9 +47,8 @@ class Plan:
 def plan(config, settings: ShrinkSettings) -> Plan:
     """The target sizes, or one line saying why they cannot be."""
     if config.model_type not in SLICEABLE:
-        why = "its fused qkv_proj / gate_up_proj" if config.model_type == "phi3" else "its blocks"
-        raise SparsetrtError(f"shrink cannot slice '{config.model_type}' ({why} are not sliced yet); it slices "
-                             f"{', '.join(SLICEABLE)}")
+        why = NOT_SLICEABLE.get(config.model_type, "its blocks are not sliced yet")
+        raise SparsetrtError(f"shrink cannot slice '{config.model_type}' ({why}); it slices {', '.join(SLICEABLE)}")
     heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     keep_kv = parse_size(settings.kv_heads, "kv_heads", kv)
     keep_heads = parse_size(settings.heads, "heads", heads)
@@ -220,6 +224,9 @@ def sliced_block(block: dict[str, torch.Tensor], choice: dict, old: int, head_di
             "self_attn.k_proj.weight": (0, kv_rows), "self_attn.k_proj.bias": (0, kv_rows),
             "self_attn.v_proj.weight": (0, kv_rows), "self_attn.v_proj.bias": (0, kv_rows),
             "self_attn.o_proj.weight": (1, q_rows)}
+    # q/k norms over the whole projection (OLMo 2) are cut with their heads; per-head ones (Qwen3, Gemma 3) are kept.
+    norms = {"self_attn.q_norm.weight": q_rows, "self_attn.k_norm.weight": kv_rows}
+    cuts.update({name: (0, rows) for name, rows in norms.items() if name in block and block[name].numel() != head_dim})
     return {rest: value.index_select(*cuts[rest]) if rest in cuts else value.clone() for rest, value in block.items()}
 
 
@@ -228,8 +235,9 @@ def shrunk_config(config, p: Plan, kept_layers: list[int]):
     new.intermediate_size, new.num_attention_heads, new.num_key_value_heads = p.intermediate, p.heads, p.kv_heads
     new.num_hidden_layers = p.layers
     new.head_dim = p.head_dim  # explicit: Llama's default (hidden / heads) would change with the head count
-    if getattr(config, "layer_types", None):  # per-layer sliding/full attention (gemma2, qwen3, ...)
-        new.layer_types = [config.layer_types[i] for i in kept_layers]
+    for key in PER_LAYER_KEYS:  # sliding/full attention per block (Gemma 2/3, Qwen3), rope or none (SmolLM3)
+        if isinstance(getattr(config, key, None), list) and len(getattr(config, key)) == config.num_hidden_layers:
+            setattr(new, key, [getattr(config, key)[i] for i in kept_layers])
     return new
 
 

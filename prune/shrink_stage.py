@@ -11,7 +11,7 @@ from transformers import AutoConfig
 
 from sparsetrt.architectures import check_length
 from sparsetrt.artifacts import prepare_output, staged_dir, write_json
-from sparsetrt.calibration.data import calibration_windows
+from sparsetrt.calibration.data import calibration_windows, window_bos
 from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.devices import resolve_device
 from sparsetrt.errors import SparsetrtError
@@ -86,7 +86,8 @@ def shrink_checkpoint(model: str, out: str | Path, settings: ShrinkSettings,
         "format": MANIFEST_FORMAT, "stage": "shrink", "fingerprint": fingerprint, "settings": run_settings,
         "source_checkpoint": str(checkpoint),
         "calibration": None if corpus is None else {"corpus": corpus.description, "samples": calib_samples,
-                                                    "seq_len": calib_seq_len, "seed": seed},
+                                                    "seq_len": calib_seq_len, "seed": seed,
+                                                    "window_bos": window_bos(tokenizer)},
         "before": before,
         "uniform_widths": "Hugging Face configs hold one width for all layers: every kept layer keeps the same "
                           "number of channels and heads (its own best ones)",

@@ -10,7 +10,7 @@ import torch
 
 from sparsetrt.architectures import check_length
 from sparsetrt.artifacts import prepare_output, staged_dir, write_json
-from sparsetrt.calibration.data import calibration_windows
+from sparsetrt.calibration.data import calibration_windows, window_bos
 from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.devices import resolve_device
 from sparsetrt.layout import SPARSITY_MANIFEST
@@ -69,11 +69,13 @@ def prune_checkpoint(model: str, out: str | Path, settings: PruneSettings | None
     candidates = target_linears(lm, targets, exclude)
     check_prunable(candidates, parsed)
 
-    windows, corpus, corpus_tokens = None, None, None
+    windows, calibration_record = None, None
     if method != "magnitude" or plan.mode != "uniform":
         start = time.perf_counter()
         windows, corpus, corpus_tokens = calibration_windows(tokenizer, calib, calib_samples, calib_seq_len, seed)
         timings["calibration_data_s"] = time.perf_counter() - start
+        calibration_record = {"corpus": corpus.description, "corpus_tokens": corpus_tokens, "samples": calib_samples,
+                              "seq_len": calib_seq_len, "seed": seed, "window_bos": window_bos(tokenizer)}
 
     torch.manual_seed(seed)
     probe = None
@@ -91,9 +93,8 @@ def prune_checkpoint(model: str, out: str | Path, settings: PruneSettings | None
         hooks = streamed.hooks(tmp) if streamed else LayerHooks(device)
         reports = prune_model(lm, windows, method, patterns, targets, exclude, batch_size, sparsegpt, progress, hooks)
         timings["prune_s"] = time.perf_counter() - start
-        manifest = _manifest(run_fingerprint, run_settings, checkpoint, method, parsed, corpus, corpus_tokens,
-                             calib_samples, calib_seq_len, seed, reports, candidates, patterns, schedule_info,
-                             sparsegpt, timings, device, stream)
+        manifest = _manifest(run_fingerprint, run_settings, checkpoint, method, parsed, calibration_record, reports,
+                             candidates, patterns, schedule_info, sparsegpt, timings, device, stream)
         start = time.perf_counter()
         if streamed:
             streamed.finish(tmp)
@@ -121,9 +122,8 @@ def run_settings_of(model: str | Path, settings: PruneSettings, calibration: Cal
     return run_settings
 
 
-def _manifest(run_fingerprint, settings, checkpoint, method, parsed, corpus, corpus_tokens, calib_samples,
-              calib_seq_len, seed, reports, candidates, patterns, schedule_info, sparsegpt, timings, device,
-              stream) -> dict:
+def _manifest(run_fingerprint, settings, checkpoint, method, parsed, calibration, reports, candidates, patterns,
+              schedule_info, sparsegpt, timings, device, stream) -> dict:
     pruned_params = sum(r.shape[0] * r.shape[1] for r in reports)
     zeros = sum(r.zero_fraction * r.shape[0] * r.shape[1] for r in reports)
     candidate_params = sum(m.weight.numel() for m in candidates.values())
@@ -138,10 +138,7 @@ def _manifest(run_fingerprint, settings, checkpoint, method, parsed, corpus, cor
         "method": method,
         "pattern": str(parsed),
         "pattern_axis": "input features (the matmul reduction axis)",
-        "calibration": None if corpus is None else {
-            "corpus": corpus.description, "corpus_tokens": corpus_tokens,
-            "samples": calib_samples, "seq_len": calib_seq_len, "seed": seed,
-        },
+        "calibration": calibration,
         "summary": {
             "modules": len(reports),
             "pruned_parameters": pruned_params,

@@ -32,6 +32,12 @@ FAMILIES = {
     "phi3": Family("Phi-3 (fused qkv_proj and gate_up_proj)"),
     "gemma": Family("Gemma"),
     "gemma2": Family("Gemma 2 (alternating sliding-window layers, soft-capping)"),
+    "gemma3_text": Family("Gemma 3 text (5 sliding : 1 full layers, a rope base per layer type, q/k norms)"),
+    "granite": Family("Granite 3.x (embedding, residual, attention and logit multipliers)"),
+    "olmo2": Family("OLMo 2 (norms after attention and MLP, q/k norms over the whole projection)"),
+    "smollm3": Family("SmolLM3 (no rotary on every fourth layer)"),
+    "stablelm": Family("StableLM (LayerNorm, partial rotary)"),
+    "cohere": Family("Cohere (parallel attention and MLP, LayerNorm, logit scale)"),
 }
 # Config keys that mark a mixture-of-experts model (Mixtral, Qwen2-MoE, DeepSeek, ...).
 MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")

@@ -39,6 +39,21 @@ def config_of(family: str, vocab: int):
         return transformers.GemmaConfig(vocab_size=vocab, head_dim=16, **COMMON)
     if family == "gemma2":
         return transformers.Gemma2Config(vocab_size=vocab, head_dim=16, sliding_window=WINDOW, **COMMON)
+    if family == "granite":
+        return transformers.GraniteConfig(vocab_size=vocab, embedding_multiplier=12.0, residual_multiplier=0.22,
+                                          attention_multiplier=0.015625, logits_scaling=8.0, **COMMON)
+    if family == "olmo2":
+        return transformers.Olmo2Config(vocab_size=vocab, **COMMON)
+    if family == "smollm3":
+        return transformers.SmolLM3Config(vocab_size=vocab, no_rope_layer_interval=2, **COMMON)
+    if family == "gemma3_text":  # one KV head, as the small Gemma 3 sizes have; a sliding and a full layer
+        return transformers.Gemma3TextConfig(vocab_size=vocab, head_dim=16, sliding_window=WINDOW,
+                                             layer_types=["sliding_attention", "full_attention"],
+                                             **{**COMMON, "num_key_value_heads": 1})
+    if family == "stablelm":
+        return transformers.StableLmConfig(vocab_size=vocab, **COMMON)
+    if family == "cohere":
+        return transformers.CohereConfig(vocab_size=vocab, **COMMON)
     raise AssertionError(f"no tiny config for {family}")
 
 
@@ -46,7 +61,7 @@ def make_checkpoint(family: str, directory: Path, config=None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = make_tokenizer(directory)
+    tokenizer = make_tokenizer(directory, add_bos=family.startswith("gemma"))  # as Gemma's tokenizers do
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config or config_of(family, len(tokenizer))).eval()
     with torch.no_grad():  # spread the random init so layers differ (as conftest's tiny Llama does)
@@ -93,7 +108,11 @@ def test_family_through_the_pipeline(family, capsys, calib_file, tmp_path):
     assert code == 0, out
     report = json.loads((tmp_path / "parity" / "parity.json").read_text())
     metrics = report["candidates"][0]["metrics"]
-    if family in ("mistral", "gemma2"):  # the decode past the window is compared token for token
+    # Gemma's tokenizers put a BOS before every text: every calibration and parity window starts with it
+    bos = 1 if family.startswith("gemma") else None
+    assert report["eval"]["window_bos"] == bos
+    assert json.loads((pruned / "sparsity.json").read_text())["calibration"]["window_bos"] == bos
+    if family in ("mistral", "gemma2", "gemma3_text"):  # the decode past the window is compared token for token
         long_context = report["long_context"]
         assert long_context["sliding_window"] == WINDOW and long_context["prompt_tokens"] > WINDOW
         assert metrics["long_generation_tokens"] == long_context["new_tokens"] and metrics["long_generation_identical"] == 1.0
@@ -156,3 +175,31 @@ def test_phi3_longrope_exports_in_fp32_and_fp16(capsys, calib_file, tmp_path):
         report = json.loads((tmp_path / f"parity-{name}" / "parity.json").read_text())
         assert sorted(c["name"] for c in report["candidates"]) == ["onnxruntime-fp16", "onnxruntime-fp32"]
         assert all(c["passed"] for c in report["candidates"]), report["candidates"]
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "granite", "olmo2", "smollm3", "cohere"])
+def test_family_shrinks_into_a_checkpoint_that_loads(family, capsys, calib_file, tmp_path):
+    """Structured pruning of the families whose blocks carry more than Llama's: per-layer lists (Gemma 3's layer
+    types, SmolLM3's rope-or-not), q/k norms over the whole projection (OLMo 2, cut with the heads) or per head
+    (Gemma 3, kept), Granite's multipliers. The smaller checkpoint loads strictly and computes finite logits (its
+    export is the same code path the pipeline test above runs for the family)."""
+    import torch
+    import transformers
+
+    checkpoint = make_checkpoint(family, tmp_path / family)
+    shrunk = tmp_path / "shrunk"
+    code, out = run(capsys, "shrink", "--model", checkpoint, "--out", shrunk, "--mlp", "0.5", "--heads", 2,
+                    "--layers", 1, "--calib", calib_file, "--calib-samples", 4, "--calib-seq-len", 32, "--no-progress")
+    assert code == 0, out
+    original, config = transformers.AutoConfig.from_pretrained(checkpoint), transformers.AutoConfig.from_pretrained(shrunk)
+    assert (config.num_hidden_layers, config.num_attention_heads, config.intermediate_size) == (1, 2, 64)
+    per_layer = json.loads((shrunk / "structure.json").read_text())["removed"]["per_layer"]
+    kept = [per_layer[str(i)]["source_layer"] for i in range(config.num_hidden_layers)]
+    for key in ("layer_types", "no_rope_layers"):
+        if getattr(original, key, None):
+            assert getattr(config, key) == [getattr(original, key)[i] for i in kept]
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(shrunk, output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched tensor
+    with torch.no_grad():
+        logits = model(input_ids=torch.arange(3, 43).unsqueeze(0)).logits
+    assert logits.shape[1] == 40 and torch.isfinite(logits).all()

@@ -75,7 +75,7 @@ def test_an_artifacts_tree_holding_sparsetrts_own_runs_is_accepted(tmp_path):
     ({"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "num_local_experts": 8},
      "mixture-of-experts model ('mixtral', 8 experts per layer)"),
     ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]},
-     "'gpt2' model (GPT2LMHeadModel), a family sparsetrt does not support; supported families: gemma, gemma2, llama"),
+     "'gpt2' model (GPT2LMHeadModel), a family sparsetrt does not support; supported families: cohere, gemma, gemma2"),
 ])
 def test_unsupported_families_are_refused_before_any_work(capsys, calib_file, tmp_path, config, expected):
     model = config_only(tmp_path / "model", config)

@@ -34,3 +34,25 @@ def test_windows_are_seeded_and_sequential_windows_are_the_prefix():
     assert torch.equal(seq.flatten(), ids[:1536])
     with pytest.raises(SparsetrtError, match="fewer than one window"):
         data.random_windows(ids[:50], 1, 100, seed=0)
+
+
+def test_windows_start_with_the_bos_where_the_tokenizer_puts_one(tmp_path):
+    """A tokenizer that puts a BOS before every text (Gemma's, Llama 2's) gets it at the start of every window, the
+    stream itself carries none, and each window holds one stream token less; one that puts none gets the
+    protocol's windows unchanged."""
+    from conftest import make_tokenizer
+
+    corpus = data.CorpusText(" ".join(f"word{i % 97} next" for i in range(3000)), "test text")
+    plain, with_bos = make_tokenizer(tmp_path / "plain"), make_tokenizer(tmp_path / "bos", add_bos=True)
+    bos = with_bos.bos_token_id
+    assert data.window_bos(plain) is None and data.window_bos(with_bos) == bos
+    stream = data.tokenize_corpus(with_bos, corpus)
+    assert torch.equal(stream, data.tokenize_corpus(plain, corpus)) and bos not in stream.tolist()
+
+    assert torch.equal(data.evaluation_windows(plain, corpus, 64, 3), data.sequential_windows(stream, 64, 3))
+    evaluation = data.evaluation_windows(with_bos, corpus, 64, 3)
+    assert evaluation.shape == (3, 64) and (evaluation[:, 0] == bos).all()
+    assert torch.equal(evaluation[:, 1:].flatten(), stream[: 3 * 63])
+    sampled = data.sampled_windows(with_bos, corpus, 4, 64, seed=0)
+    assert sampled.shape == (4, 64) and (sampled[:, 0] == bos).all() and bos not in sampled[:, 1:].flatten().tolist()
+    assert torch.equal(data.sampled_windows(plain, corpus, 4, 64, seed=0), data.random_windows(stream, 4, 64, seed=0))

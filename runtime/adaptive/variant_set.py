@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsetrt.artifacts import read_json, write_json
-from sparsetrt.calibration.data import load_corpus, random_windows, tokenize_corpus
+from sparsetrt.calibration.data import load_corpus, sampled_windows
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.settings import ExportSettings
 from sparsetrt.export.stage import export_checkpoint
@@ -220,7 +220,7 @@ def build_variant_set(artifacts: Path, out: Path, backend: str = "onnxruntime", 
 
     tokenizer = load_tokenizer(ArtifactsTree(artifacts).pruned)
     corpus = load_corpus("auto", "valid")  # never the evaluation split
-    windows = random_windows(tokenize_corpus(tokenizer, corpus), QUALITY_WINDOWS, 128, seed=0).numpy()
+    windows = sampled_windows(tokenizer, corpus, QUALITY_WINDOWS, 128, seed=0).numpy()
     for index, entry in enumerate(entries, 1):
         if progress:
             print(f"[{index}/{len(entries)}] timing {entry['name']} on {backend} ...", flush=True)

@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sparsetrt.artifacts import pyplot, read_json, save_figure, write_report
-from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
+from sparsetrt.calibration.data import evaluation_windows, load_corpus
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.ort_target import OrtTargetOptions, write_ort_target
 from sparsetrt.layout import QUANT_MANIFEST, ArtifactsTree
@@ -238,7 +238,7 @@ def run_cpu_bench(artifacts: Path, out: Path, work: Path, settings: CpuBenchSett
     speed = settings.speed()
     prompts, corpus = bench_prompts(tokenizer, settings.corpus, max(settings.batches), settings.prompt_tokens)
     text = load_corpus(settings.corpus, "test")
-    windows = sequential_windows(tokenize_corpus(tokenizer, text), settings.seq_len, settings.eval_windows).tolist()
+    windows = evaluation_windows(tokenizer, text, settings.seq_len, settings.eval_windows).tolist()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for index, candidate in enumerate(rows, 1):
         if progress:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from sparsetrt.artifacts import write_json
-from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
+from sparsetrt.calibration.data import evaluation_windows, load_corpus
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import ArtifactsTree
 from sparsetrt.memory import current_rss_mb, peak_rss_mb
@@ -125,7 +125,7 @@ def _worker(spec_path: str) -> int:
 
 def bench_prompts(tokenizer, corpus: str, count: int, prompt_tokens: int) -> tuple[list[list[int]], str]:
     text = load_corpus(corpus, "test")
-    windows = sequential_windows(tokenize_corpus(tokenizer, text), prompt_tokens, count)
+    windows = evaluation_windows(tokenizer, text, prompt_tokens, count)
     return windows.tolist(), text.description
 
 

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparsetrt.artifacts import write_json, write_text_atomic
-from sparsetrt.calibration.data import default_corpus, random_windows, sequential_windows, tokenize_corpus
+from sparsetrt.calibration.data import default_corpus, evaluation_windows, sampled_windows
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.quant_stage import model_block_size
 from sparsetrt.export.quantize import quantize_model
@@ -61,8 +61,8 @@ def quality_benchmark(model: str, out: str | Path, methods=("dense", "magnitude"
     checkpoint = resolve_checkpoint(model)
     tokenizer = load_tokenizer(checkpoint)
     calib_text, eval_text = default_corpus("valid"), default_corpus("test")
-    calib = random_windows(tokenize_corpus(tokenizer, calib_text), calib_samples, seq_len, seed)
-    evaluation = sequential_windows(tokenize_corpus(tokenizer, eval_text), seq_len, eval_windows)
+    calib = sampled_windows(tokenizer, calib_text, calib_samples, seq_len, seed)
+    evaluation = evaluation_windows(tokenizer, eval_text, seq_len, eval_windows)
     parsed = parse_pattern(pattern)
 
     results = []

@@ -20,7 +20,7 @@ from pydoc_data.topics import topics
 import torch
 
 from sparsetrt.artifacts import fingerprint, pyplot, read_json, save_figure, write_json, write_text_atomic
-from sparsetrt.calibration.data import CorpusText, default_corpus, sequential_windows, tokenize_corpus
+from sparsetrt.calibration.data import CorpusText, default_corpus, evaluation_windows
 from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import DISTILL_MANIFEST
@@ -78,8 +78,8 @@ def schedule_benchmark(model: str, out: str | Path, work: str | Path, settings: 
     calib_text, eval_text = default_corpus("valid"), default_corpus("test")
     other = second_domain(calib_text.description)
     evaluation = {
-        "wikitext": sequential_windows(tokenize_corpus(tokenizer, eval_text), settings.seq_len, settings.eval_windows),
-        "second_domain": sequential_windows(tokenize_corpus(tokenizer, other), settings.seq_len, settings.eval_windows),
+        "wikitext": evaluation_windows(tokenizer, eval_text, settings.seq_len, settings.eval_windows),
+        "second_domain": evaluation_windows(tokenizer, other, settings.seq_len, settings.eval_windows),
     }
     work, out = Path(work), Path(out)
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sparsetrt.artifacts import pyplot, save_figure, write_report
-from sparsetrt.calibration.data import default_corpus, sequential_windows, tokenize_corpus
+from sparsetrt.calibration.data import default_corpus, evaluation_windows
 from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.settings import ExportSettings
@@ -77,9 +77,8 @@ def run_structured_bench(settings: StructuredBenchSettings, out: Path, work: Pat
     tokenizer = load_tokenizer(dense)
     calib_text, eval_text = default_corpus("valid"), default_corpus("test")
     other = second_domain(calib_text.description)
-    evaluation = {"wikitext": sequential_windows(tokenize_corpus(tokenizer, eval_text), settings.seq_len,
-                                                 settings.eval_windows),
-                  "second_domain": sequential_windows(tokenize_corpus(tokenizer, other), settings.seq_len,
+    evaluation = {"wikitext": evaluation_windows(tokenizer, eval_text, settings.seq_len, settings.eval_windows),
+                  "second_domain": evaluation_windows(tokenizer, other, settings.seq_len,
                                                       settings.second_domain_windows)}
     prompts, _ = bench_prompts(tokenizer, "auto", max(settings.batches), settings.prompt_tokens)
     started = time.perf_counter()

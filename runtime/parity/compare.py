@@ -16,7 +16,7 @@ import numpy as np
 
 from sparsetrt.architectures import check_length, max_positions, sliding_window
 from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json, write_text_atomic
-from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
+from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus, window_bos
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import ENGINE_MANIFEST, EXPORT_MANIFEST, PARITY_MANIFEST, ArtifactsTree
 from sparsetrt.runtime.backends import make_runner
@@ -127,11 +127,11 @@ def run_parity(checkpoint: str | Path, onnx_dir: str | Path, out: str | Path, se
 
     reference = make_runner("pytorch", Path(checkpoint), device="cpu")
     text = load_corpus(corpus, "test")
-    eval_tokens = tokenize_corpus(reference.tokenizer, text)
-    eval_windows = sequential_windows(eval_tokens, seq_len, windows).numpy()
+    eval_tokens, bos = tokenize_corpus(reference.tokenizer, text), window_bos(reference.tokenizer)
+    eval_windows = sequential_windows(eval_tokens, seq_len, windows, bos).numpy()
 
     generations = parity_prompt_check(reference, generate_tokens)
-    long_context = long_context_check(reference, eval_tokens)
+    long_context = long_context_check(reference, eval_tokens, bos)
     candidates = []
     files = [(f"onnxruntime-{precision}", precision, onnx_dir / info["onnx"])
              for precision, info in export["files"].items()]
@@ -160,7 +160,7 @@ def run_parity(checkpoint: str | Path, onnx_dir: str | Path, out: str | Path, se
         "fingerprint": run_fingerprint,
         "settings": run_settings,
         "reference": {"backend": "pytorch", "dtype": "float32", "checkpoint": str(checkpoint)},
-        "eval": {"corpus": text.description, "windows": int(len(eval_windows)), "seq_len": seq_len},
+        "eval": {"corpus": text.description, "windows": int(len(eval_windows)), "seq_len": seq_len, "window_bos": bos},
         "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}"
                    + ("" if engines else ", CPU only"),
         "generation": generations.describe(),
@@ -209,11 +209,11 @@ def parity_prompt_check(reference, new_tokens: int) -> GenerationCheck:
     return GenerationCheck(reference, prompts, new_tokens)
 
 
-def long_context_check(reference, eval_tokens) -> GenerationCheck | None:
+def long_context_check(reference, eval_tokens, bos: int | None = None) -> GenerationCheck | None:
     """One greedy generation from a prompt longer than the model's sliding window: a decoder whose sliding-window
     layers mishandle the cache passes short prompts and breaks here (Gemma 2 did past 256 tokens). None when no layer has a window
     (or the positions end before one can be passed). The prompt is the start of the evaluation text, repeated if
-    short."""
+    short (after the BOS, where the tokenizer puts one)."""
     config = reference.model.config
     window = sliding_window(config)
     limit = max_positions(config) or 1 << 30
@@ -221,7 +221,8 @@ def long_context_check(reference, eval_tokens) -> GenerationCheck | None:
         return None
     length = min(window + LONG_CONTEXT_NEW_TOKENS, limit - LONG_CONTEXT_NEW_TOKENS)
     tokens = np.asarray(eval_tokens).reshape(-1)
-    prompt = np.tile(tokens, -(-length // max(len(tokens), 1)))[:length].tolist()
+    start = [] if bos is None else [bos]
+    prompt = start + np.tile(tokens, -(-length // max(len(tokens), 1)))[:length - len(start)].tolist()
     return GenerationCheck(reference, [prompt], LONG_CONTEXT_NEW_TOKENS, prefix="long_generation_",
                            about={"sliding_window": window, "prompt_tokens": length,
                                   "decoding": "greedy, one prompt longer than the window"})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from sparsetrt.calibration.data import load_corpus, sequential_windows, tokenize_corpus
+from sparsetrt.calibration.data import evaluation_windows, load_corpus
 from sparsetrt.export.ort_target import exact_compute
 from sparsetrt.export.quant_stage import QuantizedModel
 from sparsetrt.export.quantize import TensorRTFakeQuantLinear, tensorrt_fake_quant
@@ -58,7 +58,7 @@ def quantized_parity(model: QuantizedModel, corpus: str, windows: int, seq_len: 
     quants, tables, checkpoint, sparsity = model.quants, model.tables, model.checkpoint, model.sparsity
     onnx_path, precision = model.onnx_path, model.precision
     text = load_corpus(corpus, "test")
-    eval_windows = sequential_windows(tokenize_corpus(model.tokenizer, text), seq_len, windows).numpy()
+    eval_windows = evaluation_windows(model.tokenizer, text, seq_len, windows).numpy()
     pruned = TorchRunner(load_model(checkpoint)[0])
     dense_path = Path(sparsity["source_checkpoint"]) if sparsity else Path(checkpoint)
     fake_quant = tensorrt_fake_quant(load_model(checkpoint)[0], quants, tables)
