@@ -18,7 +18,7 @@ ARTIFACTS   ?= artifacts
 # Whether a demo run has finished there (every `sparsetrt run` writes a run*.json at the top).
 DEMO_DONE    = $(wildcard $(ARTIFACTS)/run*.json)
 
-.PHONY: setup demo docs lint test test-fast bench bench-cpu bench-quality bench-schedule bench-serve bench-adaptive bench-gpu bench-engine bench-structured bench-scale distill engine \
+.PHONY: setup demo docs architectures lint test test-fast bench bench-cpu bench-quality bench-schedule bench-serve bench-adaptive bench-gpu bench-engine bench-structured bench-scale distill engine \
 	parity serve \
 	docker-lint docker-build docker-runtime docker-cpu clean distclean help
 
@@ -45,6 +45,7 @@ help:
 	@echo "make distill        recover the demo's 2:4 model by distillation from the dense one (MINUTES=30)"
 	@echo "make bench-schedule sparsity schedules (uniform/scheduled/OWL/hardware) before and after distillation"
 	@echo "make docs           regenerate docs/settings.md (every option, type, range, default) from the settings models"
+	@echo "make architectures  rewrite docs/models.md's family table from the last test run (tests/test_architectures.py)"
 	@echo "make clean          remove artifacts and build scratch (keeps .venv and the model cache)"
 
 setup: $(STAMP)
@@ -66,6 +67,9 @@ lint: setup
 
 docs: setup
 	$(BIN)/python -m sparsetrt.cli.reference > docs/settings.md.tmp && mv docs/settings.md.tmp docs/settings.md
+
+architectures: setup
+	$(BIN)/python tests/architecture_table.py
 
 # Code checks (ruff) and the parity gate first (it builds the small end-to-end artifacts the e2e tests reuse),
 # then the suite.

@@ -36,10 +36,9 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from transformers import AutoConfig
 
 from sparsetrt.architectures import sliding_window
-from sparsetrt.checkpoint import CheckpointReader, empty_model
+from sparsetrt.checkpoint import CheckpointReader, auto_config, empty_model
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.modules import decoder_layers, layers_prefix
 from sparsetrt.onnx_io import initializer_array, load_onnx
@@ -555,7 +554,7 @@ def write_ort_target(checkpoint: Path, dst: Path, precision: str, qdq: Path | No
     a quantized precision's integers and scales from the Q/DQ file `qdq`. Returns (a summary for the manifest,
     {Linear: where its weight lives in the file} for `verify_ort_target`)."""
     options = (options or OrtTargetOptions()).validate()
-    config = AutoConfig.from_pretrained(checkpoint, local_files_only=True)
+    config = auto_config(checkpoint)
     check_supported(config, precision)
     if precision != "fp32" and qdq is None:
         raise SparsetrtError(f"the {precision} ONNX Runtime target reads the Q/DQ file's integers: give it")

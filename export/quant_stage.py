@@ -24,13 +24,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
 
 from sparsetrt.architectures import check_length
 from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
 from sparsetrt.calibration.data import calibration_windows, window_bos
 from sparsetrt.calibration.settings import CalibrationSettings
-from sparsetrt.checkpoint import CheckpointReader, empty_model
+from sparsetrt.checkpoint import CheckpointReader, auto_config, empty_model
 from sparsetrt.devices import resolve_device
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export import qmath, trtllm
@@ -126,7 +125,7 @@ def quantize_checkpoint(checkpoint: str | Path, onnx_dir: str | Path, out: str |
     if export["settings"].get("upstream") != upstream:
         raise SparsetrtError(f"the ONNX files in {onnx_dir} were exported from another checkpoint than {checkpoint}; "
                              "export this checkpoint first")
-    hf_config = AutoConfig.from_pretrained(checkpoint)
+    hf_config = auto_config(checkpoint)
     check_length(hf_config, calib_seq_len, "a calibration window", "--calib-seq-len")
     check_length(hf_config, parity_seq_len, "a parity window", "--seq-len")
     if ort_options:

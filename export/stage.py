@@ -6,10 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from transformers import AutoConfig
-
 from sparsetrt.artifacts import file_sha256, prepare_output, read_json, staged_dir, write_json
-from sparsetrt.checkpoint import CheckpointReader
+from sparsetrt.checkpoint import CheckpointReader, auto_config
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.onnx_export import GRAPH_FORMAT, cache_geometry, export_decoder, file_opset
 from sparsetrt.export.onnx_stream import export_decoder_streamed
@@ -42,8 +40,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, settings: ExportS
     precisions, opset, stream, targets = settings.precisions, settings.opset, settings.stream, tuple(settings.targets)
     checkpoint = resolve_checkpoint(checkpoint, trust_remote_code)
     if "onnxruntime" in targets:
-        check_supported(AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code,
-                                                   local_files_only=True), "fp32")
+        check_supported(auto_config(checkpoint, trust_remote_code), "fp32")
     sparsity = read_json(checkpoint / SPARSITY_MANIFEST) if (checkpoint / SPARSITY_MANIFEST).is_file() else None
     upstream = sparsity["fingerprint"] if sparsity else str(checkpoint)
     run_settings = run_settings_of(checkpoint, upstream, settings)
@@ -55,7 +52,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, settings: ExportS
     if stream:
         validate_checkpoint(checkpoint, trust_remote_code)
         CheckpointReader(checkpoint)  # refuses a checkpoint without safetensors before any work
-        config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, local_files_only=True)
+        config = auto_config(checkpoint, trust_remote_code)
         source = checkpoint  # timed_export reads a directory weight by weight
     else:
         source, _ = load_model(checkpoint, trust_remote_code=trust_remote_code)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM
 
+from sparsetrt.architectures import remote_code
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.prune import importance
 from sparsetrt.prune.settings import ShrinkSettings, parse_size
@@ -244,7 +245,8 @@ def shrunk_config(config, p: Plan, kept_layers: list[int]):
 def build_shrunk(model, choice: dict, p: Plan):
     """A fresh model of the plain architecture at the new sizes, holding the sliced weights."""
     config = shrunk_config(model.config, p, choice["layers"])
-    shrunk = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    shrunk = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype,
+                                               trust_remote_code=remote_code())
     missing, unexpected = shrunk.load_state_dict(sliced_state_dict(model, choice, p.head_dim), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:

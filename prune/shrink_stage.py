@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
 
 from sparsetrt.architectures import check_length
 from sparsetrt.artifacts import prepare_output, staged_dir, write_json
 from sparsetrt.calibration.data import calibration_windows, window_bos
 from sparsetrt.calibration.settings import CalibrationSettings
+from sparsetrt.checkpoint import auto_config
 from sparsetrt.devices import resolve_device
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import STRUCTURE_MANIFEST
@@ -40,7 +40,7 @@ def shrink_checkpoint(model: str, out: str | Path, settings: ShrinkSettings,
     checkpoint = resolve_checkpoint(model, trust_remote_code)
     config = validate_checkpoint(checkpoint, trust_remote_code)
 
-    hf_config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+    hf_config = auto_config(checkpoint, trust_remote_code)
     target = plan(hf_config, settings)
     if target.removes_nothing(hf_config):
         raise SparsetrtError("nothing to remove: every size is the model's own; give --mlp, --heads, --kv-heads or "

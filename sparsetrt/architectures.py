@@ -43,6 +43,23 @@ FAMILIES = {
 MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
+# Whether this process may run model code shipped inside a checkpoint (config.json's auto_map). One decision per
+# process: the command line's --trust-remote-code (every command that reads a checkpoint takes it) or a pipeline
+# config's [model] trust_remote_code sets it, and every loader asks remote_code() rather than carrying its own flag,
+# so no stage can take a checkpoint that another refuses.
+_remote_code_allowed = False
+
+
+def allow_remote_code(allowed: bool) -> None:
+    global _remote_code_allowed
+    _remote_code_allowed = bool(allowed)
+
+
+def remote_code(explicit: bool = False) -> bool:
+    """Whether a loader may run a checkpoint's own code: asked for by its caller (library use) or by the command."""
+    return bool(explicit) or _remote_code_allowed
+
+
 def supported_names() -> str:
     return ", ".join(sorted(FAMILIES))
 
@@ -59,6 +76,7 @@ def experts_of(config: dict) -> int:
 def check_family(config: dict, path: Path, trust_remote_code: bool = False) -> Family | None:
     """The family of a causal-LM config, or a SparsetrtError naming the supported ones. A model with custom code
     (--trust-remote-code) outside the table goes ahead with a warning: nothing here has verified it."""
+    trust_remote_code = remote_code(trust_remote_code)
     model_type = config.get("model_type")
     architectures = ", ".join(config.get("architectures") or []) or "no architectures"
     if experts := experts_of(config):

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from sparsetrt.architectures import check_family, supported_names
+from sparsetrt.architectures import check_family, remote_code, supported_names
 from sparsetrt.artifacts import staged_dir, write_json
 from sparsetrt.checkpoint import finite
 from sparsetrt.errors import SparsetrtError
@@ -87,6 +87,7 @@ def local_checkpoint(spec: str | os.PathLike, trust_remote_code: bool = False) -
 
 def validate_checkpoint(path: Path, trust_remote_code: bool = False) -> dict:
     """Check that `path` holds a causal-LM checkpoint we can prune; return its config dict."""
+    trust_remote_code = remote_code(trust_remote_code)
     if not path.is_dir():
         raise SparsetrtError(f"model path {path} is a file, not a checkpoint directory; pass the folder that holds config.json")
     config_file = path / "config.json"
@@ -98,8 +99,6 @@ def validate_checkpoint(path: Path, trust_remote_code: bool = False) -> dict:
         raise SparsetrtError(f"{config_file} is corrupt ({exc}); re-download or re-save the checkpoint") from None
     if config.get("auto_map") and not trust_remote_code:
         raise SparsetrtError(f"{path} needs custom code from the checkpoint; pass --trust-remote-code if you trust it")
-
-
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
     causal_heads = ("ForCausalLM", "LMHeadModel")
@@ -120,6 +119,7 @@ def validate_checkpoint(path: Path, trust_remote_code: bool = False) -> dict:
 
 def load_model(path: Path, dtype: str = "float32", trust_remote_code: bool = False):
     """Load (model, tokenizer) from a validated local checkpoint, in eval mode on the CPU."""
+    trust_remote_code = remote_code(trust_remote_code)
     validate_checkpoint(path, trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -138,7 +138,7 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     """The tokenizer saved beside a checkpoint's weights, refused when it can yield token ids past the model's
     vocabulary (config.json's vocab_size): the embedding lookup would fail deep inside the first forward pass."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code(trust_remote_code), local_files_only=True)
     except Exception as exc:
         raise SparsetrtError(f"could not load a tokenizer from {path}: {_first_line(exc)}; save the tokenizer files "
                              "beside the weights") from None
@@ -202,6 +202,8 @@ def _looks_like_hub_id(spec: str) -> bool:
 def _download_from_hub(repo_id: str, trust_remote_code: bool) -> Path:
     try:
         patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+        if remote_code(trust_remote_code):
+            patterns.append("*.py")  # the model code config.json's auto_map names
         try:
             path = Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
         except Exception:

@@ -268,12 +268,28 @@ SEED_MAX = 2**63 - 1
 DEVICE = re.compile(r"cpu|auto|cuda(:[0-9]+)?")
 
 
-class ModelSource(Settings):
+class RemoteCode(Settings):
+    """Model code: whether the command may run code a checkpoint ships.
+
+    Every command that reads a checkpoint takes --trust-remote-code and it decides for the whole command
+    (sparsetrt.architectures.remote_code), so no stage takes a checkpoint another refuses."""
+
+    trust_remote_code: bool = option(False, "run the model code a checkpoint ships (config.json's auto_map) and take "
+                                            "a family outside the verified ones, with a warning")
+
+
+def trusts_remote_code(settings: Settings) -> bool:
+    """Whether any group of a command's settings asks for the checkpoint's own code."""
+    return any(isinstance(value, RemoteCode) and value.trust_remote_code
+               or isinstance(value, Settings) and trusts_remote_code(value)
+               for value in (getattr(settings, name) for name in type(settings).model_fields))
+
+
+class ModelSource(RemoteCode):
     """[model]: the checkpoint the pipeline starts from."""
 
     source: str = option("smollm2-135m", "checkpoint directory, 'smollm2-135m' (embedded), or a hub id (online only)",
                          flag="--model", min_length=1)
-    trust_remote_code: bool = option(False, "allow custom model code from the checkpoint")
 
 
 class Output(Settings):

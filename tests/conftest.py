@@ -17,7 +17,7 @@ def corpus_text() -> str:
     return "\n\n".join(topics[k] for k in sorted(topics)[:40])
 
 
-def make_tokenizer(directory: Path, add_bos: bool = False):
+def make_tokenizer(directory: Path, add_bos: bool = False, vocab_size: int = 256):
     """A small byte-level BPE tokenizer trained on the test corpus; add_bos: it puts <s> before every text, as
     Gemma's and Llama 2's do."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
@@ -25,7 +25,7 @@ def make_tokenizer(directory: Path, add_bos: bool = False):
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=256, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
     tok.train_from_iterator([corpus_text()], trainer)
     if add_bos:
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",

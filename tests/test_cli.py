@@ -197,14 +197,43 @@ def test_hub_id_offline_is_a_clear_error(capsys, calib_file, tmp_path, monkeypat
     assert_one_line_error(code, err, "hub could not provide it.*pass a local checkpoint directory")
 
 
-def test_remote_code_needs_consent(capsys, tiny_checkpoint, calib_file, tmp_path):
-    custom = tmp_path / "custom"
-    shutil.copytree(tiny_checkpoint, custom)
-    config = json.loads((custom / "config.json").read_text())
-    config["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
-    (custom / "config.json").write_text(json.dumps(config))
-    code, _, err = run_cli(capsys, *prune_args(custom, calib_file, tmp_path / "out"))
-    assert_one_line_error(code, err, "--trust-remote-code")
+def custom_code_checkpoint(tiny_checkpoint, directory: Path) -> Path:
+    """tiny_checkpoint as a checkpoint that ships its own model class (config.json's auto_map)."""
+    shutil.copytree(tiny_checkpoint, directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"}
+    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "modeling_custom.py").write_text(
+        "from transformers import LlamaForCausalLM\n\n\nclass CustomForCausalLM(LlamaForCausalLM):\n    pass\n")
+    return directory
+
+
+def test_remote_code_is_one_decision_every_command_takes(capsys, tiny_checkpoint, calib_file, tmp_path):
+    """A checkpoint with its own code: every command that runs a model refuses it with the same line, before any
+    work, and every one of them takes it with --trust-remote-code (the pruned checkpoint keeps the code)."""
+    custom = custom_code_checkpoint(tiny_checkpoint, tmp_path / "custom")
+    pruned, onnx = tmp_path / "pruned", tmp_path / "onnx"
+    calib = ["--calib", calib_file, "--calib-samples", 4, "--calib-seq-len", 32]
+    commands = {
+        "prune": prune_args(custom, calib_file, pruned, "--method", "magnitude"),
+        "export": ["export", "--model", pruned, "--out", onnx, "--precision", "fp32"],
+        "parity": ["parity", "--model", pruned, "--onnx-dir", onnx, "--corpus", calib_file, "--windows", 2,
+                   "--seq-len", 32, "--generate-tokens", 4, "--out", tmp_path / "parity"],
+        "quantize": ["quantize", "--model", pruned, "--onnx-dir", onnx, "--precision", "int8", *calib,
+                     "--no-progress", "--out", tmp_path / "int8"],
+        "generate": ["generate", "--model", pruned, "--prompt", "The", "--max-new-tokens", 3],
+        "shrink": ["shrink", "--model", pruned, "--mlp", 0.5, *calib, "--no-progress", "--out", tmp_path / "shrunk"],
+        "distill": ["distill", "--teacher", custom, "--student", pruned, "--data", calib_file, "--steps", 1,
+                    "--no-progress", "--out", tmp_path / "distilled"],
+    }
+    for name, args in commands.items():
+        before = sorted(tmp_path.iterdir())
+        code, _, err = run_cli(capsys, *args)
+        assert_one_line_error(code, err, "needs custom code from the checkpoint; pass --trust-remote-code")
+        assert sorted(tmp_path.iterdir()) == before, name
+        code, _, err = run_cli(capsys, *args, "--trust-remote-code")
+        assert code == 0, (name, err)
+    assert (pruned / "modeling_custom.py").is_file() and "auto_map" in json.loads((pruned / "config.json").read_text())
 
 
 def test_quantize_refusals_are_one_line_and_leave_nothing(capsys, pruned_tiny, tmp_path):

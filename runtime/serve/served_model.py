@@ -11,10 +11,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoConfig
-
 from sparsetrt.architectures import max_positions_of
 from sparsetrt.artifacts import read_json
+from sparsetrt.checkpoint import auto_config
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.ort_target import check_supported
 from sparsetrt.export.settings import ExportSettings
@@ -150,7 +149,7 @@ def _exported(checkpoint: Path, precision: str, export_cache: Path | None) -> Pa
 def ort_target_fits(checkpoint: Path) -> bool:
     """Whether the ONNX Runtime target describes this model (else the TensorRT-shaped file is served)."""
     try:
-        check_supported(AutoConfig.from_pretrained(checkpoint, local_files_only=True), "fp32")
+        check_supported(auto_config(checkpoint), "fp32")
     except SparsetrtError:
         return False
     return True

@@ -34,10 +34,11 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sparsetrt.architectures import allow_remote_code
 from sparsetrt.cli.options import ArgumentParser, add_settings, settings_from
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.lazy import lazy_import
-from sparsetrt.settings import Settings
+from sparsetrt.settings import Settings, trusts_remote_code
 
 hf_logging = lazy_import("transformers.utils.logging")  # a command's run configures it; --help never imports it
 
@@ -128,6 +129,7 @@ def main(argv=None) -> int:
         _setup_logging(args.verbose)
         command: Command = args.command_spec
         settings = settings_from(args, command.settings)
+        allow_remote_code(trusts_remote_code(settings))  # one decision for every checkpoint this command reads
         if reason := command.missing():
             raise SparsetrtError(f"`{args.command_words}` {reason}")
         if args.check:
@@ -145,6 +147,7 @@ def main(argv=None) -> int:
         print("sparsetrt: terminated (SIGTERM); no partial output was kept", file=sys.stderr)
         return 143
     finally:
+        allow_remote_code(False)  # the decision was this command's (main runs many times in one process in tests)
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
 

@@ -11,7 +11,7 @@ from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.cli import Command
 from sparsetrt.export.settings import EvaluationSettings, ExportSettings, QuantizeSettings
 from sparsetrt.lazy import lazy_import
-from sparsetrt.settings import Output, Progress, Settings, named, option
+from sparsetrt.settings import Output, Progress, RemoteCode, Settings, named, option
 
 checks = lazy_import("sparsetrt.pipeline.checks")
 engine = lazy_import("sparsetrt.build.engine")
@@ -23,24 +23,25 @@ parity_quantized = lazy_import("sparsetrt.runtime.parity.quantized")
 
 class ExportCommand(Settings):
     model: str = option(..., "checkpoint directory (usually the output of `sparsetrt prune`)", min_length=1)
-    trust_remote_code: bool = option(False, "allow custom model code from the checkpoint")
+    code: RemoteCode = option(RemoteCode, "model code")
     export: ExportSettings = option(ExportSettings, "ONNX")
     output: Output = option(..., "output")
 
 
 def export(s: ExportCommand) -> int:
     manifest = export_stage.export_checkpoint(s.model, s.output.out, s.export, overwrite=s.output.overwrite,
-                                              trust_remote_code=s.trust_remote_code)
+                                              trust_remote_code=s.code.trust_remote_code)
     print("\n".join(export_stage.summary_lines(manifest, Path(s.output.out))))
     return 0
 
 
 def check_export(s: ExportCommand) -> list[str]:
-    return checks.check_stage_input("export", s.model, s.output, s.trust_remote_code)
+    return checks.check_stage_input("export", s.model, s.output, s.code.trust_remote_code)
 
 
 class QuantizeCommand(Settings):
     model: str = option(..., "the (pruned) checkpoint the ONNX files were exported from", min_length=1)
+    code: RemoteCode = option(RemoteCode, "model code")
     onnx_dir: str = option(..., "directory written by `sparsetrt export`", min_length=1)
     quantize: QuantizeSettings = option(QuantizeSettings, "quantization")
     calibration: CalibrationSettings = option(CalibrationSettings, "calibration")
@@ -64,7 +65,8 @@ def quantize(s: QuantizeCommand) -> int:
 
 
 def check_quantize(s: QuantizeCommand) -> list[str]:
-    return checks.check_calibrating_stage("quantize", s.model, s.output, s.calibration, False,
+    return checks.check_calibrating_stage("quantize", s.model, s.output, s.calibration,
+                                          s.code.trust_remote_code,
                                           device=s.quantize.device or "cpu", evaluation=s.evaluation,
                                           onnx_dir=s.onnx_dir)
 

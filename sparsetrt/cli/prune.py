@@ -9,7 +9,7 @@ from sparsetrt.cli import Command
 from sparsetrt.layout import ArtifactsTree
 from sparsetrt.lazy import lazy_import
 from sparsetrt.prune.settings import DistillSettings, PruneSettings, ShrinkSettings
-from sparsetrt.settings import Output, Progress, Settings, option
+from sparsetrt.settings import Output, Progress, RemoteCode, Settings, option
 
 checks = lazy_import("sparsetrt.pipeline.checks")
 distill_stage = lazy_import("sparsetrt.prune.distill_stage")
@@ -24,7 +24,7 @@ class CheckpointCommand(Settings):
     """What prune and shrink share: a checkpoint in, calibration text, a checkpoint directory out."""
 
     model: str = option(..., MODEL_HELP, min_length=1)
-    trust_remote_code: bool = option(False, "allow custom model code from the checkpoint")
+    code: RemoteCode = option(RemoteCode, "model code")
     calibration: CalibrationSettings = option(CalibrationSettings, "calibration")
     output: Output = option(..., "output")
     progress: Progress = option(Progress, "progress")
@@ -36,14 +36,14 @@ class PruneCommand(CheckpointCommand):
 
 def prune(s: PruneCommand) -> int:
     manifest = prune_stage.prune_checkpoint(s.model, s.output.out, s.prune, s.calibration,
-                                            overwrite=s.output.overwrite, trust_remote_code=s.trust_remote_code,
+                                            overwrite=s.output.overwrite, trust_remote_code=s.code.trust_remote_code,
                                             progress=s.progress.progress)
     print(prune_stage.summary_line(manifest, s.output.out))
     return 0
 
 
 def check_prune(s: PruneCommand) -> list[str]:
-    return checks.check_calibrating_stage("prune", s.model, s.output, s.calibration, s.trust_remote_code,
+    return checks.check_calibrating_stage("prune", s.model, s.output, s.calibration, s.code.trust_remote_code,
                                           device=s.prune.device, calibrates=s.prune.method != "magnitude"
                                           or s.prune.schedule.mode != "uniform")
 
@@ -54,14 +54,14 @@ class ShrinkCommand(CheckpointCommand):
 
 def shrink(s: ShrinkCommand) -> int:
     manifest = shrink_stage.shrink_checkpoint(s.model, s.output.out, s.shrink, s.calibration,
-                                              overwrite=s.output.overwrite, trust_remote_code=s.trust_remote_code,
+                                              overwrite=s.output.overwrite, trust_remote_code=s.code.trust_remote_code,
                                               progress=s.progress.progress)
     print(shrink_stage.summary_line(manifest, s.output.out))
     return 0
 
 
 def check_shrink(s: ShrinkCommand) -> list[str]:
-    return checks.check_calibrating_stage("shrink", s.model, s.output, s.calibration, s.trust_remote_code,
+    return checks.check_calibrating_stage("shrink", s.model, s.output, s.calibration, s.code.trust_remote_code,
                                           device=s.shrink.device, shrink=s.shrink)
 
 
@@ -78,6 +78,7 @@ def verify(s: VerifyCommand) -> int:
 
 class DistillCommand(Settings):
     teacher: str = option(..., "the dense checkpoint the student was pruned from ('smollm2-135m' ok)", min_length=1)
+    code: RemoteCode = option(RemoteCode, "model code")
     student: str = option(..., "pruned checkpoint directory (with sparsity.json), or an artifacts directory (its "
                                "pruned/)", min_length=1)
     data: str = option("auto", "training text: file, .txt directory, JSONL, or auto (calibration split; the "

@@ -13,7 +13,7 @@ from sparsetrt.cli import Command
 from sparsetrt.layout import ArtifactsTree, tokenizer_dir_for
 from sparsetrt.lazy import lazy_import
 from sparsetrt.runtime.settings import BACKENDS, ParitySettings, SamplingSettings
-from sparsetrt.settings import Output, Settings, device_spelling, named, option
+from sparsetrt.settings import Output, RemoteCode, Settings, device_spelling, named, option
 
 architectures = lazy_import("sparsetrt.architectures")
 checks = lazy_import("sparsetrt.pipeline.checks")
@@ -29,6 +29,7 @@ class GenerateCommand(Settings):
     tokenizer: str | None = option(None, "checkpoint dir with the tokenizer (default: --model, or the pruned "
                                          "checkpoint found next to an ONNX/engine in an artifacts directory)",
                                    min_length=1)
+    code: RemoteCode = option(RemoteCode, "model code")
     prompt: list[str] = option([], "repeatable: the prompts form one batch", style="repeat")
     chat: bool = option(False, "wrap each prompt in the tokenizer's chat template")
     sampling: SamplingSettings = option(SamplingSettings, "sampling")
@@ -67,6 +68,7 @@ class ParityCommand(Settings):
                                          "instead of --model and --onnx-dir", min_length=1)
     model: str | None = option(None, "the checkpoint the ONNX files were exported from", min_length=1)
     onnx_dir: str | None = option(None, "directory written by `sparsetrt export`", min_length=1)
+    code: RemoteCode = option(RemoteCode, "model code")
     parity: ParitySettings = option(ParitySettings, "evaluation and tolerances")
     engine: list[str] = option([], "also compare this TensorRT engine (repeatable); 'auto': every "
                                    "engines/*/model.engine beside the ONNX directory when TensorRT is available, "

@@ -17,7 +17,7 @@ from sparsetrt.runtime.settings import (
     LoadSettings,
     ServeSettings,
 )
-from sparsetrt.settings import Settings, named, option
+from sparsetrt.settings import RemoteCode, Settings, named, option
 
 SERVER_STACK = ("fastapi", "uvicorn", "prometheus_client")
 
@@ -30,6 +30,7 @@ served_model = lazy_import("sparsetrt.runtime.serve.served_model")
 class ServeCommand(Settings):
     model: str = option("smollm2-135m", "smollm2-135m, a checkpoint directory, an artifacts directory (make demo), "
                                         ".onnx or .engine", min_length=1)
+    code: RemoteCode = option(RemoteCode, "model code")
     backend: Literal[BACKENDS] = option("onnxruntime", "which runner serves")
     precision: Literal[SERVE_PRECISIONS] = option("auto", "which file of an artifacts directory to serve (auto: the "
                                                           "ONNX Runtime target, else the fp32 ONNX; fp16 engine)")

@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from sparsetrt.architectures import check_length
+from sparsetrt.architectures import allow_remote_code, check_length, remote_code
 from sparsetrt.artifacts import (
     check_output_dir,
     ensure_writable_parent,
@@ -25,6 +25,7 @@ from sparsetrt.artifacts import (
 )
 from sparsetrt.build import choose_builder, parse_targets
 from sparsetrt.calibration.data import load_corpus
+from sparsetrt.checkpoint import auto_config
 from sparsetrt.devices import resolve_device
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import (
@@ -45,7 +46,6 @@ qmath = lazy_import("sparsetrt.export.qmath")
 parity_stage = lazy_import("sparsetrt.runtime.parity.compare")
 prune_stage = lazy_import("sparsetrt.prune.stage")
 shrink_math = lazy_import("sparsetrt.prune.shrink")
-transformers = lazy_import("transformers")
 trtllm = lazy_import("sparsetrt.export.trtllm")
 
 GiB = 1 << 30
@@ -148,7 +148,7 @@ def check_calibrating_stage(stage: str, model: str, output, calibration, trust_r
         if evaluation is not None:
             check_length(config, evaluation.seq_len, "a parity window", "--seq-len")
         if shrink is not None:
-            shrink_math.plan(transformers.AutoConfig.from_pretrained(checkpoint, local_files_only=True), shrink)
+            shrink_math.plan(auto_config(checkpoint), shrink)
     return model_lines + lines + [writes]
 
 
@@ -201,6 +201,7 @@ def check_plan(config: PipelineConfig, overwrite: bool, convert: bool = True) ->
     embedded model may be converted (the run itself); without it (--check) a model not yet on this machine is
     said to be so."""
     config = validated(config)
+    allow_remote_code(remote_code(config.model.trust_remote_code))  # [model] decides for every stage of the run
     out = Path(config.out)
     tree = ArtifactsTree(out)
     precision = config.quantize.precision
@@ -247,8 +248,7 @@ def _check_against_model(config: PipelineConfig, checkpoint: Path, model_config:
     if calibrates:
         check_length(model_config, config.calibration.seq_len, "a calibration window", "[calibration] seq_len")
     check_length(model_config, config.parity.seq_len, "a parity window", "[parity] seq_len")
-    hf_config = transformers.AutoConfig.from_pretrained(checkpoint, local_files_only=True,
-                                                        trust_remote_code=config.model.trust_remote_code)
+    hf_config = auto_config(checkpoint, config.model.trust_remote_code)
     if config.shrink.enabled():
         with naming("[shrink]"):
             shrink_math.plan(hf_config, config.shrink)

@@ -9,13 +9,14 @@ from pydantic import field_validator
 from sparsetrt.cli import Command
 from sparsetrt.lazy import lazy_import
 from sparsetrt.prune.settings import METHODS, pattern_text
-from sparsetrt.settings import SEED_MAX, Progress, Settings, option
+from sparsetrt.settings import SEED_MAX, Progress, RemoteCode, Settings, option
 
 quality = lazy_import("sparsetrt.runtime.bench.quality")
 
 
 class QualityCommand(Settings):
     model: str = option("smollm2-135m", "checkpoint directory or 'smollm2-135m'", min_length=1)
+    code: RemoteCode = option(RemoteCode, "model code")
     methods: list[str] = option(["dense", "magnitude", "wanda", "sparsegpt", "sparsegpt+int8", "sparsegpt+int4"],
                                 "comma-separated; METHOD+int8 / +int4 quantizes after pruning", style="comma",
                                 min_length=1)

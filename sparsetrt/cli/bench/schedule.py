@@ -7,13 +7,14 @@ from pathlib import Path
 from sparsetrt.cli import Command
 from sparsetrt.lazy import lazy_import
 from sparsetrt.runtime.bench.settings import ScheduleBenchSettings
-from sparsetrt.settings import Progress, Settings, option
+from sparsetrt.settings import Progress, RemoteCode, Settings, option
 
 schedule = lazy_import("sparsetrt.runtime.bench.schedule")
 
 
 class ScheduleCommand(Settings):
     model: str = option("smollm2-135m", "checkpoint directory or 'smollm2-135m'", min_length=1)
+    code: RemoteCode = option(RemoteCode, "model code")
     work: str = option("artifacts/schedule", "where the pruned and distilled models go (reused)", min_length=1)
     bench: ScheduleBenchSettings = option(ScheduleBenchSettings, "schedules compared")
     out: str = option("benchmarks", "where schedule.json, schedule.md and the plots go", min_length=1)
