@@ -14,6 +14,8 @@ tokenizers put none, so their windows are the protocol's exactly.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
 import random
@@ -186,3 +188,21 @@ def calibration_windows(tokenizer, corpus_spec: str, samples: int, seq_len: int,
     corpus = load_corpus(corpus_spec, split)
     ids = tokenize_corpus(tokenizer, corpus)
     return random_windows(ids, samples, seq_len, seed, window_bos(tokenizer)), corpus, len(ids)
+
+
+def second_domain(calibration_description: str):
+    """Text the calibration and distillation never saw: Python's documentation topics when calibration is
+    WikiText-2; when calibration itself fell back to the first half of those topics, the docstrings of the
+    standard library's modules (another register of technical English)."""
+    if "WikiText" in calibration_description:
+        return CorpusText("\n\n".join(topics[k] for k in sorted(topics)), "Python docs topics (pydoc_data.topics)")
+
+    names = ["argparse", "asyncio", "collections", "csv", "datetime", "decimal", "email", "functools", "http.client",
+             "json", "logging", "pathlib", "re", "sqlite3", "statistics", "subprocess", "threading", "typing",
+             "unittest", "urllib.request", "xml.etree.ElementTree", "zipfile"]
+    docs = []
+    for name in names:
+        module = importlib.import_module(name)
+        docs += [inspect.getdoc(obj) or "" for _, obj in inspect.getmembers(module) if inspect.isclass(obj)
+                 or inspect.isfunction(obj)]
+    return CorpusText("\n\n".join(d for d in docs if d), "docstrings of 22 standard-library modules")

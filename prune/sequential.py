@@ -6,6 +6,8 @@
    gate/up, then down in a Llama block), collect that group's input statistics, prune the group, and move
    on: later groups see the outputs of the groups already pruned.
 3. Run the pruned layer to produce the inputs of the next one.
+With `permute`, the Linear a channel permutation decides (down_proj, o_proj) has it chosen from its statistics and
+folded into the block just before it is pruned (sparsetrt.prune.permute; the block computes the same).
 Only one group's statistics are alive at a time, and each statistics pass stops as soon as the group's
 inputs have been seen.
 """
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 from sparsetrt.calibration.stats import StopForward, collect_input_stats
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.modules import decoder_layers, target_linears
+from sparsetrt.prune import permute as permutations
 from sparsetrt.prune.magnitude import magnitude_prune
 from sparsetrt.prune.masks import zero_fraction
 from sparsetrt.prune.result import PruneResult
@@ -70,11 +73,13 @@ def prune_model(
     sparsegpt_options: dict | None = None,
     progress: bool = True,
     hooks: LayerHooks | None = None,
+    permuter: Permuter | None = None,
 ) -> list[ModuleReport]:
     """Prune `model` in place; return one report per pruned module.
 
     `pattern` is one Pattern for every target, or {module name: Pattern} from a schedule: then exactly those
     modules are pruned, each with its own pattern (modules a schedule keeps dense are simply absent).
+    `permuter` (Permuter) chooses and folds in the exact channel permutations before the Linears they decide.
     """
     if method not in METHODS:
         raise SparsetrtError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
@@ -95,8 +100,11 @@ def prune_model(
         for index, layer in enumerate(decoder_layers(model)):
             hooks.load(index, layer)
             inside = {id(m) for m in layer.modules()}
-            reports += [_prune_module(name, mod, method, patterns[name], None) for name, mod in modules.items()
-                        if id(mod) in inside]
+            for name, mod in modules.items():
+                if id(mod) in inside:
+                    if permuter:
+                        permuter.before({name: mod}, None)
+                    reports.append(_prune_module(name, mod, method, patterns[name], None))
             hooks.done(index, layer)
         return reports
     if calib_windows is None or len(calib_windows) == 0:
@@ -106,7 +114,67 @@ def prune_model(
     return sequential_update(model, calib_windows, modules,
                              lambda group, stats: _prune_group(group, method, patterns, stats, sparsegpt_options or {}),
                              want_hessian=(method == "sparsegpt"), batch_size=batch_size, progress=progress,
-                             desc=f"{method} {described}", hooks=hooks)
+                             desc=f"{method} {described}", hooks=hooks, before_group=permuter and permuter.before)
+
+
+class Permuter:
+    """The exact channel permutations of `axes` (permute.AXES), each chosen from the saliency of the Linear it
+    decides, in the pruning method's terms, just before that Linear is pruned, and folded into its block; the
+    statistics of its inputs are permuted with it, so the pruning that follows sees the layout it will keep."""
+
+    def __init__(self, model: torch.nn.Module, axes: list[str], method: str, patterns: dict[str, Pattern],
+                 damping: float = 0.01):
+        self.method, self.patterns, self.damping = method, patterns, damping
+        self.sites: dict[int, object] = {}
+        for layer in decoder_layers(model):
+            if "mlp" in axes and (site := permutations.mlp_site(layer)):
+                self.sites[id(site.down)] = site
+            if "heads" in axes and (site := permutations.head_site(layer, model.config)):
+                self.sites[id(site.o_proj)] = site
+        self.records: dict[str, dict] = {}
+        self.chosen: list[torch.Tensor] = []
+
+    def before(self, group: dict[str, torch.nn.Linear], stats) -> dict[str, torch.Tensor] | None:
+        """Permute the block when `group` is the one Linear a permutation decides; {its name: the order of its input
+        columns now} (None: nothing changed)."""
+        if len(group) != 1:
+            return None
+        (name, module), = group.items()
+        site, pattern = self.sites.get(id(module)), self.patterns.get(name)
+        if site is None or pattern is None or not pattern.is_nm:
+            return None
+        start = time.perf_counter()
+        n, m = pattern.n, pattern.m
+        scores = permutations.saliency(module.weight.data, self.method, stats, self.damping)
+        if isinstance(site, permutations.MlpSite):
+            columns = permutations.search_permutation(scores, n, m)
+            site.apply(columns)
+            self.chosen.append(columns)
+            axis = "mlp"
+        else:
+            per_kv = [permutations.search_permutation(part, n, m) for part in site.group_scores(scores)]
+            columns = site.o_columns(per_kv)
+            site.apply(per_kv)
+            self.chosen += per_kv
+            axis = "heads"
+        permutations.permute_stats(stats, columns)
+        total = float(scores.sum())
+        self.records[name] = {"axis": axis,
+                              "kept_before": permutations.kept(scores, n, m) / total,
+                              "kept_after": permutations.kept(scores[:, columns.to(scores.device)], n, m) / total,
+                              "seconds": round(time.perf_counter() - start, 3)}
+        return {name: columns}
+
+    def summary(self, axes: list[str]) -> dict:
+        """What sparsity.json records: the axes, each permuted Linear's kept saliency (a share of its total) with
+        and without its permutation, and a digest of the permutations."""
+        before = [r["kept_before"] for r in self.records.values()]
+        after = [r["kept_after"] for r in self.records.values()]
+        return {"axes": axes, "modules_permuted": len(self.records), "digest": permutations.digest(self.chosen),
+                "mean_kept_before": sum(before) / max(len(before), 1),
+                "mean_kept_after": sum(after) / max(len(after), 1),
+                "seconds": round(sum(r["seconds"] for r in self.records.values()), 2),
+                "modules": self.records}
 
 
 class LayerHooks:
@@ -126,21 +194,23 @@ class LayerHooks:
     def done(self, index: int, layer: torch.nn.Module) -> None:
         layer.to("cpu")
 
-    def keep_weight(self, name: str, module: torch.nn.Linear):
+    def keep_weight(self, name: str, module: torch.nn.Linear, columns: torch.Tensor | None = None):
         """A way back to `module`'s weight as it is now (before its group's update), for the exact shortcut that
         propagates the block's output: here a copy; streaming re-reads it from the checkpoint instead of holding
-        a second copy (an 8B down_proj is 235 MB in fp32)."""
+        a second copy (an 8B down_proj is 235 MB in fp32), its input channels reordered by `columns` when a
+        permutation was folded into the block since it was read."""
         weight = module.weight.data.clone()
         return lambda: weight
 
 
 def sequential_update(model: torch.nn.Module, calib_windows: torch.Tensor, modules: dict[str, torch.nn.Linear],
                       update_group, want_hessian: bool, batch_size: int = 8, progress: bool = True,
-                      desc: str = "sequential", hooks: LayerHooks | None = None) -> list:
+                      desc: str = "sequential", hooks: LayerHooks | None = None, before_group=None) -> list:
     """Walk the decoder blocks in order; in each, hand every group of Linears that share one input to
     `update_group(group, stats)` (which rewrites their weights and returns a list of reports) with
     statistics of inputs that already reflect every earlier update. Used by pruning and by GPTQ. `hooks` say
-    where each block is while it is processed (LayerHooks: on its device; streaming: read and written out)."""
+    where each block is while it is processed (LayerHooks: on its device; streaming: read and written out).
+    `before_group(group, stats)` may rewrite the block (an exact permutation) before the group is updated."""
     hooks = hooks or LayerHooks("cpu")
     layers = decoder_layers(model)
     with torch.no_grad():
@@ -175,7 +245,8 @@ def sequential_update(model: torch.nn.Module, calib_windows: torch.Tensor, modul
                     stats, outputs = collect_input_stats({rep_name: rep}, forwards, want_hessian=want_hessian,
                                                          stop_early=not last, keep_inputs=last)
                 updated |= set(group)
-                old = {n: hooks.keep_weight(n, m) for n, m in group.items()} if last else None
+                permuted = (before_group and before_group(group, stats[rep_name])) or {}
+                old = {n: hooks.keep_weight(n, m, permuted.get(n)) for n, m in group.items()} if last else None
                 reports += update_group(group, stats[rep_name])
                 bar.set_postfix_str(f"layer {index}: {', '.join(n.rsplit('.', 1)[-1] for n in group)}")
             cached = _propagate_last_group(layer, cached, outputs, stats[rep_name].inputs, group, old)

@@ -14,6 +14,7 @@ from sparsetrt.errors import SparsetrtError
 from sparsetrt.settings import SEED_MAX, Placement, Settings, named, option
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+PERMUTE_AXES = ("off", "mlp", "heads", "all")
 MASK_SELECTIONS = ("joint", "independent")
 SCHEDULE_MODES = ("uniform", "scheduled", "owl", "hardware")
 ERROR_KINDS = ("loss", "absolute", "relative")
@@ -136,6 +137,10 @@ class PruneSettings(Placement):
                                 min_length=1)
     exclude: list[str] = option([], "glob(s) of modules to leave dense")
     batch_size: int = option(8, "calibration windows per forward pass", ge=1, le=100_000)
+    permute: Literal[PERMUTE_AXES] = option(
+        "off", "choose which input channels share an N:M group before pruning, by exact permutations folded into the "
+               "weights (same function, no runtime op): mlp (the MLP's intermediate channels: down_proj's groups), "
+               "heads (each KV head's value dimensions: o_proj's groups), all (both)")
     sparsegpt: SparseGPTSettings = option(SparseGPTSettings, "SparseGPT's solver")
     schedule: ScheduleSettings = option(ScheduleSettings, "layer-wise sparsity schedule")
 
@@ -155,6 +160,9 @@ class PruneSettings(Placement):
             raise ValueError(f"target sparsity {pattern.ratio} cannot be reached inside {named('schedule.range')} "
                              f"[{bounds[0]}, {bounds[1]}]: a parameter-weighted average over modules limited to that "
                              "range lies inside it; widen the range or change the target")
+        if self.permute != "off" and not pattern.is_nm:
+            raise ValueError(f"{named('permute')} {self.permute} chooses the groups of an N:M pattern; "
+                             f"{named('pattern')} {self.pattern} has none: drop {named('permute')} or give N:M")
         if self.stream and mode != "uniform":
             raise ValueError(f"{named('stream')} prunes one block at a time; the {mode} schedule probes the whole "
                              "model first: run it without streaming")
@@ -163,6 +171,10 @@ class PruneSettings(Placement):
     @property
     def parsed_pattern(self) -> Pattern:
         return parse_pattern(self.pattern)
+
+    @property
+    def permute_axes(self) -> list[str]:
+        return {"off": [], "all": ["mlp", "heads"]}.get(self.permute, [self.permute])
 
 
 def parse_size(text: str, option_name: str, full: int) -> int:

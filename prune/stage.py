@@ -19,7 +19,7 @@ from sparsetrt.modules import target_linears
 from sparsetrt.prune.error_probe import probe_errors
 from sparsetrt.prune.schedule import plan_schedule
 from sparsetrt.prune.schedule_plot import plot_schedule
-from sparsetrt.prune.sequential import LayerHooks, check_prunable, prune_model
+from sparsetrt.prune.sequential import LayerHooks, Permuter, check_prunable, prune_model
 from sparsetrt.prune.settings import PruneSettings, parse_pattern
 from sparsetrt.prune.streaming import StreamedModel
 from sparsetrt.prune.verify import verify_checkpoint
@@ -91,10 +91,15 @@ def prune_checkpoint(model: str, out: str | Path, settings: PruneSettings | None
     with staged_dir(out) as tmp:
         start = time.perf_counter()
         hooks = streamed.hooks(tmp) if streamed else LayerHooks(device)
-        reports = prune_model(lm, windows, method, patterns, targets, exclude, batch_size, sparsegpt, progress, hooks)
+        axes = settings.permute_axes
+        permuter = Permuter(lm, axes, method, patterns, sparsegpt["damping"]) if axes else None
+        reports = prune_model(lm, windows, method, patterns, targets, exclude, batch_size, sparsegpt, progress, hooks,
+                              permuter)
         timings["prune_s"] = time.perf_counter() - start
         manifest = _manifest(run_fingerprint, run_settings, checkpoint, method, parsed, calibration_record, reports,
                              candidates, patterns, schedule_info, sparsegpt, timings, device, stream)
+        if permuter:
+            manifest["permutation"] = permuter.summary(axes)
         start = time.perf_counter()
         if streamed:
             streamed.finish(tmp)
@@ -119,6 +124,8 @@ def run_settings_of(model: str | Path, settings: PruneSettings, calibration: Cal
     }
     if settings.schedule.mode != "uniform":  # uniform runs keep the fingerprint they always had
         run_settings["schedule"] = settings.schedule.to_json()
+    if settings.permute != "off":  # so do runs without permutations
+        run_settings["permute"] = settings.permute
     return run_settings
 
 

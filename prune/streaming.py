@@ -88,13 +88,16 @@ class StreamingHooks(LayerHooks):
         s = self.streamed
         load_module(layer, f"{s.layers_prefix}.{index}", s.reader, s.dtype, self.device)
 
-    def keep_weight(self, name: str, module: torch.nn.Linear):
+    def keep_weight(self, name: str, module: torch.nn.Linear, columns: torch.Tensor | None = None):
         # Each Linear is updated once, by its own group, so before that update its weight is still what load()
-        # read: read it again later rather than hold a copy.
+        # read (its input channels reordered by `columns` when a permutation was folded in): read it again later
+        # rather than hold a copy.
         key, s = f"{name}.weight", self.streamed
         if key not in s.reader.file_of:
-            return super().keep_weight(name, module)
-        return lambda: s.reader.get(key, s.dtype, self.device)
+            return super().keep_weight(name, module, columns)
+        if columns is None:
+            return lambda: s.reader.get(key, s.dtype, self.device)
+        return lambda: s.reader.get(key, s.dtype, self.device)[:, columns.to(self.device)]
 
     def done(self, index: int, layer: torch.nn.Module) -> None:
         prefix = f"{self.streamed.layers_prefix}.{index}"

@@ -18,7 +18,7 @@ RECORDS = Path(os.environ.get("SPARSETRT_ARCHITECTURE_RECORDS", ROOT / "reports"
 BEGIN = "<!-- family table: `make architectures` writes it from the test run's records -->"
 END = "<!-- end of the family table -->"
 # (key, column heading), in the order the test runs the stages
-STAGES = [("prune", "prune 2:4: SparseGPT, Wanda --stream"), ("shrink", "shrink"), ("distill", "distill"),
+STAGES = [("prune", "prune 2:4 --permute all: SparseGPT, Wanda --stream"), ("shrink", "shrink"), ("distill", "distill"),
           ("export", "export, KV cache"), ("parity", "parity vs PyTorch"), ("ort_target", "ONNX Runtime target"),
           ("quantize", "INT8 / INT4 Q/DQ, lint"), ("trtllm", "TensorRT-LLM checkpoint"),
           ("unified", "Model Optimizer unified checkpoint"), ("engine", "TensorRT-RTX engine"),

@@ -135,10 +135,13 @@ def test_family_through_the_pipeline(family, capsys, calib, calib_file, tmp_path
     assert family != "gemma3_text" or config["vocab_size"] >= 8 * config["hidden_size"]
     pruned, onnx_dir = tmp_path / "pruned", tmp_path / "onnx"
 
+    # exact channel permutations first (the export's parity below checks they changed nothing but the masks)
     for out, extra in ((pruned, ()), (tmp_path / "pruned-stream", ("--method", "wanda", "--stream"))):
-        code, text = run(capsys, "prune", "--model", checkpoint, "--out", out, *calib, *extra)
+        code, text = run(capsys, "prune", "--model", checkpoint, "--out", out, "--permute", "all", *calib, *extra)
         assert code == 0, text
         assert run(capsys, "verify", out)[0] == 0
+        permutation = json.loads((out / "sparsity.json").read_text())["permutation"]
+        assert permutation["modules_permuted"] == 2 * config["num_hidden_layers"], permutation
     record.ok("prune")
 
     shrink_family(family, checkpoint, tmp_path / "shrunk", calib, capsys, record)

@@ -11,16 +11,13 @@ windows of WikiText-2 valid, seed 0; evaluation = the first 40 non-overlapping 5
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import platform
 from pathlib import Path
-from pydoc_data.topics import topics
 
 import torch
 
 from sparsetrt.artifacts import fingerprint, pyplot, read_json, save_figure, write_json, write_text_atomic
-from sparsetrt.calibration.data import CorpusText, default_corpus, evaluation_windows
+from sparsetrt.calibration.data import default_corpus, evaluation_windows, second_domain
 from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import DISTILL_MANIFEST
@@ -44,24 +41,6 @@ def schedule_cases(settings: ScheduleBenchSettings) -> list[dict]:
         out.append({"name": f"2:4-hardware-{coverage:g}", "pattern": "2:4",
                     "schedule": {"mode": "hardware", "coverage": coverage}})
     return out
-
-
-def second_domain(calibration_description: str):
-    """Text the calibration and distillation never saw: Python's documentation topics when calibration is
-    WikiText-2; when calibration itself fell back to the first half of those topics, the docstrings of the
-    standard library's modules (another register of technical English)."""
-    if "WikiText" in calibration_description:
-        return CorpusText("\n\n".join(topics[k] for k in sorted(topics)), "Python docs topics (pydoc_data.topics)")
-
-    names = ["argparse", "asyncio", "collections", "csv", "datetime", "decimal", "email", "functools", "http.client",
-             "json", "logging", "pathlib", "re", "sqlite3", "statistics", "subprocess", "threading", "typing",
-             "unittest", "urllib.request", "xml.etree.ElementTree", "zipfile"]
-    docs = []
-    for name in names:
-        module = importlib.import_module(name)
-        docs += [inspect.getdoc(obj) or "" for _, obj in inspect.getmembers(module) if inspect.isclass(obj)
-                 or inspect.isfunction(obj)]
-    return CorpusText("\n\n".join(d for d in docs if d), "docstrings of 22 standard-library modules")
 
 
 def schedule_benchmark(model: str, out: str | Path, work: str | Path, settings: ScheduleBenchSettings | None = None,

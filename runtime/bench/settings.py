@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from sparsetrt.prune.settings import METHODS, PERMUTE_AXES
 from sparsetrt.runtime.settings import BACKENDS, SERVE_PRECISIONS
 from sparsetrt.settings import SEED_MAX, Settings, named, option
 
@@ -227,3 +228,23 @@ class CpuBenchSettings(BenchSettings):
     def speed(self) -> BenchSettings:
         return BenchSettings(batches=list(self.batches), prompt_tokens=self.prompt_tokens,
                              new_tokens=self.new_tokens, warmup=self.warmup, repeats=self.repeats)
+
+
+# `make bench-quality`'s rows: each method alone and with its channel permutations, SparseGPT's axes one by one,
+# and SparseGPT quantized after pruning (with and without the permutations)
+QUALITY_METHODS = ("dense", "magnitude", "magnitude@all", "wanda", "wanda@all", "sparsegpt", "sparsegpt@mlp",
+                   "sparsegpt@heads", "sparsegpt@all", "sparsegpt+int8", "sparsegpt+int4", "sparsegpt@all+int4")
+
+
+def quality_method(text: str) -> tuple[str, str, str]:
+    """`bench quality`'s method spelling, METHOD[@AXES][+int8|+int4] (dense, sparsegpt, wanda@all,
+    sparsegpt@mlp+int4): (method, permutation axes or "off", quantization or "")."""
+    base, _, precision = text.partition("+")
+    method, _, permute = base.partition("@")
+    permute = permute or "off"
+    if ((method != "dense" and method not in METHODS) or precision not in ("", "int8", "int4")
+            or permute not in PERMUTE_AXES or (method == "dense" and permute != "off")):
+        raise ValueError(f"{text!r} is not dense or one of {', '.join(METHODS)}, optionally with @AXES "
+                         f"({', '.join(a for a in PERMUTE_AXES if a != 'off')}: exact permutations before pruning) "
+                         "and +int8 or +int4")
+    return method, permute, precision

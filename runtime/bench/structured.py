@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sparsetrt.artifacts import pyplot, save_figure, write_report
-from sparsetrt.calibration.data import default_corpus, evaluation_windows
+from sparsetrt.calibration.data import default_corpus, evaluation_windows, second_domain
 from sparsetrt.calibration.settings import CalibrationSettings
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.settings import ExportSettings
@@ -32,7 +32,6 @@ from sparsetrt.prune.shrink_stage import shrink_checkpoint
 from sparsetrt.runtime.adaptive.variant_set import structured_checkpoint
 from sparsetrt.runtime.bench.perf import BenchSettings, bench_prompts, run_in_subprocess
 from sparsetrt.runtime.bench.quality import perplexity
-from sparsetrt.runtime.bench.schedule import second_domain
 from sparsetrt.runtime.bench.settings import StructuredBenchSettings
 from sparsetrt.runtime.deployables import Deployable, files_bytes
 from sparsetrt.runtime.measure import cpu_name

@@ -8,7 +8,8 @@ from pydantic import field_validator
 
 from sparsetrt.cli import Command
 from sparsetrt.lazy import lazy_import
-from sparsetrt.prune.settings import METHODS, pattern_text
+from sparsetrt.prune.settings import pattern_text
+from sparsetrt.runtime.bench.settings import QUALITY_METHODS, quality_method
 from sparsetrt.settings import SEED_MAX, Progress, RemoteCode, Settings, option
 
 quality = lazy_import("sparsetrt.runtime.bench.quality")
@@ -17,9 +18,9 @@ quality = lazy_import("sparsetrt.runtime.bench.quality")
 class QualityCommand(Settings):
     model: str = option("smollm2-135m", "checkpoint directory or 'smollm2-135m'", min_length=1)
     code: RemoteCode = option(RemoteCode, "model code")
-    methods: list[str] = option(["dense", "magnitude", "wanda", "sparsegpt", "sparsegpt+int8", "sparsegpt+int4"],
-                                "comma-separated; METHOD+int8 / +int4 quantizes after pruning", style="comma",
-                                min_length=1)
+    methods: list[str] = option(list(QUALITY_METHODS), "comma-separated METHOD[@AXES][+int8|+int4]: @mlp, @heads, "
+                                "@all permute channels exactly before pruning (prune --permute), +int8 / +int4 "
+                                "quantizes after", style="comma", min_length=1)
     pattern: str = option("2:4", "N:M or unstructured:RATIO")
     out: str = option("benchmarks", "where quality.json and quality.md go", min_length=1)
     calib_samples: int = option(32, "calibration windows", ge=1, le=100_000)
@@ -32,10 +33,7 @@ class QualityCommand(Settings):
     @classmethod
     def known_methods(cls, value: list[str]) -> list[str]:
         for method in value:
-            base, _, precision = method.partition("+")
-            if (base != "dense" and base not in METHODS) or precision not in ("", "int8", "int4"):
-                raise ValueError(f"{method!r} is not dense or one of {', '.join(METHODS)}, optionally with +int8 or "
-                                 "+int4")
+            quality_method(method)
         return value
 
     known_pattern = field_validator("pattern")(classmethod(lambda cls, value: pattern_text(value)))
