@@ -120,11 +120,13 @@ class MlpSite:
     down: torch.nn.Linear
     producers: list[tuple[torch.nn.Linear, int]]  # (Linear, how many stacked halves its rows hold: 2 for gate_up)
 
-    def apply(self, perm: torch.Tensor) -> None:
+    def apply(self, perm: torch.Tensor) -> torch.Tensor:
+        """Fold `perm` into the block; the order of down_proj's input columns now."""
         with torch.no_grad():
             self.down.weight.data = self.down.weight.data[:, perm.to(self.down.weight.device)].contiguous()
             for linear, halves in self.producers:
                 _permute_rows(linear, _stacked(perm, halves, len(perm)))
+        return perm
 
 
 @dataclass
@@ -149,7 +151,8 @@ class HeadSite:
         rep = self.heads // self.kv_heads
         return torch.cat([h * self.head_dim + per_kv[h // rep].cpu() for h in range(self.heads)])
 
-    def apply(self, per_kv: list[torch.Tensor]) -> None:
+    def apply(self, per_kv: list[torch.Tensor]) -> torch.Tensor:
+        """Fold one permutation per KV head into the block; the order of o_proj's input columns now."""
         columns = self.o_columns(per_kv)
         v_rows = torch.cat([g * self.head_dim + p.cpu() for g, p in enumerate(per_kv)])
         rows = torch.arange(self.value.out_features)
@@ -157,6 +160,7 @@ class HeadSite:
         with torch.no_grad():
             self.o_proj.weight.data = self.o_proj.weight.data[:, columns.to(self.o_proj.weight.device)].contiguous()
             _permute_rows(self.value, rows)
+        return columns
 
 
 def _stacked(perm: torch.Tensor, halves: int, size: int) -> torch.Tensor:

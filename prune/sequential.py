@@ -147,16 +147,12 @@ class Permuter:
         n, m = pattern.n, pattern.m
         scores = permutations.saliency(module.weight.data, self.method, stats, self.damping)
         if isinstance(site, permutations.MlpSite):
-            columns = permutations.search_permutation(scores, n, m)
-            site.apply(columns)
-            self.chosen.append(columns)
-            axis = "mlp"
+            chosen, axis = [permutations.search_permutation(scores, n, m)], "mlp"
+            columns = site.apply(chosen[0])
         else:
-            per_kv = [permutations.search_permutation(part, n, m) for part in site.group_scores(scores)]
-            columns = site.o_columns(per_kv)
-            site.apply(per_kv)
-            self.chosen += per_kv
-            axis = "heads"
+            chosen, axis = [permutations.search_permutation(part, n, m) for part in site.group_scores(scores)], "heads"
+            columns = site.apply(chosen)
+        self.chosen += chosen
         permutations.permute_stats(stats, columns)
         total = float(scores.sum())
         self.records[name] = {"axis": axis,
