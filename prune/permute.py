@@ -2,14 +2,19 @@
 function unchanged, and folded into the weights (no gather at run time, nothing new in the exported graph).
 
 N:M pruning makes every run of M consecutive input channels of a Linear keep N, so channels that happen to sit next
-to each other compete whether or not that suits them. Two orders inside a decoder block are free to choose:
+to each other compete whether or not that suits them. Three orders are free to choose:
 - mlp: the intermediate channels, per block. act(gate) * up is elementwise, so permuting the rows of gate_proj and
   up_proj (both halves of a fused gate_up_proj) and the columns of down_proj leaves the block's output unchanged;
   it decides down_proj's groups, the largest Linear of the block.
 - heads: each KV head's value dimensions, per block. Permuting the rows of v_proj within a KV head (and its bias)
   permutes the attention output of every query head that reads it the same way, so the same columns of o_proj follow
   and the output is unchanged; it decides o_proj's groups.
-(The hidden dimension is a third free order, one for the whole model: not done here.)
+- hidden: the residual stream's channels, one order for the whole model. Every norm on the stream (RMSNorm or
+  LayerNorm) commutes with a permutation of its input and its weight, so permuting the embedding's columns, every
+  such norm's weight (and bias), the input columns of the Linears that read the stream (q/k/v, gate/up, or their fused
+  forms), the output rows of those that write it (o_proj, down_proj, with their biases) and the lm_head's columns
+  (tied or not) leaves the logits unchanged; it decides the groups of every Linear that reads the stream, two thirds
+  of a block's weights, with one order shared by every block.
 
 The search maximises the saliency the mask keeps, in the pruning method's own terms (`saliency`): |W|² for magnitude,
 (|W|·‖x‖)² for Wanda, the OBS error W²/[H⁻¹]ⱼⱼ for SparseGPT. It starts from a balanced deal (channels ranked by
@@ -27,11 +32,23 @@ from dataclasses import dataclass
 
 import torch
 
-AXES = ("mlp", "heads")
+from sparsetrt.modules import decoder_layers, layers_prefix
+
+AXES = ("mlp", "heads", "hidden")
 # pair rounds after the balanced start: on a SmolLM2 down_proj-shaped saliency, 6 reach ~85 % of what 12
 # gain, in half the time
 ROUNDS = 6
 PAIR_BUDGET = 1 << 24  # floats gathered at once while scoring pairs (memory bound on wide layers)
+# rows of saliency the hidden order is searched on, sampled evenly over every Linear that reads the stream (an 8B
+# model has 1.1 M such rows x 4096 channels): the objective's estimate, not the weights that are pruned
+HIDDEN_ROWS = 1 << 14
+# calibration windows the hidden order's pass over the unpruned model reads (the first ones: they are drawn at
+# random): its statistics rank 576-4096 channels, they solve nothing, and the pass is a whole forward per window
+HIDDEN_WINDOWS = 8
+READS_HIDDEN = ("q_proj", "k_proj", "v_proj", "qkv_proj", "gate_proj", "up_proj", "gate_up_proj")
+WRITES_HIDDEN = ("o_proj", "down_proj")
+HEAD_NORMS = ("q_norm", "k_norm", "q_layernorm", "k_layernorm")  # on a head's dims, not the stream (OLMo 2's
+# q_norm spans heads x head_dim, which can equal the hidden size: told apart by position, never by size)
 
 
 def saliency(weight: torch.Tensor, method: str, stats=None, damping: float = 0.01) -> torch.Tensor:
@@ -210,6 +227,89 @@ def head_site(layer: torch.nn.Module, config) -> HeadSite | None:
     if value.out_features < offset + kv_heads * head_dim:
         return None
     return HeadSite(o_proj, value, offset, heads, kv_heads, head_dim)
+
+
+@dataclass
+class HiddenPlan:
+    """Where the residual stream's channels sit in a model: {parameter name: the dim they index} for every tensor the
+    hidden order touches, and per block the Linears that read the stream, in groups that read one input."""
+
+    dims: dict[str, int]
+    readers: list[list[dict[str, torch.nn.Linear]]]
+
+    def fold_tensor(self, name: str, tensor: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+        """`tensor` (the parameter `name`) with the order `perm` folded in; unchanged when the order does not touch
+        it."""
+        dim = self.dims.get(name)
+        if dim is None:
+            return tensor
+        return tensor.index_select(dim, perm.to(tensor.device)).contiguous()
+
+    def fold(self, model: torch.nn.Module, perm: torch.Tensor) -> None:
+        """Fold `perm` into every parameter of `model` that is in memory (a tied table once: named_parameters
+        lists a shared tensor under its first name only)."""
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in self.dims and not param.is_meta:
+                    param.data = self.fold_tensor(name, param.data, perm)
+
+
+def hidden_plan(model: torch.nn.Module) -> HiddenPlan | None:
+    """The model's hidden-order plan, or None when any tensor's relation to the stream is not one this module
+    knows (an unknown Linear, a parameter outside a known norm): then no order is chosen."""
+    hidden = model.config.hidden_size
+    module_name = {id(m): n for n, m in model.named_modules()}
+    dims: dict[str, int] = {}
+    for table in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if table is None:
+            continue
+        if table.weight.shape[-1] != hidden:
+            return None
+        dims[f"{module_name[id(table)]}.weight"] = 1
+    layers, prefix = decoder_layers(model), layers_prefix(model)
+    readers = []
+    for index, layer in enumerate(layers):
+        groups: dict[str, dict[str, torch.nn.Linear]] = {}
+        for child_name, child in layer.named_children():
+            full = f"{prefix}.{index}.{child_name}"
+            if child_name in ("self_attn", "mlp"):
+                for name, module in child.named_modules():
+                    if not list(module.parameters(recurse=False)) or set(name.split(".")) & set(HEAD_NORMS):
+                        continue
+                    leaf, path = name.rsplit(".", 1)[-1], f"{full}.{name}"
+                    if not isinstance(module, torch.nn.Linear):
+                        return None
+                    if leaf in READS_HIDDEN and module.in_features == hidden:
+                        dims[f"{path}.weight"] = 1
+                        groups.setdefault(child_name, {})[path] = module
+                    elif leaf in WRITES_HIDDEN and module.out_features == hidden:
+                        dims.update({f"{path}.{p}": 0 for p, _ in module.named_parameters()})
+                    else:
+                        return None
+            elif (params := list(child.named_parameters())) and all(p.shape == (hidden,) for _, p in params):
+                dims.update({f"{full}.{p}": 0 for p, _ in params})  # a norm on the stream
+            elif params:
+                return None
+        readers.append(list(groups.values()))
+    inside = f"{prefix}."
+    for name, param in model.named_parameters():
+        if name in dims or name.startswith(inside):
+            continue
+        if param.shape != (hidden,):  # outside the blocks only the tables and the final norm may touch the stream
+            return None
+        dims[name] = 0
+    return HiddenPlan(dims, readers)
+
+
+def sample_rows(scores: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """A `rate` share of the rows of one Linear's saliency, scaled so its rows average one (each Linear weighs by
+    its size, whatever the scale of its layer's activations)."""
+    rows = scores.shape[0]
+    scaled = scores * (rows / scores.sum().clamp_min(1e-30))
+    if rate >= 1:
+        return scaled
+    take = max(1, round(rows * rate))
+    return scaled[torch.randperm(rows, generator=generator)[:take].to(scores.device)]
 
 
 def permute_stats(stats, perm: torch.Tensor) -> None:

@@ -7,7 +7,8 @@
    on: later groups see the outputs of the groups already pruned.
 3. Run the pruned layer to produce the inputs of the next one.
 With `permute`, the Linear a channel permutation decides (down_proj, o_proj) has it chosen from its statistics and
-folded into the block just before it is pruned (sparsetrt.prune.permute; the block computes the same).
+folded into the block just before it is pruned (sparsetrt.prune.permute; the block computes the same); the hidden
+order, shared by every block, is chosen before the first one from a pass over the unpruned model (`dense_pass`).
 Only one group's statistics are alive at a time, and each statistics pass stops as soon as the group's
 inputs have been seen.
 """
@@ -93,8 +94,12 @@ def prune_model(
     else:
         patterns = {n: pattern for n in modules}
     check_prunable(modules, patterns)
+    if method != "magnitude" and (calib_windows is None or len(calib_windows) == 0):
+        raise SparsetrtError(f"method '{method}' needs calibration windows")
+    hooks = hooks or LayerHooks("cpu")
+    if permuter and "hidden" in permuter.axes:  # one order for every block: chosen before the first is pruned
+        permuter.choose_hidden(model, calib_windows, hooks, batch_size, progress)
     if method == "magnitude":  # needs no data: prune every target directly, one block after the other
-        hooks = hooks or LayerHooks("cpu")
         hooks.captured()  # nothing to capture
         reports = []
         for index, layer in enumerate(decoder_layers(model)):
@@ -107,8 +112,6 @@ def prune_model(
                     reports.append(_prune_module(name, mod, method, patterns[name], None))
             hooks.done(index, layer)
         return reports
-    if calib_windows is None or len(calib_windows) == 0:
-        raise SparsetrtError(f"method '{method}' needs calibration windows")
 
     described = str(pattern) if isinstance(pattern, Pattern) else "scheduled"
     return sequential_update(model, calib_windows, modules,
@@ -120,11 +123,13 @@ def prune_model(
 class Permuter:
     """The exact channel permutations of `axes` (permute.AXES), each chosen from the saliency of the Linear it
     decides, in the pruning method's terms, just before that Linear is pruned, and folded into its block; the
-    statistics of its inputs are permuted with it, so the pruning that follows sees the layout it will keep."""
+    statistics of its inputs are permuted with it, so the pruning that follows sees the layout it will keep. The
+    hidden order (`choose_hidden`) comes first, from every stream-reading Linear of the unpruned model."""
 
     def __init__(self, model: torch.nn.Module, axes: list[str], method: str, patterns: dict[str, Pattern],
-                 damping: float = 0.01):
-        self.method, self.patterns, self.damping = method, patterns, damping
+                 damping: float = 0.01, seed: int = 0):
+        self.axes, self.method, self.patterns, self.damping, self.seed = axes, method, patterns, damping, seed
+        self.hidden: dict | None = None
         self.sites: dict[int, object] = {}
         for layer in decoder_layers(model):
             if "mlp" in axes and (site := permutations.mlp_site(layer)):
@@ -161,16 +166,66 @@ class Permuter:
                               "seconds": round(time.perf_counter() - start, 3)}
         return {name: columns}
 
+    def choose_hidden(self, model: torch.nn.Module, windows: torch.Tensor | None, hooks: LayerHooks,
+                      batch_size: int = 8, progress: bool = True) -> None:
+        """Choose the residual stream's order from the saliency of every Linear that reads it (the unpruned
+        model's, over the first permute.HIDDEN_WINDOWS windows, rows sampled evenly: permute.HIDDEN_ROWS), and fold
+        it into the model through `hooks` (in memory, or into each block as streaming reads it). A model whose
+        stream this cannot follow is left as it is, and said so."""
+        plan = permutations.hidden_plan(model)
+        readers = plan and [[{n: m for n, m in g.items() if n in self.patterns and self.patterns[n].is_nm}
+                             for g in groups] for groups in plan.readers]
+        names = [n for groups in readers or [] for g in groups for n in g]
+        if not names:
+            self.hidden = {"axis": "hidden", "skipped": "no pruned N:M Linear reads a residual stream this can follow"
+                           if plan else "the model has a tensor on the residual stream whose order cannot follow"}
+            return
+        start = time.perf_counter()
+        n, m = self.patterns[names[0]].n, self.patterns[names[0]].m
+        total_rows = sum(g[name].out_features for groups in readers for g in groups for name in g
+                         if (self.patterns[name].n, self.patterns[name].m) == (n, m))
+        rate = min(1.0, permutations.HIDDEN_ROWS / total_rows)
+        generator = torch.Generator().manual_seed(self.seed)
+        parts = []
+
+        def visit(index: int, stats: dict | None) -> None:
+            for group in readers[index]:
+                first = next(iter(group), None)
+                for name, linear in group.items():
+                    if (self.patterns[name].n, self.patterns[name].m) == (n, m):
+                        scores = permutations.saliency(linear.weight.data, self.method, stats and stats[first],
+                                                       self.damping)
+                        parts.append(permutations.sample_rows(scores, rate, generator).cpu())
+
+        watch = [{next(iter(g)): next(iter(g.values())) for g in groups if g} for groups in readers]
+        dense_pass(model, windows[:permutations.HIDDEN_WINDOWS] if self.method != "magnitude" else None, hooks, watch,
+                   visit,
+                   want_hessian=self.method == "sparsegpt", batch_size=batch_size, progress=progress)
+        scores = torch.cat(parts)
+        perm = permutations.search_permutation(scores, n, m, seed=self.seed)
+        hooks.fold_hidden(model, plan, perm)
+        self.chosen.append(perm)
+        total = float(scores.sum())
+        self.hidden = {"axis": "hidden", "linears": len(names), "rows_sampled": scores.shape[0],
+                       "kept_before": permutations.kept(scores, n, m) / total,
+                       "kept_after": permutations.kept(scores[:, perm], n, m) / total,
+                       "seconds": round(time.perf_counter() - start, 3)}
+
     def summary(self, axes: list[str]) -> dict:
         """What sparsity.json records: the axes, each permuted Linear's kept saliency (a share of its total) with
-        and without its permutation, and a digest of the permutations."""
+        and without its permutation, the hidden order's (over the rows it was searched on), and a digest of the
+        permutations."""
         before = [r["kept_before"] for r in self.records.values()]
         after = [r["kept_after"] for r in self.records.values()]
-        return {"axes": axes, "modules_permuted": len(self.records), "digest": permutations.digest(self.chosen),
-                "mean_kept_before": sum(before) / max(len(before), 1),
-                "mean_kept_after": sum(after) / max(len(after), 1),
-                "seconds": round(sum(r["seconds"] for r in self.records.values()), 2),
-                "modules": self.records}
+        record = {"axes": axes, "modules_permuted": len(self.records), "digest": permutations.digest(self.chosen),
+                  "mean_kept_before": sum(before) / max(len(before), 1),
+                  "mean_kept_after": sum(after) / max(len(after), 1),
+                  "seconds": round(sum(r["seconds"] for r in self.records.values())
+                                   + (self.hidden or {}).get("seconds", 0), 2),
+                  "modules": self.records}
+        if self.hidden:
+            record["hidden"] = self.hidden
+        return record
 
 
 class LayerHooks:
@@ -189,6 +244,14 @@ class LayerHooks:
 
     def done(self, index: int, layer: torch.nn.Module) -> None:
         layer.to("cpu")
+
+    def release(self, index: int, layer: torch.nn.Module) -> None:
+        """A block a read-only pass (`dense_pass`) is finished with."""
+        self.done(index, layer)
+
+    def fold_hidden(self, model: torch.nn.Module, plan, perm: torch.Tensor) -> None:
+        """Fold the hidden order into the model (every tensor is in memory here)."""
+        plan.fold(model, perm)
 
     def keep_weight(self, name: str, module: torch.nn.Linear, columns: torch.Tensor | None = None):
         """A way back to `module`'s weight as it is now (before its group's update), for the exact shortcut that
@@ -251,6 +314,30 @@ def sequential_update(model: torch.nn.Module, calib_windows: torch.Tensor, modul
             bar.update(1)
         bar.close()
     return reports
+
+
+def dense_pass(model: torch.nn.Module, windows: torch.Tensor | None, hooks: LayerHooks,
+               watch: list[dict[str, torch.nn.Linear]], visit, want_hessian: bool, batch_size: int = 8,
+               progress: bool = True) -> None:
+    """Walk the blocks once, changing nothing: in block k, `visit(k, stats)` with the statistics of the inputs of
+    `watch[k]` ({name: Linear}) over the calibration windows as the unpruned model computes them (no windows:
+    visit(k, None), weights only). `hooks` place each block, and release it unwritten."""
+    layers = decoder_layers(model)
+    with torch.no_grad():
+        cached = None
+        if windows is not None:
+            cached = to_device(capture_first_layer_inputs(model, layers, windows, batch_size), hooks.device)
+        for index, layer in enumerate(tqdm(layers, desc="hidden order", unit="layer", disable=not progress,
+                                           leave=False)):
+            hooks.load(index, layer)
+            stats = None
+            if cached is not None:
+                forwards = [partial(layer, hidden, **kwargs) for hidden, kwargs in cached]
+                stats, outputs = collect_input_stats(watch[index], forwards, want_hessian=want_hessian,
+                                                     stop_early=False)
+                cached = [(layer_output(out), kwargs) for out, (_, kwargs) in zip(outputs, cached)]
+            visit(index, stats)
+            hooks.release(index, layer)
 
 
 def to_device(cached: list, device: torch.device) -> list:

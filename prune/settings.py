@@ -14,7 +14,7 @@ from sparsetrt.errors import SparsetrtError
 from sparsetrt.settings import SEED_MAX, Placement, Settings, named, option
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
-PERMUTE_AXES = ("off", "mlp", "heads", "all")
+PERMUTE_AXES = ("off", "mlp", "heads", "hidden", "all")
 MASK_SELECTIONS = ("joint", "independent")
 SCHEDULE_MODES = ("uniform", "scheduled", "owl", "hardware")
 ERROR_KINDS = ("loss", "absolute", "relative")
@@ -140,7 +140,8 @@ class PruneSettings(Placement):
     permute: Literal[PERMUTE_AXES] = option(
         "off", "choose which input channels share an N:M group before pruning, by exact permutations folded into the "
                "weights (same function, no runtime op): mlp (the MLP's intermediate channels: down_proj's groups), "
-               "heads (each KV head's value dimensions: o_proj's groups), all (both)")
+               "heads (each KV head's value dimensions: o_proj's groups), hidden (the residual stream's channels, one "
+               "order for the model: the groups of every Linear that reads it), all (the three)")
     sparsegpt: SparseGPTSettings = option(SparseGPTSettings, "SparseGPT's solver")
     schedule: ScheduleSettings = option(ScheduleSettings, "layer-wise sparsity schedule")
 
@@ -174,7 +175,7 @@ class PruneSettings(Placement):
 
     @property
     def permute_axes(self) -> list[str]:
-        return {"off": [], "all": ["mlp", "heads"]}.get(self.permute, [self.permute])
+        return {"off": [], "all": ["mlp", "heads", "hidden"]}.get(self.permute, [self.permute])
 
 
 def parse_size(text: str, option_name: str, full: int) -> int:

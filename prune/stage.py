@@ -92,7 +92,7 @@ def prune_checkpoint(model: str, out: str | Path, settings: PruneSettings | None
         start = time.perf_counter()
         hooks = streamed.hooks(tmp) if streamed else LayerHooks(device)
         axes = settings.permute_axes
-        permuter = Permuter(lm, axes, method, patterns, sparsegpt["damping"]) if axes else None
+        permuter = Permuter(lm, axes, method, patterns, sparsegpt["damping"], seed) if axes else None
         reports = prune_model(lm, windows, method, patterns, targets, exclude, batch_size, sparsegpt, progress, hooks,
                               permuter)
         timings["prune_s"] = time.perf_counter() - start

@@ -48,6 +48,12 @@ class StreamedModel:
         rest = [n for n in self.reader.names() if not n.startswith(inside)]
         big = [n for n in rest if self.reader.nbytes(n, dtype) > SMALL_SHARD_BYTES]
         self.rest_shards = [[n] for n in big] + ([[n for n in rest if n not in big]] if len(big) < len(rest) else [])
+        self.hidden = None  # (plan, order) once a hidden order is chosen: folded into every tensor read after
+
+    def read(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
+        """A tensor of the checkpoint as this run's model has it (the hidden order folded in once chosen)."""
+        tensor = self.reader.get(name, self.dtype, device)
+        return self.hidden[0].fold_tensor(name, tensor, self.hidden[1]) if self.hidden else tensor
 
     def hooks(self, out: Path) -> "StreamingHooks":
         return StreamingHooks(self, self.writer_for(out, len(self.layers)))
@@ -62,7 +68,7 @@ class StreamedModel:
         stores them), the config (the model's, or `config` for a reshaped one) and the generation config, and the
         shard index."""
         for names in self.rest_shards:
-            self.writer.write({name: self.reader.get(name, self.dtype) for name in names})
+            self.writer.write({name: self.read(name) for name in names})
         self.writer.finish()
         config = config or self.model.config
         config.dtype = self.dtype  # what loading the whole model in this dtype and saving it records
@@ -86,7 +92,16 @@ class StreamingHooks(LayerHooks):
 
     def load(self, index: int, layer: torch.nn.Module) -> None:
         s = self.streamed
-        load_module(layer, f"{s.layers_prefix}.{index}", s.reader, s.dtype, self.device)
+        prefix = f"{s.layers_prefix}.{index}"
+        load_module(layer, prefix, s.reader, s.dtype, self.device)
+        if s.hidden:
+            with torch.no_grad():
+                for name, param in layer.named_parameters():
+                    param.data = s.hidden[0].fold_tensor(f"{prefix}.{name}", param.data, s.hidden[1])
+
+    def fold_hidden(self, model: torch.nn.Module, plan, perm: torch.Tensor) -> None:
+        super().fold_hidden(model, plan, perm)  # what is in memory now: the input embedding
+        self.streamed.hidden = (plan, perm)  # every block as it is read, and what finish() copies
 
     def keep_weight(self, name: str, module: torch.nn.Linear, columns: torch.Tensor | None = None):
         # Each Linear is updated once, by its own group, so before that update its weight is still what load()
@@ -96,12 +111,15 @@ class StreamingHooks(LayerHooks):
         if key not in s.reader.file_of:
             return super().keep_weight(name, module, columns)
         if columns is None:
-            return lambda: s.reader.get(key, s.dtype, self.device)
-        return lambda: s.reader.get(key, s.dtype, self.device)[:, columns.to(self.device)]
+            return lambda: s.read(key, self.device)
+        return lambda: s.read(key, self.device)[:, columns.to(self.device)]
 
     def done(self, index: int, layer: torch.nn.Module) -> None:
         prefix = f"{self.streamed.layers_prefix}.{index}"
         self.writer.write({f"{prefix}.{name}": t for name, t in layer.state_dict().items()})
         layer.to("meta")
+
+    def release(self, index: int, layer: torch.nn.Module) -> None:
+        layer.to("meta")  # read-only pass: nothing to write
 
 

@@ -46,6 +46,10 @@ def test_permutations_leave_every_family_computing_the_same(family):
         mlp.apply(torch.randperm(mlp.down.in_features, generator=generator))
         heads.apply([torch.randperm(heads.head_dim, generator=generator) for _ in range(heads.kv_heads)])
         assert not torch.equal(before, mlp.down.weight)
+    plan = permute.hidden_plan(model)  # the residual stream: one order for the whole model
+    assert plan is not None and all(len(groups) == 2 for groups in plan.readers)
+    assert not any(".q_norm." in name or ".k_norm." in name for name in plan.dims)  # OLMo 2's span heads x head_dim
+    plan.fold(model, torch.randperm(model.config.hidden_size, generator=generator))
     permuted = logits(model, ids)
     assert (permuted - reference).abs().max() <= 1e-5 * reference.abs().max()
     # the same permutation of down_proj's columns alone (gate/up left as they were) changes the function
@@ -78,8 +82,10 @@ def test_prune_permute_records_what_it_chose_and_exports_with_parity(capsys, tin
     assert code == 0, err
     manifest = json.loads((pruned / "sparsity.json").read_text())
     record = manifest["permutation"]
-    assert record["axes"] == ["mlp", "heads"] and record["modules_permuted"] == 4  # down and o of 2 blocks
+    assert record["axes"] == ["mlp", "heads", "hidden"] and record["modules_permuted"] == 4  # down and o, 2 blocks
     assert record["mean_kept_after"] > record["mean_kept_before"]
+    hidden = record["hidden"]
+    assert hidden["linears"] == 10 and hidden["kept_after"] > hidden["kept_before"]  # q, k, v, gate, up x 2
     assert manifest["settings"]["permute"] == "all"  # in the fingerprint: a different run from --permute off
     code, _, err = run_cli(capsys, "verify", pruned)
     assert code == 0, err

@@ -53,9 +53,10 @@ def assert_identical(whole: Path, streamed: Path) -> None:
     assert config_of(whole) == config_of(streamed)
 
 
-@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "magnitude"])
-def test_streamed_pruning_writes_the_same_checkpoint(tiny_checkpoint, calib_file, tmp_path, method):
-    whole, streamed = prune_both(tiny_checkpoint, tmp_path, method=method, calib=str(calib_file))
+@pytest.mark.parametrize("method,permute", [("sparsegpt", "off"), ("wanda", "off"), ("magnitude", "off"),
+                                            ("magnitude", "all")])
+def test_streamed_pruning_writes_the_same_checkpoint(tiny_checkpoint, calib_file, tmp_path, method, permute):
+    whole, streamed = prune_both(tiny_checkpoint, tmp_path, method=method, calib=str(calib_file), permute=permute)
     assert_identical(whole, streamed)
     index = json.loads((streamed / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) == 2 + 1  # one shard per block, one for the rest
@@ -66,8 +67,9 @@ def test_streamed_pruning_writes_the_same_checkpoint(tiny_checkpoint, calib_file
 
 
 def test_streamed_bf16_untied_checkpoint_matches_and_only_one_block_is_real(calib_file, tmp_path, monkeypatch):
-    """A bf16 source (as hub checkpoints are) with its own lm_head: both runs upcast to fp32 and agree; while a
-    block is being pruned, every other block is on the meta device."""
+    """A bf16 source (as hub checkpoints are) with its own lm_head: both runs upcast to fp32 and agree, with every
+    permutation folded in (the hidden order into the lm_head too); while a block is being pruned, and while the
+    hidden order's pass reads it, every other block is on the meta device."""
     from transformers import AutoModelForCausalLM
 
     from sparsetrt.prune import streaming
@@ -88,9 +90,9 @@ def test_streamed_bf16_untied_checkpoint_matches_and_only_one_block_is_real(cali
         original(self, index, layer)
 
     monkeypatch.setattr(streaming.StreamingHooks, "load", spy)
-    whole, streamed = prune_both(bf16, tmp_path, method="sparsegpt", calib=str(calib_file))
+    whole, streamed = prune_both(bf16, tmp_path, method="sparsegpt", calib=str(calib_file), permute="all")
     assert_identical(whole, streamed)
-    assert seen == [(0, []), (1, []), (2, [])]
+    assert seen == [(0, []), (1, []), (2, [])] * 2  # the hidden order's pass, then pruning
     assert "lm_head.weight" in tensors(streamed)
 
 

@@ -165,6 +165,33 @@ def permutation_targets(results: list[dict]) -> list[dict]:
     return bars
 
 
+def _kept(permutation: dict | None) -> str:
+    if not permutation:
+        return "—"
+    parts = []
+    if permutation["modules_permuted"]:
+        parts.append(f"{permutation['mean_kept_before']:.4f} -> {permutation['mean_kept_after']:.4f}")
+    if "kept_after" in (hidden := permutation.get("hidden") or {}):
+        parts.append(f"hidden {hidden['kept_before']:.4f} -> {hidden['kept_after']:.4f}")
+    return "; ".join(parts) or "—"
+
+
+def _axis_contributions(rows: list[dict]) -> list[str]:
+    """One table row per permuted, unquantized row that has its plain method beside it."""
+    by_method = {r["method"]: r for r in rows}
+    lines = []
+    for r in rows:
+        base, _, axes = r["method"].partition("@")
+        plain = by_method.get(base)
+        if not axes or "+" in axes or not plain:
+            continue
+        main = r["perplexity"] / plain["perplexity"] - 1
+        second = r["perplexity_second"] / plain["perplexity_second"] - 1
+        lines.append(f"| {r['method']} vs {base} | {main:+.1%} | {second:+.1%} | "
+                     f"{r['prune_s'] / plain['prune_s']:.2f}x |")
+    return lines
+
+
 def _markdown(report: dict, dense: float | None) -> str:
     rows = report["results"]
     dense_second = next((r["perplexity_second"] for r in rows if r["method"] == "dense"), None)
@@ -176,16 +203,17 @@ def _markdown(report: dict, dense: float | None) -> str:
              f"- Machine: {report['machine']['processor']}, {report['machine']['cpu_threads']} threads, "
              f"{report['machine']['platform']}, torch {report['machine']['torch']}", "",
              "METHOD@AXES: exact channel permutations chosen before pruning (`prune --permute`; mlp: down_proj's "
-             "groups, heads: o_proj's, all: both); kept saliency is the share of the method's saliency the 2:4 mask "
-             "keeps on the permuted Linears, in the original order -> permuted (mean over them).", "",
+             "groups, heads: o_proj's, hidden: those of every Linear reading the residual stream, all: the three); "
+             "kept saliency is the share of the method's saliency the 2:4 mask keeps, in the original order -> "
+             "permuted: on down_proj / o_proj (mean over them), and for the hidden order over the rows it was "
+             "searched on.", "",
              "| method | pattern | perplexity | × dense | second domain | × dense | kept saliency | pruning time (s) "
              "| quantization time (s) |",
              "|---|---|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         ratio = f"{r['perplexity'] / dense:.2f}" if dense else ""
         ratio_second = f"{r['perplexity_second'] / dense_second:.2f}" if dense_second else ""
-        kept = (f"{r['permutation']['mean_kept_before']:.4f} -> {r['permutation']['mean_kept_after']:.4f}"
-                if r.get("permutation") else "—")
+        kept = _kept(r.get("permutation"))
         t = f"{r['prune_s']:.1f}" if r["prune_s"] is not None else "—"
         qt = f"{r['quantize_s']:.1f}" if r.get("quantize_s") is not None else "—"
         lines.append(f"| {r['method']} | {r['pattern'] or 'dense'} | {r['perplexity']:.2f} | {ratio} | "
@@ -196,6 +224,11 @@ def _markdown(report: dict, dense: float | None) -> str:
         lines += ["", "Quantized vs the same pruned model in fp32 (quantization error alone; its bars "
                   "are 1.05 for INT8 and 1.15 for INT4):", ""]
         lines += [f"- {r['method']}: {r['perplexity'] / by_method[r['method'].split('+')[0]]:.3f}x" for r in quantized]
+    if contributions := _axis_contributions(rows):
+        lines += ["", "What each permutation axis contributes (perplexity change against the same method without "
+                  "permutations, on both texts, and its pruning time):", "",
+                  "| rows | main text | second domain | pruning time |", "|---|---:|---:|---:|"]
+        lines += contributions
     if bars := permutation_targets(rows):
         lines += ["", "Permutation bars (from the rows above):", "", "| bar | value | met |", "|---|---:|---|"]
         lines += [f"| {b['bar']} | {b['value']:.3f} | {'yes' if b['met'] else 'no'} |" for b in bars]

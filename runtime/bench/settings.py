@@ -233,7 +233,8 @@ class CpuBenchSettings(BenchSettings):
 # `make bench-quality`'s rows: each method alone and with its channel permutations, SparseGPT's axes one by one,
 # and SparseGPT quantized after pruning (with and without the permutations)
 QUALITY_METHODS = ("dense", "magnitude", "magnitude@all", "wanda", "wanda@all", "sparsegpt", "sparsegpt@mlp",
-                   "sparsegpt@heads", "sparsegpt@all", "sparsegpt+int8", "sparsegpt+int4", "sparsegpt@all+int4")
+                   "sparsegpt@heads", "sparsegpt@hidden", "sparsegpt@all", "sparsegpt+int8", "sparsegpt+int4",
+                   "sparsegpt@all+int4")
 
 
 def quality_method(text: str) -> tuple[str, str, str]:
