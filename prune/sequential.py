@@ -177,8 +177,8 @@ class Permuter:
                              for g in groups] for groups in plan.readers]
         names = [n for groups in readers or [] for g in groups for n in g]
         if not names:
-            self.hidden = {"axis": "hidden", "skipped": "no pruned N:M Linear reads a residual stream this can follow"
-                           if plan else "the model has a tensor on the residual stream whose order cannot follow"}
+            self.hidden = {"axis": "hidden", "skipped": "no Linear pruned N:M reads the residual stream" if plan
+                           else "a tensor on the residual stream is not one whose order this knows how to follow"}
             return
         start = time.perf_counter()
         n, m = self.patterns[names[0]].n, self.patterns[names[0]].m
@@ -198,9 +198,9 @@ class Permuter:
                         parts.append(permutations.sample_rows(scores, rate, generator).cpu())
 
         watch = [{next(iter(g)): next(iter(g.values())) for g in groups if g} for groups in readers]
-        dense_pass(model, windows[:permutations.HIDDEN_WINDOWS] if self.method != "magnitude" else None, hooks, watch,
-                   visit,
-                   want_hessian=self.method == "sparsegpt", batch_size=batch_size, progress=progress)
+        windows = windows[:permutations.HIDDEN_WINDOWS] if self.method != "magnitude" else None
+        dense_pass(model, windows, hooks, watch, visit, want_hessian=self.method == "sparsegpt",
+                   batch_size=batch_size, progress=progress)
         scores = torch.cat(parts)
         perm = permutations.search_permutation(scores, n, m, seed=self.seed)
         hooks.fold_hidden(model, plan, perm)

@@ -108,3 +108,16 @@ def test_permute_needs_an_nm_pattern(capsys, tiny_checkpoint, calib_file, tmp_pa
                                                "--pattern", "unstructured:0.5"))
     assert_one_line_error(code, err, "--permute mlp chooses the groups of an N:M pattern")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stream_tensor_the_plan_does_not_know_leaves_the_hidden_order_alone():
+    """An extra module on the residual stream (here a Linear beside the norms) could be anything: no hidden order
+    is chosen for such a model, rather than one that changes what it computes."""
+    model = random_model("llama")
+    assert permute.hidden_plan(model) is not None
+    hidden = model.config.hidden_size
+    decoder_layers(model)[1].adapter = torch.nn.Linear(hidden, hidden)
+    assert permute.hidden_plan(model) is None
+    del decoder_layers(model)[1].adapter
+    model.model.extra_scale = torch.nn.Parameter(torch.ones(2, hidden))  # outside the blocks, not a norm
+    assert permute.hidden_plan(model) is None
