@@ -121,3 +121,19 @@ def test_a_stream_tensor_the_plan_does_not_know_leaves_the_hidden_order_alone():
     del decoder_layers(model)[1].adapter
     model.model.extra_scale = torch.nn.Parameter(torch.ones(2, hidden))  # outside the blocks, not a norm
     assert permute.hidden_plan(model) is None
+
+
+def test_permutations_follow_a_hardware_schedule(capsys, tiny_checkpoint, calib_file, tmp_path):
+    """With some Linears left dense by the schedule, only the N:M ones are searched for (and the hidden order is
+    chosen from the N:M readers); the result verifies."""
+    out = tmp_path / "hw"
+    code, _, err = run_cli(capsys, *prune_args(tiny_checkpoint, calib_file, out, "--permute", "all",
+                                               "--schedule", "hardware", "--coverage", "0.6"))
+    assert code == 0, err
+    manifest = json.loads((out / "sparsity.json").read_text())
+    dense = set(manifest["schedule"]["dense_modules"])
+    record = manifest["permutation"]
+    assert dense and not dense & set(record["modules"])
+    assert 0 < record["hidden"]["linears"] < 10  # q, k, v, gate, up x 2 blocks, less the dense ones
+    code, _, err = run_cli(capsys, "verify", out)
+    assert code == 0, err
