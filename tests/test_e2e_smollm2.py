@@ -152,6 +152,15 @@ def test_serve_finishes_in_flight_requests_on_sigterm_and_exits_0(smollm2_artifa
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             results = [pool.submit(stream, i) for i in range(3)]
             first_chunk[0].result(timeout=120)  # the first request is generating; the third waits for a row
+            # SIGTERM only once the server holds all three: a request still on its way when the drain starts is
+            # rightly refused with 503, which is not what this test is about
+            deadline = time.monotonic() + 120
+            while True:
+                held = httpx.get(f"{url}/health", timeout=5).json()
+                finished = sum(r.done() for r in results)
+                if held["batch"]["running"] + held["queued"] + finished >= 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             server.send_signal(signal.SIGTERM)
             time.sleep(0.5)
             with pytest.raises(httpx.TransportError):
