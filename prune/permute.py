@@ -245,11 +245,11 @@ class HiddenPlan:
             return tensor
         return tensor.index_select(dim, perm.to(tensor.device)).contiguous()
 
-    def fold(self, model: torch.nn.Module, perm: torch.Tensor) -> None:
-        """Fold `perm` into every parameter of `model` that is in memory (a tied table once: named_parameters
-        lists a shared tensor under its first name only)."""
+    def fold(self, module: torch.nn.Module, perm: torch.Tensor, prefix: str = "") -> None:
+        """Fold `perm` into every parameter of `module` (the model, or one block named `prefix`) that is in memory
+        (a tied table once: named_parameters lists a shared tensor under its first name only)."""
         with torch.no_grad():
-            for name, param in model.named_parameters():
+            for name, param in module.named_parameters(prefix=prefix):
                 if name in self.dims and not param.is_meta:
                     param.data = self.fold_tensor(name, param.data, perm)
 

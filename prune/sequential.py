@@ -173,17 +173,18 @@ class Permuter:
         it into the model through `hooks` (in memory, or into each block as streaming reads it). A model whose
         stream this cannot follow is left as it is, and said so."""
         plan = permutations.hidden_plan(model)
-        readers = plan and [[{n: m for n, m in g.items() if n in self.patterns and self.patterns[n].is_nm}
-                             for g in groups] for groups in plan.readers]
-        names = [n for groups in readers or [] for g in groups for n in g]
-        if not names:
+        pattern = next((self.patterns[name] for groups in (plan.readers if plan else []) for g in groups
+                        for name in g if name in self.patterns and self.patterns[name].is_nm), None)
+        if pattern is None:
             self.hidden = {"axis": "hidden", "skipped": "no Linear pruned N:M reads the residual stream" if plan
                            else "a tensor on the residual stream is not one whose order this knows how to follow"}
             return
         start = time.perf_counter()
-        n, m = self.patterns[names[0]].n, self.patterns[names[0]].m
-        total_rows = sum(g[name].out_features for groups in readers for g in groups for name in g
-                         if (self.patterns[name].n, self.patterns[name].m) == (n, m))
+        n, m = pattern.n, pattern.m  # the readers pruned with this one pattern choose the order
+        readers = [[{name: linear for name, linear in g.items() if self.patterns.get(name) == pattern}
+                    for g in groups] for groups in plan.readers]
+        names = [name for groups in readers for g in groups for name in g]
+        total_rows = sum(g[name].out_features for groups in readers for g in groups for name in g)
         rate = min(1.0, permutations.HIDDEN_ROWS / total_rows)
         generator = torch.Generator().manual_seed(self.seed)
         parts = []
@@ -191,11 +192,10 @@ class Permuter:
         def visit(index: int, stats: dict | None) -> None:
             for group in readers[index]:
                 first = next(iter(group), None)
-                for name, linear in group.items():
-                    if (self.patterns[name].n, self.patterns[name].m) == (n, m):
-                        scores = permutations.saliency(linear.weight.data, self.method, stats and stats[first],
-                                                       self.damping)
-                        parts.append(permutations.sample_rows(scores, rate, generator).cpu())
+                for linear in group.values():
+                    scores = permutations.saliency(linear.weight.data, self.method, stats and stats[first],
+                                                   self.damping)
+                    parts.append(permutations.sample_rows(scores, rate, generator).cpu())
 
         watch = [{next(iter(g)): next(iter(g.values())) for g in groups if g} for groups in readers]
         windows = windows[:permutations.HIDDEN_WINDOWS] if self.method != "magnitude" else None

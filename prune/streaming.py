@@ -95,9 +95,7 @@ class StreamingHooks(LayerHooks):
         prefix = f"{s.layers_prefix}.{index}"
         load_module(layer, prefix, s.reader, s.dtype, self.device)
         if s.hidden:
-            with torch.no_grad():
-                for name, param in layer.named_parameters():
-                    param.data = s.hidden[0].fold_tensor(f"{prefix}.{name}", param.data, s.hidden[1])
+            s.hidden[0].fold(layer, s.hidden[1], prefix)
 
     def fold_hidden(self, model: torch.nn.Module, plan, perm: torch.Tensor) -> None:
         super().fold_hidden(model, plan, perm)  # what is in memory now: the input embedding
