@@ -20,7 +20,7 @@ DEMO_DONE    = $(wildcard $(ARTIFACTS)/run*.json)
 
 .PHONY: setup demo docs architectures lint test test-fast bench bench-cpu bench-quality bench-schedule bench-serve bench-adaptive bench-gpu bench-engine bench-structured bench-scale distill engine \
 	parity serve \
-	docker-lint docker-build docker-runtime docker-cpu clean distclean help
+	docker-lint docker-build docker-runtime docker-cpu docker-base docker-tools docker-test wheelhouse clean distclean help
 
 help:
 	@echo "make demo           prune smollm2-135m to 2:4, export ONNX, check parity (artifacts/)"
@@ -38,7 +38,8 @@ help:
 	@echo "make bench-scale       peak memory/time of prune, export, INT4 quantize (whole vs --stream) and RTX engines vs model size, up to 8B shapes"
 	@echo "make bench-structured  shrunk SmolLM2 variants vs dense and 2:4: perplexity vs ORT speed (benchmarks/structured.md)"
 	@echo "make bench-gpu      dense vs 2:4 GEMMs + end-to-end generation on a CUDA GPU (benchmarks/gpu.md)"
-	@echo "make docker-cpu     ONNX Runtime serving image; docker-runtime: TensorRT serving; docker-build: engine toolchain"
+	@echo "make docker-cpu     slim ONNX Runtime serving image; docker-build: TensorRT-RTX engine builder; docker-runtime: TensorRT serving"
+	@echo "make docker-test    build docker-cpu and docker-build with podman on a local Debian base, serve and build in them"
 	@echo "make bench          decode tok/s, TTFT, ITL p50/95/99, RSS, energy: PyTorch vs ORT fp32/INT8/INT4, dense vs 2:4"
 	@echo "make bench-cpu      ONNX Runtime targets vs TensorRT-shaped files vs ONNX Runtime GenAI INT4 on the CPU"
 	@echo "make bench-quality  WikiText-2 perplexity: dense vs magnitude/Wanda/SparseGPT 2:4 (benchmarks/)"
@@ -73,7 +74,7 @@ architectures: setup
 
 # Code checks (ruff) and the parity gate first (it builds the small end-to-end artifacts the e2e tests reuse),
 # then the suite.
-test: setup
+test: setup docker-tools
 	$(BIN)/ruff check .
 	$(MAKE) parity
 	SPARSETRT_E2E_ARTIFACTS=$(PARITY_ARTIFACTS) $(BIN)/pytest --junitxml=$(JUNIT_DIR)/pytest.xml $(PYTEST_ARGS)
@@ -145,27 +146,60 @@ bench-engine: setup
 bench-gpu: setup
 	$(BIN)/sparsetrt bench gpu --out benchmarks $(ARGS)
 
-# Images (a Docker engine is needed to build them; `make test` lints them with hadolint without one).
+# Images. CONTAINER=docker (the default) or podman (no daemon; what `make docker-test` uses). BASE: the base image
+# of Dockerfile.cpu and Dockerfile.build's rtx target (python:3.11-slim by default); with no registry in reach,
+# `make docker-base` makes one from Debian's packages: BASE=localhost/sparsetrt-base:bookworm. Both install from the
+# wheelhouse `make wheelhouse` writes into docker/wheels (hermetic: the build asks no index).
+CONTAINER ?= docker
+BASE      ?=
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 BAKE      ?=
+# podman writes OCI images by default, which drop HEALTHCHECK
+IMAGE_FLAGS = $(if $(filter podman,$(notdir $(CONTAINER))),--format docker) $(if $(BASE),--build-arg BASE=$(BASE))
+DOCKER_CACHE = $(shell $(BIN)/python -c "from sparsetrt.models import cache_dir; print(cache_dir() / 'docker')")
+CONTAINER_PACKAGES = podman runc mmdebstrap uidmap
 
 docker-lint: setup
 	$(BIN)/hadolint docker/Dockerfile.build docker/Dockerfile.runtime docker/Dockerfile.cpu
-	$(BIN)/shellcheck docker/entrypoint.sh benchmarks/gpu-device.sh
+	$(BIN)/shellcheck docker/entrypoint.sh docker/install.sh docker/wheelhouse.sh docker/base.sh benchmarks/gpu-device.sh
 
-# BUILDER=rtx (TensorRT-RTX, CPU-only build servers) or tensorrt (NVIDIA's TensorRT container, on a GPU).
+wheelhouse: setup
+	sh docker/wheelhouse.sh $(BIN)/python
+
+docker-base: setup
+	sh docker/base.sh $(CONTAINER) "$(DOCKER_CACHE)"
+
+# What the image tests need, installed with apt where this is root and they are missing; never fails (the tests
+# skip with the reason instead).
+docker-tools:
+	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $(CONTAINER_PACKAGES) with apt-get (the image tests build and run containers)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(CONTAINER_PACKAGES) >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 \
+		     && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(CONTAINER_PACKAGES) >/dev/null 2>&1; } \
+		|| echo "apt-get could not install $(CONTAINER_PACKAGES): the image tests will skip"; \
+	else echo "podman, runc or mmdebstrap missing and no root apt-get to install them: the image tests will skip"; fi
+
+# Builds both images with podman on a local Debian base, serves a tiny model from docker-cpu, builds an engine in
+# docker-build, removes everything but the cached base tarball (tests/test_docker_images.py; part of `make test`).
+docker-test: setup docker-tools
+	$(BIN)/pytest tests/test_docker_images.py $(PYTEST_ARGS)
+
+# BUILDER=rtx (TensorRT-RTX engine builder, no GPU needed) or tensorrt (NVIDIA's TensorRT container, on a GPU).
 BUILDER ?= rtx
 
-docker-build: docker-lint
-	docker build -f docker/Dockerfile.build --target $(BUILDER) \
+docker-build: docker-lint $(if $(filter rtx,$(BUILDER)),wheelhouse)
+	$(CONTAINER) build $(IMAGE_FLAGS) -f docker/Dockerfile.build --target $(BUILDER) \
 		-t sparsetrt-build:$(IMAGE_TAG)$(if $(filter tensorrt,$(BUILDER)),-tensorrt) .
 
+# TensorRT serving on an NVIDIA GPU: needs NVIDIA's CUDA base image (a registry) and a GPU; not built by the tests.
 docker-runtime: docker-lint
-	docker build -f docker/Dockerfile.runtime $(if $(BAKE),--target baked --build-arg MODEL_DIR=$(BAKE),--target runtime) \
-		-t sparsetrt-runtime:$(IMAGE_TAG) .
+	$(CONTAINER) build $(IMAGE_FLAGS) -f docker/Dockerfile.runtime \
+		$(if $(BAKE),--target baked --build-arg MODEL_DIR=$(BAKE),--target runtime) -t sparsetrt-runtime:$(IMAGE_TAG) .
 
-docker-cpu: docker-lint
-	docker build -f docker/Dockerfile.cpu -t sparsetrt-cpu:$(IMAGE_TAG) .
+docker-cpu: docker-lint wheelhouse
+	$(CONTAINER) build $(IMAGE_FLAGS) -f docker/Dockerfile.cpu -t sparsetrt-cpu:$(IMAGE_TAG) .
 
 # The 2:4 INT8 and INT4 runs (reused when `make demo PRECISION=...` already made them), the dense baseline
 # quantized the same way, then every variant measured in one run.

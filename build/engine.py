@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-import torch
 
 from sparsetrt.artifacts import file_sha256, prepare_output, staged_dir, write_json
 from sparsetrt.build import (
     choose_builder,
+    cuda_available,
     installed_tensorrt_version,
     parse_targets,
     tensorrt_status,
@@ -41,16 +41,16 @@ from sparsetrt.build.layers import matmul_text, parse_layer_dump, precision_summ
 from sparsetrt.build.settings import EngineOptions
 from sparsetrt.errors import EngineBuildError, SparsetrtError
 from sparsetrt.export import lint
-from sparsetrt.export.onnx_export import decoder_geometry
 from sparsetrt.layout import BUILD_LOG, ENGINE_FILE, ENGINE_MANIFEST, LAYERS_FILE
 from sparsetrt.lazy import lazy_import
 from sparsetrt.memory import peak_rss_mb
-from sparsetrt.onnx_io import load_onnx
+from sparsetrt.onnx_io import decoder_geometry, load_onnx
 
 # TensorRT proper builds in this process (TensorRT-RTX in a child, sparsetrt.build.rtx); both load on first use.
 polygraphy_logger = lazy_import("polygraphy.logger")
 polygraphy_trt = lazy_import("polygraphy.backend.trt")
 tensorrt = lazy_import("tensorrt", "TensorRT proper: pip install tensorrt on a CUDA machine")
+torch = lazy_import("torch")  # asked about the GPU only where there is one: the engine-build image has no torch
 
 SPARSE_MIN_SM = (8, 0)  # sparse tensor cores: Ampere and later
 
@@ -274,7 +274,7 @@ def import_tensorrt():
 
 
 def gpu_facts() -> dict:
-    if not torch.cuda.is_available():
+    if not cuda_available():
         return {"name": None, "capability": None}
     index = torch.cuda.current_device()
     return {"name": torch.cuda.get_device_name(index), "capability": list(torch.cuda.get_device_capability(index)),

@@ -29,29 +29,12 @@ from transformers import DynamicCache
 
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.settings import DEFAULT_OPSET
-from sparsetrt.onnx_io import load_onnx
+from sparsetrt.onnx_io import load_onnx, past_names, present_names
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 # Part of the export fingerprint: artifacts of an older graph layout are redone (/2: full-length presents on
 # sliding-window layers).
 GRAPH_FORMAT = "decoder-kv/2"
-
-
-def past_names(num_layers: int) -> list[str]:
-    return [f"past_key_values.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
-
-
-def present_names(num_layers: int) -> list[str]:
-    return [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
-
-
-def decoder_geometry(inputs: dict[str, list]) -> dict:
-    """layers / kv_heads / head_dim of an exported decoder, from its inputs' dims ({name: [dim, ...]})."""
-    past = [dims for name, dims in inputs.items() if name.startswith("past_key_values.")]
-    if not past:
-        raise SparsetrtError("the ONNX has no past_key_values inputs: export it with this version of "
-                             "`sparsetrt export` (decoder with KV cache)")
-    return {"layers": len(past) // 2, "kv_heads": past[0][1], "head_dim": past[0][3]}
 
 
 def cache_geometry(config) -> tuple[int, int, int]:

@@ -37,8 +37,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from sparsetrt.architectures import sliding_window
-from sparsetrt.checkpoint import CheckpointReader, auto_config, empty_model
+from sparsetrt.architectures import auto_config, sliding_window
+from sparsetrt.checkpoint import CheckpointReader, empty_model
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.modules import decoder_layers, layers_prefix
 from sparsetrt.onnx_io import initializer_array, load_onnx

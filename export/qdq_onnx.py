@@ -19,9 +19,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.export.qmath import LinearQuant, pack_int4
+from sparsetrt.lazy import lazy_import
 from sparsetrt.onnx_io import initializer_array
 from sparsetrt.prune.verify import VerifyResult, check_pattern, consumers_of, digest, reduction_axes
+
+# the quantizer's tensors (torch) only where Q/DQ files are written; reading them back (ONNX Runtime's runner) needs none
+qmath = lazy_import("sparsetrt.export.qmath")
 
 MIN_QDQ_OPSET = 21
 
@@ -59,7 +62,7 @@ def locate_tables(graph, reference: dict[str, np.ndarray]) -> dict[str, tuple[st
     return located
 
 
-def weight_dequantize(name: str, lq: LinearQuant, transposed: bool, np_float) -> tuple[list, object]:
+def weight_dequantize(name: str, lq: qmath.LinearQuant, transposed: bool, np_float) -> tuple[list, object]:
     """The integer + scale initializers of `lq` and the DequantizeLinear that restores them, laid out as the
     graph stores the weight: transposed ([in, out], a MatMul's B) or as in PyTorch ([out, in], a table).
     Per-channel scales run along the output channels, INT4 blocks along the inputs, in either layout."""
@@ -70,7 +73,7 @@ def weight_dequantize(name: str, lq: LinearQuant, transposed: bool, np_float) ->
         q_init = numpy_helper.from_array(q.numpy().astype(np.int8), q_name)
         scale, attrs = lq.scale, {"axis": out_axis}
     else:
-        q_init = helper.make_tensor(q_name, TensorProto.INT4, list(q.shape), pack_int4(q), raw=True)
+        q_init = helper.make_tensor(q_name, TensorProto.INT4, list(q.shape), qmath.pack_int4(q), raw=True)
         scale, attrs = (lq.scale.t().contiguous() if transposed else lq.scale), {"axis": in_axis, "block_size": lq.block}
     s_init = numpy_helper.from_array(scale.numpy().astype(np_float), s_name)
     node = helper.make_node("DequantizeLinear", [q_name, s_name], [f"{name}.weight_dequantized"],
@@ -78,8 +81,9 @@ def weight_dequantize(name: str, lq: LinearQuant, transposed: bool, np_float) ->
     return [q_init, s_init], node
 
 
-def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, LinearQuant], reference: dict[str, np.ndarray],
-                   tables: dict[str, LinearQuant] | None = None, table_reference: dict[str, np.ndarray] | None = None) -> dict:
+def write_qdq_onnx(src: Path, dst: Path, quants: dict[str, qmath.LinearQuant], reference: dict[str, np.ndarray],
+                   tables: dict[str, qmath.LinearQuant] | None = None,
+                   table_reference: dict[str, np.ndarray] | None = None) -> dict:
     """Write the quantized copy of `src` to `dst` (+ `dst`.data); returns a summary of what changed.
 
     `quants` are W8A8/W4A16 Linears (a MatMul's weight, activation Q/DQ for INT8); `tables` are weight-only

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from sparsetrt.architectures import check_length
+from sparsetrt.architectures import auto_config, check_length
 from sparsetrt.artifacts import prepare_output, read_json, staged_dir, write_json
 from sparsetrt.calibration.data import calibration_windows, window_bos
 from sparsetrt.calibration.settings import CalibrationSettings
-from sparsetrt.checkpoint import CheckpointReader, auto_config, empty_model
+from sparsetrt.checkpoint import CheckpointReader, empty_model
 from sparsetrt.devices import resolve_device
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export import qmath, trtllm

@@ -6,8 +6,9 @@ import os
 import time
 from pathlib import Path
 
+from sparsetrt.architectures import auto_config
 from sparsetrt.artifacts import file_sha256, prepare_output, read_json, staged_dir, write_json
-from sparsetrt.checkpoint import CheckpointReader, auto_config
+from sparsetrt.checkpoint import CheckpointReader
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.onnx_export import GRAPH_FORMAT, cache_geometry, export_decoder, file_opset
 from sparsetrt.export.onnx_stream import export_decoder_streamed

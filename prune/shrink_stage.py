@@ -8,11 +8,10 @@ from pathlib import Path
 
 import torch
 
-from sparsetrt.architectures import check_length
+from sparsetrt.architectures import auto_config, check_length
 from sparsetrt.artifacts import prepare_output, staged_dir, write_json
 from sparsetrt.calibration.data import calibration_windows, window_bos
 from sparsetrt.calibration.settings import CalibrationSettings
-from sparsetrt.checkpoint import auto_config
 from sparsetrt.devices import resolve_device
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import STRUCTURE_MANIFEST

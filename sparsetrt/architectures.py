@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparsetrt.errors import SparsetrtError
+from sparsetrt.lazy import lazy_import
+
+transformers = lazy_import("transformers")  # configs only, read when a checkpoint is; importing this module stays cheap
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,12 @@ def allow_remote_code(allowed: bool) -> None:
 def remote_code(explicit: bool = False) -> bool:
     """Whether a loader may run a checkpoint's own code: asked for by its caller (library use) or by the command."""
     return bool(explicit) or _remote_code_allowed
+
+
+def auto_config(checkpoint: Path, trust_remote_code: bool = False):
+    """The transformers config of a local checkpoint (its own config class where the command trusts its code)."""
+    return transformers.AutoConfig.from_pretrained(checkpoint, trust_remote_code=remote_code(trust_remote_code),
+                                      local_files_only=True)
 
 
 def supported_names() -> str:

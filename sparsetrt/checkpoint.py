@@ -18,9 +18,9 @@ import torch
 from accelerate import init_empty_weights
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
-from sparsetrt.architectures import remote_code
+from sparsetrt.architectures import auto_config, remote_code
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.modules import decoder_layers
 
@@ -128,16 +128,10 @@ def _nbytes(shape, dtype: torch.dtype) -> int:
     return int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
 
 
-def auto_config(checkpoint: Path, trust_remote_code: bool = False):
-    """The transformers config of a local checkpoint (its own config class where the command trusts its code)."""
-    return AutoConfig.from_pretrained(checkpoint, trust_remote_code=remote_code(trust_remote_code),
-                                      local_files_only=True)
-
-
 def empty_model(checkpoint: Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
     """The model of `checkpoint` with every parameter on the meta device (no memory) and real buffers."""
     trust_remote_code = remote_code(trust_remote_code)
-    config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, local_files_only=True)
+    config = auto_config(checkpoint, trust_remote_code)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.tie_weights()  # init_empty_weights re-registers every parameter on meta, undoing the ties made while building

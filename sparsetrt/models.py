@@ -15,16 +15,17 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
 from sparsetrt.architectures import check_family, remote_code, supported_names
 from sparsetrt.artifacts import staged_dir, write_json
-from sparsetrt.checkpoint import finite
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.lazy import lazy_import
 
+# Loading a model needs torch (transformers' model classes import it); a tokenizer does not: serving and measuring
+# an ONNX file import neither torch nor transformers' modeling code.
+checkpoint_io = lazy_import("sparsetrt.checkpoint")
+modeling_auto = lazy_import("transformers.models.auto.modeling_auto")
+torch = lazy_import("torch")
+transformers = lazy_import("transformers")
 huggingface_hub = lazy_import("huggingface_hub")  # only for a hub id, and only where the hub is reachable
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def validate_checkpoint(path: Path, trust_remote_code: bool = False) -> dict:
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
     causal_heads = ("ForCausalLM", "LMHeadModel")
-    is_causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and (
+    is_causal = model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and (
         not architectures or any(a.endswith(causal_heads) for a in architectures)
     )
     if not is_causal and not (trust_remote_code and any(a.endswith("ForCausalLM") for a in architectures)):
@@ -122,7 +123,7 @@ def load_model(path: Path, dtype: str = "float32", trust_remote_code: bool = Fal
     trust_remote_code = remote_code(trust_remote_code)
     validate_checkpoint(path, trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, local_files_only=True
         )
     except Exception as exc:  # transformers raises many types for broken files
@@ -130,7 +131,7 @@ def load_model(path: Path, dtype: str = "float32", trust_remote_code: bool = Fal
                              "or incomplete") from None
     model.eval()
     for name, tensor in model.state_dict().items():
-        finite(path, name, tensor)
+        checkpoint_io.finite(path, name, tensor)
     return model, load_tokenizer(path, trust_remote_code)
 
 
@@ -138,7 +139,8 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     """The tokenizer saved beside a checkpoint's weights, refused when it can yield token ids past the model's
     vocabulary (config.json's vocab_size): the embedding lookup would fail deep inside the first forward pass."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code(trust_remote_code), local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code(trust_remote_code),
+                                                               local_files_only=True)
     except Exception as exc:
         raise SparsetrtError(f"could not load a tokenizer from {path}: {_first_line(exc)}; save the tokenizer files "
                              "beside the weights") from None
@@ -177,14 +179,14 @@ def materialize_embedded(name: str) -> Path:
 
 def _convert_gguf(gguf_file: Path, out: Path) -> None:
     kwargs = dict(gguf_file=gguf_file.name, local_files_only=True)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, dtype=torch.float32, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, **kwargs)
+    gguf_model = transformers.AutoModelForCausalLM.from_pretrained(gguf_file.parent, dtype=torch.float32, **kwargs)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf_file.parent, **kwargs)
     config = gguf_model.config.to_dict()
     config.pop("quantization_config", None)  # the weights are dequantised now; a leftover GGUF section breaks saving
     config.pop("_name_or_path", None)
     config.pop("_model_name_or_path", None)
-    plain_config = AutoConfig.for_model(**config)
-    plain = AutoModelForCausalLM.from_config(plain_config, dtype=torch.float32)
+    plain_config = transformers.AutoConfig.for_model(**config)
+    plain = transformers.AutoModelForCausalLM.from_config(plain_config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and plain_config.tie_word_embeddings)]
     if missing or unexpected:

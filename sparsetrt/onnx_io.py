@@ -52,3 +52,21 @@ def load_onnx(path: str | Path, external_data: bool = False):
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise SparsetrtError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {first}); re-export it "
                              "(or restore its .data file beside it)") from None
+
+
+# The decoder's KV-cache interface: what `sparsetrt export` names its inputs and outputs, and what every runner reads.
+def past_names(num_layers: int) -> list[str]:
+    return [f"past_key_values.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+def present_names(num_layers: int) -> list[str]:
+    return [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+def decoder_geometry(inputs: dict[str, list]) -> dict:
+    """layers / kv_heads / head_dim of an exported decoder, from its inputs' dims ({name: [dim, ...]})."""
+    past = [dims for name, dims in inputs.items() if name.startswith("past_key_values.")]
+    if not past:
+        raise SparsetrtError("the ONNX has no past_key_values inputs: export it with this version of "
+                             "`sparsetrt export` (decoder with KV cache)")
+    return {"layers": len(past) // 2, "kv_heads": past[0][1], "head_dim": past[0][3]}

@@ -1,5 +1,6 @@
-"""docker/: every Dockerfile passes hadolint, the entrypoint passes shellcheck, and the entrypoint itself serves,
-answers the HEALTHCHECK probe and exits 0 on SIGTERM, run here without Docker (there is no engine on CI)."""
+"""docker/ without building: every Dockerfile passes hadolint, every script shellcheck, the slim images' requirement
+lists name declared, pinned dependencies, and the entrypoint itself serves, answers the HEALTHCHECK probe and exits
+0 on SIGTERM outside a container. The images themselves are built and run in test_docker_images.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from serve_support import free_port, wait_until_ready
+
+from sparsetrt.pipeline.config import tomllib
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
@@ -53,16 +56,35 @@ def test_base_images_are_pinned():
         text = dockerfile.read_text()
         stage_names = set(re.findall(r"^FROM \S+ AS (\S+)", text, re.M))
         for line in text.splitlines():
-            if line.startswith(("FROM ", "ARG CUDA_IMAGE")):
+            if line.startswith(("FROM ", "ARG CUDA_IMAGE", "ARG BASE")):
                 image = line.split()[1].split("=")[-1]
                 if image.startswith("${") or image in stage_names or image == "scratch":
                     continue  # the pinned ARG, an earlier stage of this file, or the empty image (no versions)
                 assert re.search(r":\d[\w.-]*$", image), f"{dockerfile.name}: {line} is not pinned to a version tag"
 
 
-def test_shellcheck_passes_on_the_entrypoint():
-    proc = subprocess.run([str(BIN / "shellcheck"), str(DOCKER / "entrypoint.sh")], capture_output=True, text=True)
+def test_shellcheck_passes_on_every_script():
+    scripts = sorted(DOCKER.glob("*.sh"))
+    assert {p.name for p in scripts} >= {"entrypoint.sh", "install.sh", "wheelhouse.sh", "base.sh"}
+    proc = subprocess.run([str(BIN / "shellcheck"), *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("requirements", sorted(DOCKER.glob("requirements-*.txt")), ids=lambda p: p.name)
+def test_image_requirements_are_declared_pinned_dependencies(requirements):
+    """Each slim image installs a subset of the package's own dependencies, at the versions of constraints.txt."""
+    root = DOCKER.parent
+    declared = {canonical(spec) for spec in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]}
+    pinned = {canonical(line) for line in (root / "constraints.txt").read_text().splitlines() if "==" in line}
+    names = [canonical(line) for line in requirements.read_text().splitlines() if line.strip() and line[0] != "#"]
+    assert names and set(names) <= pinned, set(names) - pinned
+    # transformers brings the tokenizer; the rest are the package's own dependencies (tensorrt-rtx-cu12: the RTX one)
+    assert set(names) <= declared, set(names) - declared
+    assert not {"torch", "nvidia-modelopt", "accelerate"} & set(names)
+
+
+def canonical(spec: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
 
 def entrypoint_env(**overrides) -> dict:

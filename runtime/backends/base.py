@@ -12,10 +12,11 @@ The cache is whatever the backend keeps between steps (numpy arrays, torch tenso
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from sparsetrt.export.onnx_export import decoder_geometry, past_names, present_names
+from sparsetrt.lazy import lazy_import
+from sparsetrt.onnx_io import decoder_geometry, past_names, present_names
+
+torch = lazy_import("torch")  # caches on the GPU only: ONNX Runtime's are numpy, and its serving image has no torch
 
 
 def position_ids_for(attention_mask: np.ndarray, new_tokens: int) -> np.ndarray:
@@ -97,7 +98,7 @@ def _left_pad(array, columns: int):
     if isinstance(array, np.ndarray):
         return np.pad(array, ((0, 0), (0, 0), (columns, 0), (0, 0)))
 
-    return F.pad(array, (0, 0, columns, 0))
+    return torch.nn.functional.pad(array, (0, 0, columns, 0))
 
 
 def _concat(arrays: list):

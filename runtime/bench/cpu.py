@@ -30,9 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sparsetrt.artifacts import pyplot, read_json, save_figure, write_report
-from sparsetrt.calibration.data import evaluation_windows, load_corpus
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.export.ort_target import OrtTargetOptions, write_ort_target
 from sparsetrt.layout import QUANT_MANIFEST, ArtifactsTree
 from sparsetrt.lazy import available, lazy_import
 from sparsetrt.memory import peak_rss_mb
@@ -42,8 +40,12 @@ from sparsetrt.runtime.bench.perf import bench_prompts, run_in_subprocess
 from sparsetrt.runtime.bench.settings import BenchSettings, CpuBenchSettings
 from sparsetrt.runtime.deployables import Deployable, files_bytes
 from sparsetrt.runtime.measure import cpu_name
-from sparsetrt.runtime.prepare import prepare_dense
 
+# The parent prepares (torch); each measuring worker re-runs this module and must stay as light as the deployable
+# it measures, or its start-up and peak RSS would be torch's.
+calibration_data = lazy_import("sparsetrt.calibration.data")
+ort_target = lazy_import("sparsetrt.export.ort_target")
+prepare = lazy_import("sparsetrt.runtime.prepare")
 og = lazy_import("onnxruntime_genai", "pip install 'sparsetrt[bench]' (onnxruntime-genai)")
 RECORD_MARK = "SPARSETRT-CPU-RECORD "
 GENAI = "onnxruntime-genai"
@@ -83,10 +85,10 @@ def describe(files: ArtifactsTree, precision: str, made_for: str) -> str:
 def alternatives(tree: ArtifactsTree, work: Path, progress: bool) -> list[dict]:
     """The ONNX Runtime target's other forms, written from the 2:4 files: what its defaults were chosen against."""
     made = []
-    forms = [("int4", OrtTargetOptions(nbits_compute="fp32"), "W4A16 MatMulNBits in float (the Q/DQ file's numbers)"),
-             ("int8", OrtTargetOptions(int8_format="nbits"), "INT8 weights in 8-bit MatMulNBits, int8 activations "
+    forms = [("int4", ort_target.OrtTargetOptions(nbits_compute="fp32"), "W4A16 MatMulNBits in float (the Q/DQ file's numbers)"),
+             ("int8", ort_target.OrtTargetOptions(int8_format="nbits"), "INT8 weights in 8-bit MatMulNBits, int8 activations "
                                                              "per block (calibrated scales unused)"),
-             ("int8", OrtTargetOptions(int8_format="dynamic"), "INT8 weights, DynamicQuantizeLinear -> MatMulInteger "
+             ("int8", ort_target.OrtTargetOptions(int8_format="dynamic"), "INT8 weights, DynamicQuantizeLinear -> MatMulInteger "
                                                                "(per-tensor scales measured per call)")]
     for precision, options, note in forms:
         qdq = tree.onnx(precision)
@@ -98,7 +100,7 @@ def alternatives(tree: ArtifactsTree, work: Path, progress: bool) -> list[dict]:
             if progress:
                 print(f"==> writing the {name} form of the ONNX Runtime target", flush=True)
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_ort_target(tree.pruned, path, precision, qdq, options)
+            ort_target.write_ort_target(tree.pruned, path, precision, qdq, options)
         made.append(row(path, "2:4", precision, "onnxruntime", note,
                         label=f"sparsetrt {precision} 2:4, ONNX Runtime target, {name.split('-', 1)[1]}"))
     return made
@@ -230,15 +232,15 @@ def run_cpu_bench(artifacts: Path, out: Path, work: Path, settings: CpuBenchSett
                              "--no-genai)")
     if progress:
         print("==> the dense baseline, exported and quantized like the 2:4 runs", flush=True)
-    prepare_dense(artifacts, progress=progress)
+    prepare.prepare_dense(artifacts, progress=progress)
     rows = candidates(tree, Path(work), progress)
     if settings.genai:
         rows.append(genai_model(tree.dense_checkpoint(), Path(work), progress))
     tokenizer = load_tokenizer(tree.pruned)
     speed = settings.speed()
     prompts, corpus = bench_prompts(tokenizer, settings.corpus, max(settings.batches), settings.prompt_tokens)
-    text = load_corpus(settings.corpus, "test")
-    windows = evaluation_windows(tokenizer, text, settings.seq_len, settings.eval_windows).tolist()
+    text = calibration_data.load_corpus(settings.corpus, "test")
+    windows = calibration_data.evaluation_windows(tokenizer, text, settings.seq_len, settings.eval_windows).tolist()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for index, candidate in enumerate(rows, 1):
         if progress:

@@ -25,12 +25,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from sparsetrt.artifacts import write_json
-from sparsetrt.calibration.data import evaluation_windows, load_corpus
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import ArtifactsTree
+from sparsetrt.lazy import lazy_import
 from sparsetrt.memory import current_rss_mb, peak_rss_mb
 from sparsetrt.models import load_tokenizer
 from sparsetrt.runtime.backends import make_runner
@@ -39,7 +37,12 @@ from sparsetrt.runtime.bench.settings import BenchSettings
 from sparsetrt.runtime.deployables import Deployable, discover_deployables, files_bytes
 from sparsetrt.runtime.generate import Sampling, generate
 from sparsetrt.runtime.measure import EnergyMeter, device_info, gpu_memory_used_mb, percentile
-from sparsetrt.runtime.prepare import prepare_dense
+
+# The parent prepares (torch); each measuring worker re-runs this module and must stay as light as the deployable
+# it measures, or its start-up and peak RSS would be torch's.
+calibration_data = lazy_import("sparsetrt.calibration.data")
+prepare = lazy_import("sparsetrt.runtime.prepare")
+torch = lazy_import("torch")
 
 RECORD_MARK = "SPARSETRT-BENCH-RECORD "
 
@@ -124,8 +127,8 @@ def _worker(spec_path: str) -> int:
 
 
 def bench_prompts(tokenizer, corpus: str, count: int, prompt_tokens: int) -> tuple[list[list[int]], str]:
-    text = load_corpus(corpus, "test")
-    windows = evaluation_windows(tokenizer, text, prompt_tokens, count)
+    text = calibration_data.load_corpus(corpus, "test")
+    windows = calibration_data.evaluation_windows(tokenizer, text, prompt_tokens, count)
     return windows.tolist(), text.description
 
 
@@ -162,7 +165,7 @@ def bench_artifacts(artifacts: Path, out: Path, settings: BenchSettings, dense: 
     quantized first), those whose label contains one of the comma-separated `only` substrings when given."""
     if dense:
         print("==> dense baseline artifacts (export + quantize with the 2:4 runs' settings)", flush=True)
-        prepare_dense(artifacts, progress=progress)
+        prepare.prepare_dense(artifacts, progress=progress)
     deployables = discover_deployables(artifacts, cuda=torch.cuda.is_available(), tensorrt_graphs=True)
     if only:
         keep = [k.strip() for k in only.split(",")]

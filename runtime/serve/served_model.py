@@ -11,17 +11,19 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparsetrt.architectures import max_positions_of
+from sparsetrt.architectures import auto_config, max_positions_of
 from sparsetrt.artifacts import read_json
-from sparsetrt.checkpoint import auto_config
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.export.ort_target import check_supported
 from sparsetrt.export.settings import ExportSettings
-from sparsetrt.export.stage import export_checkpoint
 from sparsetrt.layout import ENGINE_MANIFEST, ArtifactsTree, tokenizer_dir_for
+from sparsetrt.lazy import lazy_import
 from sparsetrt.models import EMBEDDED_MODELS, cache_dir, load_tokenizer, resolve_checkpoint
 from sparsetrt.runtime.backends import make_runner
 from sparsetrt.runtime.settings import BACKENDS, SERVE_PRECISIONS
+
+# exporting a checkpoint needs torch; serving an ONNX file does not (the CPU serving image has no torch)
+export_stage = lazy_import("sparsetrt.export.stage")
+ort_target = lazy_import("sparsetrt.export.ort_target")
 
 # Prompt cap for backends without an engine profile: prefill cost grows with the prompt, and on a CPU a
 # context-window-sized prompt would hold the single worker for minutes.
@@ -139,8 +141,8 @@ def _exported(checkpoint: Path, precision: str, export_cache: Path | None) -> Pa
     out = (export_cache or cache_dir() / "serve-onnx") / key.hexdigest()[:16]
     targets = ("tensorrt", "onnxruntime") if float_precision == "fp32" and ort_target_fits(checkpoint) else ("tensorrt",)
     # the cache is sparsetrt's own: a copy from another sparsetrt version (another fingerprint) is replaced
-    manifest = export_checkpoint(checkpoint, out, ExportSettings(precisions=[float_precision], targets=list(targets)),
-                                 reuse=True, overwrite=True)
+    settings = ExportSettings(precisions=[float_precision], targets=list(targets))
+    manifest = export_stage.export_checkpoint(checkpoint, out, settings, reuse=True, overwrite=True)
     if manifest.get("ort_target"):
         return out / manifest["ort_target"]["fp32"]["onnx"]
     return out / manifest["files"][float_precision]["onnx"]
@@ -149,7 +151,7 @@ def _exported(checkpoint: Path, precision: str, export_cache: Path | None) -> Pa
 def ort_target_fits(checkpoint: Path) -> bool:
     """Whether the ONNX Runtime target describes this model (else the TensorRT-shaped file is served)."""
     try:
-        check_supported(auto_config(checkpoint), "fp32")
+        ort_target.check_supported(auto_config(checkpoint), "fp32")
     except SparsetrtError:
         return False
     return True

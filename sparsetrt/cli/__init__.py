@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from sparsetrt.architectures import allow_remote_code
 from sparsetrt.cli.options import ArgumentParser, add_settings, settings_from
 from sparsetrt.errors import SparsetrtError
-from sparsetrt.lazy import lazy_import
+from sparsetrt.lazy import available, lazy_import
 from sparsetrt.settings import Settings, trusts_remote_code
 
 hf_logging = lazy_import("transformers.utils.logging")  # a command's run configures it; --help never imports it
@@ -166,5 +166,7 @@ def _setup_logging(verbose: bool) -> None:
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         warnings.filterwarnings("ignore")
-        # transformers draws a bar for every checkpoint load; ours (per layer) are the ones that matter.
-        hf_logging.disable_progress_bar()
+        # transformers draws a bar for every checkpoint load; ours (per layer) are the ones that matter. The
+        # engine-build image has no transformers.
+        if available("transformers"):
+            hf_logging.disable_progress_bar()

@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from sparsetrt.architectures import allow_remote_code, check_length, remote_code
+from sparsetrt.architectures import allow_remote_code, auto_config, check_length, remote_code
 from sparsetrt.artifacts import (
     check_output_dir,
     ensure_writable_parent,
@@ -25,7 +25,6 @@ from sparsetrt.artifacts import (
 )
 from sparsetrt.build import choose_builder, parse_targets
 from sparsetrt.calibration.data import load_corpus
-from sparsetrt.checkpoint import auto_config
 from sparsetrt.devices import resolve_device
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.layout import (
