@@ -2,7 +2,8 @@
 # A base image made from Debian's packages, for machines that reach no container registry:
 #   docker/base.sh CONTAINER CACHE_DIR [TAG]
 # mmdebstrap writes a minimal Debian 12 root filesystem with python3 and python3-venv once, cached as a tarball in
-# CACHE_DIR (about 20-90 s, 200+ MB); `CONTAINER import` (podman or docker) turns it into TAG every time (seconds).
+# CACHE_DIR (20-25 s on this project's machines, 225 MB); `CONTAINER import` (podman or docker) turns it into TAG
+# every time (seconds).
 set -eu
 
 container="$1"

@@ -66,7 +66,7 @@ def remote_code(explicit: bool = False) -> bool:
 def auto_config(checkpoint: Path, trust_remote_code: bool = False):
     """The transformers config of a local checkpoint (its own config class where the command trusts its code)."""
     return transformers.AutoConfig.from_pretrained(checkpoint, trust_remote_code=remote_code(trust_remote_code),
-                                      local_files_only=True)
+                                                   local_files_only=True)
 
 
 def supported_names() -> str:

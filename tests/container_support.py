@@ -60,8 +60,7 @@ class Podman:
 
     def make_base(self, cache: Path) -> str:
         """The local Debian base image (its root filesystem made once with mmdebstrap, cached in `cache`)."""
-        subprocess.run(["sh", str(ROOT / "docker" / "base.sh"), "podman", str(cache), BASE_TAG], env=self.env,
-                       check=True, capture_output=True, text=True, timeout=900)
+        run_script("base.sh", "podman", str(cache), BASE_TAG, env=self.env)
         return BASE_TAG
 
     def build(self, dockerfile: str, tag: str, target: str | None = None) -> None:
@@ -85,3 +84,12 @@ class Podman:
             self("rmi", "--all", "--force", check=False)
             self("system", "reset", "--force", check=False)
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def run_script(name: str, *args: str, env: dict | None = None) -> str:
+    """docker/NAME with ARGS; its output, or an AssertionError that shows it."""
+    proc = subprocess.run(["sh", str(ROOT / "docker" / name), *args], env=env, capture_output=True, text=True,
+                          timeout=900)
+    if proc.returncode != 0:
+        raise AssertionError(f"docker/{name} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout

@@ -123,3 +123,18 @@ def test_entrypoint_runs_other_commands():
     proc = subprocess.run(["sh", str(DOCKER / "entrypoint.sh"), "sparsetrt", "serve", "--help"], env=entrypoint_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--max-queue" in proc.stdout
+
+
+def test_serving_an_onnx_file_and_building_an_engine_import_no_torch():
+    """What the slim images run imports none of what they leave out (the images themselves check it by running;
+    this catches an eager import on any machine, in a second)."""
+    modules = ["sparsetrt.cli.serve", "sparsetrt.cli.runtime", "sparsetrt.cli.build", "sparsetrt.runtime.serve.app",
+               "sparsetrt.runtime.serve.served_model", "sparsetrt.runtime.backends.onnxrt", "sparsetrt.models",
+               "sparsetrt.build.engine", "sparsetrt.build.rtx"]
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}: importlib.import_module(name)\n"
+            "print(','.join(m for m in ('torch', 'modelopt', 'tensorrt_rtx', 'transformers.modeling_utils') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "", f"imported eagerly: {proc.stdout.strip()}"

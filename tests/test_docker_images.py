@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from container_support import ROOT, Podman, why_not_here
+from container_support import ROOT, Podman, run_script, why_not_here
 from serve_support import free_port, wait_until_ready
 
 from sparsetrt.artifacts import file_sha256, write_json
@@ -46,8 +46,7 @@ def podman(tmp_path_factory):
         podman.make_base(base_cache)
         MEASURED["base_s"] = round(time.monotonic() - started, 1)
         started = time.monotonic()
-        subprocess.run(["sh", str(ROOT / "docker" / "wheelhouse.sh"), sys.executable], check=True,
-                       capture_output=True, timeout=900)
+        run_script("wheelhouse.sh", sys.executable)
         MEASURED["wheelhouse_s"] = round(time.monotonic() - started, 1)
         yield podman
     finally:
