@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import shutil
 import socket
 import time
 
@@ -14,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serve_support import LiveServer, SlowServed, metric_value, wait_until_ready
 
+from sparsetrt.errors import SparsetrtError
+from sparsetrt.export.settings import ExportSettings
 from sparsetrt.runtime.serve.served_model import resolve_served_model
 
 
@@ -306,8 +309,6 @@ def test_onnxruntime_backend_serves_the_exported_file(exported_tiny, pruned_tiny
 
 def fake_artifacts(root, tiny_checkpoint):
     """An artifacts tree as `make demo` + `make engine` leave it (the engine bytes are never read here)."""
-    import shutil
-
     shutil.copytree(tiny_checkpoint, root / "pruned")
     (root / "onnx").mkdir()
     (root / "onnx" / "export.json").write_text("{}")
@@ -342,10 +343,27 @@ def test_resolve_an_artifacts_directory_per_backend(tiny_checkpoint, tmp_path):
     ("{checkpoint}", "tensorflow", "unknown backend"),
 ])
 def test_resolve_refuses_with_the_reason(tiny_checkpoint, tmp_path, spec, backend, message):
-    from sparsetrt.errors import SparsetrtError
-
     root = fake_artifacts(tmp_path / "artifacts", tiny_checkpoint)
     backend, _, precision = backend.partition(":")
     spec = spec.format(tmp=tmp_path, artifacts=root, checkpoint=tiny_checkpoint)
     with pytest.raises(SparsetrtError, match=message):
         resolve_served_model(spec, backend, precision or "auto")
+
+
+def test_without_torch_a_checkpoint_is_refused_before_binding_and_an_onnx_file_is_served(tiny_checkpoint, tmp_path,
+                                                                                          monkeypatch):
+    """The CPU serving image has no torch: what needs it (a checkpoint, the pytorch backend) is one line at once;
+    an exported file resolves as usual."""
+    from sparsetrt.export.stage import export_checkpoint
+    from sparsetrt.runtime.serve import served_model
+
+    monkeypatch.setattr(served_model, "available", lambda name: name != "torch")
+    for backend in ("onnxruntime", "pytorch"):
+        with pytest.raises(SparsetrtError, match="needs torch, which is not installed here"):
+            resolve_served_model(str(tiny_checkpoint), backend)
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_checkpoint, root / "pruned")
+    export_checkpoint(root / "pruned", root / "onnx", ExportSettings(precisions=["fp32"], targets=["onnxruntime"]))
+    with pytest.raises(SparsetrtError, match="pruned checkpoint, which needs torch"):
+        resolve_served_model(str(root), "pytorch")
+    assert resolve_served_model(str(root), "onnxruntime").path.name == "model.ort.onnx"

@@ -16,7 +16,7 @@ from sparsetrt.artifacts import read_json
 from sparsetrt.errors import SparsetrtError
 from sparsetrt.export.settings import ExportSettings
 from sparsetrt.layout import ENGINE_MANIFEST, ArtifactsTree, tokenizer_dir_for
-from sparsetrt.lazy import lazy_import
+from sparsetrt.lazy import available, lazy_import
 from sparsetrt.models import EMBEDDED_MODELS, cache_dir, load_tokenizer, resolve_checkpoint
 from sparsetrt.runtime.backends import make_runner
 from sparsetrt.runtime.settings import BACKENDS, SERVE_PRECISIONS
@@ -79,6 +79,9 @@ def resolve_served_model(spec: str, backend: str = "onnxruntime", precision: str
     elif ArtifactsTree(path).is_exported():
         served, tokenizer_dir, checkpoint = _from_artifacts(path, backend, precision)
     else:
+        if backend != "tensorrt":
+            needs_torch(f"{spec} is a checkpoint: serving it "
+                        + ("with PyTorch" if backend == "pytorch" else "on ONNX Runtime exports it first, which"))
         checkpoint = resolve_checkpoint(spec)
         tokenizer_dir = checkpoint
         if backend == "tensorrt":
@@ -116,6 +119,7 @@ def _from_artifacts(root: Path, backend: str, precision: str) -> tuple[Path, Pat
     tree = ArtifactsTree(root)
     pruned = tree.pruned
     if backend == "pytorch":
+        needs_torch(f"--backend pytorch serves {root}'s pruned checkpoint, which")
         return pruned, pruned, pruned
     if backend == "tensorrt":
         engine = tree.engine("fp16" if precision == "auto" else precision)
@@ -128,6 +132,14 @@ def _from_artifacts(root: Path, backend: str, precision: str) -> tuple[Path, Pat
         raise SparsetrtError(f"{onnx} does not exist; run `make demo"
                              f"{' PRECISION=' + precision if precision in ('int8', 'int4') else ''}` first")
     return onnx, pruned, pruned
+
+
+def needs_torch(what: str) -> None:
+    """Refuse before binding where torch is missing (the slim CPU image serves exported files only)."""
+    if not available("torch"):
+        raise SparsetrtError(f"{what} needs torch, which is not installed here (the CPU serving image leaves it "
+                             "out): serve an artifacts directory from `make demo`, or an exported .onnx file "
+                             "with --tokenizer, on --backend onnxruntime")
 
 
 def _exported(checkpoint: Path, precision: str, export_cache: Path | None) -> Path:
