@@ -10,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_TAG = "localhost/sparsetrt-base:bookworm"
+BASE_TARBALL = "debian-bookworm-python3.tar"  # what docker/base.sh caches in its CACHE_DIR
 
 # runc: crun refuses this kernel's hybrid cgroup layout. The ulimits: podman's defaults exceed what root without
 # CAP_SYS_RESOURCE may set here. overlay: vfs copies the whole image for every container (about 20 s per run).
@@ -53,10 +54,7 @@ class Podman:
                     "CONTAINERS_STORAGE_CONF": str(root / "storage.conf")}
 
     def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-        return proc
+        return run_checked(["podman", *args], env=self.env, timeout=timeout, check=check)
 
     def make_base(self, cache: Path) -> str:
         """The local Debian base image (its root filesystem made once with mmdebstrap, cached in `cache`)."""
@@ -68,6 +66,11 @@ class Podman:
         # no intermediate layers: nothing here reuses them, and committing each step costs a third of the time
         self("build", "--pull=never", "--layers=false", "--format", "docker", "--build-arg", f"BASE={BASE_TAG}",
              "-f", str(ROOT / "docker" / dockerfile), *(["--target", target] if target else []), "-t", tag, str(ROOT))
+
+    def importable(self, image: str, *modules: str) -> list[str]:
+        """Which of `modules` the image's Python can import (its entrypoint bypassed)."""
+        code = "import importlib.util as u, sys; print(' '.join(m for m in sys.argv[1:] if u.find_spec(m)))"
+        return self("run", "--rm", "--entrypoint", "python3", image, "-c", code, *modules).stdout.split()
 
     def image_bytes(self, tag: str) -> int:
         return int(self("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
@@ -87,9 +90,13 @@ class Podman:
 
 
 def run_script(name: str, *args: str, env: dict | None = None) -> str:
-    """docker/NAME with ARGS; its output, or an AssertionError that shows it."""
-    proc = subprocess.run(["sh", str(ROOT / "docker" / name), *args], env=env, capture_output=True, text=True,
-                          timeout=900)
-    if proc.returncode != 0:
-        raise AssertionError(f"docker/{name} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
+    """docker/NAME with ARGS; its output."""
+    return run_checked(["sh", str(ROOT / "docker" / name), *args], env=env, timeout=900).stdout
+
+
+def run_checked(command: list[str], env: dict | None, timeout: float, check: bool = True) -> subprocess.CompletedProcess:
+    """`command`'s result; where it fails (and `check`), an AssertionError that shows its output."""
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from container_support import ROOT, Podman, run_script, why_not_here
+from container_support import BASE_TARBALL, ROOT, Podman, run_script, why_not_here
 from serve_support import free_port, wait_until_ready
 
 from sparsetrt.artifacts import file_sha256, write_json
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(why_not_here() is not None, reason=why_not_here(
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory):
     base_cache = cache_dir() / "docker"
-    if shutil.which("mmdebstrap") is None and not (base_cache / "debian-bookworm-python3.tar").is_file():
+    if shutil.which("mmdebstrap") is None and not (base_cache / BASE_TARBALL).is_file():
         pytest.skip("mmdebstrap not installed and no cached base (`make docker-tools` installs it as root)")
     podman = Podman(tmp_path_factory.mktemp("podman"))
     try:
@@ -75,9 +75,8 @@ def test_cpu_image_serves_what_the_host_generates_and_stops_on_sigterm(podman, t
     started = time.monotonic()
     podman.build("Dockerfile.cpu", CPU_IMAGE)
     MEASURED["cpu"] = {"build_s": round(time.monotonic() - started, 1), "bytes": podman.image_bytes(CPU_IMAGE)}
-    carried = podman("run", "--rm", CPU_IMAGE, "python3", "-c", "import importlib.util as u, sys; "
-                     "print(','.join(m for m in sys.argv[1:] if u.find_spec(m)))", *LEFT_OUT).stdout.strip()
-    assert carried == "", f"the slim serving image carries {carried}"
+    carried = podman.importable(CPU_IMAGE, *LEFT_OUT)
+    assert carried == [], f"the slim serving image carries {carried}"
 
     port = free_port()
     started = time.monotonic()
@@ -120,14 +119,12 @@ def test_build_image_builds_an_engine_from_a_mounted_onnx(podman, tiny_tree, tmp
     assert manifest["flavour"] == "tensorrt-rtx" and manifest["gpu"] is None
     assert manifest["source_onnx"]["sha256"] == file_sha256(tiny_tree / "onnx" / "model.onnx")
     assert (work / "engine" / manifest["engine"]).stat().st_size > 0
-    carried = podman("run", "--rm", "--entrypoint", "python3", BUILD_IMAGE, "-c",
-                     "import importlib.util as u; print(u.find_spec('torch') is None)").stdout.strip()
-    assert carried == "True", "the engine-build image carries torch"
+    assert podman.importable(BUILD_IMAGE, "torch") == [], "the engine-build image carries torch"
 
 
 def test_nothing_is_left_behind_but_the_cached_base(podman):
     podman.clean_up()
     assert not podman.root.exists() and podman.mounts() == []
-    assert (cache_dir() / "docker" / "debian-bookworm-python3.tar").is_file()
+    assert (cache_dir() / "docker" / BASE_TARBALL).is_file()
     (ROOT / "reports" / "docker").mkdir(parents=True, exist_ok=True)
     write_json(ROOT / "reports" / "docker" / "images.json", MEASURED)
